@@ -1,0 +1,70 @@
+//! Operational endpoints every Herald process serves: `/healthz`, `/readyz`
+//! (contract §7) and `/metrics` (§9). None needs a key; keep the admin
+//! listener internal.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use herald_core::Metrics;
+use herald_protocol::ErrorCode;
+
+/// Answers whether the process can serve; `Err` carries the reason for 503.
+pub type Readiness = Arc<dyn Fn() -> Result<(), &'static str> + Send + Sync>;
+
+/// `/healthz` (200 while the process runs) and `/readyz` (200 when `ready`).
+pub fn health_routes(ready: Readiness) -> Router {
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async {
+                (
+                    [(http::header::CONTENT_TYPE, "application/json")],
+                    "{\"status\":\"ok\"}",
+                )
+            }),
+        )
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.clone();
+                async move { readyz(&ready) }
+            }),
+        )
+}
+
+fn readyz(ready: &Readiness) -> Response {
+    match ready() {
+        Ok(()) => (
+            [(http::header::CONTENT_TYPE, "application/json")],
+            "{\"status\":\"ready\"}",
+        )
+            .into_response(),
+        Err(reason) => crate::error_response(ErrorCode::Unavailable, reason),
+    }
+}
+
+/// `/metrics` in the Prometheus text format.
+pub fn metrics_route(metrics: Arc<Metrics>) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [(
+                        http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    metrics.render(),
+                )
+            }
+        }),
+    )
+}
+
+/// A JSON 404 for paths nobody routes.
+pub async fn not_found() -> Response {
+    crate::error_response(ErrorCode::NotFound, "no such route")
+}

@@ -1,0 +1,361 @@
+//! The conformance suite every [`Broker`] must pass.
+//!
+//! One suite, run against the memory broker in this crate's unit tests and
+//! against the Redis broker with a real `redis-server`, so the gateway can rely
+//! on the guarantees of the module documentation whichever broker it runs.
+//! Each check uses its own topics, so one broker instance serves them all.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use herald_protocol::Topic;
+use serde_json::value::RawValue;
+use tokio::sync::Notify;
+
+use super::{Broker, Event, EventSink, NodeControl, NodeStats, Position, Publication};
+
+/// The `history.size` the suite expects the broker under test to be built with.
+pub const HISTORY_SIZE: usize = 20;
+
+/// How long the suite waits for an event before failing.
+const WAIT: Duration = Duration::from_secs(5);
+
+/// A sink that records every event, for tests.
+#[derive(Default)]
+pub struct CollectingSink {
+    events: Mutex<Vec<Event>>,
+    arrived: Notify,
+}
+
+impl CollectingSink {
+    /// Events of `topic` seen so far.
+    pub fn events_of(&self, topic: &Topic) -> Vec<Event> {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|e| &e.topic == topic)
+            .cloned()
+            .collect()
+    }
+
+    /// Waits until `topic` has at least `n` events, at most a few seconds.
+    ///
+    /// # Panics
+    /// When they do not arrive in time.
+    pub async fn wait_for(&self, topic: &Topic, n: usize) -> Vec<Event> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let notified = self.arrived.notified();
+            let seen = self.events_of(topic);
+            if seen.len() >= n {
+                return seen;
+            }
+            assert!(
+                tokio::time::timeout_at(deadline, notified).await.is_ok(),
+                "only {} of {n} events of {topic} arrived",
+                seen.len()
+            );
+        }
+    }
+}
+
+impl EventSink for CollectingSink {
+    fn deliver(&self, event: &Event) {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(event.clone());
+        self.arrived.notify_waiters();
+    }
+}
+
+/// A publication of `{"n":n}` to `topic`.
+pub fn publication(topic: &Topic, n: u64) -> Publication {
+    Publication {
+        topic: topic.clone(),
+        event: None,
+        data: RawValue::from_string(format!("{{\"n\":{n}}}"))
+            .unwrap_or_else(|_| unreachable!("a number is valid JSON")),
+    }
+}
+
+fn unique_topic(name: &str) -> Topic {
+    let suffix = crate::random_hex(4);
+    Topic::new(&format!("conformance.{name}.{suffix}")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn n_of(event: &Event) -> u64 {
+    let v: serde_json::Value = serde_json::from_slice(&event.json).unwrap_or_default();
+    v["data"]["n"].as_u64().unwrap_or(u64::MAX)
+}
+
+struct FakeNode;
+
+impl NodeControl for FakeNode {
+    fn stats(&self) -> NodeStats {
+        NodeStats {
+            node: "fake".to_owned(),
+            connections: 3,
+            subscriptions: 5,
+            topics: 2,
+        }
+    }
+    fn disconnect(&self, sub: &str) -> usize {
+        if sub == "alice" { 2 } else { 0 }
+    }
+}
+
+/// Runs every check against brokers built by `make`, which is handed the sink
+/// the broker must deliver to.
+///
+/// # Panics
+/// On the first guarantee broken, with what was expected.
+pub async fn run_all<B, F, Fut>(make: F)
+where
+    B: Broker,
+    F: Fn(Arc<dyn EventSink>) -> Fut,
+    Fut: Future<Output = Arc<B>>,
+{
+    let sink = Arc::new(CollectingSink::default());
+    let broker = make(sink.clone()).await;
+    ids_increase_and_delivery_is_ordered(&*broker, &sink).await;
+    batch_order_and_frame_shape(&*broker, &sink).await;
+    history_pages_forward(&*broker, &sink).await;
+    unrecoverable_since(&*broker, &sink).await;
+    empty_topic_history(&*broker).await;
+    concurrent_publishers_keep_one_order(broker.clone(), &sink).await;
+    node_control_is_reached(&*broker).await;
+}
+
+async fn subscribed<B: Broker>(broker: &B, topic: &Topic) {
+    broker
+        .subscribe(topic)
+        .wait()
+        .await
+        .unwrap_or_else(|e| panic!("subscribe {topic}: {e}"));
+}
+
+async fn ids_increase_and_delivery_is_ordered<B: Broker>(broker: &B, sink: &CollectingSink) {
+    let topic = unique_topic("order");
+    subscribed(broker, &topic).await;
+    let mut positions = Vec::new();
+    for n in 0..10 {
+        positions.extend(
+            broker
+                .publish(vec![publication(&topic, n)])
+                .await
+                .expect("publish"),
+        );
+    }
+    for pair in positions.windows(2) {
+        assert_eq!(pair[0].epoch, pair[1].epoch, "epoch changed mid-stream");
+        assert_eq!(pair[0].seq + 1, pair[1].seq, "ids must increase by one");
+    }
+    let seen = sink.wait_for(&topic, 10).await;
+    let seen_positions: Vec<Position> = seen.iter().map(|e| e.position).collect();
+    assert_eq!(
+        seen_positions, positions,
+        "sink order differs from id order"
+    );
+    assert_eq!(
+        seen.iter().map(n_of).collect::<Vec<_>>(),
+        (0..10).collect::<Vec<_>>()
+    );
+}
+
+async fn batch_order_and_frame_shape<B: Broker>(broker: &B, sink: &CollectingSink) {
+    let a = unique_topic("batch-a");
+    let b = unique_topic("batch-b");
+    subscribed(broker, &a).await;
+    subscribed(broker, &b).await;
+    let mut with_event = publication(&a, 1);
+    with_event.event = Some("tick".to_owned());
+    let batch = vec![with_event, publication(&b, 2), publication(&a, 3)];
+    let positions = broker.publish(batch).await.expect("publish batch");
+    assert_eq!(positions.len(), 3);
+    assert_eq!(
+        positions[0].seq + 1,
+        positions[2].seq,
+        "batch order within a topic"
+    );
+    let seen = sink.wait_for(&a, 2).await;
+    let frame: serde_json::Value = serde_json::from_slice(&seen[0].json).expect("frame is JSON");
+    assert_eq!(frame["type"], "message");
+    assert_eq!(frame["topic"], a.as_str());
+    assert_eq!(frame["id"], positions[0].to_string());
+    assert_eq!(frame["event"], "tick");
+    assert_eq!(frame["data"], serde_json::json!({"n": 1}));
+    assert!(
+        frame["ts"]
+            .as_u64()
+            .is_some_and(|ts| ts > 1_600_000_000_000)
+    );
+    let second: serde_json::Value = serde_json::from_slice(&seen[1].json).expect("frame is JSON");
+    assert!(
+        second.get("event").is_none(),
+        "event must be absent when not set"
+    );
+    sink.wait_for(&b, 1).await;
+}
+
+async fn history_pages_forward<B: Broker>(broker: &B, sink: &CollectingSink) {
+    let topic = unique_topic("history");
+    subscribed(broker, &topic).await;
+    let mut ids = Vec::new();
+    for n in 0..8 {
+        ids.extend(
+            broker
+                .publish(vec![publication(&topic, n)])
+                .await
+                .expect("publish"),
+        );
+    }
+    sink.wait_for(&topic, 8).await;
+
+    let all = broker.history(&topic, None, 100).await.expect("history");
+    assert!(all.recovered);
+    assert_eq!(
+        all.events.iter().map(n_of).collect::<Vec<_>>(),
+        (0..8).collect::<Vec<_>>()
+    );
+
+    let page = broker
+        .history(&topic, Some(&ids[2].to_string()), 3)
+        .await
+        .expect("history");
+    assert!(page.recovered);
+    assert_eq!(
+        page.events.iter().map(n_of).collect::<Vec<_>>(),
+        vec![3, 4, 5]
+    );
+
+    let tail = broker
+        .history(&topic, Some(&ids[7].to_string()), 10)
+        .await
+        .expect("history");
+    assert!(
+        tail.recovered && tail.events.is_empty(),
+        "since = latest recovers nothing"
+    );
+
+    let first = broker.history(&topic, None, 2).await.expect("history");
+    assert_eq!(
+        first.events.iter().map(n_of).collect::<Vec<_>>(),
+        vec![0, 1]
+    );
+}
+
+async fn unrecoverable_since<B: Broker>(broker: &B, sink: &CollectingSink) {
+    let topic = unique_topic("window");
+    subscribed(broker, &topic).await;
+    let total = HISTORY_SIZE as u64 + 5;
+    let mut ids = Vec::new();
+    for n in 0..total {
+        ids.extend(
+            broker
+                .publish(vec![publication(&topic, n)])
+                .await
+                .expect("publish"),
+        );
+    }
+    sink.wait_for(&topic, total as usize).await;
+
+    let too_old = broker
+        .history(&topic, Some(&ids[0].to_string()), 100)
+        .await
+        .expect("history");
+    assert!(
+        !too_old.recovered,
+        "an id older than the window is not recoverable"
+    );
+    assert_eq!(
+        too_old.events.len(),
+        HISTORY_SIZE,
+        "events start at the oldest kept"
+    );
+    assert_eq!(n_of(&too_old.events[0]), total - HISTORY_SIZE as u64);
+
+    let edge = ids[total as usize - HISTORY_SIZE - 1];
+    let page = broker
+        .history(&topic, Some(&edge.to_string()), 100)
+        .await
+        .expect("history");
+    assert!(
+        page.recovered,
+        "the id just before the oldest kept is recoverable"
+    );
+    assert_eq!(page.events.len(), HISTORY_SIZE);
+
+    let other_epoch = Position {
+        epoch: ids[0].epoch.wrapping_add(1).max(1),
+        seq: ids[20].seq,
+    };
+    for since in [
+        other_epoch.to_string(),
+        "garbage".to_owned(),
+        format!("{:08x}-999999", ids[0].epoch),
+    ] {
+        let page = broker
+            .history(&topic, Some(&since), 5)
+            .await
+            .expect("history");
+        assert!(!page.recovered, "{since} must not be recoverable");
+        assert_eq!(page.events.len(), 5);
+    }
+}
+
+async fn empty_topic_history<B: Broker>(broker: &B) {
+    let topic = unique_topic("empty");
+    let page = broker.history(&topic, None, 10).await.expect("history");
+    assert!(page.events.is_empty());
+    let page = broker
+        .history(&topic, Some("00000001-1"), 10)
+        .await
+        .expect("history");
+    assert!(page.events.is_empty() && !page.recovered);
+}
+
+async fn concurrent_publishers_keep_one_order<B: Broker>(broker: Arc<B>, sink: &CollectingSink) {
+    let topic = unique_topic("concurrent");
+    subscribed(&*broker, &topic).await;
+    let tasks: Vec<_> = (0..4u64)
+        .map(|t| {
+            let broker = broker.clone();
+            let topic = topic.clone();
+            tokio::spawn(async move {
+                for i in 0..25 {
+                    broker
+                        .publish(vec![publication(&topic, t * 100 + i)])
+                        .await
+                        .expect("publish");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("publisher task");
+    }
+    let seen = sink.wait_for(&topic, 100).await;
+    let seqs: Vec<u64> = seen.iter().map(|e| e.position.seq).collect();
+    let expected: Vec<u64> = (seqs[0]..seqs[0] + 100).collect();
+    assert_eq!(seqs, expected, "the sink must see one topic in id order");
+    for t in 0..4 {
+        let mine: Vec<u64> = seen.iter().map(n_of).filter(|n| n / 100 == t).collect();
+        let mut sorted = mine.clone();
+        sorted.sort_unstable();
+        assert_eq!(mine, sorted, "one publisher's events stay in its order");
+    }
+}
+
+async fn node_control_is_reached<B: Broker>(broker: &B) {
+    broker.register_node(Arc::new(FakeNode));
+    let stats = broker.stats().await.expect("stats");
+    assert!(
+        stats.iter().any(|s| s.node == "fake" && s.connections == 3),
+        "{stats:?}"
+    );
+    assert_eq!(broker.disconnect("alice").await.expect("disconnect"), 2);
+    assert_eq!(broker.disconnect("bob").await.expect("disconnect"), 0);
+}

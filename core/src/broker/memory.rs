@@ -1,0 +1,313 @@
+//! The embedded broker of a single node: events and history in this process.
+//!
+//! Topics are spread over sharded locks. Publishing a topic's event happens
+//! under its shard's lock: the id is assigned, the event is stored in the
+//! topic's ring and handed to the sink in one step, so ids, history and
+//! delivery order always agree. The sink only queues bytes, so the lock is held
+//! for microseconds, and never across an `.await`.
+//!
+//! A topic's history starts a new epoch when it is created: at the first
+//! publish after the process starts or after the history expired
+//! (`history.ttl` after the last publish). Ids from an older epoch are
+//! therefore never matched against new events.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use herald_protocol::Topic;
+
+use super::{
+    Broker, BrokerError, Event, EventSink, HistoryPage, NodeControl, NodeStats, Position,
+    Publication, Ready,
+};
+use crate::config::HistoryConfig;
+use crate::now_ms;
+
+const SHARDS: usize = 64;
+
+struct TopicLog {
+    epoch: u32,
+    next_seq: u64,
+    ring: VecDeque<Event>,
+    last_publish: Instant,
+}
+
+impl TopicLog {
+    fn new(now: Instant) -> TopicLog {
+        TopicLog {
+            epoch: new_epoch(),
+            next_seq: 1,
+            ring: VecDeque::new(),
+            last_publish: now,
+        }
+    }
+
+    /// The first sequence number still kept (or the next one when none is).
+    fn first_kept(&self) -> u64 {
+        self.ring.front().map_or(self.next_seq, |e| e.position.seq)
+    }
+
+    /// Whether everything after `since` is still here.
+    fn covers(&self, since: Position) -> bool {
+        since.epoch == self.epoch && since.seq < self.next_seq && since.seq + 1 >= self.first_kept()
+    }
+}
+
+fn new_epoch() -> u32 {
+    let mut b = [0u8; 4];
+    // A failed getrandom leaves zeros; the epoch is then merely predictable.
+    let _ = getrandom::getrandom(&mut b);
+    u32::from_le_bytes(b).max(1)
+}
+
+type Shard = Mutex<HashMap<Topic, TopicLog>>;
+
+/// In-process broker with per-topic history rings.
+pub struct MemoryBroker {
+    shards: Box<[Shard]>,
+    hasher: RandomState,
+    sink: Arc<dyn EventSink>,
+    history: HistoryConfig,
+    node: RwLock<Option<Arc<dyn NodeControl>>>,
+}
+
+impl MemoryBroker {
+    /// Builds the broker; when called inside a Tokio runtime, also starts the
+    /// task that frees expired histories.
+    pub fn new(history: HistoryConfig, sink: Arc<dyn EventSink>) -> Arc<MemoryBroker> {
+        let broker = Arc::new(MemoryBroker {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            sink,
+            history,
+            node: RwLock::new(None),
+        });
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(sweep(Arc::downgrade(&broker)));
+        }
+        broker
+    }
+
+    fn shard(&self, topic: &Topic) -> &Shard {
+        let h = self.hasher.hash_one(topic.as_str()) as usize;
+        &self.shards[h % SHARDS]
+    }
+
+    fn lock<'a>(shard: &'a Shard) -> std::sync::MutexGuard<'a, HashMap<Topic, TopicLog>> {
+        // A panic while holding a shard lock cannot leave a log half-updated in
+        // a way later readers mind, so poisoning is ignored.
+        shard.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn expired(&self, log: &TopicLog, now: Instant) -> bool {
+        now.duration_since(log.last_publish) > self.history.ttl
+    }
+
+    /// Drops the histories whose ttl has passed; returns how many.
+    fn sweep_once(&self) -> usize {
+        let now = Instant::now();
+        let mut dropped = 0;
+        for shard in self.shards.iter() {
+            let mut logs = Self::lock(shard);
+            let before = logs.len();
+            logs.retain(|_, log| !self.expired(log, now));
+            dropped += before - logs.len();
+        }
+        dropped
+    }
+
+    fn node(&self) -> Option<Arc<dyn NodeControl>> {
+        self.node.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+async fn sweep(broker: Weak<MemoryBroker>) {
+    let period = {
+        let Some(b) = broker.upgrade() else { return };
+        (b.history.ttl / 2).clamp(Duration::from_millis(100), Duration::from_secs(10))
+    };
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(b) = broker.upgrade() else { return };
+        b.sweep_once();
+    }
+}
+
+impl Broker for MemoryBroker {
+    async fn publish(&self, batch: Vec<Publication>) -> Result<Vec<Position>, BrokerError> {
+        let mut positions = Vec::with_capacity(batch.len());
+        for publication in batch {
+            let now = Instant::now();
+            let ts = now_ms();
+            let mut logs = Self::lock(self.shard(&publication.topic));
+            let log = match logs.get_mut(&publication.topic) {
+                Some(log) if !self.expired(log, now) => log,
+                _ => {
+                    logs.insert(publication.topic.clone(), TopicLog::new(now));
+                    logs.get_mut(&publication.topic)
+                        .ok_or_else(|| BrokerError::Internal("topic log vanished".to_owned()))?
+                }
+            };
+            let position = Position {
+                epoch: log.epoch,
+                seq: log.next_seq,
+            };
+            log.next_seq += 1;
+            log.last_publish = now;
+            let event = Event::render(&publication, position, ts);
+            if self.history.size > 0 {
+                if log.ring.len() == self.history.size {
+                    log.ring.pop_front();
+                }
+                log.ring.push_back(event.clone());
+            }
+            self.sink.deliver(&event);
+            drop(logs);
+            positions.push(position);
+        }
+        Ok(positions)
+    }
+
+    fn subscribe(&self, _topic: &Topic) -> Ready {
+        // Every publish reaches the sink; the hub ignores topics nobody wants.
+        Ready::now()
+    }
+
+    fn unsubscribe(&self, _topic: &Topic) {}
+
+    async fn history(
+        &self,
+        topic: &Topic,
+        since: Option<&str>,
+        limit: usize,
+    ) -> Result<HistoryPage, BrokerError> {
+        let now = Instant::now();
+        let logs = Self::lock(self.shard(topic));
+        let Some(log) = logs.get(topic).filter(|log| !self.expired(log, now)) else {
+            return Ok(HistoryPage {
+                events: Vec::new(),
+                recovered: since.is_none(),
+            });
+        };
+        let after = since.map(|s| Position::parse(s).filter(|p| log.covers(*p)));
+        let (start_seq, recovered) = match after {
+            None => (log.first_kept(), true),
+            Some(Some(p)) => (p.seq + 1, true),
+            Some(None) => (log.first_kept(), false),
+        };
+        let skip = usize::try_from(start_seq - log.first_kept()).unwrap_or(usize::MAX);
+        let events = log.ring.iter().skip(skip).take(limit).cloned().collect();
+        Ok(HistoryPage { events, recovered })
+    }
+
+    fn is_up(&self) -> bool {
+        true
+    }
+
+    fn register_node(&self, node: Arc<dyn NodeControl>) {
+        *self.node.write().unwrap_or_else(|p| p.into_inner()) = Some(node);
+    }
+
+    async fn stats(&self) -> Result<Vec<NodeStats>, BrokerError> {
+        Ok(self.node().map(|n| vec![n.stats()]).unwrap_or_default())
+    }
+
+    async fn disconnect(&self, sub: &str) -> Result<usize, BrokerError> {
+        Ok(self.node().map_or(0, |n| n.disconnect(sub)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::conformance;
+
+    fn config(size: usize, ttl: Duration) -> HistoryConfig {
+        HistoryConfig { size, ttl }
+    }
+
+    #[tokio::test]
+    async fn conformance_suite() {
+        conformance::run_all(|sink| async move {
+            MemoryBroker::new(
+                config(conformance::HISTORY_SIZE, Duration::from_secs(60)),
+                sink,
+            )
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn history_expires_after_ttl_and_starts_a_new_epoch() {
+        let sink = Arc::new(conformance::CollectingSink::default());
+        let broker = MemoryBroker::new(config(10, Duration::from_millis(50)), sink);
+        let topic = Topic::new("t").unwrap();
+        let first = broker
+            .publish(vec![conformance::publication(&topic, 1)])
+            .await
+            .unwrap()[0];
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let page = broker.history(&topic, None, 10).await.unwrap();
+        assert!(page.events.is_empty());
+        let second = broker
+            .publish(vec![conformance::publication(&topic, 2)])
+            .await
+            .unwrap()[0];
+        assert_ne!(first.epoch, second.epoch);
+        assert_eq!(second.seq, 1);
+        let page = broker
+            .history(&topic, Some(&first.to_string()), 10)
+            .await
+            .unwrap();
+        assert!(!page.recovered);
+        assert_eq!(broker.sweep_once(), 0);
+    }
+
+    #[tokio::test]
+    async fn sweeper_frees_expired_topics() {
+        let broker = MemoryBroker::new(
+            config(10, Duration::from_millis(20)),
+            Arc::new(super::super::NoSink),
+        );
+        for i in 0..5 {
+            let topic = Topic::new(&format!("t{i}")).unwrap();
+            broker
+                .publish(vec![conformance::publication(&topic, i)])
+                .await
+                .unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(broker.sweep_once(), 5);
+    }
+
+    #[tokio::test]
+    async fn zero_size_history_keeps_ids_but_no_events() {
+        let broker = MemoryBroker::new(
+            config(0, Duration::from_secs(60)),
+            Arc::new(super::super::NoSink),
+        );
+        let topic = Topic::new("t").unwrap();
+        let p = broker
+            .publish(vec![conformance::publication(&topic, 1)])
+            .await
+            .unwrap()[0];
+        let page = broker
+            .history(&topic, Some(&p.to_string()), 10)
+            .await
+            .unwrap();
+        assert!(page.recovered && page.events.is_empty());
+        broker
+            .publish(vec![conformance::publication(&topic, 2)])
+            .await
+            .unwrap();
+        let page = broker
+            .history(&topic, Some(&p.to_string()), 10)
+            .await
+            .unwrap();
+        assert!(!page.recovered);
+    }
+}

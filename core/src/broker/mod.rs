@@ -1,0 +1,323 @@
+//! The broker seam: how a node publishes events and hears about them.
+//!
+//! A broker is per node, not per client. The gateway's hub counts local
+//! subscribers and calls [`Broker::subscribe`] once, when a topic gets its first
+//! local session, and [`Broker::unsubscribe`] when the last one leaves; the
+//! broker never sees individual sessions. Events come back through the
+//! [`EventSink`] handed to the broker when it is built.
+//!
+//! # Guarantees every implementation gives
+//! - **Ids.** Every accepted event gets a [`Position`]: the epoch of its topic's
+//!   history and a sequence number that increases by one per event of that
+//!   topic within the epoch.
+//! - **Order.** The sink sees the events of one topic in id order, each once.
+//! - **Acknowledgement.** [`Broker::publish`] returns only after every event of
+//!   the batch is stored in history (when history is on) and handed to
+//!   delivery; storing and delivering are one atomic step, so an event is never
+//!   delivered without history or stored without being delivered.
+//! - **Subscription.** The [`Ready`] returned by [`Broker::subscribe`]
+//!   resolves once events published afterwards are certain to reach the sink.
+//! - **Calls in order.** `subscribe` and `unsubscribe` take effect in the order
+//!   they are called; they do not block, so the hub can call them while holding
+//!   its own lock and thereby keep its view and the broker's in step.
+//!
+//! The shared conformance suite in [`conformance`] checks these for every
+//! implementation.
+
+pub mod conformance;
+pub mod memory;
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use herald_protocol::{ErrorCode, MessageFrame, Topic};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tokio::sync::watch;
+
+/// One event to publish.
+#[derive(Debug, Clone)]
+pub struct Publication {
+    /// Where it goes.
+    pub topic: Topic,
+    /// Optional event name.
+    pub event: Option<String>,
+    /// The payload, already valid JSON.
+    pub data: Box<RawValue>,
+}
+
+/// Where an event sits in its topic's history; shown to clients as an opaque id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Position {
+    /// The history epoch: changes whenever the topic's history is created anew.
+    pub epoch: u32,
+    /// Sequence within the epoch, from 1.
+    pub seq: u64,
+}
+
+impl Position {
+    /// Parses an id produced by [`Position`]'s `Display`.
+    pub fn parse(id: &str) -> Option<Position> {
+        let (epoch, seq) = id.split_once('-')?;
+        if epoch.len() != 8 || seq.is_empty() || seq.starts_with('+') {
+            return None;
+        }
+        Some(Position {
+            epoch: u32::from_str_radix(epoch, 16).ok()?,
+            seq: seq.parse().ok()?,
+        })
+    }
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:08x}-{}", self.epoch, self.seq)
+    }
+}
+
+/// An event as the broker hands it to nodes: its position and its complete
+/// `{"type":"message",…}` JSON, rendered once by whoever accepted it.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// The topic.
+    pub topic: Topic,
+    /// Its id.
+    pub position: Position,
+    /// The message frame as JSON text.
+    pub json: Bytes,
+}
+
+impl Event {
+    /// Renders the message frame of an accepted publication.
+    pub fn render(publication: &Publication, position: Position, ts_ms: u64) -> Event {
+        let id = position.to_string();
+        let json = MessageFrame {
+            topic: publication.topic.as_str(),
+            id: &id,
+            event: publication.event.as_deref(),
+            data: &publication.data,
+            ts: ts_ms,
+        }
+        .to_json();
+        Event {
+            topic: publication.topic.clone(),
+            position,
+            json: Bytes::from(json),
+        }
+    }
+}
+
+/// A page of history.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryPage {
+    /// Events in id order.
+    pub events: Vec<Event>,
+    /// `false` when the requested `since` could not be matched: unknown,
+    /// malformed, too old or from another epoch. The events then start at the
+    /// oldest kept.
+    pub recovered: bool,
+}
+
+/// Receives every event of the topics the node subscribed.
+pub trait EventSink: Send + Sync + 'static {
+    /// Called once per event, in id order per topic. Must not block.
+    fn deliver(&self, event: &Event);
+}
+
+/// A sink that drops everything, for processes with no sessions.
+#[derive(Debug, Default)]
+pub struct NoSink;
+
+impl EventSink for NoSink {
+    fn deliver(&self, _event: &Event) {}
+}
+
+/// What a node reports about itself in `/v1/stats`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct NodeStats {
+    /// `node_id`.
+    pub node: String,
+    /// Open sessions.
+    pub connections: u64,
+    /// Session–topic pairs.
+    pub subscriptions: u64,
+    /// Distinct topics with a local session.
+    pub topics: u64,
+}
+
+/// The node-side operations the admin API reaches through the broker.
+pub trait NodeControl: Send + Sync + 'static {
+    /// Current counts.
+    fn stats(&self) -> NodeStats;
+    /// Closes every session of `sub` with 4003; returns how many.
+    fn disconnect(&self, sub: &str) -> usize;
+}
+
+/// Why a broker operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BrokerError {
+    /// The backing store is unreachable; retrying later may work.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else; a bug or corrupt data.
+    #[error("broker error: {0}")]
+    Internal(String),
+}
+
+impl BrokerError {
+    /// The contract code for this failure.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            BrokerError::Unavailable(_) => ErrorCode::Unavailable,
+            BrokerError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+type ReadyState = Option<Result<(), BrokerError>>;
+
+/// Resolves when a topic subscription is live on the broker.
+///
+/// Cloneable, so every session that joins a topic while its first
+/// subscription is still in flight waits on the same confirmation.
+#[derive(Debug, Clone)]
+pub struct Ready(Option<watch::Receiver<ReadyState>>);
+
+/// The broker's half of a pending [`Ready`].
+#[derive(Debug)]
+pub struct ReadySender(watch::Sender<ReadyState>);
+
+impl Ready {
+    /// Already live.
+    pub fn now() -> Ready {
+        Ready(None)
+    }
+
+    /// A confirmation to be sent later.
+    pub fn pending() -> (ReadySender, Ready) {
+        let (tx, rx) = watch::channel(None);
+        (ReadySender(tx), Ready(Some(rx)))
+    }
+
+    /// Waits for the confirmation.
+    ///
+    /// # Errors
+    /// The broker's error, or `Unavailable` if it gave up without answering.
+    pub async fn wait(self) -> Result<(), BrokerError> {
+        let Some(mut rx) = self.0 else { return Ok(()) };
+        match rx.wait_for(Option::is_some).await {
+            Ok(state) => state.clone().unwrap_or(Ok(())),
+            Err(_) => Err(BrokerError::Unavailable(
+                "subscription abandoned".to_owned(),
+            )),
+        }
+    }
+
+    /// Whether the confirmation has arrived (successfully).
+    pub fn is_live(&self) -> bool {
+        match &self.0 {
+            None => true,
+            Some(rx) => matches!(*rx.borrow(), Some(Ok(()))),
+        }
+    }
+}
+
+impl ReadySender {
+    /// Resolves every waiter.
+    pub fn send(self, result: Result<(), BrokerError>) {
+        // No receiver left means nobody waits any more: nothing to do.
+        let _ = self.0.send(Some(result));
+    }
+}
+
+/// The per-node broker. See the module documentation for the guarantees.
+pub trait Broker: Send + Sync + 'static {
+    /// Publishes a batch in order and returns each event's position.
+    ///
+    /// # Errors
+    /// `Unavailable` when the backing store cannot accept events; then none of
+    /// the batch was published, unless the error says otherwise.
+    fn publish(
+        &self,
+        batch: Vec<Publication>,
+    ) -> impl Future<Output = Result<Vec<Position>, BrokerError>> + Send;
+
+    /// Starts delivering `topic` to the sink. Does not block.
+    fn subscribe(&self, topic: &Topic) -> Ready;
+
+    /// Stops delivering `topic`. Does not block.
+    fn unsubscribe(&self, topic: &Topic);
+
+    /// Reads up to `limit` events after `since` (from the oldest kept without it).
+    ///
+    /// # Errors
+    /// `Unavailable` when the backing store cannot be read.
+    fn history(
+        &self,
+        topic: &Topic,
+        since: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = Result<HistoryPage, BrokerError>> + Send;
+
+    /// Whether the broker can accept publishes right now.
+    fn is_up(&self) -> bool;
+
+    /// Registers the local node, so that stats and disconnects reach it.
+    fn register_node(&self, node: Arc<dyn NodeControl>);
+
+    /// Counts of every live node.
+    ///
+    /// # Errors
+    /// `Unavailable` when the cluster cannot be asked.
+    fn stats(&self) -> impl Future<Output = Result<Vec<NodeStats>, BrokerError>> + Send;
+
+    /// Closes every session of `sub` on every node; returns how many closed.
+    ///
+    /// # Errors
+    /// `Unavailable` when the request could not be sent.
+    fn disconnect(&self, sub: &str) -> impl Future<Output = Result<usize, BrokerError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_round_trip() {
+        let p = Position {
+            epoch: 0xdead_beef,
+            seq: 42,
+        };
+        assert_eq!(p.to_string(), "deadbeef-42");
+        assert_eq!(Position::parse("deadbeef-42"), Some(p));
+        for bad in [
+            "",
+            "x",
+            "deadbeef",
+            "deadbeef-",
+            "dead-1",
+            "deadbeefx-1",
+            "deadbeef-+1",
+            "deadbeef-1-2",
+        ] {
+            assert_eq!(Position::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn ready_resolves_every_waiter() {
+        let (tx, ready) = Ready::pending();
+        let other = ready.clone();
+        assert!(!ready.is_live());
+        tx.send(Ok(()));
+        assert!(ready.is_live());
+        ready.wait().await.unwrap();
+        other.wait().await.unwrap();
+
+        let (tx, ready) = Ready::pending();
+        drop(tx);
+        assert!(ready.wait().await.is_err());
+    }
+}

@@ -1,0 +1,447 @@
+//! JWT verification for handshakes and `auth` refreshes (contract §4), and
+//! token minting for the `token` command and `--dev`.
+//!
+//! Keys are loaded once at start-up. A token is only ever checked with a key
+//! of the algorithm its header names *and* that the configuration provides,
+//! so `alg: none` and algorithm confusion (an HS256 token "signed" with an RSA
+//! public key) have nothing to verify against and are refused.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_core::config::JwtConfig;
+use herald_protocol::{ErrorCode, Permissions};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// Missing, malformed, badly signed, wrong alg/iss/aud, bad claims.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Outside its `nbf`..`exp` window (with leeway).
+    #[error("token expired or not yet valid")]
+    Expired,
+}
+
+impl AuthError {
+    /// The contract code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            AuthError::Unauthorized(_) => ErrorCode::Unauthorized,
+            AuthError::Expired => ErrorCode::TokenExpired,
+        }
+    }
+}
+
+/// A key could not be loaded at start-up.
+#[derive(Debug, thiserror::Error)]
+#[error("{setting}: {message}")]
+pub struct KeyError {
+    /// The configuration key at fault.
+    pub setting: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// The verified claims a session runs with.
+#[derive(Debug, Clone)]
+pub struct Claims {
+    /// The user.
+    pub sub: Arc<str>,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+    /// Patterns the session may subscribe to.
+    pub topics: Permissions,
+    /// Patterns the session may publish to.
+    pub publish: Permissions,
+}
+
+#[derive(Deserialize)]
+struct RawClaims {
+    sub: String,
+    exp: u64,
+    #[serde(default)]
+    topics: Vec<String>,
+    #[serde(default)]
+    publish: Vec<String>,
+}
+
+struct VerifyKey {
+    alg: Algorithm,
+    kid: Option<String>,
+    key: DecodingKey,
+}
+
+/// Verifies tokens against the configured keys.
+pub struct Verifier {
+    keys: Vec<VerifyKey>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    leeway: Duration,
+}
+
+fn read(path: &Path, setting: &'static str) -> Result<Vec<u8>, KeyError> {
+    std::fs::read(path).map_err(|e| KeyError {
+        setting,
+        message: format!("cannot read {}: {e}", path.display()),
+    })
+}
+
+fn pem_public_key(pem: &[u8]) -> Option<(Algorithm, DecodingKey)> {
+    if let Ok(k) = DecodingKey::from_rsa_pem(pem) {
+        return Some((Algorithm::RS256, k));
+    }
+    if let Ok(k) = DecodingKey::from_ec_pem(pem) {
+        return Some((Algorithm::ES256, k));
+    }
+    DecodingKey::from_ed_pem(pem)
+        .ok()
+        .map(|k| (Algorithm::EdDSA, k))
+}
+
+fn jwk_algorithm(params: &AlgorithmParameters) -> Option<Algorithm> {
+    match params {
+        AlgorithmParameters::RSA(_) => Some(Algorithm::RS256),
+        AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => {
+            Some(Algorithm::ES256)
+        }
+        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+            Some(Algorithm::EdDSA)
+        }
+        AlgorithmParameters::OctetKey(_) => Some(Algorithm::HS256),
+        _ => None,
+    }
+}
+
+impl Verifier {
+    /// Loads every configured key.
+    ///
+    /// # Errors
+    /// A [`KeyError`] naming the setting whose key is unusable.
+    pub fn new(config: &JwtConfig) -> Result<Verifier, KeyError> {
+        let mut keys = Vec::new();
+        if let Some(secret) = &config.hs256_secret {
+            keys.push(VerifyKey {
+                alg: Algorithm::HS256,
+                kid: None,
+                key: DecodingKey::from_secret(secret.expose().as_bytes()),
+            });
+        }
+        if let Some(path) = &config.public_key_file {
+            let pem = read(path, "jwt.public_key_file")?;
+            let (alg, key) = pem_public_key(&pem).ok_or_else(|| KeyError {
+                setting: "jwt.public_key_file",
+                message: format!(
+                    "{} is not a PEM RSA, P-256 or Ed25519 public key",
+                    path.display()
+                ),
+            })?;
+            keys.push(VerifyKey {
+                alg,
+                kid: None,
+                key,
+            });
+        }
+        if let Some(path) = &config.jwks_file {
+            let text = read(path, "jwt.jwks_file")?;
+            let set: JwkSet = serde_json::from_slice(&text).map_err(|e| KeyError {
+                setting: "jwt.jwks_file",
+                message: format!("{} is not a JWKS document: {e}", path.display()),
+            })?;
+            for jwk in &set.keys {
+                let Some(alg) = jwk_algorithm(&jwk.algorithm) else {
+                    continue;
+                };
+                let key = DecodingKey::from_jwk(jwk).map_err(|e| KeyError {
+                    setting: "jwt.jwks_file",
+                    message: format!("key {:?}: {e}", jwk.common.key_id),
+                })?;
+                keys.push(VerifyKey {
+                    alg,
+                    kid: jwk.common.key_id.clone(),
+                    key,
+                });
+            }
+            if keys.is_empty() {
+                return Err(KeyError {
+                    setting: "jwt.jwks_file",
+                    message: "no usable RS256, ES256, EdDSA or HS256 key".to_owned(),
+                });
+            }
+        }
+        Ok(Verifier {
+            keys,
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
+            leeway: config.leeway,
+        })
+    }
+
+    /// The configured clock-skew allowance.
+    pub fn leeway(&self) -> Duration {
+        self.leeway
+    }
+
+    fn validation(&self, alg: Algorithm) -> Validation {
+        let mut v = Validation::new(alg);
+        v.leeway = self.leeway.as_secs();
+        v.validate_nbf = true;
+        v.set_required_spec_claims(&["exp", "sub"]);
+        if let Some(iss) = &self.issuer {
+            v.set_issuer(&[iss]);
+        }
+        match &self.audience {
+            Some(aud) => v.set_audience(&[aud]),
+            None => v.validate_aud = false,
+        }
+        v
+    }
+
+    /// Verifies `token` and returns its claims.
+    ///
+    /// # Errors
+    /// [`AuthError::Expired`] outside the validity window (checked only after
+    /// the signature), [`AuthError::Unauthorized`] for everything else.
+    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| AuthError::Unauthorized("malformed token".to_owned()))?;
+        let candidates = self.keys.iter().filter(|k| {
+            k.alg == header.alg
+                && match (&header.kid, &k.kid) {
+                    (Some(want), Some(have)) => want == have,
+                    _ => true,
+                }
+        });
+        let mut tried = false;
+        for key in candidates {
+            tried = true;
+            match jsonwebtoken::decode::<RawClaims>(token, &key.key, &self.validation(key.alg)) {
+                Ok(data) => return claims(data.claims),
+                Err(e) => {
+                    use jsonwebtoken::errors::ErrorKind;
+                    match e.kind() {
+                        ErrorKind::InvalidSignature => continue,
+                        ErrorKind::ExpiredSignature | ErrorKind::ImmatureSignature => {
+                            return Err(AuthError::Expired);
+                        }
+                        ErrorKind::InvalidIssuer => return Err(unauthorized("wrong issuer")),
+                        ErrorKind::InvalidAudience => return Err(unauthorized("wrong audience")),
+                        ErrorKind::MissingRequiredClaim(c) => {
+                            return Err(unauthorized(&format!("token has no '{c}' claim")));
+                        }
+                        _ => return Err(unauthorized("invalid token")),
+                    }
+                }
+            }
+        }
+        Err(if tried {
+            unauthorized("bad signature")
+        } else {
+            unauthorized("no key for the token's algorithm")
+        })
+    }
+}
+
+fn unauthorized(message: &str) -> AuthError {
+    AuthError::Unauthorized(message.to_owned())
+}
+
+fn claims(raw: RawClaims) -> Result<Claims, AuthError> {
+    if raw.sub.is_empty() {
+        return Err(unauthorized("'sub' is empty"));
+    }
+    let parse = |name: &str, list: &[String]| {
+        Permissions::parse(list.iter().map(String::as_str))
+            .map_err(|(p, e)| unauthorized(&format!("invalid pattern '{p}' in '{name}': {e}")))
+    };
+    Ok(Claims {
+        topics: parse("topics", &raw.topics)?,
+        publish: parse("publish", &raw.publish)?,
+        sub: Arc::from(raw.sub),
+        exp: raw.exp,
+    })
+}
+
+/// A key to sign tokens with.
+pub struct Signer {
+    alg: Algorithm,
+    key: EncodingKey,
+    issuer: Option<String>,
+    audience: Option<String>,
+}
+
+/// What to put in a minted token.
+#[derive(Debug, Clone)]
+pub struct TokenRequest {
+    /// The user.
+    pub sub: String,
+    /// Subscribe patterns.
+    pub topics: Vec<String>,
+    /// Publish patterns.
+    pub publish: Vec<String>,
+    /// Lifetime.
+    pub ttl: Duration,
+}
+
+#[derive(Serialize)]
+struct MintedClaims<'a> {
+    sub: &'a str,
+    iat: u64,
+    exp: u64,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    topics: &'a [String],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    publish: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iss: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aud: Option<&'a str>,
+}
+
+impl Signer {
+    /// Signs with the configured HS256 secret.
+    ///
+    /// # Errors
+    /// When no `jwt.hs256_secret` is set.
+    pub fn hs256(config: &JwtConfig) -> Result<Signer, KeyError> {
+        let secret = config.hs256_secret.as_ref().ok_or_else(|| KeyError {
+            setting: "jwt.hs256_secret",
+            message: "signing needs jwt.hs256_secret, or --private-key with a PEM private key"
+                .to_owned(),
+        })?;
+        Ok(Signer {
+            alg: Algorithm::HS256,
+            key: EncodingKey::from_secret(secret.expose().as_bytes()),
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
+        })
+    }
+
+    /// Signs with a PEM private key (RSA → RS256, P-256 → ES256, Ed25519 → EdDSA).
+    ///
+    /// # Errors
+    /// When the file cannot be read or holds no such key.
+    pub fn from_pem_file(path: &Path, config: &JwtConfig) -> Result<Signer, KeyError> {
+        let pem = read(path, "--private-key")?;
+        let (alg, key) = if let Ok(k) = EncodingKey::from_rsa_pem(&pem) {
+            (Algorithm::RS256, k)
+        } else if let Ok(k) = EncodingKey::from_ec_pem(&pem) {
+            (Algorithm::ES256, k)
+        } else if let Ok(k) = EncodingKey::from_ed_pem(&pem) {
+            (Algorithm::EdDSA, k)
+        } else {
+            return Err(KeyError {
+                setting: "--private-key",
+                message: format!(
+                    "{} is not a PEM RSA, P-256 or Ed25519 private key",
+                    path.display()
+                ),
+            });
+        };
+        Ok(Signer {
+            alg,
+            key,
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
+        })
+    }
+
+    /// Mints a token.
+    ///
+    /// # Errors
+    /// When signing fails (a key of the wrong kind).
+    pub fn mint(&self, req: &TokenRequest) -> Result<String, KeyError> {
+        let now = herald_core::now_ms() / 1000;
+        let claims = MintedClaims {
+            sub: &req.sub,
+            iat: now,
+            exp: now + req.ttl.as_secs(),
+            topics: &req.topics,
+            publish: &req.publish,
+            iss: self.issuer.as_deref(),
+            aud: self.audience.as_deref(),
+        };
+        jsonwebtoken::encode(&Header::new(self.alg), &claims, &self.key).map_err(|e| KeyError {
+            setting: "jwt",
+            message: format!("cannot sign: {e}"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_core::Secret;
+
+    fn config() -> JwtConfig {
+        JwtConfig {
+            hs256_secret: Some(Secret::new("0123456789abcdef0123456789abcdef")),
+            public_key_file: None,
+            jwks_file: None,
+            issuer: None,
+            audience: None,
+            leeway: Duration::from_secs(0),
+        }
+    }
+
+    fn request(ttl: u64) -> TokenRequest {
+        TokenRequest {
+            sub: "alice".into(),
+            topics: vec!["news".into(), "stocks.*".into()],
+            publish: vec!["chat.>".into()],
+            ttl: Duration::from_secs(ttl),
+        }
+    }
+
+    #[test]
+    fn minted_tokens_verify() {
+        let c = config();
+        let token = Signer::hs256(&c).unwrap().mint(&request(60)).unwrap();
+        let claims = Verifier::new(&c).unwrap().verify(&token).unwrap();
+        assert_eq!(&*claims.sub, "alice");
+        assert_eq!(claims.topics.patterns().len(), 2);
+        assert!(
+            claims
+                .publish
+                .allows(&herald_protocol::Topic::new("chat.a.b").unwrap())
+        );
+    }
+
+    #[test]
+    fn wrong_secret_alg_none_and_garbage_are_unauthorized() {
+        let c = config();
+        let mut other = config();
+        other.hs256_secret = Some(Secret::new("another-secret-that-is-long"));
+        let token = Signer::hs256(&other).unwrap().mint(&request(60)).unwrap();
+        let v = Verifier::new(&c).unwrap();
+        assert_eq!(
+            v.verify(&token).unwrap_err().code(),
+            ErrorCode::Unauthorized
+        );
+        // {"alg":"none"} . {"sub":"a","exp":9999999999} . (empty)
+        let none = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhIiwiZXhwIjo5OTk5OTk5OTk5fQ.";
+        assert_eq!(v.verify(none).unwrap_err().code(), ErrorCode::Unauthorized);
+        assert_eq!(
+            v.verify("garbage").unwrap_err().code(),
+            ErrorCode::Unauthorized
+        );
+    }
+
+    #[test]
+    fn expired_is_token_expired() {
+        let c = config();
+        let signer = Signer::hs256(&c).unwrap();
+        let now = herald_core::now_ms() / 1000;
+        let claims = serde_json::json!({"sub": "a", "exp": now - 100});
+        let token =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &signer.key).unwrap();
+        assert_eq!(
+            Verifier::new(&c).unwrap().verify(&token).unwrap_err(),
+            AuthError::Expired
+        );
+    }
+}

@@ -1,0 +1,74 @@
+//! The broker a node runs with, chosen by configuration.
+//!
+//! An enum rather than a trait object: the broker sits on the publish path and
+//! [`Broker`]'s methods return `impl Future`, so static dispatch keeps every
+//! call free of boxing.
+
+use std::sync::Arc;
+
+use herald_core::{
+    Broker, BrokerError, HistoryPage, MemoryBroker, NodeControl, NodeStats, Position, Publication,
+    Ready,
+};
+use herald_protocol::Topic;
+
+/// Any of the brokers a node can run with.
+pub enum AnyBroker {
+    /// The embedded single-node broker.
+    Memory(Arc<MemoryBroker>),
+}
+
+impl Broker for AnyBroker {
+    async fn publish(&self, batch: Vec<Publication>) -> Result<Vec<Position>, BrokerError> {
+        match self {
+            AnyBroker::Memory(b) => b.publish(batch).await,
+        }
+    }
+
+    fn subscribe(&self, topic: &Topic) -> Ready {
+        match self {
+            AnyBroker::Memory(b) => b.subscribe(topic),
+        }
+    }
+
+    fn unsubscribe(&self, topic: &Topic) {
+        match self {
+            AnyBroker::Memory(b) => b.unsubscribe(topic),
+        }
+    }
+
+    async fn history(
+        &self,
+        topic: &Topic,
+        since: Option<&str>,
+        limit: usize,
+    ) -> Result<HistoryPage, BrokerError> {
+        match self {
+            AnyBroker::Memory(b) => b.history(topic, since, limit).await,
+        }
+    }
+
+    fn is_up(&self) -> bool {
+        match self {
+            AnyBroker::Memory(b) => b.is_up(),
+        }
+    }
+
+    fn register_node(&self, node: Arc<dyn NodeControl>) {
+        match self {
+            AnyBroker::Memory(b) => b.register_node(node),
+        }
+    }
+
+    async fn stats(&self) -> Result<Vec<NodeStats>, BrokerError> {
+        match self {
+            AnyBroker::Memory(b) => b.stats().await,
+        }
+    }
+
+    async fn disconnect(&self, sub: &str) -> Result<usize, BrokerError> {
+        match self {
+            AnyBroker::Memory(b) => b.disconnect(sub).await,
+        }
+    }
+}

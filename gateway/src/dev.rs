@@ -1,0 +1,165 @@
+//! `--dev`: the demo page, `/dev/token`, and the demo feed.
+//!
+//! Only for trying Herald on a laptop: `/dev/token` hands a token to anyone
+//! who asks, so these routes exist only when `--dev` is given.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use herald_admin_api::error_response;
+use herald_core::{Broker, Publication};
+use herald_protocol::{ErrorCode, Topic};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tracing::warn;
+
+use crate::auth::TokenRequest;
+use crate::node::Node;
+
+/// Symbols the demo feed ticks.
+pub const SYMBOLS: [&str; 4] = ["AAPL", "MSFT", "GOOG", "AMZN"];
+
+const DEMO_PAGE: &str = include_str!("demo.html");
+
+/// `/` and `/dev/token`.
+pub fn routes(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/", get(|| async { Html(DEMO_PAGE) }))
+        .route("/dev/token", get(token))
+        .with_state(node)
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    sub: Option<String>,
+}
+
+async fn token(State(node): State<Arc<Node>>, Query(q): Query<TokenQuery>) -> Response {
+    let sub = q
+        .sub
+        .filter(|s| !s.is_empty() && s.len() <= 64)
+        .unwrap_or_else(|| "demo".to_owned());
+    let Some(signer) = &node.dev_signer else {
+        return error_response(ErrorCode::NotFound, "no such route");
+    };
+    let request = TokenRequest {
+        sub,
+        topics: vec![
+            "news".into(),
+            "alerts".into(),
+            "stocks.*".into(),
+            "chat.>".into(),
+        ],
+        publish: vec!["chat.>".into()],
+        ttl: Duration::from_secs(3600),
+    };
+    match signer.mint(&request) {
+        Ok(token) => {
+            Json(serde_json::json!({ "token": token, "expires_in": 3600 })).into_response()
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot mint a dev token");
+            error_response(ErrorCode::Internal, "cannot mint a token")
+        }
+    }
+}
+
+/// Tiny deterministic generator for the feed; no cryptographic needs here.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// Uniform in [-1, 1).
+    fn signed_unit(&mut self) -> f64 {
+        (self.next() % 2_000_000) as f64 / 1_000_000.0 - 1.0
+    }
+}
+
+const HEADLINES: [&str; 6] = [
+    "Central bank holds rates steady",
+    "Chipmaker beats earnings estimates",
+    "Oil prices climb on supply worries",
+    "Tech shares lead market rally",
+    "Retail sales rise more than expected",
+    "Regulators approve landmark merger",
+];
+
+const ALERTS: [(&str, &str); 4] = [
+    ("info", "Scheduled maintenance tonight at 02:00 UTC"),
+    ("warning", "Unusual trading volume detected"),
+    ("info", "New feature: price alerts"),
+    ("critical", "Market data delayed on one venue"),
+];
+
+fn raw(value: serde_json::Value) -> Option<Box<RawValue>> {
+    serde_json::value::to_raw_value(&value).ok()
+}
+
+/// Publishes ticks, a headline and an alert every second, until the node
+/// starts draining.
+pub async fn feed(node: Arc<Node>) {
+    let mut rng = XorShift(herald_core::now_ms() | 1);
+    let mut prices: Vec<f64> = vec![189.0, 415.0, 172.0, 181.0];
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut n: usize = 0;
+    while !node.is_draining() {
+        tick.tick().await;
+        let mut batch = Vec::new();
+        for (symbol, price) in SYMBOLS.iter().zip(prices.iter_mut()) {
+            *price = (*price * (1.0 + rng.signed_unit() * 0.004)).max(1.0);
+            let data = raw(
+                serde_json::json!({ "symbol": symbol, "price": (*price * 100.0).round() / 100.0 }),
+            );
+            if let (Ok(topic), Some(data)) = (Topic::new(&format!("stocks.{symbol}")), data) {
+                batch.push(Publication {
+                    topic,
+                    event: Some("tick".into()),
+                    data,
+                });
+            }
+        }
+        let headline = HEADLINES[n % HEADLINES.len()];
+        let (level, text) = ALERTS[n % ALERTS.len()];
+        let extras = [
+            (
+                "news",
+                "headline",
+                serde_json::json!({ "title": headline, "n": n }),
+            ),
+            (
+                "alerts",
+                "alert",
+                serde_json::json!({ "level": level, "text": text }),
+            ),
+        ];
+        for (topic, event, value) in extras {
+            if let (Ok(topic), Some(data)) = (Topic::new(topic), raw(value)) {
+                batch.push(Publication {
+                    topic,
+                    event: Some(event.into()),
+                    data,
+                });
+            }
+        }
+        let count = batch.len() as u64;
+        match node.broker.publish(batch).await {
+            Ok(_) => {
+                node.metrics
+                    .published
+                    .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(e) => warn!(error = %e, "demo feed publish failed"),
+        }
+        n += 1;
+    }
+}

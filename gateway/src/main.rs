@@ -1,0 +1,270 @@
+//! `herald-gateway`: run a node (`serve`), mint a token (`token`), or check
+//! a configuration (`check-config`). See `docs/configuration.md`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use herald_core::cli::{self, Extra, Parsed};
+use herald_core::config::{self, parse_duration};
+use herald_core::{Config, Secret};
+use herald_gateway::auth::{Signer, TokenRequest, Verifier};
+use herald_gateway::{Listeners, Node};
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+const COMMANDS: &[&str] = &["serve", "token", "check-config"];
+
+const EXTRA: &[Extra] = &[
+    Extra {
+        flag: "--dev",
+        takes_value: false,
+        help: "development mode: generated keys, demo page and feed (never in production)",
+    },
+    Extra {
+        flag: "--sub",
+        takes_value: true,
+        help: "token: the user (sub claim)",
+    },
+    Extra {
+        flag: "--topics",
+        takes_value: true,
+        help: "token: comma-separated subscribe patterns",
+    },
+    Extra {
+        flag: "--publish",
+        takes_value: true,
+        help: "token: comma-separated publish patterns",
+    },
+    Extra {
+        flag: "--ttl",
+        takes_value: true,
+        help: "token: lifetime, e.g. 1h (default 1h)",
+    },
+    Extra {
+        flag: "--private-key",
+        takes_value: true,
+        help: "token: sign with this PEM private key instead of jwt.hs256_secret",
+    },
+];
+
+const SYNOPSIS: &str = "herald-gateway — a Herald push gateway node
+
+Usage:
+  herald-gateway [serve] [--dev] [options]
+  herald-gateway token --sub NAME [--topics 'news,stocks.*'] [--publish 'chat.>'] [--ttl 1h] [options]
+  herald-gateway check-config [options]";
+
+fn main() -> ExitCode {
+    let parsed = match cli::parse(std::env::args().skip(1), COMMANDS, EXTRA) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("herald-gateway: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if parsed.help {
+        print!("{}", cli::usage(SYNOPSIS, EXTRA));
+        return ExitCode::SUCCESS;
+    }
+    let result = match parsed.command.as_deref() {
+        Some("token") => token(parsed),
+        Some("check-config") => check_config(parsed),
+        _ => serve(parsed),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("herald-gateway: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn load(mut parsed: Parsed) -> Result<(config::Loaded, Parsed)> {
+    parsed.sources.env = std::env::vars()
+        .filter(|(k, _)| k.starts_with("HERALD_"))
+        .collect();
+    let loaded = config::load(&parsed.sources)?;
+    Ok((loaded, parsed))
+}
+
+fn list(parsed: &Parsed, flag: &str) -> Vec<String> {
+    parsed
+        .extra
+        .get(flag)
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn token(parsed: Parsed) -> Result<()> {
+    let (loaded, parsed) = load(parsed)?;
+    let config = loaded.config;
+    let sub = parsed
+        .extra
+        .get("--sub")
+        .cloned()
+        .ok_or_else(|| anyhow!("token needs --sub NAME"))?;
+    let ttl = match parsed.extra.get("--ttl") {
+        Some(t) => parse_duration(t).map_err(|e| anyhow!("--ttl: {e}"))?,
+        None => Duration::from_secs(3600),
+    };
+    let signer = match parsed.extra.get("--private-key") {
+        Some(path) => Signer::from_pem_file(path.as_ref(), &config.jwt)?,
+        None => Signer::hs256(&config.jwt)?,
+    };
+    let request = TokenRequest {
+        sub,
+        topics: list(&parsed, "--topics"),
+        publish: list(&parsed, "--publish"),
+        ttl,
+    };
+    for pattern in request.topics.iter().chain(&request.publish) {
+        herald_protocol::TopicPattern::new(pattern)
+            .map_err(|e| anyhow!("invalid pattern '{pattern}': {e}"))?;
+    }
+    println!("{}", signer.mint(&request)?);
+    Ok(())
+}
+
+fn check_config(parsed: Parsed) -> Result<()> {
+    let (loaded, parsed) = load(parsed)?;
+    if let Some(file) = &loaded.file {
+        println!("# file: {}", file.display());
+    }
+    print!("{}", loaded.describe());
+    if !parsed.switch("--dev") {
+        loaded.config.require_keys()?;
+    }
+    Verifier::new(&loaded.config.jwt)?;
+    eprintln!("configuration OK");
+    Ok(())
+}
+
+/// Fills in generated keys for `--dev` and returns what to print.
+fn dev_keys(config: &mut Config) -> Result<Vec<String>> {
+    let mut notes = Vec::new();
+    if !config.jwt.has_key() {
+        let secret = herald_core::random_secret(32).context("no randomness for the dev secret")?;
+        notes.push(format!(
+            "jwt.hs256_secret = {secret}   (generated for --dev)"
+        ));
+        config.jwt.hs256_secret = Some(Secret::new(secret));
+    } else if config.jwt.hs256_secret.is_none() {
+        return Err(anyhow!(
+            "--dev needs an HS256 secret to mint demo tokens: unset the public key settings or set jwt.hs256_secret"
+        ));
+    }
+    if config.admin.api_keys.is_empty() {
+        let key = herald_core::random_secret(16).context("no randomness for the dev admin key")?;
+        notes.push(format!("admin key        = {key}   (generated for --dev)"));
+        config.admin.api_keys = vec![Secret::new(key)];
+    }
+    Ok(notes)
+}
+
+fn serve(parsed: Parsed) -> Result<()> {
+    let dev = parsed.switch("--dev");
+    let (loaded, _) = load(parsed)?;
+    let mut config = loaded.config;
+    let notes = if dev {
+        dev_keys(&mut config)?
+    } else {
+        Vec::new()
+    };
+    config.require_keys()?;
+    if config.redis_url.is_some() {
+        return Err(anyhow!(
+            "redis_url is set, but this build has no Redis broker yet; unset it to run a single node"
+        ));
+    }
+    if config.tls.cert_file.is_some() {
+        return Err(anyhow!(
+            "tls.cert_file is set, but this build does not serve TLS yet; terminate TLS at the load balancer"
+        ));
+    }
+    herald_core::logging::init(&config.log_level, config.log_json).map_err(|e| anyhow!(e))?;
+    if config.compression {
+        warn!(
+            "compression = true, but permessage-deflate is not implemented yet: the extension is declined"
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let public = TcpListener::bind(config.listen).await.with_context(|| format!("cannot bind listen = {}", config.listen))?;
+        let admin = TcpListener::bind(config.admin_listen)
+            .await
+            .with_context(|| format!("cannot bind admin_listen = {}", config.admin_listen))?;
+        let public_addr = public.local_addr()?;
+        let admin_addr = admin.local_addr()?;
+        let node = Node::new(config, dev)?;
+        info!(node = %node.config.node_id, public = %public_addr, admin = %admin_addr, "herald-gateway listening");
+        if dev {
+            print_dev_banner(&notes, public_addr, admin_addr, &node);
+            tokio::spawn(herald_gateway::dev::feed(node.clone()));
+        }
+        herald_gateway::run(node, Listeners { public, admin }, shutdown_signal()).await?;
+        Ok::<(), anyhow::Error>(())
+    })
+}
+
+fn print_dev_banner(
+    notes: &[String],
+    public: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    node: &Node,
+) {
+    let host = |a: std::net::SocketAddr| {
+        if a.ip().is_unspecified() {
+            format!("127.0.0.1:{}", a.port())
+        } else {
+            a.to_string()
+        }
+    };
+    let key = node
+        .config
+        .admin
+        .api_keys
+        .first()
+        .map(Secret::expose)
+        .unwrap_or("<admin key>");
+    eprintln!("\n  Herald dev mode (never use --dev in production)\n");
+    for n in notes {
+        eprintln!("  {n}");
+    }
+    eprintln!("\n  demo page:   http://{}/", host(public));
+    eprintln!(
+        "  try:         curl -H 'Authorization: Bearer {key}' -d '{{\"topic\":\"news\",\"data\":{{\"title\":\"hello\"}}}}' http://{}/v1/publish\n",
+        host(admin)
+    );
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    info!("shutdown signal received");
+}

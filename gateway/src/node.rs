@@ -1,0 +1,189 @@
+//! A gateway node's shared state: configuration, broker, hub, keys, counters,
+//! and the draining flag.
+//!
+//! One `Arc<Node>` is shared by every connection task and every request
+//! handler. Nothing in it is locked across an `.await`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+
+use herald_core::{Broker, Config, MemoryBroker, Metrics, NodeControl, NodeStats};
+use tokio::sync::Notify;
+
+use crate::auth::{KeyError, Signer, Verifier};
+use crate::broker::AnyBroker;
+use crate::hub::{Hub, Registry};
+
+/// A running gateway node.
+pub struct Node {
+    /// The effective configuration.
+    pub config: Config,
+    /// This node's metrics.
+    pub metrics: Arc<Metrics>,
+    /// The broker.
+    pub broker: Arc<AnyBroker>,
+    /// Topic → local sessions.
+    pub hub: Hub<AnyBroker>,
+    /// Token verification.
+    pub verifier: Verifier,
+    /// Token minting for `/dev/token`; set only in `--dev`.
+    pub dev_signer: Option<Signer>,
+    draining: AtomicBool,
+    open: AtomicUsize,
+    closed: Notify,
+    next_session: AtomicU64,
+    session_prefix: String,
+}
+
+/// A reserved connection slot; released when dropped.
+pub struct Permit(Arc<Node>);
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.closed.notify_waiters();
+        }
+    }
+}
+
+struct Control(Weak<Node>);
+
+impl NodeControl for Control {
+    fn stats(&self) -> NodeStats {
+        match self.0.upgrade() {
+            Some(node) => node.stats(),
+            None => NodeStats {
+                node: String::new(),
+                connections: 0,
+                subscriptions: 0,
+                topics: 0,
+            },
+        }
+    }
+
+    fn disconnect(&self, sub: &str) -> usize {
+        self.0.upgrade().map_or(0, |node| node.hub.disconnect(sub))
+    }
+}
+
+impl Node {
+    /// Builds a node with the broker its configuration names.
+    ///
+    /// Must be called inside a Tokio runtime (brokers start background tasks).
+    ///
+    /// # Errors
+    /// When a configured key cannot be loaded.
+    pub fn new(config: Config, dev: bool) -> Result<Arc<Node>, KeyError> {
+        let verifier = Verifier::new(&config.jwt)?;
+        let dev_signer = if dev {
+            Some(Signer::hs256(&config.jwt)?)
+        } else {
+            None
+        };
+        let metrics = Arc::new(Metrics::new());
+        let registry = Arc::new(Registry::new(metrics.clone()));
+        let broker = Arc::new(AnyBroker::Memory(MemoryBroker::new(
+            config.history,
+            registry.clone(),
+        )));
+        let hub = Hub::new(registry, broker.clone(), metrics.clone());
+        let node = Arc::new(Node {
+            session_prefix: herald_core::random_hex(4),
+            config,
+            metrics,
+            broker,
+            hub,
+            verifier,
+            dev_signer,
+            draining: AtomicBool::new(false),
+            open: AtomicUsize::new(0),
+            closed: Notify::new(),
+            next_session: AtomicU64::new(1),
+        });
+        node.broker
+            .register_node(Arc::new(Control(Arc::downgrade(&node))));
+        Ok(node)
+    }
+
+    /// This node's current counts.
+    pub fn stats(&self) -> NodeStats {
+        let load = |v: &std::sync::atomic::AtomicI64| {
+            u64::try_from(v.load(Ordering::Relaxed)).unwrap_or(0)
+        };
+        NodeStats {
+            node: self.config.node_id.clone(),
+            connections: load(&self.metrics.connections),
+            subscriptions: load(&self.metrics.subscriptions),
+            topics: load(&self.metrics.topics),
+        }
+    }
+
+    /// Reserves a connection slot, unless the node is full or draining.
+    pub fn try_reserve(self: &Arc<Node>) -> Option<Permit> {
+        if self.is_draining() {
+            return None;
+        }
+        let max = self.config.limits.max_connections;
+        let mut current = self.open.load(Ordering::Acquire);
+        loop {
+            if current >= max {
+                return None;
+            }
+            match self.open.compare_exchange_weak(
+                current,
+                current + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Some(Permit(self.clone())),
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// Reserved slots: sessions open or being opened.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Waits until no connection slot is held.
+    pub async fn all_closed(&self) {
+        loop {
+            let notified = self.closed.notified();
+            if self.open_connections() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// A fresh session number and its opaque id string.
+    pub fn next_session(&self) -> (u64, String) {
+        let n = self.next_session.fetch_add(1, Ordering::Relaxed);
+        (n, format!("{}{n:x}", self.session_prefix))
+    }
+
+    /// Enters draining: new handshakes get 503 and `/readyz` answers 503.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Whether the node is draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Whether the node can serve, for `/readyz`.
+    ///
+    /// # Errors
+    /// The reason it cannot.
+    pub fn ready(&self) -> Result<(), &'static str> {
+        if self.is_draining() {
+            Err("node is draining")
+        } else if !self.broker.is_up() {
+            Err("broker is unreachable")
+        } else {
+            Ok(())
+        }
+    }
+}

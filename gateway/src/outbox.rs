@@ -1,0 +1,236 @@
+//! The bounded queue between the hub and one connection, and the connection's
+//! mailbox for close requests.
+//!
+//! The hub pushes already-encoded frames (the same `Bytes` for every
+//! subscriber of an event) while holding its shard lock, so a push is a few
+//! instructions under a short mutex and never waits. The connection task takes
+//! the whole queue at once and writes it with one vectored write.
+//!
+//! **Slow consumers.** Events are bounded by `limits.client_queue`. The push
+//! that would exceed it discards the queue at once (its memory is freed, not
+//! kept for later), marks the outbox closed with 4004 and wakes the
+//! connection, which writes the Close behind whatever is already in the socket.
+//! Nothing is ever pushed to a closed outbox, so a stuck client costs the node
+//! no more than one full queue, once.
+//!
+//! Replies to the client's own requests are not counted against the bound:
+//! they are limited by the client's rate limit instead.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Waker};
+use std::time::Instant;
+
+use bytes::Bytes;
+use herald_protocol::CloseCode;
+
+/// One encoded frame waiting for the socket.
+#[derive(Debug, Clone)]
+pub struct Item {
+    /// The complete WebSocket frame.
+    pub frame: Bytes,
+    /// For events: when the node received it from the broker (for the latency
+    /// histogram and the delivered counter). `None` for replies.
+    pub received: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    queue: VecDeque<Item>,
+    /// Events in `queue` (replies excluded).
+    events: usize,
+    close: Option<CloseCode>,
+    waker: Option<Waker>,
+}
+
+/// What happened to a pushed event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Queued.
+    Queued,
+    /// The queue overflowed: this many events were discarded and the
+    /// connection is being closed with 4004.
+    Overflow(usize),
+    /// The connection is closing; the event was not queued.
+    Closed,
+}
+
+/// A connection's outbound queue, shared by the hub and the connection task.
+#[derive(Debug)]
+pub struct Outbox {
+    /// Node-local session number; the hub's key.
+    pub id: u64,
+    /// The token's `sub`, for disconnects by user.
+    pub sub: Arc<str>,
+    limit: usize,
+    state: Mutex<State>,
+}
+
+impl Outbox {
+    /// An empty outbox holding at most `limit` events.
+    pub fn new(id: u64, sub: Arc<str>, limit: usize) -> Outbox {
+        Outbox {
+            id,
+            sub,
+            limit,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every critical section leaves the state consistent, so a poisoned lock
+        // (a panic elsewhere) is safe to keep using.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues an event frame, enforcing the slow-consumer bound.
+    pub fn push_event(&self, frame: &Bytes, received: Instant) -> Pushed {
+        let waker;
+        let result;
+        {
+            let mut s = self.lock();
+            if s.close.is_some() {
+                return Pushed::Closed;
+            }
+            if s.events >= self.limit {
+                let dropped = s.events + 1;
+                s.queue = VecDeque::new();
+                s.events = 0;
+                s.close = Some(CloseCode::SlowConsumer);
+                result = Pushed::Overflow(dropped);
+            } else {
+                s.queue.push_back(Item {
+                    frame: frame.clone(),
+                    received: Some(received),
+                });
+                s.events += 1;
+                result = Pushed::Queued;
+            }
+            waker = s.waker.take();
+        }
+        if let Some(w) = waker {
+            w.wake();
+        }
+        result
+    }
+
+    /// Queues a reply or control frame for the connection's own client. The
+    /// connection task calls this itself, so nobody needs waking.
+    pub fn push_reply(&self, frame: Bytes) {
+        let mut s = self.lock();
+        if s.close.is_none() {
+            s.queue.push_back(Item {
+                frame,
+                received: None,
+            });
+        }
+    }
+
+    /// Asks the connection to close with `code` (first request wins); queued
+    /// frames are discarded. Returns whether this call closed it.
+    pub fn close(&self, code: CloseCode) -> bool {
+        let waker = {
+            let mut s = self.lock();
+            if s.close.is_some() {
+                return false;
+            }
+            s.close = Some(code);
+            s.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        true
+    }
+
+    /// The pending close request, if any.
+    pub fn close_requested(&self) -> Option<CloseCode> {
+        self.lock().close
+    }
+
+    /// Moves every queued frame into `into` (which should be empty), or
+    /// registers the task to be woken by the next push when there is none.
+    /// Returns a close request if one is pending, without moving frames.
+    pub fn take(&self, into: &mut VecDeque<Item>, cx: &mut Context<'_>) -> Option<CloseCode> {
+        let mut s = self.lock();
+        if s.close.is_some() {
+            return s.close;
+        }
+        if s.queue.is_empty() {
+            if !s.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                s.waker = Some(cx.waker().clone());
+            }
+        } else {
+            std::mem::swap(&mut s.queue, into);
+            s.events = 0;
+        }
+        None
+    }
+
+    /// Discards whatever is queued, returning how many events that was.
+    pub fn discard(&self) -> usize {
+        let mut s = self.lock();
+        let n = s.events;
+        s.queue = VecDeque::new();
+        s.events = 0;
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Wake;
+
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn frame() -> Bytes {
+        Bytes::from_static(b"x")
+    }
+
+    #[test]
+    fn overflow_discards_and_closes_with_4004() {
+        let o = Outbox::new(1, Arc::from("a"), 3);
+        let now = Instant::now();
+        for _ in 0..3 {
+            assert_eq!(o.push_event(&frame(), now), Pushed::Queued);
+        }
+        o.push_reply(frame()); // replies do not count
+        assert_eq!(o.push_event(&frame(), now), Pushed::Overflow(4));
+        assert_eq!(o.close_requested(), Some(CloseCode::SlowConsumer));
+        assert_eq!(o.push_event(&frame(), now), Pushed::Closed);
+        assert_eq!(o.discard(), 0, "the queue was freed at overflow");
+    }
+
+    #[test]
+    fn take_registers_a_waker_only_when_empty() {
+        let counter = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(counter.clone());
+        let mut cx = Context::from_waker(&waker);
+        let o = Outbox::new(1, Arc::from("a"), 10);
+        let mut into = VecDeque::new();
+        assert_eq!(o.take(&mut into, &mut cx), None);
+        assert!(into.is_empty());
+        o.push_event(&frame(), Instant::now());
+        o.push_event(&frame(), Instant::now());
+        assert_eq!(
+            counter.0.load(Ordering::SeqCst),
+            1,
+            "one wake per registration"
+        );
+        o.take(&mut into, &mut cx);
+        assert_eq!(into.len(), 2);
+        assert!(o.close(CloseCode::Disconnected));
+        assert!(!o.close(CloseCode::Restart), "first close wins");
+        assert_eq!(
+            o.take(&mut VecDeque::new(), &mut cx),
+            Some(CloseCode::Disconnected)
+        );
+    }
+}

@@ -1,0 +1,328 @@
+//! The socket side of a session: reading and decoding frames, writing queued
+//! frames, and the close handshake, all in the session's one task.
+//!
+//! Memory per idle connection is what this file is about:
+//! - reads go into a per-thread buffer; only the bytes of an unfinished frame
+//!   are copied into the connection (and freed once the frame completes);
+//! - writes take the outbox's whole queue and hand it to the kernel with one
+//!   vectored write, straight from the shared event bytes (no copy);
+//! - one task per connection, polled by a single `poll_step`, so there is no
+//!   reader/writer task pair and no channel between them.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use bytes::{Buf, BytesMut};
+use herald_core::Metrics;
+use herald_core::metrics::DropReason;
+use herald_protocol::CloseCode;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::Sleep;
+
+use super::codec::{Decoder, Message, close_frame};
+use crate::outbox::{Item, Outbox};
+
+/// Bytes read per `read` call, into the per-thread buffer.
+const READ_CHUNK: usize = 16 * 1024;
+/// Frames handed to one vectored write.
+const MAX_IOVECS: usize = 64;
+
+thread_local! {
+    static READ_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
+}
+
+/// What woke the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Complete messages are waiting in the inbox.
+    Messages,
+    /// The session timer fired.
+    Timer,
+    /// Close the connection with this code (requested, or a protocol error).
+    Close(CloseCode),
+    /// The peer went away or the socket failed.
+    Gone,
+}
+
+enum ReadOutcome {
+    Decoded,
+    Partial,
+    Eof,
+    Failed(CloseCode),
+}
+
+/// A WebSocket connection's I/O state.
+pub struct Conn<S> {
+    io: S,
+    decoder: Decoder,
+    /// Bytes of an unfinished frame; empty (and unallocated) when idle.
+    pending: BytesMut,
+    /// Decoded messages not yet handled.
+    pub inbox: VecDeque<Message>,
+    writing: VecDeque<Item>,
+    /// Bytes of `writing[0]` already written.
+    offset: usize,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    /// Wraps `io`; `initial` holds bytes read past the HTTP upgrade, if any.
+    pub fn new(io: S, decoder: Decoder, initial: &[u8]) -> Conn<S> {
+        Conn {
+            io,
+            decoder,
+            pending: BytesMut::from(initial),
+            inbox: VecDeque::new(),
+            writing: VecDeque::new(),
+            offset: 0,
+        }
+    }
+
+    /// Decodes bytes that arrived with the upgrade request.
+    ///
+    /// # Errors
+    /// The close code for a protocol error.
+    pub fn decode_initial(&mut self) -> Result<(), CloseCode> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let used = self.decoder.decode(&self.pending, &mut self.inbox)?;
+        self.pending.advance(used);
+        if self.pending.is_empty() {
+            self.pending = BytesMut::new();
+        }
+        Ok(())
+    }
+
+    /// Polls for the next thing the session must act on, writing queued frames
+    /// as the socket accepts them meanwhile.
+    pub fn poll_step(
+        &mut self,
+        cx: &mut Context<'_>,
+        outbox: &Outbox,
+        sleep: Pin<&mut Sleep>,
+        metrics: &Metrics,
+    ) -> Poll<Step> {
+        if !self.inbox.is_empty() {
+            return Poll::Ready(Step::Messages);
+        }
+        if let Some(code) = outbox.close_requested() {
+            return Poll::Ready(Step::Close(code));
+        }
+        loop {
+            if self.writing.is_empty() {
+                if let Some(code) = outbox.take(&mut self.writing, cx) {
+                    return Poll::Ready(Step::Close(code));
+                }
+                if self.writing.is_empty() {
+                    break;
+                }
+            }
+            match self.poll_write_some(cx, metrics) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Poll::Ready(Step::Gone),
+                Poll::Pending => break,
+            }
+        }
+        loop {
+            match self.poll_read(cx) {
+                Poll::Ready(ReadOutcome::Decoded) => return Poll::Ready(Step::Messages),
+                Poll::Ready(ReadOutcome::Partial) => {}
+                Poll::Ready(ReadOutcome::Eof) => return Poll::Ready(Step::Gone),
+                Poll::Ready(ReadOutcome::Failed(code)) => return Poll::Ready(Step::Close(code)),
+                Poll::Pending => break,
+            }
+        }
+        if sleep.poll(cx).is_ready() {
+            return Poll::Ready(Step::Timer);
+        }
+        Poll::Pending
+    }
+
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<ReadOutcome> {
+        READ_BUF.with_borrow_mut(|buf| {
+            let mut rb = ReadBuf::new(buf);
+            if ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb)).is_err() {
+                return Poll::Ready(ReadOutcome::Eof);
+            }
+            let filled = rb.filled();
+            if filled.is_empty() {
+                return Poll::Ready(ReadOutcome::Eof);
+            }
+            let before = self.inbox.len();
+            let result = if self.pending.is_empty() {
+                self.decoder.decode(filled, &mut self.inbox).map(|used| {
+                    if used < filled.len() {
+                        self.pending.extend_from_slice(&filled[used..]);
+                    }
+                })
+            } else {
+                self.pending.extend_from_slice(filled);
+                self.decoder
+                    .decode(&self.pending, &mut self.inbox)
+                    .map(|used| {
+                        self.pending.advance(used);
+                        if self.pending.is_empty() {
+                            self.pending = BytesMut::new();
+                        }
+                    })
+            };
+            Poll::Ready(match result {
+                Err(code) => ReadOutcome::Failed(code),
+                Ok(()) if self.inbox.len() > before => ReadOutcome::Decoded,
+                Ok(()) => ReadOutcome::Partial,
+            })
+        })
+    }
+
+    /// One vectored write of the queued frames.
+    fn poll_write_some(
+        &mut self,
+        cx: &mut Context<'_>,
+        metrics: &Metrics,
+    ) -> Poll<std::io::Result<()>> {
+        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+        let mut count = 0;
+        for (i, item) in self.writing.iter().take(MAX_IOVECS).enumerate() {
+            let bytes = if i == 0 {
+                &item.frame[self.offset..]
+            } else {
+                &item.frame[..]
+            };
+            slices[i] = IoSlice::new(bytes);
+            count += 1;
+        }
+        let mut written = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..count]))?;
+        if written == 0 {
+            return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+        }
+        let now = Instant::now();
+        let mut delivered = 0;
+        while let Some(front) = self.writing.front() {
+            let left = front.frame.len() - self.offset;
+            if written < left {
+                self.offset += written;
+                break;
+            }
+            written -= left;
+            self.offset = 0;
+            if let Some(received) = front.received {
+                metrics
+                    .deliver_latency
+                    .observe(now.saturating_duration_since(received));
+                delivered += 1;
+            }
+            self.writing.pop_front();
+        }
+        if delivered > 0 {
+            metrics
+                .delivered
+                .fetch_add(delivered, std::sync::atomic::Ordering::Relaxed);
+        }
+        if self.writing.is_empty() && self.writing.capacity() > 64 {
+            self.writing = VecDeque::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Sends a Close with `code` behind what is already in the socket (queued
+    /// frames not yet started are discarded), waits for the client's Close or
+    /// for `deadline`, then shuts the socket down.
+    pub async fn close(
+        &mut self,
+        code: Option<u16>,
+        reason: &str,
+        outbox: &Outbox,
+        metrics: &Metrics,
+        deadline: Instant,
+    ) {
+        let keep = usize::from(self.offset > 0);
+        let dropped = self
+            .writing
+            .iter()
+            .skip(keep)
+            .filter(|i| i.received.is_some())
+            .count()
+            + outbox.discard();
+        if dropped > 0 {
+            metrics.dropped(DropReason::Closed, dropped as u64);
+        }
+        self.writing.truncate(keep);
+        self.writing.push_back(Item {
+            frame: close_frame(code, reason),
+            received: None,
+        });
+        let deadline = tokio::time::Instant::from_std(deadline);
+        let _ = tokio::time::timeout_at(deadline, self.flush(metrics)).await;
+        let _ = tokio::time::timeout_at(deadline, self.await_peer_close()).await;
+        let _ = tokio::time::timeout_at(deadline, self.io.shutdown()).await;
+    }
+
+    /// Answers the client's Close and shuts the socket down.
+    pub async fn answer_close(
+        &mut self,
+        code: Option<u16>,
+        outbox: &Outbox,
+        metrics: &Metrics,
+        deadline: Instant,
+    ) {
+        let keep = usize::from(self.offset > 0);
+        self.writing.truncate(keep);
+        outbox.discard();
+        self.writing.push_back(Item {
+            frame: close_frame(code, ""),
+            received: None,
+        });
+        let deadline = tokio::time::Instant::from_std(deadline);
+        let _ = tokio::time::timeout_at(deadline, self.flush(metrics)).await;
+        let _ = tokio::time::timeout_at(deadline, self.io.shutdown()).await;
+    }
+
+    async fn flush(&mut self, metrics: &Metrics) -> std::io::Result<()> {
+        while !self.writing.is_empty() {
+            std::future::poll_fn(|cx| self.poll_write_some(cx, metrics)).await?;
+        }
+        self.io.flush().await
+    }
+
+    /// Reads and discards until the client's Close frame or end of stream.
+    async fn await_peer_close(&mut self) {
+        loop {
+            if self.inbox.iter().any(|m| matches!(m, Message::Close(_))) {
+                return;
+            }
+            self.inbox.clear();
+            let outcome = std::future::poll_fn(|cx| self.poll_read(cx)).await;
+            if matches!(outcome, ReadOutcome::Eof | ReadOutcome::Failed(_)) {
+                return;
+            }
+        }
+    }
+}
+
+/// Polls `conn` for its next step; a named future so the session loop can
+/// borrow the connection, the outbox and the timer together.
+pub struct NextStep<'a, S> {
+    /// The connection.
+    pub conn: &'a mut Conn<S>,
+    /// Its outbox.
+    pub outbox: &'a Outbox,
+    /// The session timer.
+    pub sleep: Pin<&'a mut Sleep>,
+    /// Where deliveries are counted.
+    pub metrics: &'a Metrics,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Future for NextStep<'_, S> {
+    type Output = Step;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Step> {
+        let this = self.get_mut();
+        this.conn
+            .poll_step(cx, this.outbox, this.sleep.as_mut(), this.metrics)
+    }
+}

@@ -1,0 +1,222 @@
+//! `GET /ws`: the handshake (contract §4) and the hand-over of the upgraded
+//! socket to a session task.
+//!
+//! Every refusal happens here, as a plain HTTP response with the contract's
+//! JSON body, before anything is upgraded and before any per-session state
+//! exists. The checks run cheapest first: headers, capacity and draining,
+//! origin, and only then the token signature.
+
+pub mod codec;
+pub mod conn;
+pub mod handshake;
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use herald_admin_api::error_response;
+use herald_core::metrics::HandshakeResult;
+use herald_protocol::ErrorCode;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use crate::auth::AuthError;
+use crate::node::Node;
+use handshake::NotUpgrade;
+
+fn refuse(node: &Node, result: HandshakeResult, code: ErrorCode, message: &str) -> Response {
+    node.metrics.handshake(result);
+    error_response(code, message)
+}
+
+/// The token from `Authorization: Bearer`, else from the `token` query parameter.
+fn token_of(req: &Request) -> Option<String> {
+    let header = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty());
+    header.or_else(|| {
+        req.uri().query()?.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            (k == "token")
+                .then(|| percent_decode(v))
+                .filter(|t| !t.is_empty())
+        })
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn origin_allowed(node: &Node, req: &Request) -> bool {
+    let allowed = &node.config.allowed_origins;
+    if allowed.is_empty() {
+        return true;
+    }
+    match req.headers().get(http::header::ORIGIN) {
+        None => true, // native apps send none
+        Some(origin) => origin.to_str().is_ok_and(|o| {
+            allowed
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(o.trim_end_matches('/')))
+        }),
+    }
+}
+
+/// The `/ws` handler.
+pub async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Response {
+    let accept = match handshake::accept_key(req.method(), req.headers()) {
+        Ok(accept) => accept,
+        Err(NotUpgrade::BadRequest(message)) => {
+            return refuse(
+                &node,
+                HandshakeResult::BadRequest,
+                ErrorCode::BadRequest,
+                message,
+            );
+        }
+        Err(NotUpgrade::Version) => {
+            let mut response = refuse(
+                &node,
+                HandshakeResult::BadRequest,
+                ErrorCode::BadRequest,
+                "only WebSocket version 13 is supported",
+            );
+            *response.status_mut() = http::StatusCode::UPGRADE_REQUIRED;
+            response.headers_mut().insert(
+                http::header::SEC_WEBSOCKET_VERSION,
+                http::HeaderValue::from_static("13"),
+            );
+            return response;
+        }
+    };
+    let Some(permit) = node.try_reserve() else {
+        let message = if node.is_draining() {
+            "node is draining"
+        } else {
+            "node is at max_connections"
+        };
+        return refuse(
+            &node,
+            HandshakeResult::Unavailable,
+            ErrorCode::Unavailable,
+            message,
+        );
+    };
+    if !origin_allowed(&node, &req) {
+        return refuse(
+            &node,
+            HandshakeResult::ForbiddenOrigin,
+            ErrorCode::ForbiddenOrigin,
+            "origin not allowed",
+        );
+    }
+    let Some(token) = token_of(&req) else {
+        return refuse(
+            &node,
+            HandshakeResult::Unauthorized,
+            ErrorCode::Unauthorized,
+            "no token: send 'Authorization: Bearer <jwt>' or ?token=<jwt>",
+        );
+    };
+    let claims = match node.verifier.verify(&token) {
+        Ok(claims) => claims,
+        Err(e @ AuthError::Expired) => {
+            return refuse(
+                &node,
+                HandshakeResult::TokenExpired,
+                e.code(),
+                &e.to_string(),
+            );
+        }
+        Err(e) => {
+            return refuse(
+                &node,
+                HandshakeResult::Unauthorized,
+                e.code(),
+                &e.to_string(),
+            );
+        }
+    };
+    drop(token);
+    let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return refuse(
+            &node,
+            HandshakeResult::BadRequest,
+            ErrorCode::BadRequest,
+            "connection cannot be upgraded",
+        );
+    };
+    node.metrics.handshake(HandshakeResult::Accepted);
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        // Unwrap our own TCP stream so the session polls it directly.
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                crate::session::run(parts.io.into_inner(), parts.read_buf, node, claims, permit)
+                    .await
+            }
+            Err(upgraded) => {
+                crate::session::run(TokioIo::new(upgraded), Bytes::new(), node, claims, permit)
+                    .await
+            }
+        }
+    });
+    (
+        http::StatusCode::SWITCHING_PROTOCOLS,
+        [
+            (http::header::UPGRADE, "websocket"),
+            (http::header::CONNECTION, "Upgrade"),
+            (http::header::SEC_WEBSOCKET_ACCEPT, accept.as_str()),
+        ],
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%2Eb%2e"), "a.b.");
+        assert_eq!(percent_decode("abc"), "abc");
+        assert_eq!(percent_decode("a%2"), "a%2");
+        assert_eq!(percent_decode("%zz"), "%zz");
+        assert_eq!(percent_decode("%"), "%");
+    }
+}

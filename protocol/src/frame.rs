@@ -1,0 +1,436 @@
+//! Client and server frames (contract §5).
+//!
+//! Client frames are parsed leniently enough to always recover the `ref` when
+//! the JSON is an object, so even a refusal can be matched by the client. Topic
+//! names stay plain strings here: checking them is the handler's job, because
+//! an invalid topic is an `invalid_topic` error naming the topic, not a
+//! `bad_request`.
+//!
+//! `data` is kept as raw JSON text from parse to delivery: the gateway never
+//! re-serializes what a publisher sent.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::codes::ErrorCode;
+
+/// Protocol version announced in `welcome`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A frame a client sends.
+#[derive(Debug)]
+pub enum ClientFrame<'a> {
+    /// Subscribe to topics, optionally recovering from `since` positions.
+    Subscribe {
+        /// Echoed in the reply.
+        reference: Option<String>,
+        /// Topic names, unchecked.
+        topics: Vec<String>,
+        /// Topic name → last id the client saw.
+        since: BTreeMap<String, String>,
+    },
+    /// Unsubscribe from topics.
+    Unsubscribe {
+        /// Echoed in the reply.
+        reference: Option<String>,
+        /// Topic names, unchecked.
+        topics: Vec<String>,
+    },
+    /// Publish one event.
+    Publish {
+        /// Echoed in the reply.
+        reference: Option<String>,
+        /// Topic name, unchecked.
+        topic: String,
+        /// Raw JSON payload.
+        data: &'a RawValue,
+        /// Optional event name.
+        event: Option<String>,
+    },
+    /// Application-level ping.
+    Ping {
+        /// Echoed in the reply.
+        reference: Option<String>,
+    },
+    /// Replace the connection's token.
+    Auth {
+        /// Echoed in the reply.
+        reference: Option<String>,
+        /// The fresh JWT.
+        token: String,
+    },
+}
+
+impl ClientFrame<'_> {
+    /// The client's `ref`, if it sent one.
+    pub fn reference(&self) -> Option<&str> {
+        match self {
+            ClientFrame::Subscribe { reference, .. }
+            | ClientFrame::Unsubscribe { reference, .. }
+            | ClientFrame::Publish { reference, .. }
+            | ClientFrame::Ping { reference }
+            | ClientFrame::Auth { reference, .. } => reference.as_deref(),
+        }
+    }
+}
+
+/// A client frame that could not be understood: always `bad_request`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameError {
+    /// The `ref` if one could be read, so the client can match the error.
+    pub reference: Option<String>,
+    /// What was wrong, for the client's developer.
+    pub message: String,
+}
+
+#[derive(Deserialize)]
+struct RawFrame<'a> {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    #[serde(rename = "ref", default)]
+    reference: Option<String>,
+    #[serde(default)]
+    topics: Option<Vec<String>>,
+    #[serde(default)]
+    topic: Option<String>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    data: Option<&'a RawValue>,
+    #[serde(default)]
+    event: Option<String>,
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    since: Option<BTreeMap<String, String>>,
+}
+
+/// Treats a present `null` as present: only a missing field is missing.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+struct RefOnly {
+    #[serde(rename = "ref", default)]
+    reference: Option<serde_json::Value>,
+}
+
+fn missing(reference: Option<String>, kind: &str, field: &str) -> FrameError {
+    FrameError {
+        reference,
+        message: format!("{kind} needs a '{field}' field"),
+    }
+}
+
+/// Parses one client frame from the text of a WebSocket message.
+///
+/// # Errors
+/// A [`FrameError`] when the text is not a JSON object, has no or an unknown
+/// `type`, or lacks a field its type needs.
+pub fn parse_client_frame(text: &str) -> Result<ClientFrame<'_>, FrameError> {
+    let raw: RawFrame<'_> = match serde_json::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            // Keep the ref of a well-formed object whose other fields are mistyped.
+            let reference = serde_json::from_str::<RefOnly>(text)
+                .ok()
+                .and_then(|r| r.reference)
+                .and_then(|v| v.as_str().map(str::to_owned));
+            let message = if e.is_data() {
+                format!("invalid frame: {e}")
+            } else {
+                "frame is not a JSON object".to_owned()
+            };
+            return Err(FrameError { reference, message });
+        }
+    };
+    let reference = raw.reference;
+    let Some(kind) = raw.kind else {
+        return Err(FrameError {
+            reference,
+            message: "frame has no 'type'".to_owned(),
+        });
+    };
+    match kind.as_str() {
+        "subscribe" => Ok(ClientFrame::Subscribe {
+            topics: raw
+                .topics
+                .ok_or_else(|| missing(reference.clone(), "subscribe", "topics"))?,
+            since: raw.since.unwrap_or_default(),
+            reference,
+        }),
+        "unsubscribe" => Ok(ClientFrame::Unsubscribe {
+            topics: raw
+                .topics
+                .ok_or_else(|| missing(reference.clone(), "unsubscribe", "topics"))?,
+            reference,
+        }),
+        "publish" => Ok(ClientFrame::Publish {
+            topic: raw
+                .topic
+                .ok_or_else(|| missing(reference.clone(), "publish", "topic"))?,
+            data: raw
+                .data
+                .ok_or_else(|| missing(reference.clone(), "publish", "data"))?,
+            event: raw.event,
+            reference,
+        }),
+        "ping" => Ok(ClientFrame::Ping { reference }),
+        "auth" => Ok(ClientFrame::Auth {
+            token: raw
+                .token
+                .ok_or_else(|| missing(reference.clone(), "auth", "token"))?,
+            reference,
+        }),
+        other => Err(FrameError {
+            reference,
+            message: format!("unknown frame type '{}'", other.escape_debug()),
+        }),
+    }
+}
+
+/// A frame the server sends, borrowed from whatever produced it.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame<'a> {
+    /// First frame on every connection.
+    Welcome {
+        /// Opaque session id.
+        session: &'a str,
+        /// The node's `node_id`.
+        node: &'a str,
+        /// `heartbeat.interval` in milliseconds.
+        heartbeat_ms: u64,
+        /// [`PROTOCOL_VERSION`].
+        protocol: u32,
+    },
+    /// Reply to `subscribe`, sent once the subscription is live end to end.
+    Subscribed {
+        /// The client's ref.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+        /// The topics now subscribed.
+        topics: &'a [&'a str],
+        /// Per topic of `since`: whether the missed messages were replayed.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recovered: Option<&'a BTreeMap<&'a str, bool>>,
+    },
+    /// Reply to `unsubscribe`, or notice that a refreshed token lost topics.
+    Unsubscribed {
+        /// The client's ref; absent on a notice.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+        /// The topics no longer subscribed.
+        topics: &'a [&'a str],
+    },
+    /// Reply to `publish`.
+    Published {
+        /// The client's ref.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+        /// The topic published to.
+        topic: &'a str,
+        /// The id the event got.
+        id: &'a str,
+    },
+    /// Reply to `ping`.
+    Pong {
+        /// The client's ref.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+    },
+    /// Reply to `auth`.
+    Authed {
+        /// The client's ref.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+        /// The new token's `exp`.
+        exp: u64,
+    },
+    /// Less than a minute of token lifetime is left.
+    TokenExpiring {
+        /// The current token's `exp`.
+        exp: u64,
+    },
+    /// A refusal; the connection stays open.
+    Error {
+        /// The ref of the refused frame.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+        /// The contract code.
+        code: ErrorCode,
+        /// Human-readable detail.
+        message: &'a str,
+        /// The topic at fault, when there is one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        topic: Option<&'a str>,
+    },
+    /// An event.
+    Message(MessageFrame<'a>),
+}
+
+impl ServerFrame<'_> {
+    /// The frame as JSON text.
+    pub fn to_json(&self) -> String {
+        // Serializing these types cannot fail: every field is a string, a number,
+        // a map with string keys or already-valid raw JSON.
+        serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"))
+    }
+}
+
+/// The body of a `message` frame, also the element of the admin history API.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct MessageFrame<'a> {
+    /// The topic.
+    pub topic: &'a str,
+    /// The opaque, per-topic increasing id.
+    pub id: &'a str,
+    /// The publisher's event name, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<&'a str>,
+    /// The payload, as the publisher sent it.
+    pub data: &'a RawValue,
+    /// Publish time in milliseconds since the Unix epoch.
+    pub ts: u64,
+}
+
+impl MessageFrame<'_> {
+    /// The complete `{"type":"message",…}` frame as JSON text.
+    pub fn to_json(&self) -> String {
+        ServerFrame::Message(*self).to_json()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_every_client_frame() {
+        let f =
+            parse_client_frame(r#"{"type":"subscribe","ref":"1","topics":["news","stocks.AAPL"]}"#)
+                .unwrap();
+        assert!(matches!(f, ClientFrame::Subscribe { ref topics, .. } if topics.len() == 2));
+        assert_eq!(f.reference(), Some("1"));
+
+        let f =
+            parse_client_frame(r#"{"type":"subscribe","topics":["news"],"since":{"news":"x-1"}}"#)
+                .unwrap();
+        assert!(matches!(f, ClientFrame::Subscribe { ref since, .. } if since["news"] == "x-1"));
+
+        let f =
+            parse_client_frame(r#"{"type":"unsubscribe","ref":"3","topics":["news"]}"#).unwrap();
+        assert!(matches!(f, ClientFrame::Unsubscribe { .. }));
+
+        let f = parse_client_frame(
+            r#"{"type":"publish","ref":"4","topic":"chat.room-1","data":{"text":"hi"}}"#,
+        )
+        .unwrap();
+        match f {
+            ClientFrame::Publish {
+                topic, data, event, ..
+            } => {
+                assert_eq!(topic, "chat.room-1");
+                assert_eq!(data.get(), r#"{"text":"hi"}"#);
+                assert_eq!(event, None);
+            }
+            other => panic!("{other:?}"),
+        }
+
+        assert!(matches!(
+            parse_client_frame(r#"{"type":"ping","ref":"5"}"#).unwrap(),
+            ClientFrame::Ping { .. }
+        ));
+        assert!(matches!(
+            parse_client_frame(r#"{"type":"auth","ref":"6","token":"t"}"#).unwrap(),
+            ClientFrame::Auth { .. }
+        ));
+    }
+
+    #[test]
+    fn null_data_is_present() {
+        let f = parse_client_frame(r#"{"type":"publish","topic":"a","data":null}"#).unwrap();
+        assert!(matches!(f, ClientFrame::Publish { data, .. } if data.get() == "null"));
+    }
+
+    #[test]
+    fn refusals_keep_the_ref() {
+        let e = parse_client_frame(r#"{"type":"nope","ref":"9"}"#).unwrap_err();
+        assert_eq!(e.reference.as_deref(), Some("9"));
+        assert!(e.message.contains("unknown frame type"));
+
+        let e = parse_client_frame(r#"{"ref":"8"}"#).unwrap_err();
+        assert_eq!(e.reference.as_deref(), Some("8"));
+
+        let e =
+            parse_client_frame(r#"{"type":"subscribe","ref":"7","topics":"news"}"#).unwrap_err();
+        assert_eq!(e.reference.as_deref(), Some("7"));
+
+        let e = parse_client_frame(r#"{"type":"publish","ref":"6","topic":"a"}"#).unwrap_err();
+        assert_eq!(e.reference.as_deref(), Some("6"));
+        assert!(e.message.contains("data"));
+
+        let e = parse_client_frame("not json").unwrap_err();
+        assert_eq!(e.reference, None);
+        let e = parse_client_frame("[1,2]").unwrap_err();
+        assert_eq!(e.reference, None);
+    }
+
+    #[test]
+    fn server_frames_match_the_contract() {
+        let json = ServerFrame::Welcome {
+            session: "s",
+            node: "n",
+            heartbeat_ms: 25000,
+            protocol: 1,
+        }
+        .to_json();
+        assert_eq!(
+            json,
+            r#"{"type":"welcome","session":"s","node":"n","heartbeat_ms":25000,"protocol":1}"#
+        );
+        let data = RawValue::from_string(r#"{"price":189.21}"#.to_owned()).unwrap();
+        let json = MessageFrame {
+            topic: "stocks.AAPL",
+            id: "e-1",
+            event: Some("tick"),
+            data: &data,
+            ts: 7,
+        }
+        .to_json();
+        assert_eq!(
+            json,
+            r#"{"type":"message","topic":"stocks.AAPL","id":"e-1","event":"tick","data":{"price":189.21},"ts":7}"#
+        );
+        let json = ServerFrame::Error {
+            reference: None,
+            code: ErrorCode::Forbidden,
+            message: "m",
+            topic: Some("admin.x"),
+        }
+        .to_json();
+        assert_eq!(
+            json,
+            r#"{"type":"error","code":"forbidden","message":"m","topic":"admin.x"}"#
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn parser_never_panics(s in "\\PC{0,200}") {
+            let _ = parse_client_frame(&s);
+        }
+
+        #[test]
+        fn parser_never_panics_on_json_like_input(
+            kind in prop_oneof![Just("subscribe"), Just("publish"), Just("auth"), Just("x")],
+            field in prop_oneof![Just("topics"), Just("topic"), Just("data"), Just("since"), Just("ref")],
+            value in prop_oneof![Just("1"), Just("null"), Just("[]"), Just("{}"), Just("\"s\""), Just("[\"a\"]")],
+        ) {
+            let text = format!(r#"{{"type":"{kind}","{field}":{value}}}"#);
+            let _ = parse_client_frame(&text);
+        }
+    }
+}

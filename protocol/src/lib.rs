@@ -1,0 +1,16 @@
+//! The Herald wire protocol, shared by the gateway, the admin API and the load
+//! generator, so that the three can never disagree on a frame, a topic rule or
+//! a code.
+//!
+//! Nothing here does I/O. The types follow `shared/spec/CONTRACT.md` §3–§6;
+//! a change here is a protocol change and bumps [`PROTOCOL_VERSION`].
+
+mod codes;
+mod frame;
+mod topic;
+
+pub use codes::{CloseCode, ErrorCode};
+pub use frame::{
+    ClientFrame, FrameError, MessageFrame, PROTOCOL_VERSION, ServerFrame, parse_client_frame,
+};
+pub use topic::{MAX_TOPIC_LEN, Permissions, Topic, TopicError, TopicPattern};
