@@ -3,6 +3,7 @@
 //! never passed to a log macro anywhere in Herald; the configuration wraps
 //! them in [`Secret`](crate::Secret), whose `Debug` is masked.
 
+use std::io::IsTerminal;
 use std::str::FromStr;
 
 use tracing_subscriber::filter::Targets;
@@ -27,7 +28,11 @@ pub fn init(level: &str, json: bool) -> Result<(), String> {
             .try_init()
     } else {
         registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
             .try_init()
     };
     result.map_err(|e| e.to_string())

@@ -1,0 +1,10 @@
+//! Integration tests of the gateway: real WebSocket and HTTP clients against
+//! gateways on port-0 listeners (in process), and the binary itself.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod admin;
+mod common;
+mod frames;
+mod handshake;
+mod process;
+mod timing;

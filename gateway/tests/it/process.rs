@@ -1,0 +1,288 @@
+//! The `herald-gateway` binary as users run it: `token`, `check-config`,
+//! start-up errors, `--dev`, and a real SIGTERM drain.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::common::*;
+
+fn bin() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald-gateway"));
+    // Run where no herald.toml can be picked up by accident.
+    cmd.current_dir(std::env::temp_dir());
+    cmd.env_remove("HERALD_LOG_LEVEL");
+    cmd
+}
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = bin().args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn token_command_output_is_accepted_by_serve() {
+    let (code, stdout, stderr) = run(&[
+        "token",
+        "--sub",
+        "alice",
+        "--topics",
+        "news,stocks.*",
+        "--publish",
+        "chat.>",
+        "--ttl",
+        "10m",
+        "--jwt-hs256-secret",
+        SECRET,
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let token = stdout.trim();
+    let gw = TestGateway::spawn().await;
+    let mut c = Client::connect(&gw.ws_url(), token).await;
+    c.subscribe(&["news", "stocks.AAPL"]).await;
+    let reply = c
+        .call(json!({"type": "publish", "topic": "chat.x", "data": 1}))
+        .await;
+    assert_eq!(reply["type"], "published");
+    let reply = c
+        .call(json!({"type": "subscribe", "topics": ["alerts"]}))
+        .await;
+    assert_eq!(reply["code"], "forbidden");
+}
+
+#[tokio::test]
+async fn token_command_signs_with_a_private_key() {
+    let key = fixture("ec_private.pem");
+    let (code, stdout, stderr) = run(&[
+        "token",
+        "--sub",
+        "alice",
+        "--private-key",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let gw = TestGateway::spawn_with(|c| {
+        c.jwt.hs256_secret = None;
+        c.jwt.public_key_file = Some(fixture("ec_public.pem"));
+    })
+    .await;
+    Client::connect(&gw.ws_url(), stdout.trim())
+        .await
+        .assert_alive()
+        .await;
+}
+
+#[test]
+fn token_command_without_a_key_names_the_setting() {
+    let (code, _, stderr) = run(&["token", "--sub", "alice"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("jwt.hs256_secret"), "{stderr}");
+}
+
+#[test]
+fn check_config_prints_masked_values_and_names_bad_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, format!("[jwt]\nhs256_secret = \"{SECRET}\"\n[admin]\napi_keys = [\"k\"]\n[limits]\nclient_rate = 5\n")).unwrap();
+    let (code, stdout, stderr) = run(&["check-config", "--config", good.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("limits.client_rate = 5  # file"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("jwt.hs256_secret = \"****\""), "{stdout}");
+    assert!(!stdout.contains(SECRET), "secret leaked: {stdout}");
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[limits]\nmax_conections = 5\n").unwrap();
+    let (code, _, stderr) = run(&["check-config", "--config", bad.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("limits.max_conections"), "{stderr}");
+
+    let (code, _, stderr) = run(&["check-config", "--heartbeat-interval", "soon"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("heartbeat.interval"), "{stderr}");
+}
+
+#[test]
+fn serve_without_keys_names_the_setting() {
+    let (code, _, stderr) = run(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("jwt.hs256_secret"), "{stderr}");
+    let (code, _, stderr) = run(&[
+        "--jwt-hs256-secret",
+        SECRET,
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("admin.api_keys"), "{stderr}");
+    let (code, _, stderr) = run(&["--bogus"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("--bogus"), "{stderr}");
+}
+
+/// A gateway process whose stderr lines are collected on a channel.
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    fn start(args: &[&str]) -> Proc {
+        let mut child = bin()
+            .args(args)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc { child, lines }
+    }
+
+    /// The first stderr line containing `needle`.
+    fn line_with(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no line with '{needle}' within {WAIT:?}"),
+            }
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn wait_exit(&mut self) -> i32 {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(std::time::Instant::now() < deadline, "process did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn addr_after(line: &str, marker: &str) -> std::net::SocketAddr {
+    let rest = &line[line.find(marker).unwrap() + marker.len()..];
+    let addr: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+        .collect();
+    addr.parse()
+        .unwrap_or_else(|_| panic!("no address in {line}"))
+}
+
+#[tokio::test]
+async fn dev_mode_serves_demo_token_and_feed() {
+    let p = Proc::start(&[
+        "--dev",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    let key_line = p.line_with("admin key");
+    let key = key_line
+        .split('=')
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let public = addr_after(&p.line_with("demo page:"), "http://");
+    let admin = addr_after(&p.line_with("try:"), "http://");
+
+    let (status, page) = http(public, "GET", "/", None, None).await;
+    assert_eq!(status, 200);
+    assert!(page.as_str().unwrap().contains("Herald demo"));
+    let (status, body) = http(public, "GET", "/dev/token?sub=tester", None, None).await;
+    assert_eq!(status, 200);
+    let token = body["token"].as_str().unwrap();
+
+    let mut c = Client::connect(&format!("ws://{public}/ws"), token).await;
+    c.subscribe(&["news", "alerts", "stocks.AAPL"]).await;
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < 3 {
+        let m = c.recv().await;
+        seen.insert(m["topic"].as_str().unwrap().to_owned());
+    }
+    let (status, reply) = http(
+        admin,
+        "POST",
+        "/v1/publish",
+        Some(&key),
+        Some(json!({"topic": "news", "data": {"title": "hi"}}).to_string()),
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+}
+
+#[tokio::test]
+async fn sigterm_drains_sessions_with_1012_and_exits_0() {
+    let mut p = Proc::start(&[
+        "--jwt-hs256-secret",
+        SECRET,
+        "--admin-api-keys",
+        ADMIN_KEY,
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--drain-timeout",
+        "3s",
+    ]);
+    let line = p.line_with("herald-gateway listening");
+    let public = addr_after(&line, "public=");
+    let admin = addr_after(&line, "admin=");
+    let mut c = Client::connect(&format!("ws://{public}/ws"), &token("alice", &[], &[])).await;
+    c.assert_alive().await;
+    p.signal("TERM");
+    assert_eq!(c.expect_close().await, 1012);
+    let code = p.wait_exit();
+    assert_eq!(code, 0);
+    // Nothing listens any more.
+    assert!(tokio::net::TcpStream::connect(admin).await.is_err());
+}
