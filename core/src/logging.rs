@@ -10,6 +10,16 @@ use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+/// Checks a `log_level` filter without installing anything.
+///
+/// # Errors
+/// When `level` is not a valid filter.
+pub fn check(level: &str) -> Result<(), String> {
+    Targets::from_str(level)
+        .map(|_| ())
+        .map_err(|e| format!("invalid log_level '{level}': {e}"))
+}
+
 /// Installs the global subscriber.
 ///
 /// # Errors

@@ -110,6 +110,8 @@ impl Histogram {
 /// Every metric of a node.
 #[derive(Debug, Default)]
 pub struct Metrics {
+    /// `node_id`, shown as a label of `herald_node_info`.
+    node: String,
     /// Open sessions.
     pub connections: AtomicI64,
     handshakes: [AtomicU64; HandshakeResult::ALL.len()],
@@ -130,9 +132,12 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// A fresh set with `herald_broker_up` at 1.
-    pub fn new() -> Metrics {
-        let m = Metrics::default();
+    /// A fresh set for node `node_id`, with `herald_broker_up` at 1.
+    pub fn new(node_id: &str) -> Metrics {
+        let m = Metrics {
+            node: node_id.to_owned(),
+            ..Metrics::default()
+        };
         m.broker_up.store(1, Relaxed);
         m
     }
@@ -177,6 +182,12 @@ impl Metrics {
     /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
+        let _ = write!(
+            out,
+            "# HELP herald_node_info This process: node id and version.\n# TYPE herald_node_info gauge\nherald_node_info{{node=\"{}\",version=\"{}\"}} 1\n",
+            self.node.replace(['\\', '"', '\n'], "_"),
+            env!("CARGO_PKG_VERSION")
+        );
         let gauge = |out: &mut String, name: &str, help: &str, v: i64| {
             let _ = write!(
                 out,
@@ -303,7 +314,7 @@ mod tests {
 
     #[test]
     fn every_family_is_described_from_start() {
-        let text = Metrics::new().render();
+        let text = Metrics::new("n1").render();
         for family in [
             "herald_connections",
             "herald_connections_total",
@@ -326,12 +337,13 @@ mod tests {
             );
         }
         assert!(text.contains("herald_broker_up 1"));
+        assert!(text.contains("herald_node_info{node=\"n1\",version=\""));
         assert!(text.contains("herald_disconnects_total{code=\"4004\"} 0"));
     }
 
     #[test]
     fn histogram_is_cumulative() {
-        let m = Metrics::new();
+        let m = Metrics::new("n1");
         m.deliver_latency.observe(Duration::from_micros(50));
         m.deliver_latency.observe_many(Duration::from_millis(3), 2);
         m.deliver_latency.observe(Duration::from_secs(60));

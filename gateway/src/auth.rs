@@ -190,14 +190,21 @@ impl Verifier {
         let mut v = Validation::new(alg);
         v.leeway = self.leeway.as_secs();
         v.validate_nbf = true;
-        v.set_required_spec_claims(&["exp", "sub"]);
+        // A configured issuer or audience must be present, not merely
+        // correct when present: the library only compares claims it finds.
+        let mut required = vec!["exp", "sub"];
         if let Some(iss) = &self.issuer {
             v.set_issuer(&[iss]);
+            required.push("iss");
         }
         match &self.audience {
-            Some(aud) => v.set_audience(&[aud]),
+            Some(aud) => {
+                v.set_audience(&[aud]);
+                required.push("aud");
+            }
             None => v.validate_aud = false,
         }
+        v.set_required_spec_claims(&required);
         v
     }
 

@@ -238,7 +238,7 @@ mod tests {
     use std::time::Duration;
 
     fn setup() -> (Hub<MemoryBroker>, Arc<MemoryBroker>, Arc<Metrics>) {
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::new("n1"));
         let registry = Arc::new(Registry::new(metrics.clone()));
         let broker = MemoryBroker::new(
             HistoryConfig {

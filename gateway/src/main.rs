@@ -142,8 +142,25 @@ fn check_config(parsed: Parsed) -> Result<()> {
     if !parsed.switch("--dev") {
         loaded.config.require_keys()?;
     }
+    supported(&loaded.config)?;
     Verifier::new(&loaded.config.jwt)?;
+    herald_core::logging::check(&loaded.config.log_level).map_err(|e| anyhow!(e))?;
     eprintln!("configuration OK");
+    Ok(())
+}
+
+/// Refuses settings this build cannot honour, rather than ignoring them.
+fn supported(config: &Config) -> Result<()> {
+    if config.redis_url.is_some() {
+        return Err(anyhow!(
+            "redis_url is set, but this build has no Redis broker yet; unset it to run a single node"
+        ));
+    }
+    if config.tls.cert_file.is_some() {
+        return Err(anyhow!(
+            "tls.cert_file is set, but this build does not serve TLS yet; terminate TLS at the load balancer"
+        ));
+    }
     Ok(())
 }
 
@@ -179,16 +196,7 @@ fn serve(parsed: Parsed) -> Result<()> {
         Vec::new()
     };
     config.require_keys()?;
-    if config.redis_url.is_some() {
-        return Err(anyhow!(
-            "redis_url is set, but this build has no Redis broker yet; unset it to run a single node"
-        ));
-    }
-    if config.tls.cert_file.is_some() {
-        return Err(anyhow!(
-            "tls.cert_file is set, but this build does not serve TLS yet; terminate TLS at the load balancer"
-        ));
-    }
+    supported(&config)?;
     herald_core::logging::init(&config.log_level, config.log_json).map_err(|e| anyhow!(e))?;
     if config.compression {
         warn!(

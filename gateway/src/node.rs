@@ -80,7 +80,7 @@ impl Node {
         } else {
             None
         };
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::new(&config.node_id));
         let registry = Arc::new(Registry::new(metrics.clone()));
         let broker = Arc::new(AnyBroker::Memory(MemoryBroker::new(
             config.history,

@@ -131,6 +131,17 @@ async fn unauthorized_rows() {
         "unauthorized",
     )
     .await;
+    // Issuer or audience left out while configured.
+    for claim in ["iss", "aud"] {
+        let mut without = good(json!({}));
+        without.as_object_mut().unwrap().remove(claim);
+        assert_refused(
+            ws_request(&format!("{url}?token={}", token_with(without))),
+            401,
+            "unauthorized",
+        )
+        .await;
+    }
     // An invalid permission pattern.
     let bad_pattern = token_with(good(json!({"topics": ["a..b"]})));
     assert_refused(
@@ -142,7 +153,7 @@ async fn unauthorized_rows() {
 
     assert_eq!(
         gw.node.metrics.handshakes(HandshakeResult::Unauthorized),
-        10
+        12
     );
     // The node still serves a good token.
     let mut c = Client::connect(&url, &token_with(good(json!({})))).await;
