@@ -1,9 +1,122 @@
-//! `herald-admin`: the admin API as its own stateless service, publishing
-//! through Redis (cluster mode only).
+//! `herald-admin`: the admin API as its own stateless service, for cluster
+//! mode. It publishes through Redis and reads the cluster view from it; any
+//! number can run behind a load balancer. It serves plain HTTP on
+//! `admin_listen`: keep it internal, like a gateway's admin listener.
 
-fn main() -> std::process::ExitCode {
-    eprintln!(
-        "herald-admin: error: redis_url is not set; herald-admin runs only in cluster mode (set --redis-url, HERALD_REDIS_URL or redis_url in the config file); a single node serves the admin API itself"
-    );
-    std::process::ExitCode::from(1)
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow};
+use herald_admin_api::ops::{self, Readiness};
+use herald_admin_api::{AdminState, router};
+use herald_core::broker::redis::RedisBroker;
+use herald_core::cli::{self, Extra};
+use herald_core::{Broker, Metrics, NoSink};
+use tokio::net::TcpListener;
+use tracing::info;
+
+const SYNOPSIS: &str = "herald-admin — the Herald admin API as a standalone service (cluster mode)
+
+Usage:
+  herald-admin --redis-url redis://HOST:PORT --admin-api-keys KEY [options]
+
+It reads the same configuration as herald-gateway and uses admin_listen,
+node_id, redis_url, redis_cluster, admin.*, limits.max_message_size and
+history.*; other keys are accepted and ignored.";
+
+const EXTRA: &[Extra] = &[];
+
+fn main() -> ExitCode {
+    let mut parsed = match cli::parse(std::env::args().skip(1), &["serve"], EXTRA) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("herald-admin: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if parsed.help {
+        print!("{}", cli::usage(SYNOPSIS, EXTRA));
+        return ExitCode::SUCCESS;
+    }
+    parsed.sources.env = std::env::vars()
+        .filter(|(k, _)| k.starts_with("HERALD_"))
+        .collect();
+    match run(&parsed.sources) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("herald-admin: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(sources: &herald_core::config::Sources) -> Result<()> {
+    let config = herald_core::config::load(sources)?.config;
+    let url = config.redis_url.clone().ok_or_else(|| {
+        anyhow!("redis_url is not set: herald-admin publishes through Redis (set --redis-url, HERALD_REDIS_URL or redis_url in the config file)")
+    })?;
+    config.require_admin_keys()?;
+    herald_core::logging::init(&config.log_level, config.log_json).map_err(|e| anyhow!(e))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = TcpListener::bind(config.admin_listen)
+            .await
+            .with_context(|| format!("cannot bind admin_listen = {}", config.admin_listen))?;
+        let metrics = Arc::new(Metrics::new(&config.node_id));
+        let broker = RedisBroker::new(
+            url.expose(),
+            config.redis_cluster,
+            config.history,
+            Arc::new(NoSink),
+            metrics.clone(),
+        )
+        .map_err(|e| anyhow!("redis_url: {e}"))?;
+        let ready: Readiness = {
+            let broker = broker.clone();
+            Arc::new(move || {
+                if broker.is_up() {
+                    Ok(())
+                } else {
+                    Err("redis is unreachable")
+                }
+            })
+        };
+        let broker_for_metrics = broker.clone();
+        let state = AdminState::new(
+            broker,
+            &config.admin.api_keys,
+            config.limits.max_message_size,
+            metrics.clone(),
+        );
+        let app = router(state)
+            .merge(ops::health_routes(ready))
+            .merge(ops::metrics_route(metrics, {
+                let broker = broker_for_metrics;
+                Arc::new(move || broker.is_up())
+            }))
+            .fallback(ops::not_found);
+        info!(node = %config.node_id, admin = %listener.local_addr()?, "herald-admin listening");
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await?;
+        info!("stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
 }

@@ -45,13 +45,21 @@ fn readyz(ready: &Readiness) -> Response {
     }
 }
 
-/// `/metrics` in the Prometheus text format.
-pub fn metrics_route(metrics: Arc<Metrics>) -> Router {
+/// `/metrics` in the Prometheus text format; `broker_up` is asked at each
+/// scrape, so the gauge never lags the broker's real state.
+pub fn metrics_route(
+    metrics: Arc<Metrics>,
+    broker_up: Arc<dyn Fn() -> bool + Send + Sync>,
+) -> Router {
     Router::new().route(
         "/metrics",
         get(move || {
             let metrics = metrics.clone();
+            let broker_up = broker_up.clone();
             async move {
+                metrics
+                    .broker_up
+                    .store(i64::from(broker_up()), std::sync::atomic::Ordering::Relaxed);
                 (
                     [(
                         http::header::CONTENT_TYPE,

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use herald_core::broker::redis::RedisBroker;
 use herald_core::{
     Broker, BrokerError, HistoryPage, MemoryBroker, NodeControl, NodeStats, Position, Publication,
     Ready,
@@ -16,24 +17,29 @@ use herald_protocol::Topic;
 pub enum AnyBroker {
     /// The embedded single-node broker.
     Memory(Arc<MemoryBroker>),
+    /// Redis or Redis Cluster: one node of many.
+    Redis(Arc<RedisBroker>),
 }
 
 impl Broker for AnyBroker {
     async fn publish(&self, batch: Vec<Publication>) -> Result<Vec<Position>, BrokerError> {
         match self {
             AnyBroker::Memory(b) => b.publish(batch).await,
+            AnyBroker::Redis(b) => b.publish(batch).await,
         }
     }
 
     fn subscribe(&self, topic: &Topic) -> Ready {
         match self {
             AnyBroker::Memory(b) => b.subscribe(topic),
+            AnyBroker::Redis(b) => b.subscribe(topic),
         }
     }
 
     fn unsubscribe(&self, topic: &Topic) {
         match self {
             AnyBroker::Memory(b) => b.unsubscribe(topic),
+            AnyBroker::Redis(b) => b.unsubscribe(topic),
         }
     }
 
@@ -45,30 +51,35 @@ impl Broker for AnyBroker {
     ) -> Result<HistoryPage, BrokerError> {
         match self {
             AnyBroker::Memory(b) => b.history(topic, since, limit).await,
+            AnyBroker::Redis(b) => b.history(topic, since, limit).await,
         }
     }
 
     fn is_up(&self) -> bool {
         match self {
             AnyBroker::Memory(b) => b.is_up(),
+            AnyBroker::Redis(b) => b.is_up(),
         }
     }
 
     fn register_node(&self, node: Arc<dyn NodeControl>) {
         match self {
             AnyBroker::Memory(b) => b.register_node(node),
+            AnyBroker::Redis(b) => b.register_node(node),
         }
     }
 
     async fn stats(&self) -> Result<Vec<NodeStats>, BrokerError> {
         match self {
             AnyBroker::Memory(b) => b.stats().await,
+            AnyBroker::Redis(b) => b.stats().await,
         }
     }
 
     async fn disconnect(&self, sub: &str) -> Result<usize, BrokerError> {
         match self {
             AnyBroker::Memory(b) => b.disconnect(sub).await,
+            AnyBroker::Redis(b) => b.disconnect(sub).await,
         }
     }
 }

@@ -26,6 +26,8 @@ use crate::ws::codec;
 
 const TOPIC_SHARDS: usize = 64;
 const SESSION_SHARDS: usize = 16;
+/// Longest wait for the broker to confirm a new topic subscription.
+const SUBSCRIBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 struct TopicEntry {
     subscribers: HashMap<u64, Arc<Outbox>>,
@@ -176,7 +178,13 @@ impl<B: Broker> Hub<B> {
             }
         }
         for ready in waits {
-            if let Err(e) = ready.wait().await {
+            let confirmed = match tokio::time::timeout(SUBSCRIBE_TIMEOUT, ready.wait()).await {
+                Ok(result) => result,
+                Err(_) => Err(BrokerError::Unavailable(
+                    "the broker did not confirm the subscription in time".to_owned(),
+                )),
+            };
+            if let Err(e) = confirmed {
                 self.unsubscribe(outbox, topics);
                 return Err(e);
             }

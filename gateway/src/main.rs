@@ -151,11 +151,6 @@ fn check_config(parsed: Parsed) -> Result<()> {
 
 /// Refuses settings this build cannot honour, rather than ignoring them.
 fn supported(config: &Config) -> Result<()> {
-    if config.redis_url.is_some() {
-        return Err(anyhow!(
-            "redis_url is set, but this build has no Redis broker yet; unset it to run a single node"
-        ));
-    }
     if config.tls.cert_file.is_some() {
         return Err(anyhow!(
             "tls.cert_file is set, but this build does not serve TLS yet; terminate TLS at the load balancer"

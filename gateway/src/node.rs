@@ -7,6 +7,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
+use herald_core::broker::redis::RedisBroker;
 use herald_core::{Broker, Config, MemoryBroker, Metrics, NodeControl, NodeStats};
 use tokio::sync::Notify;
 
@@ -67,12 +68,13 @@ impl NodeControl for Control {
 }
 
 impl Node {
-    /// Builds a node with the broker its configuration names.
+    /// Builds a node with the broker its configuration names: the memory
+    /// broker, or Redis when `redis_url` is set.
     ///
     /// Must be called inside a Tokio runtime (brokers start background tasks).
     ///
     /// # Errors
-    /// When a configured key cannot be loaded.
+    /// When a configured key cannot be loaded or `redis_url` cannot be parsed.
     pub fn new(config: Config, dev: bool) -> Result<Arc<Node>, KeyError> {
         let verifier = Verifier::new(&config.jwt)?;
         let dev_signer = if dev {
@@ -82,10 +84,22 @@ impl Node {
         };
         let metrics = Arc::new(Metrics::new(&config.node_id));
         let registry = Arc::new(Registry::new(metrics.clone()));
-        let broker = Arc::new(AnyBroker::Memory(MemoryBroker::new(
-            config.history,
-            registry.clone(),
-        )));
+        let broker = Arc::new(match &config.redis_url {
+            None => AnyBroker::Memory(MemoryBroker::new(config.history, registry.clone())),
+            Some(url) => AnyBroker::Redis(
+                RedisBroker::new(
+                    url.expose(),
+                    config.redis_cluster,
+                    config.history,
+                    registry.clone(),
+                    metrics.clone(),
+                )
+                .map_err(|e| KeyError {
+                    setting: "redis_url",
+                    message: e.to_string(),
+                })?,
+            ),
+        });
         let hub = Hub::new(registry, broker.clone(), metrics.clone());
         let node = Arc::new(Node {
             session_prefix: herald_core::random_hex(4),

@@ -19,6 +19,7 @@ use axum::Router;
 use axum::routing::get;
 use herald_admin_api::ops::{self, Readiness};
 use herald_admin_api::{AdminState, router as admin_router};
+use herald_core::Broker;
 use herald_protocol::CloseCode;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -60,7 +61,10 @@ pub fn admin_routes(node: &Arc<Node>) -> Router {
     );
     admin_router(state)
         .merge(ops::health_routes(readiness(node)))
-        .merge(ops::metrics_route(node.metrics.clone()))
+        .merge(ops::metrics_route(node.metrics.clone(), {
+            let node = node.clone();
+            Arc::new(move || node.broker.is_up())
+        }))
         .fallback(ops::not_found)
 }
 

@@ -351,11 +351,19 @@ async fn concurrent_publishers_keep_one_order<B: Broker>(broker: Arc<B>, sink: &
 
 async fn node_control_is_reached<B: Broker>(broker: &B) {
     broker.register_node(Arc::new(FakeNode));
-    let stats = broker.stats().await.expect("stats");
-    assert!(
-        stats.iter().any(|s| s.node == "fake" && s.connections == 3),
-        "{stats:?}"
-    );
+    // Brokers that share stats through a store report periodically.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let stats = broker.stats().await.expect("stats");
+        if stats.iter().any(|s| s.node == "fake" && s.connections == 3) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the node never appeared in stats: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(broker.disconnect("alice").await.expect("disconnect"), 2);
     assert_eq!(broker.disconnect("bob").await.expect("disconnect"), 0);
 }

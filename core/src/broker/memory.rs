@@ -55,7 +55,8 @@ impl TopicLog {
     }
 }
 
-fn new_epoch() -> u32 {
+/// A fresh random epoch (never 0).
+pub(crate) fn new_epoch() -> u32 {
     let mut b = [0u8; 4];
     // A failed getrandom leaves zeros; the epoch is then merely predictable.
     let _ = getrandom::getrandom(&mut b);

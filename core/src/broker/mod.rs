@@ -26,6 +26,7 @@
 
 pub mod conformance;
 pub mod memory;
+pub mod redis;
 
 use std::fmt;
 use std::future::Future;

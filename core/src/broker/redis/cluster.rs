@@ -1,0 +1,229 @@
+//! Redis Cluster routing for sharded pub/sub: hash slots, the slot map read
+//! with `CLUSTER SLOTS`, and the reconnect backoff shared by every
+//! connection.
+
+use std::time::Duration;
+
+use super::resp::Resp;
+
+/// Number of hash slots in a Redis Cluster.
+pub const SLOTS: u16 = 16384;
+
+/// CRC16/XMODEM, the checksum Redis Cluster uses for key slots.
+fn crc16(data: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &b in data {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+/// The slot of a key or shard channel, honouring `{hash tags}`.
+pub fn slot(key: &[u8]) -> u16 {
+    let hashed = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            rest.iter()
+                .position(|&b| b == b'}')
+                .filter(|&close| close > 0)
+                .map(|close| &rest[..close])
+        })
+        .unwrap_or(key);
+    crc16(hashed) % SLOTS
+}
+
+/// Which master serves which slots.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SlotMap {
+    /// `(first, last, "host:port")`, sorted by `first`.
+    ranges: Vec<(u16, u16, String)>,
+}
+
+impl SlotMap {
+    /// Parses a `CLUSTER SLOTS` reply.
+    pub fn from_cluster_slots(reply: &Resp) -> Option<SlotMap> {
+        let Resp::Array(entries) = reply else {
+            return None;
+        };
+        let mut ranges = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let Resp::Array(fields) = entry else {
+                return None;
+            };
+            let (Some(Resp::Int(first)), Some(Resp::Int(last)), Some(Resp::Array(master))) =
+                (fields.first(), fields.get(1), fields.get(2))
+            else {
+                return None;
+            };
+            let host = std::str::from_utf8(master.first()?.as_bytes()?).ok()?;
+            let Some(Resp::Int(port)) = master.get(1) else {
+                return None;
+            };
+            let host = if host.is_empty() { "127.0.0.1" } else { host };
+            ranges.push((
+                u16::try_from(*first).ok()?,
+                u16::try_from(*last).ok()?,
+                format!("{host}:{port}"),
+            ));
+        }
+        ranges.sort();
+        Some(SlotMap { ranges })
+    }
+
+    /// The master serving `slot`.
+    pub fn owner(&self, slot: u16) -> Option<&str> {
+        self.ranges
+            .iter()
+            .find(|(first, last, _)| (*first..=*last).contains(&slot))
+            .map(|(_, _, a)| a.as_str())
+    }
+
+    /// Every master address, once.
+    pub fn masters(&self) -> Vec<String> {
+        let mut all: Vec<String> = self.ranges.iter().map(|(_, _, a)| a.clone()).collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+
+    /// Whether every slot has an owner.
+    pub fn is_complete(&self) -> bool {
+        let mut next: u32 = 0;
+        for (first, last, _) in &self.ranges {
+            if u32::from(*first) > next {
+                return false;
+            }
+            next = next.max(u32::from(*last) + 1);
+        }
+        next == u32::from(SLOTS)
+    }
+}
+
+/// Capped exponential backoff with full jitter.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+    attempt: u32,
+    seed: u64,
+}
+
+impl Backoff {
+    /// Starts at `base`, never waits longer than `cap`.
+    pub fn new(base: Duration, cap: Duration) -> Backoff {
+        let mut b = [0u8; 8];
+        let _ = getrandom::getrandom(&mut b);
+        Backoff {
+            base,
+            cap,
+            attempt: 0,
+            seed: u64::from_le_bytes(b) | 1,
+        }
+    }
+
+    /// The wait before the next attempt: uniform in [ceiling/2, ceiling],
+    /// where the ceiling doubles per attempt up to the cap.
+    pub fn next_delay(&mut self) -> Duration {
+        let ceiling = self
+            .base
+            .saturating_mul(1u32 << self.attempt.min(20))
+            .min(self.cap);
+        self.attempt = self.attempt.saturating_add(1);
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let half = ceiling / 2;
+        let jitter_ns = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
+        half + Duration::from_nanos(if jitter_ns == 0 {
+            0
+        } else {
+            self.seed % (jitter_ns + 1)
+        })
+    }
+
+    /// After a success: start from `base` again.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use proptest::prelude::*;
+
+    #[test]
+    fn slots_match_redis() {
+        // Values from `CLUSTER KEYSLOT`.
+        assert_eq!(slot(b"foo"), 12182);
+        assert_eq!(slot(b"bar"), 5061);
+        assert_eq!(slot(b"{user1000}.following"), slot(b"user1000"));
+        assert_eq!(
+            slot(b"foo{}{bar}"),
+            slot(b"foo{}{bar}"),
+            "empty tag: whole key"
+        );
+        assert_eq!(slot(b"foo{{bar}}zap"), slot(b"{bar"));
+        assert_eq!(crc16(b"123456789"), 0x31C3);
+    }
+
+    fn node(host: &str, port: i64) -> Resp {
+        Resp::Array(vec![
+            Resp::Bulk(Bytes::copy_from_slice(host.as_bytes())),
+            Resp::Int(port),
+        ])
+    }
+
+    #[test]
+    fn slot_map_routes_and_checks_coverage() {
+        let reply = Resp::Array(vec![
+            Resp::Array(vec![
+                Resp::Int(5461),
+                Resp::Int(10922),
+                node("127.0.0.1", 7001),
+            ]),
+            Resp::Array(vec![Resp::Int(0), Resp::Int(5460), node("127.0.0.1", 7000)]),
+            Resp::Array(vec![Resp::Int(10923), Resp::Int(16383), node("", 7002)]),
+        ]);
+        let map = SlotMap::from_cluster_slots(&reply).unwrap();
+        assert!(map.is_complete());
+        assert_eq!(map.owner(0), Some("127.0.0.1:7000"));
+        assert_eq!(map.owner(5461), Some("127.0.0.1:7001"));
+        assert_eq!(map.owner(16383), Some("127.0.0.1:7002"));
+        assert_eq!(map.masters().len(), 3);
+        let partial = Resp::Array(vec![Resp::Array(vec![
+            Resp::Int(0),
+            Resp::Int(100),
+            node("h", 1),
+        ])]);
+        assert!(!SlotMap::from_cluster_slots(&partial).unwrap().is_complete());
+    }
+
+    proptest! {
+        #[test]
+        fn backoff_stays_within_bounds(base_ms in 1u64..500, cap_ms in 500u64..10_000, steps in 1usize..40) {
+            let (base, cap) = (Duration::from_millis(base_ms), Duration::from_millis(cap_ms));
+            let mut b = Backoff::new(base, cap);
+            let mut ceiling = base;
+            for _ in 0..steps {
+                let d = b.next_delay();
+                prop_assert!(d <= cap, "{d:?} over the cap");
+                prop_assert!(d >= ceiling.min(cap) / 2, "{d:?} under half the ceiling");
+                prop_assert!(d <= ceiling.min(cap));
+                ceiling = ceiling.saturating_mul(2);
+            }
+            b.reset();
+            prop_assert!(b.next_delay() <= base);
+        }
+    }
+}

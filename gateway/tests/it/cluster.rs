@@ -1,0 +1,338 @@
+//! Contract §1, §7, §8 in cluster mode, with real processes: three gateway
+//! nodes and `herald-admin` around a `redis-server` (or a 3-master Redis
+//! Cluster) started by the test, and node loss by SIGKILL.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use herald_testkit::{Proc, TestCluster, TestRedis, addr_after, bin};
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+struct GatewayProc {
+    proc: Proc,
+    public: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl GatewayProc {
+    async fn start(redis_url: &str, cluster: bool, node_id: &str) -> GatewayProc {
+        let mut cmd = bin("herald-gateway");
+        cmd.args([
+            "--redis-url",
+            redis_url,
+            "--node-id",
+            node_id,
+            "--jwt-hs256-secret",
+            SECRET,
+        ]);
+        cmd.args([
+            "--admin-api-keys",
+            ADMIN_KEY,
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ]);
+        if cluster {
+            cmd.arg("--redis-cluster");
+        }
+        let mut proc = Proc::start(cmd);
+        let line = proc.line_with("herald-gateway listening");
+        let node = GatewayProc {
+            public: addr_after(&line, "public="),
+            admin: addr_after(&line, "admin="),
+            proc,
+        };
+        wait_ready(node.admin).await;
+        node
+    }
+
+    async fn client(&self, sub: &str, topics: &[&str], publish: &[&str]) -> Client {
+        Client::connect(
+            &format!("ws://{}/ws", self.public),
+            &token(sub, topics, publish),
+        )
+        .await
+    }
+}
+
+async fn wait_ready(admin: SocketAddr) {
+    eventually("the node to be ready", async || {
+        http(admin, "GET", "/readyz", None, None).await.0 == 200
+    })
+    .await;
+}
+
+async fn admin_proc(redis_url: &str) -> (Proc, SocketAddr) {
+    let mut cmd = bin("herald-admin");
+    cmd.args([
+        "--redis-url",
+        redis_url,
+        "--admin-api-keys",
+        ADMIN_KEY,
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    let mut proc = Proc::start(cmd);
+    let addr = addr_after(&proc.line_with("herald-admin listening"), "admin=");
+    wait_ready(addr).await;
+    (proc, addr)
+}
+
+async fn post(addr: SocketAddr, path: &str, body: Value) -> (u16, Value) {
+    http(addr, "POST", path, Some(ADMIN_KEY), Some(body.to_string())).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_from_anywhere_reach_every_node() {
+    let redis = TestRedis::start();
+    let nodes = [
+        GatewayProc::start(&redis.url(), false, "n1").await,
+        GatewayProc::start(&redis.url(), false, "n2").await,
+        GatewayProc::start(&redis.url(), false, "n3").await,
+    ];
+    let (_admin, admin) = admin_proc(&redis.url()).await;
+    let mut talker = nodes[0].client("talker", &[], &["news"]).await;
+    let mut readers = vec![
+        nodes[1].client("r2", &["news"], &[]).await,
+        nodes[2].client("r3", &["news"], &[]).await,
+    ];
+    for r in &mut readers {
+        r.subscribe(&["news"]).await;
+        assert_ne!(r.welcome["node"], "n1");
+    }
+
+    let (status, body) = post(
+        admin,
+        "/v1/publish",
+        json!({"topic": "news", "data": "via herald-admin"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = post(
+        nodes[0].admin,
+        "/v1/publish",
+        json!({"topic": "news", "data": "via node 1"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let reply = talker
+        .call(json!({"type": "publish", "topic": "news", "data": "via a client"}))
+        .await;
+    assert_eq!(reply["type"], "published", "{reply}");
+
+    for r in &mut readers {
+        let got: Vec<Value> = vec![
+            r.recv().await["data"].clone(),
+            r.recv().await["data"].clone(),
+            r.recv().await["data"].clone(),
+        ];
+        assert_eq!(
+            got,
+            vec![
+                json!("via herald-admin"),
+                json!("via node 1"),
+                json!("via a client")
+            ]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_lists_live_nodes_and_drops_a_killed_one() {
+    let redis = TestRedis::start();
+    let mut nodes = vec![
+        GatewayProc::start(&redis.url(), false, "n1").await,
+        GatewayProc::start(&redis.url(), false, "n2").await,
+        GatewayProc::start(&redis.url(), false, "n3").await,
+    ];
+    let (_admin, admin) = admin_proc(&redis.url()).await;
+    let mut c = nodes[1].client("alice", &["a", "b"], &[]).await;
+    c.subscribe(&["a", "b"]).await;
+    let stats = |want: usize| async move {
+        let (status, stats) = http(admin, "GET", "/v1/stats", Some(ADMIN_KEY), None).await;
+        status == 200 && stats["nodes"].as_array().is_some_and(|n| n.len() == want)
+    };
+    eventually("3 nodes in stats", async || stats(3).await).await;
+    eventually("n2's counts", async || {
+        let (_, s) = http(admin, "GET", "/v1/stats", Some(ADMIN_KEY), None).await;
+        s["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n == &json!({"node": "n2", "connections": 1, "subscriptions": 2, "topics": 2}))
+            && s["connections"] == 1
+    })
+    .await;
+
+    let killed = nodes.remove(2);
+    killed.proc.signal("KILL");
+    let started = std::time::Instant::now();
+    eventually("2 nodes in stats", async || stats(2).await).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "dropped out after {:?}",
+        started.elapsed()
+    );
+    let (_, s) = http(admin, "GET", "/v1/stats", Some(ADMIN_KEY), None).await;
+    let names: Vec<&str> = s["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["n1", "n2"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_reaches_every_node() {
+    let redis = TestRedis::start();
+    let nodes = [
+        GatewayProc::start(&redis.url(), false, "n1").await,
+        GatewayProc::start(&redis.url(), false, "n2").await,
+        GatewayProc::start(&redis.url(), false, "n3").await,
+    ];
+    let (_admin, admin) = admin_proc(&redis.url()).await;
+    let mut a1 = nodes[0].client("alice", &[], &[]).await;
+    let mut a2 = nodes[1].client("alice", &[], &[]).await;
+    let mut bob = nodes[2].client("bob", &[], &[]).await;
+    let (status, body) = post(admin, "/v1/disconnect", json!({"sub": "alice"})).await;
+    assert_eq!((status, body), (200, json!({"disconnected": 2})));
+    assert_eq!(a1.expect_close().await, 4003);
+    assert_eq!(a2.expect_close().await, 4003);
+    bob.assert_alive().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_503_then_delivery_resumes() {
+    let mut redis = TestRedis::start();
+    let node = GatewayProc::start(&redis.url(), false, "n1").await;
+    let mut c = node.client("alice", &["news"], &[]).await;
+    c.subscribe(&["news"]).await;
+    let (status, _) = post(
+        node.admin,
+        "/v1/publish",
+        json!({"topic": "news", "data": 1}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(c.recv().await["data"], 1);
+
+    redis.kill();
+    let (status, body) = post(
+        node.admin,
+        "/v1/publish",
+        json!({"topic": "news", "data": 2}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("unavailable")),
+        "{body}"
+    );
+    eventually("/readyz to fail", async || {
+        http(node.admin, "GET", "/readyz", None, None).await.0 == 503
+    })
+    .await;
+    assert_eq!(http(node.public, "GET", "/readyz", None, None).await.0, 503);
+    let (_, metrics) = http(node.admin, "GET", "/metrics", None, None).await;
+    assert!(metrics.as_str().unwrap().contains("herald_broker_up 0"));
+    c.assert_alive().await;
+
+    redis.restart();
+    wait_ready(node.admin).await;
+    let (status, body) = post(
+        node.admin,
+        "/v1/publish",
+        json!({"topic": "news", "data": 3}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        c.recv().await["data"],
+        3,
+        "the open session receives new events with no action"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_subscribes_each_topic_once_and_releases_it() {
+    let redis = TestRedis::start();
+    let node = GatewayProc::start(&redis.url(), false, "n1").await;
+    let numsub = || {
+        redis
+            .cli(&["PUBSUB", "NUMSUB", "herald:{news}"])
+            .lines()
+            .nth(1)
+            .unwrap_or("")
+            .to_owned()
+    };
+    let mut a = node.client("a", &["news"], &[]).await;
+    let mut b = node.client("b", &["news"], &[]).await;
+    a.subscribe(&["news"]).await;
+    b.subscribe(&["news"]).await;
+    assert_eq!(
+        numsub(),
+        "1",
+        "one Redis subscription per node, not per session"
+    );
+    a.call(json!({"type": "unsubscribe", "topics": ["news"]}))
+        .await;
+    assert_eq!(numsub(), "1");
+    drop(b);
+    eventually("the node to release the topic", async || numsub() == "0").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_sharded_pubsub_across_nodes() {
+    let cluster = TestCluster::start();
+    let a = GatewayProc::start(&cluster.urls(), true, "a").await;
+    let b = GatewayProc::start(&cluster.urls(), true, "b").await;
+    let topics: Vec<String> = (0..50).map(|i| format!("shard.t{i}")).collect();
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let mut c = a.client("alice", &["shard.*"], &[]).await;
+    c.subscribe(&names).await;
+    // The topics really are spread over the three masters.
+    let owners: std::collections::HashSet<u16> = topics
+        .iter()
+        .map(|t| cluster.owner_of(&format!("herald:{{{t}}}")).port)
+        .collect();
+    assert_eq!(owners.len(), 3, "50 topics should cover every shard");
+
+    let messages: Vec<Value> = topics
+        .iter()
+        .enumerate()
+        .map(|(i, t)| json!({"topic": t, "data": i}))
+        .collect();
+    let (status, body) = post(b.admin, "/v1/publish/batch", json!({"messages": messages})).await;
+    assert_eq!(status, 200, "{body}");
+    let mut got: Vec<i64> = Vec::new();
+    for _ in 0..50 {
+        got.push(c.recv().await["data"].as_i64().unwrap());
+    }
+    got.sort_unstable();
+    assert_eq!(got, (0..50).collect::<Vec<_>>());
+
+    // Node a holds one sharded subscription per topic, on the owning shard;
+    // after unsubscribing, none.
+    let owner = cluster.owner_of("herald:{shard.t0}");
+    assert_eq!(
+        owner
+            .cli(&["PUBSUB", "SHARDNUMSUB", "herald:{shard.t0}"])
+            .lines()
+            .nth(1),
+        Some("1")
+    );
+    c.call(json!({"type": "unsubscribe", "topics": names}))
+        .await;
+    eventually("the shard subscription to go", async || {
+        owner
+            .cli(&["PUBSUB", "SHARDNUMSUB", "herald:{shard.t0}"])
+            .lines()
+            .nth(1)
+            == Some("0")
+    })
+    .await;
+}

@@ -1,0 +1,341 @@
+//! Real components for tests: `redis-server` processes (a single instance or
+//! a 3-master cluster) on free loopback ports, and Herald binaries run as
+//! child processes, all killed when dropped.
+//!
+//! Nothing here is mocked: a test that kills Redis kills a real process with
+//! SIGKILL, and a restarted Redis comes back empty on the same port.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Bound on every wait in this crate.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A port nobody listens on right now (and, for cluster nodes, whose bus
+/// port, +10000, is free too).
+pub fn free_port(with_bus: bool) -> u16 {
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        if !with_bus {
+            return port;
+        }
+        if port < 55535 && TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `redis-cli -p port args…` and returns its output.
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .arg("-p")
+        .arg(port.to_string())
+        .args(args)
+        .output()
+        .expect("redis-cli is installed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// One `redis-server` process.
+pub struct TestRedis {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    extra: Vec<String>,
+}
+
+impl TestRedis {
+    /// Starts a plain Redis on a free port, with persistence off.
+    pub fn start() -> TestRedis {
+        Self::start_with(free_port(false), &[])
+    }
+
+    fn start_with(port: u16, extra: &[&str]) -> TestRedis {
+        let mut r = TestRedis {
+            port,
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        self.child = Some(child);
+        let port = self.port;
+        wait_until("redis to answer PING", || {
+            redis_cli(port, &["PING"]).trim() == "PONG"
+        });
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs a command through `redis-cli`.
+    pub fn cli(&self, args: &[&str]) -> String {
+        redis_cli(self.port, args)
+    }
+
+    /// SIGKILLs the server.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port, empty.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A Redis Cluster of three masters, no replicas.
+pub struct TestCluster {
+    /// The masters.
+    pub nodes: Vec<TestRedis>,
+}
+
+impl TestCluster {
+    /// Starts three cluster-enabled servers and joins them with
+    /// `redis-cli --cluster create`.
+    pub fn start() -> TestCluster {
+        let cluster_args = [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "2000",
+        ];
+        let nodes: Vec<TestRedis> = (0..3)
+            .map(|_| TestRedis::start_with(free_port(true), &cluster_args))
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli is installed");
+        assert!(
+            out.status.success(),
+            "cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        for n in &nodes {
+            let port = n.port;
+            wait_until("cluster_state:ok", || {
+                redis_cli(port, &["CLUSTER", "INFO"]).contains("cluster_state:ok")
+            });
+        }
+        TestCluster { nodes }
+    }
+
+    /// Every node's URL, comma-separated, as `redis_url` takes them.
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(TestRedis::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The master serving `key`'s slot.
+    pub fn owner_of(&self, key: &str) -> &TestRedis {
+        let slot: u16 = redis_cli(self.nodes[0].port, &["CLUSTER", "KEYSLOT", key])
+            .trim()
+            .parse()
+            .unwrap();
+        let nodes = redis_cli(self.nodes[0].port, &["CLUSTER", "NODES"]);
+        let owner = nodes
+            .lines()
+            .find(|l| l.split_whitespace().skip(8).any(|r| slot_in(r, slot)))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|addr| addr.split('@').next())
+            .and_then(|addr| addr.rsplit(':').next())
+            .and_then(|port| port.parse::<u16>().ok())
+            .unwrap();
+        self.nodes.iter().find(|n| n.port == owner).unwrap()
+    }
+}
+
+fn slot_in(range: &str, slot: u16) -> bool {
+    match range.split_once('-') {
+        Some((a, b)) => {
+            a.parse::<u16>().is_ok_and(|a| a <= slot) && b.parse::<u16>().is_ok_and(|b| slot <= b)
+        }
+        None => range.parse::<u16>().is_ok_and(|s| s == slot),
+    }
+}
+
+/// The directory Cargo put the workspace binaries in.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/debug/deps/<test> → target/debug
+    exe.parent().and_then(Path::parent).unwrap().to_path_buf()
+}
+
+/// A Herald binary of the workspace.
+pub fn bin(name: &str) -> Command {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build --workspace` first",
+        path.display()
+    );
+    let mut cmd = Command::new(path);
+    cmd.current_dir(std::env::temp_dir());
+    cmd
+}
+
+/// A child process whose stderr lines are collected, killed when dropped.
+pub struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    /// Every stderr line seen so far.
+    pub seen: Vec<String>,
+}
+
+impl Proc {
+    /// Starts `cmd` with stderr captured.
+    pub fn start(mut cmd: Command) -> Proc {
+        let mut child = cmd
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The first stderr line containing `needle`.
+    pub fn line_with(&mut self, needle: &str) -> String {
+        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no line with '{needle}' within {WAIT:?}; seen:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by name (`TERM`, `KILL`, …).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the exit code.
+    pub fn wait_exit(&mut self) -> i32 {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(Instant::now() < deadline, "process did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The address after `marker` in a log line (`public=127.0.0.1:1234`).
+pub fn addr_after(line: &str, marker: &str) -> SocketAddr {
+    let rest = &line[line
+        .find(marker)
+        .unwrap_or_else(|| panic!("no {marker} in {line}"))
+        + marker.len()..];
+    let addr: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+        .collect();
+    addr.parse()
+        .unwrap_or_else(|_| panic!("no address in {line}"))
+}
