@@ -549,7 +549,8 @@ impl Config {
     pub fn require_admin_keys(&self) -> Result<(), ConfigError> {
         if self.admin.api_keys.is_empty() {
             return Err(ConfigError::Missing(
-                "no admin API key: set admin.api_keys (or run with --dev)".to_owned(),
+                "no admin API key: set admin.api_keys (herald-gateway also accepts --dev)"
+                    .to_owned(),
             ));
         }
         Ok(())

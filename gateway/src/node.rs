@@ -100,7 +100,12 @@ impl Node {
                 })?,
             ),
         });
-        let hub = Hub::new(registry, broker.clone(), metrics.clone());
+        let hub = Hub::new(
+            registry,
+            broker.clone(),
+            metrics.clone(),
+            config.history.size,
+        );
         let node = Arc::new(Node {
             session_prefix: herald_core::random_hex(4),
             config,

@@ -126,6 +126,19 @@ impl Outbox {
         }
     }
 
+    /// Queues a replayed event (recovery from `since`). Replays are bounded by
+    /// `history.size`, not by the queue limit, so a client catching up is
+    /// never mistaken for a slow one.
+    pub fn push_replay(&self, frame: bytes::Bytes, received: Instant) {
+        let mut s = self.lock();
+        if s.close.is_none() {
+            s.queue.push_back(Item {
+                frame,
+                received: Some(received),
+            });
+        }
+    }
+
     /// Asks the connection to close with `code` (first request wins); queued
     /// frames are discarded. Returns whether this call closed it.
     pub fn close(&self, code: CloseCode) -> bool {

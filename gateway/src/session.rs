@@ -415,7 +415,37 @@ impl Session {
             self.error(reference, ErrorCode::TooManySubscriptions, &message, None);
             return;
         }
-        if let Err(e) = self.node.hub.subscribe(&self.outbox, &new).await {
+        // Topics with `since` recover (whether new or already held); the
+        // others are subscribed plainly, if new.
+        let (recovering, plain): (Vec<&Topic>, Vec<&Topic>) =
+            topics.iter().partition(|t| since.contains_key(t.as_str()));
+        let plain_new: Vec<Topic> = plain
+            .into_iter()
+            .filter(|t| !self.topics.contains(*t))
+            .cloned()
+            .collect();
+        let hub = &self.node.hub;
+        let failed = hub.subscribe(&self.outbox, &plain_new).await.err();
+        let results = if failed.is_none() {
+            let held = &self.topics;
+            let outbox = &self.outbox;
+            futures_util::future::join_all(recovering.iter().map(|t| {
+                let from = since.get(t.as_str()).map_or("", String::as_str);
+                hub.subscribe_from(outbox, t, from, held.contains(*t))
+            }))
+            .await
+        } else {
+            Vec::new()
+        };
+        let failed = failed.or_else(|| results.iter().find_map(|r| r.as_ref().err().cloned()));
+        let recovering_new: Vec<Topic> = recovering
+            .iter()
+            .filter(|t| !self.topics.contains(**t))
+            .map(|t| (*t).clone())
+            .collect();
+        if let Some(e) = failed {
+            // All or nothing: drop whatever this request added.
+            hub.unsubscribe(&self.outbox, plain_new.iter().chain(&recovering_new));
             debug!(error = %e, "subscribe failed in the broker");
             self.error(
                 reference,
@@ -425,14 +455,13 @@ impl Session {
             );
             return;
         }
-        self.topics.extend(new);
-        // Recovery from `since` is not implemented yet: every such topic is
-        // reported unrecovered, which tells the client to reload its state.
-        let recovered: BTreeMap<&str, bool> = topics
+        let recovered: BTreeMap<&str, bool> = recovering
             .iter()
-            .filter(|t| since.contains_key(t.as_str()))
-            .map(|t| (t.as_str(), false))
+            .zip(&results)
+            .map(|(t, r)| (t.as_str(), matches!(r, Ok(true))))
             .collect();
+        self.topics.extend(plain_new);
+        self.topics.extend(recovering_new);
         let names: Vec<&str> = topics.iter().map(Topic::as_str).collect();
         self.reply(&ServerFrame::Subscribed {
             reference,

@@ -239,6 +239,22 @@ async fn history_pages_forward<B: Broker>(broker: &B, sink: &CollectingSink) {
         tail.recovered && tail.events.is_empty(),
         "since = latest recovers nothing"
     );
+    let head = broker.history(&topic, None, 0).await.expect("history");
+    assert!(head.events.is_empty(), "limit 0 reads no events");
+    assert_eq!(head.head, Some(ids[7]), "but still reports the head");
+    let from_start = Position {
+        epoch: ids[0].epoch,
+        seq: 0,
+    };
+    let all = broker
+        .history(&topic, Some(&from_start.to_string()), 100)
+        .await
+        .expect("history");
+    assert!(
+        all.recovered,
+        "seq 0 of the current epoch means from the start"
+    );
+    assert_eq!(all.events.len(), 8);
 
     let first = broker.history(&topic, None, 2).await.expect("history");
     assert_eq!(
@@ -315,6 +331,7 @@ async fn empty_topic_history<B: Broker>(broker: &B) {
         .await
         .expect("history");
     assert!(page.events.is_empty() && !page.recovered);
+    assert_eq!(page.head, None);
 }
 
 async fn concurrent_publishers_keep_one_order<B: Broker>(broker: Arc<B>, sink: &CollectingSink) {

@@ -192,8 +192,13 @@ impl Broker for MemoryBroker {
             return Ok(HistoryPage {
                 events: Vec::new(),
                 recovered: since.is_none(),
+                head: None,
             });
         };
+        let head = Some(Position {
+            epoch: log.epoch,
+            seq: log.next_seq - 1,
+        });
         let after = since.map(|s| Position::parse(s).filter(|p| log.covers(*p)));
         let (start_seq, recovered) = match after {
             None => (log.first_kept(), true),
@@ -202,7 +207,11 @@ impl Broker for MemoryBroker {
         };
         let skip = usize::try_from(start_seq - log.first_kept()).unwrap_or(usize::MAX);
         let events = log.ring.iter().skip(skip).take(limit).cloned().collect();
-        Ok(HistoryPage { events, recovered })
+        Ok(HistoryPage {
+            events,
+            recovered,
+            head,
+        })
     }
 
     fn is_up(&self) -> bool {

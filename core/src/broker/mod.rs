@@ -119,12 +119,20 @@ pub struct HistoryPage {
     /// malformed, too old or from another epoch. The events then start at the
     /// oldest kept.
     pub recovered: bool,
+    /// The topic's latest position when the page was read (whatever `limit`
+    /// was), or `None` when the topic has no history at all.
+    pub head: Option<Position>,
 }
 
 /// Receives every event of the topics the node subscribed.
 pub trait EventSink: Send + Sync + 'static {
     /// Called once per event, in id order per topic. Must not block.
     fn deliver(&self, event: &Event);
+
+    /// Called when the broker may have missed events of `topic` (its
+    /// connection was lost and the topic is subscribed again): the sink should
+    /// catch up from history. Must not block.
+    fn resync(&self, _topic: &Topic) {}
 }
 
 /// A sink that drops everything, for processes with no sessions.

@@ -10,14 +10,14 @@ use serde_json::{Value, json};
 
 use crate::common::*;
 
-struct GatewayProc {
-    proc: Proc,
-    public: SocketAddr,
-    admin: SocketAddr,
+pub struct GatewayProc {
+    pub proc: Proc,
+    pub public: SocketAddr,
+    pub admin: SocketAddr,
 }
 
 impl GatewayProc {
-    async fn start(redis_url: &str, cluster: bool, node_id: &str) -> GatewayProc {
+    pub async fn start(redis_url: &str, cluster: bool, node_id: &str) -> GatewayProc {
         let mut cmd = bin("herald-gateway");
         cmd.args([
             "--redis-url",
@@ -49,7 +49,7 @@ impl GatewayProc {
         node
     }
 
-    async fn client(&self, sub: &str, topics: &[&str], publish: &[&str]) -> Client {
+    pub async fn client(&self, sub: &str, topics: &[&str], publish: &[&str]) -> Client {
         Client::connect(
             &format!("ws://{}/ws", self.public),
             &token(sub, topics, publish),
@@ -65,7 +65,7 @@ async fn wait_ready(admin: SocketAddr) {
     .await;
 }
 
-async fn admin_proc(redis_url: &str) -> (Proc, SocketAddr) {
+pub async fn admin_proc(redis_url: &str) -> (Proc, SocketAddr) {
     let mut cmd = bin("herald-admin");
     cmd.args([
         "--redis-url",
@@ -81,7 +81,7 @@ async fn admin_proc(redis_url: &str) -> (Proc, SocketAddr) {
     (proc, addr)
 }
 
-async fn post(addr: SocketAddr, path: &str, body: Value) -> (u16, Value) {
+pub async fn post(addr: SocketAddr, path: &str, body: Value) -> (u16, Value) {
     http(addr, "POST", path, Some(ADMIN_KEY), Some(body.to_string())).await
 }
 

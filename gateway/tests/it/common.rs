@@ -254,6 +254,23 @@ impl Client {
         assert_eq!(reply["type"], "subscribed", "{reply}");
     }
 
+    /// Subscribes with `since` and returns the messages replayed before the
+    /// `subscribed` reply, and the reply.
+    pub async fn subscribe_since(&mut self, topics: &[&str], since: Value) -> (Vec<Value>, Value) {
+        let r = self
+            .request(json!({"type": "subscribe", "topics": topics, "since": since}))
+            .await;
+        let mut replayed = Vec::new();
+        loop {
+            let frame = self.recv().await;
+            match frame["type"].as_str() {
+                Some("message") => replayed.push(frame),
+                Some("subscribed") if frame["ref"] == json!(r) => return (replayed, frame),
+                _ => panic!("unexpected frame while subscribing: {frame}"),
+            }
+        }
+    }
+
     /// Reads until the server's Close, completes the closing handshake as a
     /// well-behaved client does, and returns the server's code.
     pub async fn expect_close(&mut self) -> u16 {

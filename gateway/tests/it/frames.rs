@@ -294,14 +294,102 @@ async fn thousand_messages_arrive_in_order() {
 }
 
 #[tokio::test]
-async fn since_answers_unrecovered_until_recovery_lands() {
+async fn reconnect_with_since_gets_exactly_the_missed_events() {
     let gw = TestGateway::spawn().await;
-    let mut c = gw.client("alice", &["news"], &[]).await;
-    let reply = c
-        .call(json!({"type": "subscribe", "topics": ["news"], "since": {"news": "nonsense"}}))
+    let mut c = gw.client("alice", &["news", "other"], &[]).await;
+    c.subscribe(&["news"]).await;
+    for i in 1..=3 {
+        gw.publish("news", json!(i)).await;
+    }
+    let mut last = String::new();
+    for i in 1..=3 {
+        let m = c.recv().await;
+        assert_eq!(m["data"], i);
+        last = m["id"].as_str().unwrap().to_owned();
+    }
+    drop(c);
+    for i in 4..=6 {
+        gw.publish("news", json!(i)).await;
+    }
+    gw.publish("other", json!("not asked for")).await;
+    let mut c = gw.client("alice", &["news", "other"], &[]).await;
+    let (replayed, reply) = c.subscribe_since(&["news"], json!({"news": last})).await;
+    assert_eq!(
+        replayed
+            .iter()
+            .map(|m| m["data"].clone())
+            .collect::<Vec<_>>(),
+        vec![json!(4), json!(5), json!(6)]
+    );
+    assert_eq!(reply["recovered"], json!({"news": true}));
+    gw.publish("news", json!(7)).await;
+    assert_eq!(c.recv().await["data"], 7, "then live, without a duplicate");
+    c.expect_silence(QUIET).await;
+
+    // Up to date: recovered, nothing replayed.
+    let latest = gw.publish("news", json!(8)).await;
+    c.recv().await;
+    let mut d = gw.client("bob", &["news"], &[]).await;
+    let (replayed, reply) = d.subscribe_since(&["news"], json!({"news": latest})).await;
+    assert!(replayed.is_empty());
+    assert_eq!(reply["recovered"], json!({"news": true}));
+}
+
+#[tokio::test]
+async fn unrecoverable_since_is_reported_and_replays_nothing() {
+    let gw = TestGateway::spawn_with(|c| c.history.size = 5).await;
+    let first = gw.publish("news", json!(0)).await;
+    for i in 1..=10 {
+        gw.publish("news", json!(i)).await;
+    }
+    let (epoch, _) = first.split_once('-').unwrap();
+    let other_epoch = if epoch == "00000001" {
+        "00000002-3"
+    } else {
+        "00000001-3"
+    };
+    for since in [
+        first.as_str(),
+        "nonsense",
+        other_epoch,
+        &format!("{epoch}-999"),
+    ] {
+        let mut c = gw.client("alice", &["news"], &[]).await;
+        let (replayed, reply) = c.subscribe_since(&["news"], json!({"news": since})).await;
+        assert!(replayed.is_empty(), "since {since}: nothing replayed");
+        assert_eq!(reply["recovered"], json!({"news": false}), "since {since}");
+        gw.publish("news", json!("live")).await;
+        assert_eq!(c.recv().await["data"], "live", "then live delivery starts");
+    }
+}
+
+#[tokio::test]
+async fn since_on_a_held_topic_replays_and_plain_topics_are_not_in_recovered() {
+    let gw = TestGateway::spawn().await;
+    let mut c = gw.client("alice", &["news", "alerts"], &[]).await;
+    c.subscribe(&["news"]).await;
+    let first = gw.publish("news", json!(1)).await;
+    gw.publish("news", json!(2)).await;
+    assert_eq!(c.recv().await["data"], 1);
+    assert_eq!(c.recv().await["data"], 2);
+    let (replayed, reply) = c
+        .subscribe_since(&["news", "alerts"], json!({"news": first}))
         .await;
-    assert_eq!(reply["type"], "subscribed");
-    assert_eq!(reply["recovered"], json!({"news": false}));
+    assert_eq!(
+        replayed
+            .iter()
+            .map(|m| m["data"].clone())
+            .collect::<Vec<_>>(),
+        vec![json!(2)]
+    );
+    assert_eq!(
+        reply["recovered"],
+        json!({"news": true}),
+        "alerts had no since"
+    );
+    gw.publish("news", json!(3)).await;
+    assert_eq!(c.recv().await["data"], 3);
+    c.expect_silence(QUIET).await;
 }
 
 #[tokio::test]

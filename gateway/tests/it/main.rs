@@ -8,4 +8,5 @@ mod common;
 mod frames;
 mod handshake;
 mod process;
+mod recovery;
 mod timing;

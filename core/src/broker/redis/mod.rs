@@ -93,7 +93,7 @@ return id
 
 const HISTORY_LUA: &str = r"
 local epoch = redis.call('HGET', KEYS[2], 'e')
-if not epoch then return {0, '', {}} end
+if not epoch then return {0, '', {}, 0} end
 local last = tonumber(redis.call('HGET', KEYS[2], 's'))
 local first = last + 1
 local head = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
@@ -108,13 +108,15 @@ if ARGV[1] ~= '' then
     recovered = 0
   end
 end
-local entries = redis.call('XRANGE', KEYS[1], from, '+', 'COUNT', ARGV[3])
 local out = {}
-for _, e in ipairs(entries) do
-  out[#out + 1] = string.match(e[1], '-(%d+)$')
-  out[#out + 1] = e[2][2]
+if tonumber(ARGV[3]) > 0 then
+  local entries = redis.call('XRANGE', KEYS[1], from, '+', 'COUNT', ARGV[3])
+  for _, e in ipairs(entries) do
+    out[#out + 1] = string.match(e[1], '-(%d+)$')
+    out[#out + 1] = e[2][2]
+  end
 end
-return {recovered, epoch, out}
+return {recovered, epoch, out, last}
 ";
 
 fn sha1_hex(text: &str) -> String {
@@ -589,16 +591,20 @@ impl Broker for RedisBroker {
         let Value::Array(parts) = value else {
             return Err(bad());
         };
-        let [recovered, epoch, entries] = <[Value; 3]>::try_from(parts).map_err(|_| bad())?;
+        let [recovered, epoch, entries, last] = <[Value; 4]>::try_from(parts).map_err(|_| bad())?;
         let recovered = matches!(recovered, Value::Int(1));
         let Some(epoch) = as_text(&epoch).filter(|e| !e.is_empty()) else {
             // No history for this topic.
             return Ok(HistoryPage {
                 events: Vec::new(),
                 recovered: since.is_none(),
+                head: None,
             });
         };
         let epoch = u32::from_str_radix(&epoch, 16).map_err(|_| bad())?;
+        let last: u64 = as_text(&last)
+            .and_then(|l| l.parse().ok())
+            .ok_or_else(bad)?;
         let Value::Array(flat) = entries else {
             return Err(bad());
         };
@@ -616,7 +622,11 @@ impl Broker for RedisBroker {
                 json: Bytes::from(json.clone()),
             });
         }
-        Ok(HistoryPage { events, recovered })
+        Ok(HistoryPage {
+            events,
+            recovered,
+            head: Some(Position { epoch, seq: last }),
+        })
     }
 
     fn is_up(&self) -> bool {

@@ -20,7 +20,7 @@
 //! owner changed. A master that stays unreachable also triggers a re-read, so
 //! a failover is followed once the cluster has promoted a replica.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -101,7 +101,9 @@ enum RouterCmd {
 }
 
 enum ConnCmd {
-    Subscribe(Bytes, Target, Option<ReadySender>),
+    /// Subscribe; the flag asks for a resync once confirmed (the channel
+    /// moved here from elsewhere, so events may have been missed).
+    Subscribe(Bytes, Target, Option<ReadySender>, bool),
     Unsubscribe(Bytes),
 }
 
@@ -236,7 +238,9 @@ impl Router {
                 self.wanted.insert(channel.clone(), (target.clone(), conn));
                 match conn.and_then(|c| self.conns[c].as_ref()) {
                     Some(handle) => {
-                        let _ = handle.tx.send(ConnCmd::Subscribe(channel, target, ready));
+                        let _ = handle
+                            .tx
+                            .send(ConnCmd::Subscribe(channel, target, ready, false));
                     }
                     None => {
                         // Routed (or refused) once the slot map has been read.
@@ -333,6 +337,8 @@ impl Router {
             router: self.tx.clone(),
             channels: HashMap::new(),
             pending: HashMap::new(),
+            resync: HashSet::new(),
+            connected_before: false,
             sink: self.sink.clone(),
             control: self.control.clone(),
         };
@@ -398,9 +404,12 @@ impl Router {
                 let _ = old.tx.send(ConnCmd::Unsubscribe(channel.clone()));
             }
             if let Some(handle) = new.and_then(|n| self.conns[n].as_ref()) {
-                let _ = handle
-                    .tx
-                    .send(ConnCmd::Subscribe(channel.clone(), target.clone(), None));
+                let _ = handle.tx.send(ConnCmd::Subscribe(
+                    channel.clone(),
+                    target.clone(),
+                    None,
+                    true,
+                ));
             }
             self.wanted.insert(channel, (target, new));
         }
@@ -412,6 +421,7 @@ impl Router {
                             channel.clone(),
                             target.clone(),
                             Some(ready),
+                            true,
                         ));
                     }
                     None => ready.send(Err(BrokerError::Unavailable(
@@ -514,6 +524,10 @@ struct Conn {
     channels: HashMap<Bytes, Target>,
     /// Subscriptions waiting for Redis' confirmation.
     pending: HashMap<Bytes, Vec<ReadySender>>,
+    /// Channels to resync once their subscription is confirmed.
+    resync: HashSet<Bytes>,
+    /// Whether this connection was up before: a reconnect resyncs everything.
+    connected_before: bool,
     sink: Arc<dyn EventSink>,
     control: ControlHandler,
 }
@@ -576,7 +590,7 @@ impl Conn {
 
     fn apply_while_down(&mut self, cmd: ConnCmd) {
         match cmd {
-            ConnCmd::Subscribe(channel, target, ready) => {
+            ConnCmd::Subscribe(channel, target, ready, _) => {
                 self.channels.insert(channel, target);
                 if let Some(r) = ready {
                     r.send(Err(unavailable("redis pub/sub connection down")));
@@ -597,8 +611,13 @@ impl Conn {
     ) -> Result<(), String> {
         let mut inflight: VecDeque<InFlight> = VecDeque::new();
         let mut out = BytesMut::new();
-        // Everything wanted, again: this is also how a reconnect resubscribes.
+        // Everything wanted, again: this is also how a reconnect resubscribes,
+        // and then whatever was published meanwhile must be caught up.
         let all: Vec<Bytes> = self.channels.keys().cloned().collect();
+        if self.connected_before {
+            self.resync.extend(all.iter().cloned());
+        }
+        self.connected_before = true;
         self.encode(Kind::Subscribe, all, &mut out, &mut inflight);
         stream.write_all(&out).await.map_err(|e| e.to_string())?;
         out.clear();
@@ -652,7 +671,10 @@ impl Conn {
         let mut run_kind = Kind::Subscribe;
         for cmd in cmds {
             let (kind, channel) = match cmd {
-                ConnCmd::Subscribe(channel, target, ready) => {
+                ConnCmd::Subscribe(channel, target, ready, resync) => {
+                    if resync {
+                        self.resync.insert(channel.clone());
+                    }
                     self.channels.insert(channel.clone(), target);
                     if let Some(r) = ready {
                         self.pending.entry(channel.clone()).or_default().push(r);
@@ -661,6 +683,7 @@ impl Conn {
                 }
                 ConnCmd::Unsubscribe(channel) => {
                     self.channels.remove(&channel);
+                    self.resync.remove(&channel);
                     if let Some(waiters) = self.pending.remove(&channel) {
                         for w in waiters {
                             w.send(Err(unavailable("unsubscribed before confirmation")));
@@ -739,6 +762,11 @@ impl Conn {
                         if let Some(waiters) = self.pending.remove(&channel) {
                             for w in waiters {
                                 w.send(Ok(()));
+                            }
+                        }
+                        if self.resync.remove(&channel) {
+                            if let Some(Target::Topic(topic)) = self.channels.get(&channel) {
+                                self.sink.resync(topic);
                             }
                         }
                     }
