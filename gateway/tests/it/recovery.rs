@@ -158,7 +158,7 @@ fn assert_exactly(client: usize, got: &[String], acked: &[String]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_node_killed_mid_stream_loses_nothing() {
     let redis = TestRedis::start();
-    let nodes = vec![
+    let nodes = [
         GatewayProc::start(&redis.url(), false, "n1").await,
         GatewayProc::start(&redis.url(), false, "n2").await,
         GatewayProc::start(&redis.url(), false, "n3").await,
