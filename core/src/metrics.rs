@@ -128,6 +128,8 @@ pub struct Metrics {
     pub deliver_latency: Histogram,
     /// 1 while the broker is reachable.
     pub broker_up: AtomicI64,
+    /// History reads sent to the broker for recoveries and catch-ups.
+    pub history_reads: AtomicU64,
     disconnects: [AtomicU64; CloseCode::ALL.len()],
 }
 

@@ -51,7 +51,7 @@ const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for a history read.
 const HISTORY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a history read waits for others who want the same page.
-const COALESCE_WINDOW: Duration = Duration::from_millis(2);
+const COALESCE_WINDOW: Duration = Duration::from_millis(5);
 /// Live events an entry holds back while catching up before it gives up.
 const MAX_HELD: usize = 100_000;
 
@@ -362,6 +362,7 @@ impl<B: Broker> Hub<B> {
                 Arc::downgrade(&registry),
                 broker.clone(),
                 reads.clone(),
+                metrics.clone(),
                 history_limit,
             ));
         }
@@ -600,6 +601,7 @@ impl<B: Broker> Hub<B> {
         shared_history(
             &self.reads,
             &*self.broker,
+            &self.metrics,
             topic,
             Some(since),
             self.history_limit,
@@ -654,6 +656,7 @@ impl<B: Broker> Hub<B> {
 async fn shared_history<B: Broker>(
     reads: &Mutex<HashMap<(Topic, String), SharedRead>>,
     broker: &B,
+    metrics: &Metrics,
     topic: &Topic,
     since: Option<&str>,
     limit: usize,
@@ -673,6 +676,7 @@ async fn shared_history<B: Broker>(
     tokio::time::sleep(COALESCE_WINDOW).await;
     // Closed to newcomers from here on: the read starts now.
     lock(reads).remove(&key);
+    metrics.history_reads.fetch_add(1, Relaxed);
     let result =
         match tokio::time::timeout(HISTORY_TIMEOUT, broker.history(topic, since, limit)).await {
             Ok(result) => result,
@@ -689,17 +693,20 @@ async fn catch_up_worker<B: Broker>(
     registry: std::sync::Weak<Registry>,
     broker: Arc<B>,
     reads: Arc<Mutex<HashMap<(Topic, String), SharedRead>>>,
+    metrics: Arc<Metrics>,
     limit: usize,
 ) {
     while let Some(request) = rx.recv().await {
         let registry = registry.clone();
         let broker = broker.clone();
         let reads = reads.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             let since = request.since.map(|p| p.to_string());
             let result = shared_history(
                 &reads,
                 &*broker,
+                &metrics,
                 &request.topic,
                 since.as_deref(),
                 limit.max(1),

@@ -335,6 +335,43 @@ async fn reconnect_with_since_gets_exactly_the_missed_events() {
     assert_eq!(reply["recovered"], json!({"news": true}));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_storm_shares_history_reads() {
+    let gw = TestGateway::spawn().await;
+    let first = gw.publish("storm", json!(0)).await;
+    for i in 1..=5 {
+        gw.publish("storm", json!(i)).await;
+    }
+    let mut clients = Vec::new();
+    for i in 0..50 {
+        clients.push(gw.client(&format!("c{i}"), &["storm"], &[]).await);
+    }
+    for c in &mut clients {
+        c.send(json!({"type": "subscribe", "ref": "s", "topics": ["storm"], "since": {"storm": first}})).await;
+    }
+    for c in &mut clients {
+        let mut replayed = 0;
+        loop {
+            let frame = c.recv().await;
+            if frame["type"] == "subscribed" {
+                assert_eq!(frame["recovered"], json!({"storm": true}));
+                break;
+            }
+            replayed += 1;
+        }
+        assert_eq!(replayed, 5);
+    }
+    let reads = gw
+        .node
+        .metrics
+        .history_reads
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        reads < 10,
+        "50 concurrent recoveries made {reads} history reads"
+    );
+}
+
 #[tokio::test]
 async fn unrecoverable_since_is_reported_and_replays_nothing() {
     let gw = TestGateway::spawn_with(|c| c.history.size = 5).await;
