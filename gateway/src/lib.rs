@@ -7,6 +7,8 @@
 //! fans events out through each session's [`outbox`], and [`broker`] carries
 //! events between publishers and nodes. [`node`] holds what they share.
 
+#![recursion_limit = "256"]
+
 pub mod auth;
 pub mod broker;
 pub mod dev;

@@ -180,13 +180,19 @@ impl Outbox {
         None
     }
 
+    /// Empties the queue: returns the replies in it and how many events were
+    /// discarded. Used when closing, even after a close was requested.
+    pub fn drain_replies(&self) -> (Vec<Item>, usize) {
+        let mut s = self.lock();
+        let queue = std::mem::take(&mut s.queue);
+        let events = std::mem::take(&mut s.events);
+        let replies = queue.into_iter().filter(|i| i.received.is_none()).collect();
+        (replies, events)
+    }
+
     /// Discards whatever is queued, returning how many events that was.
     pub fn discard(&self) -> usize {
-        let mut s = self.lock();
-        let n = s.events;
-        s.queue = VecDeque::new();
-        s.events = 0;
-        n
+        self.drain_replies().1
     }
 }
 

@@ -230,7 +230,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     /// Sends a Close with `code` behind what is already in the socket (queued
-    /// frames not yet started are discarded), waits for the client's Close or
+    /// events not yet started are discarded; queued replies are kept), waits for the client's Close or
     /// for `deadline`, then shuts the socket down.
     pub async fn close(
         &mut self,
@@ -240,18 +240,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         metrics: &Metrics,
         deadline: Instant,
     ) {
-        let keep = usize::from(self.offset > 0);
-        let dropped = self
-            .writing
-            .iter()
-            .skip(keep)
-            .filter(|i| i.received.is_some())
-            .count()
-            + outbox.discard();
+        // Finish the frame already started; keep replies (an error the client
+        // should see before the close); discard queued events.
+        let (replies, queued_events) = outbox.drain_replies();
+        let dropped = self.keep_replies(replies) + queued_events;
         if dropped > 0 {
             metrics.dropped(DropReason::Closed, dropped as u64);
         }
-        self.writing.truncate(keep);
         self.writing.push_back(Item {
             frame: close_frame(code, reason),
             received: None,
@@ -260,6 +255,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let _ = tokio::time::timeout_at(deadline, self.flush(metrics)).await;
         let _ = tokio::time::timeout_at(deadline, self.await_peer_close()).await;
         let _ = tokio::time::timeout_at(deadline, self.io.shutdown()).await;
+    }
+
+    /// Keeps the frame already started and every reply (in order, then
+    /// `more`); drops the events. Returns how many events were dropped.
+    fn keep_replies(&mut self, more: Vec<Item>) -> usize {
+        let partial = if self.offset > 0 {
+            self.writing.pop_front()
+        } else {
+            None
+        };
+        let before = self.writing.len() + more.len();
+        self.writing.retain(|i| i.received.is_none());
+        self.writing.extend(more);
+        let dropped = before - self.writing.len();
+        if let Some(p) = partial {
+            self.writing.push_front(p);
+        }
+        dropped
     }
 
     /// Answers the client's Close and shuts the socket down.

@@ -297,6 +297,26 @@ impl Client {
         }
     }
 
+    /// The next JSON frame, or the server's close code.
+    pub async fn try_recv_or_close(&mut self) -> Result<Value, u16> {
+        loop {
+            match self.ws.next().await {
+                Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t).unwrap()),
+                Some(Ok(Message::Close(frame))) => {
+                    return Err(frame.map_or(1005, |f| u16::from(f.code)));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("connection failed: {e}"),
+                None => panic!("connection ended without a close frame"),
+            }
+        }
+    }
+
+    /// The underlying WebSocket.
+    pub fn ws(&mut self) -> &mut WebSocketStream<MaybeTlsStream<TcpStream>> {
+        &mut self.ws
+    }
+
     /// Checks the session still answers.
     pub async fn assert_alive(&mut self) {
         let pong = self.call(json!({"type": "ping"})).await;

@@ -7,6 +7,7 @@ mod cluster;
 mod common;
 mod frames;
 mod handshake;
+mod limits;
 mod process;
 mod recovery;
 mod timing;
