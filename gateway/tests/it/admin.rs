@@ -412,3 +412,25 @@ async fn drain_closes_sessions_with_1012_and_refuses_new_ones() {
         "listener closed after the drain"
     );
 }
+
+#[tokio::test]
+async fn metrics_pass_promtool() {
+    let gw = TestGateway::spawn().await;
+    let mut c = gw.client("alice", &["m"], &[]).await;
+    c.subscribe(&["m"]).await;
+    gw.publish("m", json!(1)).await;
+    c.recv().await;
+    let (_, _, body) = http_raw(gw.admin, "GET", "/metrics", None, None).await;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (scripts/deps.sh installs Debian's prometheus package)");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(&body).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && report.trim().is_empty(), "promtool: {report}");
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs and the machine lacks: redis-server and
+# redis-cli (the Redis tests start their own servers), promtool (checks the
+# /metrics output), python3 + kosoku (the Autobahn WebSocket conformance
+# cases), and cargo-nextest. Safe to run repeatedly: it installs nothing that
+# is already there.
+set -euo pipefail
+
+apt_updated=0
+apt_install() {
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "deps: please install $* (no apt-get here)" >&2
+    return 1
+  fi
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  if [ "$apt_updated" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get update -qq
+    apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@"
+}
+
+command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+command -v redis-cli >/dev/null 2>&1 || apt_install redis-tools
+command -v promtool >/dev/null 2>&1 || apt_install prometheus
+
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+cargo nextest --version >/dev/null 2>&1 || cargo install cargo-nextest --locked
