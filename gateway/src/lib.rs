@@ -17,6 +17,7 @@ pub mod node;
 pub mod outbox;
 pub mod server;
 pub mod session;
+pub mod tls;
 pub mod ws;
 
 pub use node::Node;

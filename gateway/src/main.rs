@@ -142,20 +142,12 @@ fn check_config(parsed: Parsed) -> Result<()> {
     if !parsed.switch("--dev") {
         loaded.config.require_keys()?;
     }
-    supported(&loaded.config)?;
+    if let (Some(cert), Some(key)) = (&loaded.config.tls.cert_file, &loaded.config.tls.key_file) {
+        herald_gateway::tls::acceptor(cert, key)?;
+    }
     Verifier::new(&loaded.config.jwt)?;
     herald_core::logging::check(&loaded.config.log_level).map_err(|e| anyhow!(e))?;
     eprintln!("configuration OK");
-    Ok(())
-}
-
-/// Refuses settings this build cannot honour, rather than ignoring them.
-fn supported(config: &Config) -> Result<()> {
-    if config.tls.cert_file.is_some() {
-        return Err(anyhow!(
-            "tls.cert_file is set, but this build does not serve TLS yet; terminate TLS at the load balancer"
-        ));
-    }
     Ok(())
 }
 
@@ -191,7 +183,6 @@ fn serve(parsed: Parsed) -> Result<()> {
         Vec::new()
     };
     config.require_keys()?;
-    supported(&config)?;
     herald_core::logging::init(&config.log_level, config.log_json).map_err(|e| anyhow!(e))?;
     if config.compression {
         warn!(

@@ -29,6 +29,8 @@ pub struct Node {
     pub verifier: Verifier,
     /// Token minting for `/dev/token`; set only in `--dev`.
     pub dev_signer: Option<Signer>,
+    /// TLS for the public listener, when `tls.*` is configured.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
     draining: AtomicBool,
     open: AtomicUsize,
     closed: Notify,
@@ -74,13 +76,18 @@ impl Node {
     /// Must be called inside a Tokio runtime (brokers start background tasks).
     ///
     /// # Errors
-    /// When a configured key cannot be loaded or `redis_url` cannot be parsed.
+    /// When a configured key or certificate cannot be loaded, or `redis_url`
+    /// cannot be parsed.
     pub fn new(config: Config, dev: bool) -> Result<Arc<Node>, KeyError> {
         let verifier = Verifier::new(&config.jwt)?;
         let dev_signer = if dev {
             Some(Signer::hs256(&config.jwt)?)
         } else {
             None
+        };
+        let tls = match (&config.tls.cert_file, &config.tls.key_file) {
+            (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
+            _ => None,
         };
         let metrics = Arc::new(Metrics::new(&config.node_id));
         let registry = Arc::new(Registry::new(metrics.clone()));
@@ -114,6 +121,7 @@ impl Node {
             hub,
             verifier,
             dev_signer,
+            tls,
             draining: AtomicBool::new(false),
             open: AtomicUsize::new(0),
             closed: Notify::new(),

@@ -24,9 +24,13 @@ use herald_protocol::CloseCode;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
+
+/// Longest a client may take to complete the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 use crate::node::Node;
 
@@ -87,12 +91,14 @@ pub async fn run(
     let public = tokio::spawn(accept_loop(
         listeners.public,
         public_router(&node),
+        node.tls.clone(),
         stop_rx.clone(),
         done_tx.clone(),
     ));
     let admin = tokio::spawn(accept_loop(
         listeners.admin,
         admin_routes(&node),
+        None,
         stop_rx,
         done_tx,
     ));
@@ -157,6 +163,7 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 async fn accept_loop(
     listener: TcpListener,
     app: Router,
+    tls: Option<TlsAcceptor>,
     mut stop: watch::Receiver<bool>,
     done: mpsc::Sender<()>,
 ) {
@@ -169,12 +176,26 @@ async fn accept_loop(
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
                 debug!(%peer, "accepted");
-                tokio::spawn(serve_connection(
-                    stream,
-                    app.clone(),
-                    stop.clone(),
-                    done.clone(),
-                ));
+                let (app, stop, done) = (app.clone(), stop.clone(), done.clone());
+                match tls.clone() {
+                    None => {
+                        tokio::spawn(serve_connection(stream, app, stop, done));
+                    }
+                    Some(acceptor) => {
+                        tokio::spawn(async move {
+                            match tokio::time::timeout(
+                                TLS_HANDSHAKE_TIMEOUT,
+                                acceptor.accept(stream),
+                            )
+                            .await
+                            {
+                                Ok(Ok(tls)) => serve_connection(tls, app, stop, done).await,
+                                Ok(Err(e)) => debug!(%peer, error = %e, "tls handshake failed"),
+                                Err(_) => debug!(%peer, "tls handshake timed out"),
+                            }
+                        });
+                    }
+                }
             }
             Err(e) => {
                 // Typically EMFILE: back off briefly rather than spin.
@@ -185,12 +206,14 @@ async fn accept_loop(
     }
 }
 
-async fn serve_connection(
-    stream: TcpStream,
+async fn serve_connection<S>(
+    stream: S,
     app: Router,
     mut stop: watch::Receiver<bool>,
     _done: mpsc::Sender<()>,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = TowerToHyperService::new(app);
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())

@@ -20,6 +20,7 @@ use herald_core::metrics::HandshakeResult;
 use herald_protocol::ErrorCode;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 use tracing::debug;
 
 use crate::auth::AuthError;
@@ -185,7 +186,20 @@ pub async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Respons
             }
         };
         // Unwrap our own TCP stream so the session polls it directly.
-        match upgraded.downcast::<TokioIo<TcpStream>>() {
+        let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                return crate::session::run(
+                    parts.io.into_inner(),
+                    parts.read_buf,
+                    node,
+                    claims,
+                    permit,
+                )
+                .await;
+            }
+            Err(upgraded) => upgraded,
+        };
+        match upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() {
             Ok(parts) => {
                 crate::session::run(parts.io.into_inner(), parts.read_buf, node, claims, permit)
                     .await

@@ -11,3 +11,4 @@ mod limits;
 mod process;
 mod recovery;
 mod timing;
+mod tls;

@@ -1,0 +1,91 @@
+//! `wss://` on the public listener: the same protocol over rustls, with the
+//! admin listener still plain HTTP.
+
+use std::sync::Arc;
+
+use futures_util::{SinkExt, StreamExt};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::common::*;
+
+fn connector() -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(fixture("tls_ca.pem")).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+async fn tls_gateway() -> TestGateway {
+    TestGateway::spawn_with(|c| {
+        c.tls.cert_file = Some(fixture("tls_cert.pem"));
+        c.tls.key_file = Some(fixture("tls_key.pem"));
+    })
+    .await
+}
+
+#[tokio::test]
+async fn wss_carries_the_protocol() {
+    let gw = tls_gateway().await;
+    let tcp = tokio::net::TcpStream::connect(gw.public).await.unwrap();
+    let tls = connector()
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("tls handshake");
+    let url = format!(
+        "wss://localhost:{}/ws?token={}",
+        gw.public.port(),
+        token("alice", &["news"], &[])
+    );
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tls)
+        .await
+        .expect("websocket handshake over tls");
+    let text = |m: Message| serde_json::from_str::<Value>(m.to_text().unwrap()).unwrap();
+    assert_eq!(text(ws.next().await.unwrap().unwrap())["type"], "welcome");
+    ws.send(Message::text(
+        json!({"type": "subscribe", "ref": "1", "topics": ["news"]}).to_string(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        text(ws.next().await.unwrap().unwrap())["type"],
+        "subscribed"
+    );
+    gw.publish("news", json!({"secure": true})).await;
+    assert_eq!(
+        text(ws.next().await.unwrap().unwrap())["data"],
+        json!({"secure": true})
+    );
+}
+
+#[tokio::test]
+async fn refusals_and_plain_clients() {
+    let gw = tls_gateway().await;
+    // A refusal is still the contract's JSON, inside TLS.
+    let tcp = tokio::net::TcpStream::connect(gw.public).await.unwrap();
+    let tls = connector()
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let url = format!("wss://localhost:{}/ws", gw.public.port());
+    match tokio_tungstenite::client_async(url, tls).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status().as_u16(), 401),
+        other => panic!("expected a 401, got {other:?}"),
+    }
+    // A plain-text client gets nowhere, and the node keeps serving.
+    let plain =
+        tokio_tungstenite::connect_async(format!("{}?token={}", gw.ws_url(), token("a", &[], &[])))
+            .await;
+    assert!(plain.is_err());
+    // The admin listener stays plain HTTP.
+    assert_eq!(http(gw.admin, "GET", "/healthz", None, None).await.0, 200);
+}
