@@ -295,6 +295,17 @@ impl Metrics {
 
         counter_head(
             &mut out,
+            "herald_history_reads_total",
+            "History reads sent to the broker for recoveries and catch-ups (shared by sessions recovering together).",
+        );
+        let _ = writeln!(
+            out,
+            "herald_history_reads_total {}",
+            self.history_reads.load(Relaxed)
+        );
+
+        counter_head(
+            &mut out,
             "herald_disconnects_total",
             "Sessions closed by the server, by close code.",
         );
@@ -327,6 +338,7 @@ mod tests {
             "herald_messages_dropped_total",
             "herald_publish_to_deliver_seconds",
             "herald_broker_up",
+            "herald_history_reads_total",
             "herald_disconnects_total",
         ] {
             assert!(

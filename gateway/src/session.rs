@@ -466,7 +466,7 @@ impl Session {
         self.reply(&ServerFrame::Subscribed {
             reference,
             topics: &names,
-            recovered: (!since.is_empty()).then_some(&recovered),
+            recovered: (!recovered.is_empty()).then_some(&recovered),
         });
     }
 

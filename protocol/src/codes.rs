@@ -140,7 +140,7 @@ impl CloseCode {
             CloseCode::PolicyViolation => "policy violation",
             CloseCode::TooBig => "message too big",
             CloseCode::InternalError => "internal error",
-            CloseCode::Restart => "node draining",
+            CloseCode::Restart => "reconnect now, with since",
             CloseCode::TokenExpired => "token expired",
             CloseCode::HeartbeatTimeout => "heartbeat timeout",
             CloseCode::Disconnected => "disconnected",
