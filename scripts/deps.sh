@@ -25,5 +25,11 @@ command -v redis-server >/dev/null 2>&1 || apt_install redis-server
 command -v redis-cli >/dev/null 2>&1 || apt_install redis-tools
 command -v promtool >/dev/null 2>&1 || apt_install prometheus
 
+command -v curl >/dev/null 2>&1 || apt_install curl
+command -v python3 >/dev/null 2>&1 || apt_install python3 python3-pip
+python3 -c 'import kosoku' >/dev/null 2>&1 ||
+  python3 -m pip install --quiet kosoku ||
+  python3 -m pip install --quiet --break-system-packages kosoku
+
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 cargo nextest --version >/dev/null 2>&1 || cargo install cargo-nextest --locked

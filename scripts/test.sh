@@ -11,3 +11,4 @@ cargo clippy --workspace --all-targets -- -D warnings
 # Multi-process tests run herald-gateway and herald-admin; build every binary.
 cargo build --workspace --bins
 cargo nextest run --workspace --no-fail-fast
+scripts/autobahn.sh

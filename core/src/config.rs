@@ -246,6 +246,12 @@ pub static KEYS: &[KeySpec] = &[
         Some("text"),
         "text, or json (one object per line)",
     ),
+    key(
+        "test_echo_endpoint",
+        Kind::Bool,
+        Some("false"),
+        "test-only: serve an unauthenticated /echo for the WebSocket conformance suite; never in production",
+    ),
 ];
 
 impl KeySpec {
@@ -490,6 +496,8 @@ pub struct Config {
     pub log_level: String,
     /// Emit JSON log lines.
     pub log_json: bool,
+    /// Serve `/echo` (conformance tests only).
+    pub test_echo_endpoint: bool,
 }
 
 /// A loaded configuration with the provenance of each value, for `check-config`.
@@ -689,6 +697,7 @@ pub fn load(sources: &Sources) -> Result<Loaded, ConfigError> {
             "json" => true,
             _ => return Err(r.invalid("log_format", "must be text or json")),
         },
+        test_echo_endpoint: r.req("test_echo_endpoint")?,
     };
     r.validate(&config)?;
     // Keep the table's order for check-config.

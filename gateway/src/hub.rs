@@ -42,7 +42,8 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
 use crate::outbox::{Outbox, Pushed};
-use crate::ws::codec;
+use crate::ws::{codec, deflate};
+use bytes::Bytes;
 
 const TOPIC_SHARDS: usize = 64;
 const SESSION_SHARDS: usize = 16;
@@ -170,15 +171,30 @@ impl Registry {
     fn fan_out(&self, entry: &mut TopicEntry, events: &[Event], received: Instant) {
         let mut overflowed = 0;
         for event in events {
-            let frame = codec::text_frame(&event.json);
+            // Encoded once per node: plain, and compressed per window size
+            // in use (almost always just one).
+            let mut plain: Option<Bytes> = None;
+            let mut packed: Vec<(u8, Bytes)> = Vec::new();
             for sub in entry.subscribers.values_mut() {
-                match &mut sub.held {
-                    Some(held) => held.push(event.clone()),
-                    None => {
-                        if let Pushed::Overflow(n) = sub.outbox.push_event(&frame, received) {
-                            overflowed += n as u64;
+                if let Some(held) = &mut sub.held {
+                    held.push(event.clone());
+                    continue;
+                }
+                let frame = match sub.outbox.deflate {
+                    Some(d) if event.json.len() >= deflate::COMPRESS_MIN => {
+                        match packed.iter().find(|(bits, _)| *bits == d.window_bits) {
+                            Some((_, f)) => f,
+                            None => {
+                                let f = deflate::frame(codec::OP_TEXT, &event.json, d.window_bits);
+                                packed.push((d.window_bits, f));
+                                &packed[packed.len() - 1].1
+                            }
                         }
                     }
+                    _ => plain.get_or_insert_with(|| codec::text_frame(&event.json)),
+                };
+                if let Pushed::Overflow(n) = sub.outbox.push_event(frame, received) {
+                    overflowed += n as u64;
                 }
             }
             entry.last = Some(event.position);
@@ -577,14 +593,14 @@ impl<B: Broker> Hub<B> {
         };
         let now = Instant::now();
         for event in &replay {
-            outbox.push_replay(codec::text_frame(&event.json), now);
+            outbox.push_replay(outbox.text_frame(&event.json), now);
             last = Some(event.position);
         }
         for event in &held {
             let seen = last
                 .is_some_and(|l| l.epoch == event.position.epoch && event.position.seq <= l.seq);
             if !seen {
-                if let Pushed::Overflow(n) = outbox.push_event(&codec::text_frame(&event.json), now)
+                if let Pushed::Overflow(n) = outbox.push_event(&outbox.text_frame(&event.json), now)
                 {
                     self.metrics.dropped(DropReason::SlowConsumer, n as u64);
                 }

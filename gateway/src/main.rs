@@ -11,7 +11,7 @@ use herald_core::{Config, Secret};
 use herald_gateway::auth::{Signer, TokenRequest, Verifier};
 use herald_gateway::{Listeners, Node};
 use tokio::net::TcpListener;
-use tracing::{info, warn};
+use tracing::info;
 
 const COMMANDS: &[&str] = &["serve", "token", "check-config"];
 
@@ -184,11 +184,6 @@ fn serve(parsed: Parsed) -> Result<()> {
     };
     config.require_keys()?;
     herald_core::logging::init(&config.log_level, config.log_json).map_err(|e| anyhow!(e))?;
-    if config.compression {
-        warn!(
-            "compression = true, but permessage-deflate is not implemented yet: the extension is declined"
-        );
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

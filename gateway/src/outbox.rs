@@ -62,6 +62,8 @@ pub struct Outbox {
     pub id: u64,
     /// The token's `sub`, for disconnects by user.
     pub sub: Arc<str>,
+    /// permessage-deflate, when the connection negotiated it.
+    pub deflate: Option<crate::ws::deflate::Deflate>,
     limit: usize,
     state: Mutex<State>,
 }
@@ -72,9 +74,21 @@ impl Outbox {
         Outbox {
             id,
             sub,
+            deflate: None,
             limit,
             state: Mutex::new(State::default()),
         }
+    }
+
+    /// Marks the connection as compressing (set before the outbox is shared).
+    pub fn with_deflate(mut self, deflate: Option<crate::ws::deflate::Deflate>) -> Outbox {
+        self.deflate = deflate;
+        self
+    }
+
+    /// The frame of a text message for this connection.
+    pub fn text_frame(&self, payload: &[u8]) -> bytes::Bytes {
+        crate::ws::codec::text_frame_for(payload, self.deflate)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

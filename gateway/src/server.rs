@@ -49,6 +49,13 @@ pub fn public_router(node: &Arc<Node>) -> Router {
         .route("/ws", get(crate::ws::upgrade))
         .with_state(node.clone())
         .merge(ops::health_routes(ready));
+    if node.config.test_echo_endpoint {
+        router = router.merge(
+            Router::new()
+                .route("/echo", get(crate::ws::echo))
+                .with_state(node.clone()),
+        );
+    }
     if node.dev_signer.is_some() {
         router = router.merge(crate::dev::routes(node.clone()));
     }

@@ -25,6 +25,7 @@ use crate::node::{Node, Permit};
 use crate::outbox::Outbox;
 use crate::ws::codec::{self, Decoder, Message};
 use crate::ws::conn::{Conn, NextStep, Step};
+use crate::ws::deflate::Deflate;
 
 /// How long before `exp` the client is warned with `token_expiring`.
 const EXPIRY_WARNING: Duration = Duration::from_secs(60);
@@ -108,20 +109,25 @@ struct Session {
 }
 
 /// Runs a session on an upgraded connection until it closes.
-pub async fn run<S>(io: S, initial: Bytes, node: Arc<Node>, claims: Claims, permit: Permit)
-where
+pub async fn run<S>(
+    io: S,
+    initial: Bytes,
+    node: Arc<Node>,
+    claims: Claims,
+    deflate: Option<Deflate>,
+    permit: Permit,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (id, session_id) = node.next_session();
     let config = &node.config;
-    let decoder = Decoder::new(config.limits.max_message_size, false);
+    let decoder =
+        Decoder::new(config.limits.max_message_size, false).with_deflate(deflate.is_some());
     let mut conn = Conn::new(io, decoder, &initial);
     drop(initial);
-    let outbox = Arc::new(Outbox::new(
-        id,
-        claims.sub.clone(),
-        config.limits.client_queue,
-    ));
+    let outbox = Arc::new(
+        Outbox::new(id, claims.sub.clone(), config.limits.client_queue).with_deflate(deflate),
+    );
     node.hub.add_session(&outbox);
     debug!(session = %session_id, sub = %claims.sub, "session opened");
 
@@ -217,7 +223,7 @@ enum End {
 impl Session {
     fn reply(&self, frame: &ServerFrame<'_>) {
         self.outbox
-            .push_reply(codec::text_frame(frame.to_json().as_bytes()));
+            .push_reply(self.outbox.text_frame(frame.to_json().as_bytes()));
     }
 
     fn error(&self, reference: Option<&str>, code: ErrorCode, message: &str, topic: Option<&str>) {

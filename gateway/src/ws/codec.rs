@@ -19,8 +19,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 use herald_protocol::CloseCode;
 
 const OP_CONTINUATION: u8 = 0x0;
-const OP_TEXT: u8 = 0x1;
-const OP_BINARY: u8 = 0x2;
+/// Text opcode.
+pub const OP_TEXT: u8 = 0x1;
+/// Binary opcode.
+pub const OP_BINARY: u8 = 0x2;
 const OP_CLOSE: u8 = 0x8;
 const OP_PING: u8 = 0x9;
 const OP_PONG: u8 = 0xA;
@@ -42,6 +44,8 @@ pub enum Message {
 
 struct Fragmented {
     text: bool,
+    /// permessage-deflate: the payload is compressed (RSV1 on the first frame).
+    compressed: bool,
     buf: Vec<u8>,
     /// Prefix of `buf` known to be valid UTF-8.
     checked: usize,
@@ -51,6 +55,7 @@ struct Fragmented {
 pub struct Decoder {
     max_message: usize,
     allow_binary: bool,
+    deflate: bool,
     fragments: Option<Fragmented>,
 }
 
@@ -64,7 +69,32 @@ impl Decoder {
         Decoder {
             max_message,
             allow_binary,
+            deflate: false,
             fragments: None,
+        }
+    }
+
+    /// Accepts messages compressed with permessage-deflate (RSV1).
+    pub fn with_deflate(mut self, on: bool) -> Decoder {
+        self.deflate = on;
+        self
+    }
+
+    /// A complete message's payload: decompressed if it was compressed, then
+    /// checked as UTF-8 if it is text.
+    fn finish(&self, text: bool, compressed: bool, data: Vec<u8>) -> Result<Message, DecodeError> {
+        let data = if compressed {
+            super::deflate::decompress(&data, self.max_message)?
+        } else {
+            data
+        };
+        if text {
+            if std::str::from_utf8(&data).is_err() {
+                return Err(CloseCode::InvalidPayload);
+            }
+            Ok(Message::Text(Bytes::from(data)))
+        } else {
+            Ok(Message::Binary(Bytes::from(data)))
         }
     }
 
@@ -104,10 +134,15 @@ impl Decoder {
             return Ok(None);
         };
         let fin = b0 & 0x80 != 0;
-        if b0 & 0x70 != 0 {
-            return Err(CloseCode::ProtocolError); // RSV bits without an extension
-        }
         let opcode = b0 & 0x0F;
+        let rsv1 = b0 & 0x40 != 0;
+        // RSV2/3 are never negotiated; RSV1 only by permessage-deflate, and
+        // only on the first frame of a data message.
+        if b0 & 0x30 != 0
+            || (rsv1 && (!self.deflate || opcode == OP_CONTINUATION || opcode & 0x8 != 0))
+        {
+            return Err(CloseCode::ProtocolError);
+        }
         if b1 & 0x80 == 0 {
             return Err(CloseCode::ProtocolError); // client frames must be masked
         }
@@ -170,19 +205,16 @@ impl Decoder {
             OP_PONG => out.push_back(Message::Pong),
             OP_CLOSE => out.push_back(Message::Close(close_code(&unmask_to_vec(payload, mask))?)),
             OP_TEXT | OP_BINARY if fin => {
-                let data = unmask_to_vec(payload, mask);
-                if opcode == OP_TEXT {
-                    if std::str::from_utf8(&data).is_err() {
-                        return Err(CloseCode::InvalidPayload);
-                    }
-                    out.push_back(Message::Text(Bytes::from(data)));
-                } else {
-                    out.push_back(Message::Binary(Bytes::from(data)));
-                }
+                out.push_back(self.finish(
+                    opcode == OP_TEXT,
+                    rsv1,
+                    unmask_to_vec(payload, mask),
+                )?);
             }
             OP_TEXT | OP_BINARY => {
                 let mut f = Fragmented {
                     text: opcode == OP_TEXT,
+                    compressed: rsv1,
                     buf: Vec::new(),
                     checked: 0,
                 };
@@ -198,12 +230,7 @@ impl Decoder {
                 unmask_into(payload, mask, &mut f.buf);
                 f.check_utf8(fin)?;
                 if fin {
-                    let data = Bytes::from(f.buf);
-                    out.push_back(if f.text {
-                        Message::Text(data)
-                    } else {
-                        Message::Binary(data)
-                    });
+                    out.push_back(self.finish(f.text, f.compressed, f.buf)?);
                 } else {
                     self.fragments = Some(f);
                 }
@@ -217,7 +244,8 @@ impl Fragmented {
     /// Validates the bytes added since the last check; an incomplete sequence
     /// at the end is allowed until the final fragment.
     fn check_utf8(&mut self, last: bool) -> Result<(), DecodeError> {
-        if !self.text {
+        // Compressed text can only be checked once inflated, at the end.
+        if !self.text || self.compressed {
             return Ok(());
         }
         match std::str::from_utf8(&self.buf[self.checked..]) {
@@ -283,6 +311,11 @@ fn unmask_to_bytes(payload: &[u8], mask: [u8; 4]) -> Bytes {
 
 fn header(opcode: u8, len: usize, out: &mut BytesMut) {
     out.put_u8(0x80 | opcode);
+    put_len(len, out);
+}
+
+/// The payload-length field of an unmasked frame.
+pub(crate) fn put_len(len: usize, out: &mut BytesMut) {
     if len < 126 {
         out.put_u8(len as u8);
     } else if len <= usize::from(u16::MAX) {
@@ -304,6 +337,17 @@ fn frame(opcode: u8, payload: &[u8]) -> Bytes {
 /// A complete, unfragmented server text frame.
 pub fn text_frame(payload: &[u8]) -> Bytes {
     frame(OP_TEXT, payload)
+}
+
+/// A text frame for a connection: compressed when the connection negotiated
+/// permessage-deflate and the payload is worth it, plain otherwise.
+pub fn text_frame_for(payload: &[u8], deflate: Option<super::deflate::Deflate>) -> Bytes {
+    match deflate {
+        Some(d) if payload.len() >= super::deflate::COMPRESS_MIN => {
+            super::deflate::frame(OP_TEXT, payload, d.window_bits)
+        }
+        _ => text_frame(payload),
+    }
 }
 
 /// A complete server binary frame (only the test echo endpoint sends these).

@@ -67,6 +67,9 @@ pub struct Conn<S> {
     writing: VecDeque<Item>,
     /// Bytes of `writing[0]` already written.
     offset: usize,
+    /// A protocol error met after valid messages: reported once those are
+    /// handled, so a client's last good message is still processed.
+    failed: Option<CloseCode>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
@@ -79,6 +82,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             inbox: VecDeque::new(),
             writing: VecDeque::new(),
             offset: 0,
+            failed: None,
         }
     }
 
@@ -109,6 +113,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     ) -> Poll<Step> {
         if !self.inbox.is_empty() {
             return Poll::Ready(Step::Messages);
+        }
+        if let Some(code) = self.failed.take() {
+            return Poll::Ready(Step::Close(code));
         }
         if let Some(code) = outbox.close_requested() {
             return Poll::Ready(Step::Close(code));
@@ -172,6 +179,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     })
             };
             Poll::Ready(match result {
+                Err(code) if self.inbox.len() > before => {
+                    self.failed = Some(code);
+                    ReadOutcome::Decoded
+                }
                 Err(code) => ReadOutcome::Failed(code),
                 Ok(()) if self.inbox.len() > before => ReadOutcome::Decoded,
                 Ok(()) => ReadOutcome::Partial,
@@ -275,7 +286,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         dropped
     }
 
-    /// Answers the client's Close and shuts the socket down.
+    /// Answers the client's Close (after the replies already queued) and
+    /// shuts the socket down.
     pub async fn answer_close(
         &mut self,
         code: Option<u16>,
@@ -283,9 +295,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         metrics: &Metrics,
         deadline: Instant,
     ) {
-        let keep = usize::from(self.offset > 0);
-        self.writing.truncate(keep);
-        outbox.discard();
+        let (replies, queued_events) = outbox.drain_replies();
+        let dropped = self.keep_replies(replies) + queued_events;
+        if dropped > 0 {
+            metrics.dropped(DropReason::Closed, dropped as u64);
+        }
         self.writing.push_back(Item {
             frame: close_frame(code, ""),
             received: None,

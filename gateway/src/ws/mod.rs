@@ -8,6 +8,8 @@
 
 pub mod codec;
 pub mod conn;
+pub mod deflate;
+pub mod echo;
 pub mod handshake;
 
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use herald_admin_api::error_response;
 use herald_core::metrics::HandshakeResult;
 use herald_protocol::ErrorCode;
 use hyper_util::rt::TokioIo;
+use std::future::Future;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tracing::debug;
@@ -177,6 +180,82 @@ pub async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Respons
         );
     };
     node.metrics.handshake(HandshakeResult::Accepted);
+    let deflate = negotiate(&node, &req);
+    let response = switching_protocols(&accept, deflate.as_ref().map(|(_, h)| h.as_str()));
+    let deflate = deflate.map(|(d, _)| d);
+    spawn_upgraded(
+        on_upgrade,
+        SessionJob {
+            node,
+            claims,
+            deflate,
+            permit,
+        },
+    );
+    response
+}
+
+/// permessage-deflate, when configured and offered acceptably.
+fn negotiate(node: &Node, req: &Request) -> Option<(deflate::Deflate, String)> {
+    if node.config.compression {
+        deflate::negotiate(req.headers())
+    } else {
+        None
+    }
+}
+
+fn switching_protocols(accept: &str, extensions: Option<&str>) -> Response {
+    let mut response = (
+        http::StatusCode::SWITCHING_PROTOCOLS,
+        [
+            (http::header::UPGRADE, "websocket"),
+            (http::header::CONNECTION, "Upgrade"),
+            (http::header::SEC_WEBSOCKET_ACCEPT, accept),
+        ],
+    )
+        .into_response();
+    if let Some(ext) = extensions.and_then(|e| http::HeaderValue::from_str(e).ok()) {
+        response
+            .headers_mut()
+            .insert(http::header::SEC_WEBSOCKET_EXTENSIONS, ext);
+    }
+    response
+}
+
+/// What runs on a socket once it is upgraded.
+trait Job: Send + 'static {
+    fn run<S>(self, io: S, initial: Bytes) -> impl Future<Output = ()> + Send
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+}
+
+struct SessionJob {
+    node: Arc<Node>,
+    claims: crate::auth::Claims,
+    deflate: Option<deflate::Deflate>,
+    permit: crate::node::Permit,
+}
+
+impl Job for SessionJob {
+    fn run<S>(self, io: S, initial: Bytes) -> impl Future<Output = ()> + Send
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        crate::session::run(
+            io,
+            initial,
+            self.node,
+            self.claims,
+            self.deflate,
+            self.permit,
+        )
+    }
+}
+
+/// Waits for the upgrade, then runs `job` on the raw socket: our own TCP
+/// (or TLS) stream when it can be unwrapped, so the session polls it
+/// directly, and hyper's boxed stream otherwise.
+fn spawn_upgraded<J: Job>(on_upgrade: hyper::upgrade::OnUpgrade, job: J) {
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
@@ -185,40 +264,43 @@ pub async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Respons
                 return;
             }
         };
-        // Unwrap our own TCP stream so the session polls it directly.
         let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => {
-                return crate::session::run(
-                    parts.io.into_inner(),
-                    parts.read_buf,
-                    node,
-                    claims,
-                    permit,
-                )
-                .await;
-            }
+            Ok(parts) => return job.run(parts.io.into_inner(), parts.read_buf).await,
             Err(upgraded) => upgraded,
         };
         match upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() {
-            Ok(parts) => {
-                crate::session::run(parts.io.into_inner(), parts.read_buf, node, claims, permit)
-                    .await
-            }
-            Err(upgraded) => {
-                crate::session::run(TokioIo::new(upgraded), Bytes::new(), node, claims, permit)
-                    .await
-            }
+            Ok(parts) => job.run(parts.io.into_inner(), parts.read_buf).await,
+            Err(upgraded) => job.run(TokioIo::new(upgraded), Bytes::new()).await,
         }
     });
-    (
-        http::StatusCode::SWITCHING_PROTOCOLS,
-        [
-            (http::header::UPGRADE, "websocket"),
-            (http::header::CONNECTION, "Upgrade"),
-            (http::header::SEC_WEBSOCKET_ACCEPT, accept.as_str()),
-        ],
-    )
-        .into_response()
+}
+
+/// `GET /echo`: only with `test_echo_endpoint = true`. The same listener,
+/// handshake, codec and compression as `/ws`, echoing every message back,
+/// for the Autobahn conformance suite. No token; never enable it in
+/// production.
+pub async fn echo(State(node): State<Arc<Node>>, mut req: Request) -> Response {
+    let accept = match handshake::accept_key(req.method(), req.headers()) {
+        Ok(accept) => accept,
+        Err(_) => return error_response(ErrorCode::BadRequest, "not a WebSocket upgrade"),
+    };
+    let Some(permit) = node.try_reserve() else {
+        return error_response(ErrorCode::Unavailable, "node is at max_connections");
+    };
+    let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return error_response(ErrorCode::BadRequest, "connection cannot be upgraded");
+    };
+    let deflate = negotiate(&node, &req);
+    let response = switching_protocols(&accept, deflate.as_ref().map(|(_, h)| h.as_str()));
+    spawn_upgraded(
+        on_upgrade,
+        echo::EchoJob {
+            node,
+            deflate: deflate.map(|(d, _)| d),
+            permit,
+        },
+    );
+    response
 }
 
 #[cfg(test)]

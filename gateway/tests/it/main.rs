@@ -5,6 +5,7 @@
 mod admin;
 mod cluster;
 mod common;
+mod compression;
 mod frames;
 mod handshake;
 mod limits;
