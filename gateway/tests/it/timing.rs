@@ -17,8 +17,9 @@ async fn silent_client_gets_pings_then_4002() {
         c.heartbeat.timeout = Duration::from_millis(700);
     })
     .await;
-    let mut stream = raw_handshake(gw.public, &token("alice", &[], &[])).await;
+    // Before the request: the server's clock cannot start earlier than this.
     let opened = Instant::now();
+    let mut stream = raw_handshake(gw.public, &token("alice", &[], &[])).await;
     let mut seen = Vec::new();
     let mut buf = [0u8; 1024];
     let code = tokio::time::timeout(WAIT, async {
