@@ -1,0 +1,244 @@
+//! A deliberately small WebSocket client for load generation.
+//!
+//! The generator shares the machine with the server it measures, so its own
+//! cost per delivery must stay far below the server's: frames are parsed in
+//! place from one read buffer per connection, text payloads are scanned for
+//! the two numbers the generator needs rather than parsed as JSON, and pings
+//! are answered so idle connections survive the server's heartbeat.
+
+use std::net::{IpAddr, SocketAddr};
+
+use anyhow::{Context, Result, anyhow, bail};
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Where to connect: `ws://host:port/path?query`.
+#[derive(Debug, Clone)]
+pub struct WsUrl {
+    /// Socket address.
+    pub addr: SocketAddr,
+    /// `host:port` as written, for the Host header.
+    pub host: String,
+    /// Path and query.
+    pub path: String,
+}
+
+impl WsUrl {
+    /// Parses `ws://127.0.0.1:8080/ws` (names are not resolved: loopback only).
+    ///
+    /// # Errors
+    /// When the URL is not `ws://ip:port/path`.
+    pub fn parse(url: &str) -> Result<WsUrl> {
+        let rest = url
+            .strip_prefix("ws://")
+            .ok_or_else(|| anyhow!("only ws:// URLs: {url}"))?;
+        let (host, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let host = host.replace("localhost", "127.0.0.1");
+        let addr: SocketAddr = host
+            .parse()
+            .with_context(|| format!("{url}: host must be ip:port"))?;
+        Ok(WsUrl {
+            addr,
+            host,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The same URL with `query` appended.
+    pub fn with_query(&self, query: &str) -> WsUrl {
+        let sep = if self.path.contains('?') { '&' } else { '?' };
+        WsUrl {
+            path: format!("{}{sep}{query}", self.path),
+            ..self.clone()
+        }
+    }
+}
+
+/// Opens a TCP connection from `source` (for spreading sockets over
+/// 127.0.0.x) and performs the opening handshake.
+///
+/// # Errors
+/// Connection failures and non-101 answers.
+pub async fn connect(url: &WsUrl, source: Option<IpAddr>) -> Result<(TcpStream, BytesMut)> {
+    let socket = TcpSocket::new_v4()?;
+    if let Some(ip) = source {
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    let mut stream = socket.connect(url.addr).await?;
+    stream.set_nodelay(true)?;
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: bG9hZHRlc3QtaGVyYWxkIQ==\r\n\r\n",
+        url.path, url.host
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            buf.advance(end + 4);
+            if !head.starts_with("HTTP/1.1 101") {
+                bail!("handshake refused: {}", head.lines().next().unwrap_or(""));
+            }
+            return Ok((stream, buf));
+        }
+        if stream.read_buf(&mut buf).await? == 0 {
+            bail!("closed during the handshake");
+        }
+        if buf.len() > 16 * 1024 {
+            bail!("handshake answer too long");
+        }
+    }
+}
+
+/// A masked client text frame.
+pub fn text_frame(payload: &[u8]) -> Vec<u8> {
+    frame(0x1, payload)
+}
+
+/// A masked client pong answering `payload`.
+pub fn pong_frame(payload: &[u8]) -> Vec<u8> {
+    frame(0xA, payload)
+}
+
+/// A masked client close with code 1000.
+pub fn close_frame() -> Vec<u8> {
+    frame(0x8, &1000u16.to_be_bytes())
+}
+
+fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    // A fixed mask is as good as any for a load generator: the server must
+    // unmask every frame either way.
+    let mask = [0x5a, 0x1c, 0xe3, 0x97];
+    let mut out = Vec::with_capacity(payload.len() + 14);
+    out.push(0x80 | opcode);
+    let len = payload.len();
+    if len < 126 {
+        out.push(0x80 | len as u8);
+    } else if len <= 65535 {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(0x80 | 127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+/// A server frame, borrowed from the read buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame<'a> {
+    /// A text message (unfragmented; servers here never fragment).
+    Text(&'a [u8]),
+    /// A ping to answer.
+    Ping(&'a [u8]),
+    /// The server's close, with its code.
+    Close(u16),
+    /// Anything else (pong, binary, continuation).
+    Other,
+}
+
+/// Calls `each` for every complete frame at the front of `buf`, consuming
+/// them; stops at an incomplete one.
+///
+/// # Errors
+/// A masked or oversized server frame.
+pub fn parse<F: FnMut(Frame<'_>)>(buf: &mut BytesMut, mut each: F) -> Result<()> {
+    loop {
+        let [b0, b1, ..] = buf[..] else { return Ok(()) };
+        if b1 & 0x80 != 0 {
+            bail!("server frames must not be masked");
+        }
+        let (len, header) = match b1 & 0x7f {
+            126 if buf.len() >= 4 => (u64::from(u16::from_be_bytes([buf[2], buf[3]])), 4),
+            127 if buf.len() >= 10 => {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(&buf[2..10]);
+                (u64::from_be_bytes(a), 10)
+            }
+            126 | 127 => return Ok(()),
+            n => (u64::from(n), 2),
+        };
+        let len = usize::try_from(len).map_err(|_| anyhow!("frame too large"))?;
+        if len > 64 << 20 {
+            bail!("frame too large");
+        }
+        if buf.len() < header + len {
+            return Ok(());
+        }
+        {
+            let payload = &buf[header..header + len];
+            match b0 & 0x0f {
+                0x1 => each(Frame::Text(payload)),
+                0x9 => each(Frame::Ping(payload)),
+                0x8 => each(Frame::Close(if len >= 2 {
+                    u16::from_be_bytes([payload[0], payload[1]])
+                } else {
+                    1005
+                })),
+                _ => each(Frame::Other),
+            }
+        }
+        buf.advance(header + len);
+    }
+}
+
+/// Finds the integer after `"key":` in a JSON text, without parsing it.
+pub fn scan_u64(text: &[u8], key: &[u8]) -> Option<u64> {
+    let at = text.windows(key.len()).position(|w| w == key)? + key.len();
+    let digits = text[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&text[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let u = WsUrl::parse("ws://127.0.0.1:8080/ws").unwrap();
+        assert_eq!(u.addr.port(), 8080);
+        assert_eq!(u.with_query("token=x").path, "/ws?token=x");
+        assert_eq!(
+            WsUrl::parse("ws://localhost:9/").unwrap().host,
+            "127.0.0.1:9"
+        );
+        assert!(WsUrl::parse("http://x").is_err());
+    }
+
+    #[test]
+    fn parses_consecutive_and_partial_frames() {
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&[
+            0x81, 2, b'h', b'i', 0x89, 1, b'p', 0x88, 2, 0x0f, 0xa4, 0x81, 5, b'a',
+        ]);
+        let mut seen = Vec::new();
+        parse(&mut buf, |f| {
+            seen.push(match f {
+                Frame::Text(t) => format!("text {}", String::from_utf8_lossy(t)),
+                Frame::Ping(p) => format!("ping {}", p.len()),
+                Frame::Close(c) => format!("close {c}"),
+                Frame::Other => "other".into(),
+            })
+        })
+        .unwrap();
+        assert_eq!(seen, vec!["text hi", "ping 1", "close 4004"]);
+        assert_eq!(&buf[..], &[0x81, 5, b'a'], "the partial frame stays");
+    }
+
+    #[test]
+    fn scans_numbers() {
+        let text = br#"{"type":"message","data":{"t":1767222000123456,"s":42,"p":"xx"}}"#;
+        assert_eq!(scan_u64(text, b"\"t\":"), Some(1_767_222_000_123_456));
+        assert_eq!(scan_u64(text, b"\"s\":"), Some(42));
+        assert_eq!(scan_u64(text, b"\"z\":"), None);
+    }
+}
