@@ -10,6 +10,7 @@
 
 pub mod ops;
 mod routes;
+pub mod serve;
 
 use std::future::Future;
 use std::pin::Pin;

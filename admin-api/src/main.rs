@@ -1,6 +1,8 @@
 //! `herald-admin`: the admin API as its own stateless service, for cluster
 //! mode. It publishes through Redis and reads the cluster view from it; any
-//! number can run behind a load balancer. It serves plain HTTP on
+//! number can run behind a load balancer. On SIGTERM/SIGINT it answers
+//! `/readyz` with 503, stops accepting, and finishes in-flight requests
+//! within `drain_timeout`. It serves plain HTTP on
 //! `admin_listen`: keep it internal, like a gateway's admin listener.
 
 use std::process::ExitCode;
@@ -8,10 +10,12 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow};
 use herald_admin_api::ops::{self, Readiness};
+use herald_admin_api::serve::Server;
 use herald_admin_api::{AdminState, router};
 use herald_core::broker::redis::RedisBroker;
 use herald_core::cli::{self, Extra};
 use herald_core::{Broker, Metrics, NoSink};
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
 use tracing::info;
 
@@ -73,10 +77,13 @@ fn run(sources: &herald_core::config::Sources) -> Result<()> {
             metrics.clone(),
         )
         .map_err(|e| anyhow!("redis_url: {e}"))?;
+        let draining = Arc::new(AtomicBool::new(false));
         let ready: Readiness = {
-            let broker = broker.clone();
+            let (broker, draining) = (broker.clone(), draining.clone());
             Arc::new(move || {
-                if broker.is_up() {
+                if draining.load(Ordering::Acquire) {
+                    Err("draining")
+                } else if broker.is_up() {
                     Ok(())
                 } else {
                     Err("redis is unreachable")
@@ -98,9 +105,18 @@ fn run(sources: &herald_core::config::Sources) -> Result<()> {
             }))
             .fallback(ops::not_found);
         info!(node = %config.node_id, admin = %listener.local_addr()?, "herald-admin listening");
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await?;
+        let mut server = Server::default();
+        server.serve(listener, app);
+        shutdown_signal().await;
+        // Out of the load balancer first, then finish what is in flight.
+        draining.store(true, Ordering::Release);
+        info!("draining");
+        if !server
+            .shutdown(tokio::time::Instant::now() + config.drain_timeout)
+            .await
+        {
+            tracing::warn!("in-flight requests still running at the end of drain_timeout");
+        }
         info!("stopped");
         Ok(())
     })

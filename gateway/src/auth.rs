@@ -156,6 +156,14 @@ impl Verifier {
                 let Some(alg) = jwk_algorithm(&jwk.algorithm) else {
                     continue;
                 };
+                // A key that names its algorithm is used for that one only.
+                if jwk
+                    .common
+                    .key_algorithm
+                    .is_some_and(|declared| format!("{declared:?}") != format!("{alg:?}"))
+                {
+                    continue;
+                }
                 let key = DecodingKey::from_jwk(jwk).map_err(|e| KeyError {
                     setting: "jwt.jwks_file",
                     message: format!("key {:?}: {e}", jwk.common.key_id),

@@ -576,7 +576,14 @@ impl<B: Broker> Hub<B> {
             return false;
         };
         let held = sub.held.take().unwrap_or_default();
+        let room = outbox.room();
         let (recovered, replay) = match page {
+            // A replay larger than the client can be sent at once is refused
+            // rather than queued without bound: the client reloads instead.
+            Ok(page) if page.recovered && page.events.len() > room / 2 => {
+                debug!(topic = %topic, events = page.events.len(), "replay too large to queue: not recovered");
+                (false, Vec::new())
+            }
             Ok(page) if page.recovered => (true, page.events),
             Ok(_) => (false, Vec::new()),
             Err(e) => {
@@ -593,7 +600,7 @@ impl<B: Broker> Hub<B> {
         };
         let now = Instant::now();
         for event in &replay {
-            outbox.push_replay(outbox.text_frame(&event.json), now);
+            let _ = outbox.push_replay(outbox.text_frame(&event.json), now);
             last = Some(event.position);
         }
         for event in &held {

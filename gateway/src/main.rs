@@ -218,13 +218,12 @@ fn print_dev_banner(
             a.to_string()
         }
     };
-    let key = node
-        .config
-        .admin
-        .api_keys
-        .first()
-        .map(Secret::expose)
-        .unwrap_or("<admin key>");
+    // Only a key generated for this run is echoed; a configured one is not.
+    let generated = notes.iter().any(|n| n.starts_with("admin key"));
+    let key = match node.config.admin.api_keys.first() {
+        Some(k) if generated => k.expose(),
+        _ => "<your admin key>",
+    };
     eprintln!("\n  Herald dev mode (never use --dev in production)\n");
     for n in notes {
         eprintln!("  {n}");

@@ -130,27 +130,54 @@ impl Outbox {
 
     /// Queues a reply or control frame for the connection's own client. The
     /// connection task calls this itself, so nobody needs waking.
-    pub fn push_reply(&self, frame: Bytes) {
-        let mut s = self.lock();
-        if s.close.is_none() {
-            s.queue.push_back(Item {
-                frame,
-                received: None,
-            });
-        }
+    ///
+    /// Replies do not count against `limits.client_queue` (the rate limit
+    /// bounds them), only against the hard limit.
+    pub fn push_reply(&self, frame: Bytes) -> Pushed {
+        self.push_unbounded(Item {
+            frame,
+            received: None,
+        })
     }
 
     /// Queues a replayed event (recovery from `since`). Replays are bounded by
-    /// `history.size`, not by the queue limit, so a client catching up is
-    /// never mistaken for a slow one.
-    pub fn push_replay(&self, frame: bytes::Bytes, received: Instant) {
+    /// `history.size` per topic, not by the event limit, so a client catching
+    /// up is not mistaken for a slow one; see [`Outbox::room`].
+    pub fn push_replay(&self, frame: bytes::Bytes, received: Instant) -> Pushed {
+        self.push_unbounded(Item {
+            frame,
+            received: Some(received),
+        })
+    }
+
+    /// Most frames of any kind queued at once: beyond it, a client that is
+    /// not reading what it asks for (pongs, replies, replays) is a slow
+    /// consumer too, so no client can make the node buffer without bound.
+    fn hard_limit(&self) -> usize {
+        self.limit
+            .saturating_mul(4)
+            .max(self.limit.saturating_add(256))
+    }
+
+    /// Frames that can still be queued before the hard limit.
+    pub fn room(&self) -> usize {
+        self.hard_limit().saturating_sub(self.lock().queue.len())
+    }
+
+    fn push_unbounded(&self, item: Item) -> Pushed {
         let mut s = self.lock();
-        if s.close.is_none() {
-            s.queue.push_back(Item {
-                frame,
-                received: Some(received),
-            });
+        if s.close.is_some() {
+            return Pushed::Closed;
         }
+        if s.queue.len() >= self.hard_limit() {
+            let dropped = s.events;
+            s.queue = VecDeque::new();
+            s.events = 0;
+            s.close = Some(CloseCode::SlowConsumer);
+            return Pushed::Overflow(dropped);
+        }
+        s.queue.push_back(item);
+        Pushed::Queued
     }
 
     /// Asks the connection to close with `code` (first request wins); queued
@@ -239,6 +266,19 @@ mod tests {
         assert_eq!(o.close_requested(), Some(CloseCode::SlowConsumer));
         assert_eq!(o.push_event(&frame(), now), Pushed::Closed);
         assert_eq!(o.discard(), 0, "the queue was freed at overflow");
+    }
+
+    #[test]
+    fn a_client_that_never_reads_cannot_grow_the_queue_forever() {
+        let o = Outbox::new(1, Arc::from("a"), 10);
+        let mut pushed = 0;
+        while o.push_reply(frame()) == Pushed::Queued {
+            pushed += 1;
+            assert!(pushed <= 266, "the hard limit holds");
+        }
+        assert_eq!(pushed, 266);
+        assert_eq!(o.close_requested(), Some(CloseCode::SlowConsumer));
+        assert_eq!(o.push_replay(frame(), Instant::now()), Pushed::Closed);
     }
 
     #[test]

@@ -18,15 +18,11 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 use herald_admin_api::ops::{self, Readiness};
+use herald_admin_api::serve::Server;
 use herald_admin_api::{AdminState, router as admin_router};
 use herald_core::Broker;
 use herald_protocol::CloseCode;
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
-use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 /// Longest a client may take to complete the TLS handshake.
@@ -93,22 +89,30 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
-    let public = tokio::spawn(accept_loop(
-        listeners.public,
-        public_router(&node),
-        node.tls.clone(),
-        stop_rx.clone(),
-        done_tx.clone(),
-    ));
-    let admin = tokio::spawn(accept_loop(
-        listeners.admin,
-        admin_routes(&node),
-        None,
-        stop_rx,
-        done_tx,
-    ));
+    let mut server = Server::default();
+    match node.tls.clone() {
+        None => server.serve(listeners.public, public_router(&node)),
+        Some(acceptor) => {
+            server.serve_with(listeners.public, public_router(&node), move |stream| {
+                let acceptor = acceptor.clone();
+                async move {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(tls)) => Some(tls),
+                        Ok(Err(e)) => {
+                            debug!(error = %e, "tls handshake failed");
+                            None
+                        }
+                        Err(_) => {
+                            debug!("tls handshake timed out");
+                            None
+                        }
+                    }
+                }
+            })
+        }
+    }
+    server.serve(listeners.admin, admin_routes(&node));
 
     shutdown.await;
     let budget = node.config.drain_timeout;
@@ -130,15 +134,7 @@ pub async fn run(
             "sessions still open at the end of the drain budget"
         );
     }
-    let _ = stop_tx.send(true);
-    let _ = public.await;
-    let _ = admin.await;
-    // Every HTTP connection task holds a `done_tx`; all gone = all finished.
-    let deadline = started + budget;
-    if tokio::time::timeout_at(deadline, done_rx.recv())
-        .await
-        .is_err()
-    {
+    if !server.shutdown(started + budget).await {
         warn!("in-flight HTTP requests still running at the end of the drain budget");
     }
     info!("drained");
@@ -158,86 +154,6 @@ async fn close_sessions_spread(node: &Node, spread: Duration) {
         tick.tick().await;
         for outbox in chunk {
             outbox.close(CloseCode::Restart);
-        }
-    }
-}
-
-/// Resolves once the stop flag is set (or its sender is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    app: Router,
-    tls: Option<TlsAcceptor>,
-    mut stop: watch::Receiver<bool>,
-    done: mpsc::Sender<()>,
-) {
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = stopped(&mut stop) => return,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                debug!(%peer, "accepted");
-                let (app, stop, done) = (app.clone(), stop.clone(), done.clone());
-                match tls.clone() {
-                    None => {
-                        tokio::spawn(serve_connection(stream, app, stop, done));
-                    }
-                    Some(acceptor) => {
-                        tokio::spawn(async move {
-                            match tokio::time::timeout(
-                                TLS_HANDSHAKE_TIMEOUT,
-                                acceptor.accept(stream),
-                            )
-                            .await
-                            {
-                                Ok(Ok(tls)) => serve_connection(tls, app, stop, done).await,
-                                Ok(Err(e)) => debug!(%peer, error = %e, "tls handshake failed"),
-                                Err(_) => debug!(%peer, "tls handshake timed out"),
-                            }
-                        });
-                    }
-                }
-            }
-            Err(e) => {
-                // Typically EMFILE: back off briefly rather than spin.
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-async fn serve_connection<S>(
-    stream: S,
-    app: Router,
-    mut stop: watch::Receiver<bool>,
-    _done: mpsc::Sender<()>,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let service = TowerToHyperService::new(app);
-    let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
-        .max_buf_size(64 * 1024)
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
-    tokio::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => {
-            if let Err(e) = result {
-                debug!(error = %e, "http connection ended with an error");
-            }
-        }
-        _ = stopped(&mut stop) => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
         }
     }
 }

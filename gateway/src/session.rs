@@ -22,10 +22,11 @@ use tracing::debug;
 
 use crate::auth::Claims;
 use crate::node::{Node, Permit};
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, Pushed};
 use crate::ws::codec::{self, Decoder, Message};
 use crate::ws::conn::{Conn, NextStep, Step};
 use crate::ws::deflate::Deflate;
+use herald_core::metrics::DropReason;
 
 /// How long before `exp` the client is warned with `token_expiring`.
 const EXPIRY_WARNING: Duration = Duration::from_secs(60);
@@ -221,9 +222,17 @@ enum End {
 }
 
 impl Session {
+    /// Queues a frame for this client, counting what an overflow discards.
+    fn push(&self, frame: Bytes) {
+        if let Pushed::Overflow(n) = self.outbox.push_reply(frame) {
+            self.node
+                .metrics
+                .dropped(DropReason::SlowConsumer, n as u64);
+        }
+    }
+
     fn reply(&self, frame: &ServerFrame<'_>) {
-        self.outbox
-            .push_reply(self.outbox.text_frame(frame.to_json().as_bytes()));
+        self.push(self.outbox.text_frame(frame.to_json().as_bytes()));
     }
 
     fn error(&self, reference: Option<&str>, code: ErrorCode, message: &str, topic: Option<&str>) {
@@ -262,7 +271,7 @@ impl Session {
             });
         }
         if now >= self.timers.next_ping {
-            self.outbox.push_reply(codec::ping_frame(&[]));
+            self.push(codec::ping_frame(&[]));
             self.timers.next_ping = now + self.node.config.heartbeat.interval;
         }
         None
@@ -281,7 +290,7 @@ impl Session {
                 }
                 // The decoder refuses binary frames (1008) before they get here.
                 Message::Binary(_) => return Some(End::Close(CloseCode::PolicyViolation)),
-                Message::Ping(payload) => self.outbox.push_reply(codec::pong_frame(&payload)),
+                Message::Ping(payload) => self.push(codec::pong_frame(&payload)),
                 Message::Pong => {}
                 Message::Close(code) => return Some(End::PeerClosed(code)),
             }

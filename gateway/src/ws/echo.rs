@@ -58,14 +58,20 @@ where
                     let mut closed = None;
                     while let Some(message) = conn.inbox.pop_front() {
                         match message {
-                            Message::Text(t) => outbox.push_reply(outbox.text_frame(&t)),
-                            Message::Binary(b) => outbox.push_reply(match deflate {
-                                Some(d) if b.len() >= deflate::COMPRESS_MIN => {
-                                    deflate::frame(codec::OP_BINARY, &b, d.window_bits)
-                                }
-                                _ => codec::binary_frame(&b),
-                            }),
-                            Message::Ping(p) => outbox.push_reply(codec::pong_frame(&p)),
+                            Message::Text(t) => {
+                                let _ = outbox.push_reply(outbox.text_frame(&t));
+                            }
+                            Message::Binary(b) => {
+                                let _ = outbox.push_reply(match deflate {
+                                    Some(d) if b.len() >= deflate::COMPRESS_MIN => {
+                                        deflate::frame(codec::OP_BINARY, &b, d.window_bits)
+                                    }
+                                    _ => codec::binary_frame(&b),
+                                });
+                            }
+                            Message::Ping(p) => {
+                                let _ = outbox.push_reply(codec::pong_frame(&p));
+                            }
                             Message::Pong => {}
                             Message::Close(code) => {
                                 closed = Some(code);

@@ -336,3 +336,16 @@ async fn redis_cluster_sharded_pubsub_across_nodes() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn herald_admin_drains_on_sigterm() {
+    let redis = TestRedis::start();
+    let (mut admin, addr) = admin_proc(&redis.url()).await;
+    assert_eq!(http(addr, "GET", "/readyz", None, None).await.0, 200);
+    admin.signal("TERM");
+    assert_eq!(admin.wait_exit(), 0);
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no longer listening"
+    );
+}
