@@ -213,6 +213,10 @@ pub struct Report {
     pub deliveries_per_second: f64,
     /// Publish → deliver, or handshake time for `connect`/`churn`.
     pub latency: LatencySummary,
+    /// Per event, the latency of its last recipient (fanout with
+    /// `--last-recipient`).
+    #[serde(default)]
+    pub last_recipient: Option<LatencySummary>,
     /// Raw histogram pairs, for merging.
     #[serde(default)]
     pub latency_pairs: Vec<(u64, u64)>,
@@ -303,6 +307,13 @@ impl Report {
         );
         out.latency = latency.summary();
         out.latency_pairs = latency.to_pairs();
+        // Last-recipient latency needs every subscriber's samples in one
+        // process; it is kept only when exactly one part measured it.
+        let measured: Vec<&LatencySummary> = parts
+            .iter()
+            .filter_map(|p| p.last_recipient.as_ref())
+            .collect();
+        out.last_recipient = (measured.len() == 1).then(|| *measured[0]);
         out.deliveries_per_second = if out.seconds > 0.0 {
             out.delivery.received as f64 / out.seconds
         } else {
@@ -357,6 +368,19 @@ impl Report {
                 ms(l.max_us)
             ),
         ));
+        if let Some(l) = &self.last_recipient {
+            rows.push((
+                "last recipient p50 / p90 / p99 / p99.9 / max".into(),
+                format!(
+                    "{} / {} / {} / {} / {} ms",
+                    ms(l.p50_us),
+                    ms(l.p90_us),
+                    ms(l.p99_us),
+                    ms(l.p999_us),
+                    ms(l.max_us)
+                ),
+            ));
+        }
         if let Some(pc) = &self.per_connection {
             rows.push((
                 "gateway RSS per connection".into(),

@@ -271,6 +271,8 @@ struct SubscriberDone {
     tracker: Tracker,
     received: u64,
     last_us: u64,
+    /// `(seq, latency µs)` of every event, with `--last-recipient`.
+    each: Vec<(u64, u64)>,
 }
 
 /// The end of publishing: per-topic published counts.
@@ -291,6 +293,7 @@ async fn subscribe_share(
     let query = token_query(s, "subscriber");
     let mut handles = Vec::with_capacity(count as usize);
     let herald = s.target == Target::Herald;
+    let keep_each = s.last_recipient;
     let topics = if herald { s.topics as usize } else { 1 };
     let start = Instant::now();
     let per_second = (s.rate.max(1000) as f64 / s.processes as f64).max(1.0);
@@ -334,6 +337,7 @@ async fn subscribe_share(
             }
             live.connected.fetch_add(1, Relaxed);
             let mut tracker = Tracker::default();
+            let mut each = Vec::new();
             let mut received = 0u64;
             let mut local = Vec::with_capacity(512);
             let mut last_us = 0;
@@ -369,6 +373,9 @@ async fn subscribe_share(
                             received += 1;
                             tracker.observe(seq);
                             local.push(now.saturating_sub(sent));
+                            if keep_each {
+                                each.push((seq, now.saturating_sub(sent)));
+                            }
                             last_us = now;
                         }
                     }
@@ -393,6 +400,7 @@ async fn subscribe_share(
                 tracker,
                 received,
                 last_us,
+                each,
             })
         }));
     }
@@ -644,8 +652,14 @@ async fn collect_subscribers(
     let mut unique = vec![0u64; topics];
     let (mut received, mut duplicated, mut out_of_order, mut connections, mut last) =
         (0, 0, 0, 0, start_us);
+    let mut slowest: std::collections::HashMap<(usize, u64), u64> =
+        std::collections::HashMap::new();
     for h in handles {
         if let Ok(Some(done)) = h.await {
+            for (seq, us) in &done.each {
+                let e = slowest.entry((done.topic, *seq)).or_default();
+                *e = (*e).max(*us);
+            }
             connections += 1;
             subscribers[done.topic] += 1;
             unique[done.topic] += done.tracker.unique;
@@ -660,8 +674,16 @@ async fn collect_subscribers(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
+    let last_recipient = (!slowest.is_empty()).then(|| {
+        let mut l = Latency::default();
+        for us in slowest.values() {
+            l.record(*us);
+        }
+        l.summary()
+    });
     Report {
         connections,
+        last_recipient,
         seconds: (last.saturating_sub(start_us)) as f64 / 1e6,
         delivery: Delivery {
             received,

@@ -71,6 +71,8 @@ pub struct Settings {
     pub processes: usize,
     /// Churn: milliseconds a connection stays before it closes.
     pub linger_ms: u64,
+    /// Also measure, per event, the latency of its last recipient.
+    pub last_recipient: bool,
     /// Where reports go.
     pub out: Option<String>,
     /// No progress display.
@@ -106,6 +108,7 @@ impl Settings {
             sources: 1,
             processes: 1,
             linger_ms: 100,
+            last_recipient: false,
             out: None,
             quiet: false,
             worker: None,
@@ -215,6 +218,8 @@ Options:
   --sources K              spread sockets over 127.0.0.2 … 127.0.0.(1+K) (default 1)
   --processes P            spread connections over P worker processes (default 1)
   --linger-ms MS           churn: how long each connection stays (default 100)
+  --last-recipient         fanout: also report, per event, its last recipient's latency
+                           (keeps every sample in memory: use with modest event counts)
   --out DIR                write report.json, report.md and report.svg there
   --quiet                  no progress display
 ";
@@ -283,6 +288,7 @@ pub fn parse(args: &[String]) -> Result<Settings> {
             "--processes" => s.processes = value()?.parse::<usize>().context("--processes")?.max(1),
             "--linger-ms" => s.linger_ms = value()?.parse().context("--linger-ms")?,
             "--out" => s.out = Some(value()?),
+            "--last-recipient" => s.last_recipient = true,
             "--quiet" => s.quiet = true,
             "--worker" => {
                 let v = value()?;

@@ -3,9 +3,10 @@
 //! - **Publish.** One Lua script per event assigns the id, appends the
 //!   message to the topic's stream (its history) and publishes it, atomically:
 //!   no event is published without history or stored without being published.
-//!   A batch is one pipeline, one round trip. The published payload is
-//!   `<id>\n<message JSON>`, rendered once by the publisher; nodes only split
-//!   it, never re-encode it.
+//!   A batch is one pipeline, one round trip, with one script call and one
+//!   pub/sub message per topic: the payload is a run of `<id> <len>\n<message
+//!   JSON>` records, rendered once by the publisher; nodes only split it,
+//!   never re-encode it.
 //! - **Subscribe.** See [`pubsub`]: a node subscribes each wanted topic once,
 //!   on a small fixed set of connections (one per master with Redis Cluster,
 //!   using sharded pub/sub), and learns nothing about topics it does not want.
@@ -51,6 +52,8 @@ pub const DISCONNECT_WAIT: Duration = Duration::from_secs(2);
 /// Longest wait for a Redis command before it counts as unavailable.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 const HEALTH_PERIOD: Duration = Duration::from_millis(500);
+/// Most events of one topic published by one script call.
+const PUBLISH_RUN: usize = 256;
 
 const NODES_INDEX: &str = "herald:{herald-nodes}:index";
 const CONTROL_CHANNEL: &str = "herald:{herald-nodes}:control";
@@ -71,24 +74,43 @@ fn meta_key(topic: &Topic) -> String {
     format!("herald:{{{topic}}}:m")
 }
 
+/// Publishes a run of events of one topic. KEYS: stream, meta. ARGV:
+/// channel, verb (PUBLISH/SPUBLISH), history size, ttl ms, epoch candidate,
+/// then a (prefix, suffix) pair per event: the frame is prefix..id..suffix.
+/// The events go out as one message of `<id> <len>\n<frame>` records.
 const PUBLISH_LUA: &str = r"
 local epoch = redis.call('HGET', KEYS[2], 'e')
 if not epoch then
-  epoch = ARGV[6]
+  epoch = ARGV[5]
   redis.call('DEL', KEYS[1])
   redis.call('HSET', KEYS[2], 'e', epoch, 's', 0)
 end
-local seq = redis.call('HINCRBY', KEYS[2], 's', 1)
-local id = epoch .. '-' .. seq
-local frame = ARGV[2] .. id .. ARGV[3]
-local size = tonumber(ARGV[4])
-if size > 0 then
-  redis.call('XADD', KEYS[1], 'MAXLEN', size, '0-' .. seq, 'f', frame)
-  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+local n = (#ARGV - 5) / 2
+local last = redis.call('HINCRBY', KEYS[2], 's', n)
+local first = last - n + 1
+local size = tonumber(ARGV[3])
+local ids = {}
+local parts = {}
+for i = 0, n - 1 do
+  local seq = first + i
+  local id = epoch .. '-' .. seq
+  local frame = ARGV[6 + 2 * i] .. id .. ARGV[7 + 2 * i]
+  if size > 0 then
+    if i == n - 1 then
+      redis.call('XADD', KEYS[1], 'MAXLEN', size, '0-' .. seq, 'f', frame)
+    else
+      redis.call('XADD', KEYS[1], '0-' .. seq, 'f', frame)
+    end
+  end
+  ids[i + 1] = id
+  parts[i + 1] = id .. ' ' .. #frame .. '\n' .. frame
 end
-redis.call('PEXPIRE', KEYS[2], ARGV[5])
-redis.call(ARGV[7], ARGV[1], id .. '\n' .. frame)
-return id
+if size > 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+redis.call(ARGV[2], ARGV[1], table.concat(parts))
+return ids
 ";
 
 const HISTORY_LUA: &str = r"
@@ -328,7 +350,8 @@ impl RedisBroker {
         })
     }
 
-    fn publish_cmd(&self, p: &Publication, ts: u64, epoch: &str, by_sha: bool) -> redis::Cmd {
+    /// The prefix and suffix of an event's frame; its id goes between.
+    fn frame_parts(p: &Publication, ts: u64) -> (String, String) {
         let prefix = format!("{{\"type\":\"message\",\"topic\":\"{}\",\"id\":\"", p.topic);
         let mut suffix = String::with_capacity(p.data.get().len() + 64);
         suffix.push('"');
@@ -341,6 +364,18 @@ impl RedisBroker {
         suffix.push_str(",\"ts\":");
         suffix.push_str(&ts.to_string());
         suffix.push('}');
+        (prefix, suffix)
+    }
+
+    /// The script call publishing `run` (events of one topic, in order).
+    fn publish_cmd(
+        &self,
+        topic: &Topic,
+        run: &[&Publication],
+        ts: u64,
+        epoch: &str,
+        by_sha: bool,
+    ) -> redis::Cmd {
         let ttl = self.history.ttl.as_millis().to_string();
         let size = self.history.size.to_string();
         let verb: &[u8] = if self.shared.cluster {
@@ -348,20 +383,21 @@ impl RedisBroker {
         } else {
             b"PUBLISH"
         };
-        let channel = channel(&p.topic);
-        self.publish.cmd(
-            by_sha,
-            &[&stream_key(&p.topic), &meta_key(&p.topic)],
-            &[
-                &channel,
-                prefix.as_bytes(),
-                suffix.as_bytes(),
-                size.as_bytes(),
-                ttl.as_bytes(),
-                epoch.as_bytes(),
-                verb,
-            ],
-        )
+        let channel = channel(topic);
+        let parts: Vec<(String, String)> = run.iter().map(|p| Self::frame_parts(p, ts)).collect();
+        let mut args: Vec<&[u8]> = vec![
+            &channel,
+            verb,
+            size.as_bytes(),
+            ttl.as_bytes(),
+            epoch.as_bytes(),
+        ];
+        for (prefix, suffix) in &parts {
+            args.push(prefix.as_bytes());
+            args.push(suffix.as_bytes());
+        }
+        self.publish
+            .cmd(by_sha, &[&stream_key(topic), &meta_key(topic)], &args)
     }
 
     /// Runs commands as pipelines, one round trip per slot (a cluster
@@ -520,30 +556,50 @@ impl Broker for RedisBroker {
         }
         let ts = crate::now_ms();
         let epoch = format!("{:08x}", super::memory::new_epoch());
-        let cmds = batch
+        // One script call (and one pub/sub message) per topic: its events in
+        // request order. Runs of at most PUBLISH_RUN keep each call short.
+        let mut runs: Vec<(Topic, Vec<usize>)> = Vec::new();
+        for (i, p) in batch.iter().enumerate() {
+            match runs
+                .iter_mut()
+                .rev()
+                .find(|(t, members)| *t == p.topic && members.len() < PUBLISH_RUN)
+            {
+                Some((_, members)) => members.push(i),
+                None => runs.push((p.topic.clone(), vec![i])),
+            }
+        }
+        let cmds = runs
             .iter()
-            .map(|p| {
+            .map(|(topic, members)| {
+                let run: Vec<&Publication> = members.iter().map(|i| &batch[*i]).collect();
                 (
-                    self.publish_cmd(p, ts, &epoch, true),
-                    self.publish_cmd(p, ts, &epoch, false),
+                    self.publish_cmd(topic, &run, ts, &epoch, true),
+                    self.publish_cmd(topic, &run, ts, &epoch, false),
                 )
             })
             .collect();
-        let slots = batch
+        let slots = runs
             .iter()
-            .map(|p| cluster::slot(&channel(&p.topic)))
+            .map(|(topic, _)| cluster::slot(&channel(topic)))
             .collect();
         let values = self.run_scripts(slots, cmds).await?;
-        values
-            .iter()
-            .map(|v| {
-                as_text(v)
+        let bad = || BrokerError::Internal("unexpected reply from the publish script".to_owned());
+        let mut positions = vec![Position { epoch: 0, seq: 0 }; batch.len()];
+        for ((_, members), value) in runs.iter().zip(values) {
+            let Value::Array(ids) = value else {
+                return Err(bad());
+            };
+            if ids.len() != members.len() {
+                return Err(bad());
+            }
+            for (i, id) in members.iter().zip(ids) {
+                positions[*i] = as_text(&id)
                     .and_then(|id| Position::parse(&id))
-                    .ok_or_else(|| {
-                        BrokerError::Internal("unexpected reply from the publish script".to_owned())
-                    })
-            })
-            .collect()
+                    .ok_or_else(bad)?;
+            }
+        }
+        Ok(positions)
     }
 
     fn subscribe(&self, topic: &Topic) -> Ready {

@@ -822,8 +822,12 @@ impl Conn {
 
     fn deliver(&self, channel: &Bytes, payload: Bytes) {
         match self.channels.get(channel) {
-            Some(Target::Topic(topic)) => match decode(topic, payload) {
-                Some(event) => self.sink.deliver(&event),
+            Some(Target::Topic(topic)) => match decode(topic, &payload) {
+                Some(events) => {
+                    for event in &events {
+                        self.sink.deliver(event);
+                    }
+                }
                 None => warn!(topic = %topic, "malformed event payload from redis"),
             },
             Some(Target::Control) => (self.control)(payload),
@@ -851,15 +855,29 @@ fn chunks(v: Vec<Bytes>) -> Vec<Vec<Bytes>> {
     v.chunks(SUBSCRIBE_CHUNK).map(<[Bytes]>::to_vec).collect()
 }
 
-/// Splits a published payload, `<id>\n<message json>`, into an event.
-pub fn decode(topic: &Topic, payload: Bytes) -> Option<Event> {
-    let newline = payload.iter().position(|&b| b == b'\n')?;
-    let position = Position::parse(std::str::from_utf8(&payload[..newline]).ok()?)?;
-    Some(Event {
-        topic: topic.clone(),
-        position,
-        json: payload.slice(newline + 1..),
-    })
+/// Splits a published payload, a run of `<id> <len>\n<message json>`
+/// records, into events (slices of the payload, no copy).
+pub fn decode(topic: &Topic, payload: &Bytes) -> Option<Vec<Event>> {
+    let mut events = Vec::with_capacity(1);
+    let mut at = 0;
+    while at < payload.len() {
+        let rest = &payload[at..];
+        let newline = rest.iter().position(|&b| b == b'\n')?;
+        let (id, len) = std::str::from_utf8(&rest[..newline])
+            .ok()?
+            .split_once(' ')?;
+        let position = Position::parse(id)?;
+        let len: usize = len.parse().ok()?;
+        let start = at + newline + 1;
+        let end = start.checked_add(len).filter(|e| *e <= payload.len())?;
+        events.push(Event {
+            topic: topic.clone(),
+            position,
+            json: payload.slice(start..end),
+        });
+        at = end;
+    }
+    Some(events)
 }
 
 #[cfg(test)]
@@ -869,17 +887,29 @@ mod tests {
     #[test]
     fn payloads_decode_without_copy() {
         let topic = Topic::new("news").unwrap();
-        let payload = Bytes::from_static(b"0000000a-7\n{\"type\":\"message\"}");
-        let event = decode(&topic, payload.clone()).unwrap();
-        assert_eq!(event.position, Position { epoch: 10, seq: 7 });
-        assert_eq!(&event.json[..], b"{\"type\":\"message\"}");
+        let payload = Bytes::from_static(b"0000000a-7 18\n{\"type\":\"message\"}0000000a-8 2\n{}");
+        let events = decode(&topic, &payload).unwrap();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].position, Position { epoch: 10, seq: 7 });
+        assert_eq!(&events[0].json[..], b"{\"type\":\"message\"}");
         assert_eq!(
-            event.json.as_ptr(),
-            payload[11..].as_ptr(),
+            events[0].json.as_ptr(),
+            payload[14..].as_ptr(),
             "a slice, not a copy"
         );
-        assert!(decode(&topic, Bytes::from_static(b"no newline")).is_none());
-        assert!(decode(&topic, Bytes::from_static(b"bad\n{}")).is_none());
+        assert_eq!(events[1].position.seq, 8);
+        assert_eq!(&events[1].json[..], b"{}");
+        for bad in [
+            &b"no newline"[..],
+            b"bad 2\n{}",
+            b"0000000a-7 99\n{}",
+            b"0000000a-7\n{}",
+        ] {
+            assert!(
+                decode(&topic, &Bytes::copy_from_slice(bad)).is_none(),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]
