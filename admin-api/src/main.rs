@@ -25,8 +25,9 @@ Usage:
   herald-admin --redis-url redis://HOST:PORT --admin-api-keys KEY [options]
 
 It reads the same configuration as herald-gateway and uses admin_listen,
-node_id, redis_url, redis_cluster, admin.*, limits.max_message_size and
-history.*; other keys are accepted and ignored.";
+node_id, redis_url, redis_cluster, admin.*, limits.max_message_size,
+history.*, drain_timeout, log_level and log_format; other keys are accepted
+and ignored.";
 
 const EXTRA: &[Extra] = &[];
 
@@ -108,9 +109,11 @@ fn run(sources: &herald_core::config::Sources) -> Result<()> {
         let mut server = Server::default();
         server.serve(listener, app);
         shutdown_signal().await;
-        // Out of the load balancer first, then finish what is in flight.
+        // Out of the load balancer first (still answering, /readyz 503, for a
+        // moment so health checks notice), then finish what is in flight.
         draining.store(true, Ordering::Release);
         info!("draining");
+        tokio::time::sleep((config.drain_timeout / 3).min(std::time::Duration::from_secs(5))).await;
         if !server
             .shutdown(tokio::time::Instant::now() + config.drain_timeout)
             .await

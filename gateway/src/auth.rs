@@ -148,6 +148,7 @@ impl Verifier {
         }
         if let Some(path) = &config.jwks_file {
             let text = read(path, "jwt.jwks_file")?;
+            let before = keys.len();
             let set: JwkSet = serde_json::from_slice(&text).map_err(|e| KeyError {
                 setting: "jwt.jwks_file",
                 message: format!("{} is not a JWKS document: {e}", path.display()),
@@ -174,7 +175,7 @@ impl Verifier {
                     key,
                 });
             }
-            if keys.is_empty() {
+            if keys.len() == before {
                 return Err(KeyError {
                     setting: "jwt.jwks_file",
                     message: "no usable RS256, ES256, EdDSA or HS256 key".to_owned(),

@@ -228,7 +228,8 @@ fn print_dev_banner(
     for n in notes {
         eprintln!("  {n}");
     }
-    eprintln!("\n  demo page:   http://{}/", host(public));
+    let scheme = if node.tls.is_some() { "https" } else { "http" };
+    eprintln!("\n  demo page:   {scheme}://{}/", host(public));
     eprintln!(
         "  try:         curl -H 'Authorization: Bearer {key}' -d '{{\"topic\":\"news\",\"data\":{{\"title\":\"hello\"}}}}' http://{}/v1/publish\n",
         host(admin)

@@ -41,7 +41,7 @@ where
         Decoder::new(node.config.limits.max_message_size, true).with_deflate(deflate.is_some());
     let mut conn = Conn::new(io, decoder, &initial);
     let outbox = Outbox::new(0, Arc::from("echo"), usize::MAX).with_deflate(deflate);
-    let sleep = tokio::time::sleep(Duration::from_secs(3600));
+    let sleep = tokio::time::sleep(Duration::from_secs(1));
     tokio::pin!(sleep);
     let close = match conn.decode_initial() {
         Err(code) => Some(Some(code.as_u16())),
@@ -90,9 +90,13 @@ where
                         break None;
                     }
                 }
-                Step::Timer => sleep
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + Duration::from_secs(3600)),
+                Step::Timer => {
+                    // Test-only endpoint, but it still leaves when the node drains.
+                    if node.is_draining() {
+                        break Some(Some(herald_protocol::CloseCode::Restart.as_u16()));
+                    }
+                    sleep.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(1));
+                }
                 Step::Close(code) => break Some(Some(code.as_u16())),
                 Step::Gone => break None,
             }
