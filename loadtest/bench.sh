@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# Benchmarks Herald side by side with a baseline peer, in one session, with
+# the same generator settings for each: Herald as a single node, Herald as two
+# nodes + Redis, and the classic Node.js `ws` broadcast server (installed from
+# npm into a scratch directory). Prints a table with ratios and leaves every
+# report (JSON, Markdown, SVG) under target/bench/.
+#
+#   loadtest/bench.sh            # everything (about 6 minutes)
+#   QUICK=1 loadtest/bench.sh    # smaller counts, for a smoke run
+#
+# Needs: cargo, redis-server, node + npm. Loopback only; every process it
+# starts is stopped when it exits.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SECRET=bench-secret-0123456789abcdef
+KEY=bench-admin-key
+OUT=target/bench
+QUICK=${QUICK:-}
+IDLE=${IDLE:-19000}
+SUBS=${SUBS:-10000}
+HOLD=${HOLD:-30}
+DUR=${DUR:-10}
+if [ -n "$QUICK" ]; then IDLE=2000; SUBS=1000; HOLD=5; DUR=3; fi
+
+ulimit -n "$(ulimit -Hn)"
+cargo build --release -q -p herald-gateway -p herald-admin-api -p herald-loadtest
+BIN=target/release
+rm -rf "$OUT"; mkdir -p "$OUT"
+
+pids=()
+cleanup() { for p in "${pids[@]:-}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { for _ in $(seq 1 100); do curl -fs "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "no answer from $1" >&2; return 1; }
+stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+
+# -- the baseline peer: Node's ws, broadcasting every text frame to all others
+NODEWS=$(mktemp -d)
+(cd "$NODEWS" && npm init -y >/dev/null 2>&1 && npm install --silent ws@8 >/dev/null 2>&1)
+cat > "$NODEWS/server.js" <<'JS'
+const { WebSocketServer } = require('ws');
+const wss = new WebSocketServer({ port: Number(process.argv[2]), host: '127.0.0.1', perMessageDeflate: false });
+wss.on('connection', (ws) => {
+  ws.on('message', (data, isBinary) => {
+    for (const client of wss.clients) {
+      if (client !== ws && client.readyState === 1) client.send(data, { binary: isBinary });
+    }
+  });
+});
+JS
+NODE_VERSION=$(node --version); WS_VERSION=$(node -e "console.log(require('$NODEWS/node_modules/ws/package.json').version)")
+
+start_herald() { # $1 = extra flags; sets HP (pid), HPUB, HADM
+  HPUB=$(free_port); HADM=$(free_port)
+  # shellcheck disable=SC2086
+  $BIN/herald-gateway --jwt-hs256-secret "$SECRET" --admin-api-keys "$KEY" \
+    --listen "127.0.0.1:$HPUB" --admin-listen "127.0.0.1:$HADM" --log-level warn $1 &
+  HP=$!; pids+=("$HP"); wait_http "http://127.0.0.1:$HADM/readyz"
+}
+start_node() { # sets NP, NPORT
+  NPORT=$(free_port)
+  node "$NODEWS/server.js" "$NPORT" & NP=$!; pids+=("$NP")
+  for _ in $(seq 1 50); do (echo > "/dev/tcp/127.0.0.1/$NPORT") 2>/dev/null && return 0; sleep 0.1; done
+}
+lt() { # $1 = name, rest = loadtest args
+  local name=$1; shift
+  echo "== $name" >&2
+  $BIN/herald-loadtest "$@" --quiet --out "$OUT/$name" > /dev/null
+}
+
+# 1. Idle connections: memory and CPU per connection.
+start_herald ""
+lt idle-herald connect --secret "$SECRET" --url "ws://127.0.0.1:$HPUB/ws" --connections "$IDLE" \
+  --rate 3000 --duration "$HOLD" --processes 2 --sources 4 --pid "$HP"
+stop "$HP"
+start_node
+lt idle-node connect --target raw --url "ws://127.0.0.1:$NPORT/" --connections "$IDLE" \
+  --rate 3000 --duration "$HOLD" --processes 2 --sources 4 --pid "$NP"
+stop "$NP"
+
+# 2. Broadcast fan-out: one topic, $SUBS subscribers, 100-byte events,
+#    offered at 100 events/s (1,000,000 deliveries/s with 10,000 subscribers).
+FAN=(--connections "$SUBS" --rate 100 --batch 5 --publishers 1 --payload 60 --duration "$DUR" --sources 4)
+start_herald ""
+lt fanout-herald fanout --secret "$SECRET" --admin-key "$KEY" --url "ws://127.0.0.1:$HPUB/ws" \
+  --admin "http://127.0.0.1:$HADM" "${FAN[@]}" --pid "$HP"
+# 3. Latency: 100 subscribers per topic, at rising rates.
+for rate in 500 1500 3000 6000; do
+  lt "topics100-herald-$rate" fanout --secret "$SECRET" --admin-key "$KEY" --url "ws://127.0.0.1:$HPUB/ws" \
+    --admin "http://127.0.0.1:$HADM" --connections "$SUBS" --topics $((SUBS / 100)) --rate "$rate" \
+    --batch 10 --publishers 4 --payload 60 --duration "$DUR" --sources 4
+done
+# 4. The last recipient of each broadcast, at 5 events/s.
+lt last-herald fanout --secret "$SECRET" --admin-key "$KEY" --url "ws://127.0.0.1:$HPUB/ws" \
+  --admin "http://127.0.0.1:$HADM" --connections "$SUBS" --rate 5 --batch 1 --publishers 1 \
+  --payload 60 --duration "$DUR" --sources 4 --last-recipient
+stop "$HP"
+start_node
+lt fanout-node fanout --target raw --url "ws://127.0.0.1:$NPORT/" "${FAN[@]}" --pid "$NP"
+lt last-node fanout --target raw --url "ws://127.0.0.1:$NPORT/" --connections "$SUBS" --rate 5 \
+  --batch 1 --publishers 1 --payload 60 --duration "$DUR" --sources 4 --last-recipient
+stop "$NP"
+
+# 5. Through Redis: two nodes and herald-admin.
+RPORT=$(free_port)
+redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize no >/dev/null &
+RP=$!; pids+=("$RP"); sleep 0.3
+R="redis://127.0.0.1:$RPORT"
+start_herald "--redis-url $R --node-id n1"; P1=$HP; U1=$HPUB
+start_herald "--redis-url $R --node-id n2"; P2=$HP; U2=$HPUB
+APORT=$(free_port)
+$BIN/herald-admin --redis-url "$R" --admin-api-keys "$KEY" --admin-listen "127.0.0.1:$APORT" --log-level warn &
+AP=$!; pids+=("$AP"); wait_http "http://127.0.0.1:$APORT/readyz"
+# 101 topics, 2 subscribers each, one on each node: events/s through Redis.
+lt redis-events fanout --secret "$SECRET" --admin-key "$KEY" --url "ws://127.0.0.1:$U1/ws,ws://127.0.0.1:$U2/ws" \
+  --admin "http://127.0.0.1:$APORT" --connections 202 --topics 101 --rate 150000 --batch 1000 \
+  --publishers 4 --payload 60 --duration "$DUR"
+# The broadcast of (2) spread over the two nodes.
+lt fanout-herald2 fanout --secret "$SECRET" --admin-key "$KEY" --url "ws://127.0.0.1:$U1/ws,ws://127.0.0.1:$U2/ws" \
+  --admin "http://127.0.0.1:$APORT" "${FAN[@]}" --pid "$P1,$P2"
+stop "$AP"; stop "$P1"; stop "$P2"; stop "$RP"
+rm -rf "$NODEWS"
+
+python3 - "$OUT" "$NODE_VERSION" "$WS_VERSION" <<'PY'
+import json, os, sys, platform
+out, node, ws = sys.argv[1:4]
+def r(name):
+    return json.load(open(os.path.join(out, name, "report.json")))
+def ms(us): return f"{us/1000:.2f}"
+rows = []
+ih, inode = r("idle-herald"), r("idle-node")
+ph, pn = ih["per_connection"], inode["per_connection"]
+rows.append(("idle RSS per connection (bytes)", f"{ph['rss_bytes']:.0f}", f"{pn['rss_bytes']:.0f}", f"{pn['rss_bytes']/max(ph['rss_bytes'],1):.1f}x less"))
+rows.append(("idle CPU per connection (µs/s)", f"{ph['cpu_us_per_second']:.3f}", f"{pn['cpu_us_per_second']:.3f}", ""))
+fh, fn, f2 = r("fanout-herald"), r("fanout-node"), r("fanout-herald2")
+rows.append(("broadcast deliveries/s", f"{fh['deliveries_per_second']:.0f}", f"{fn['deliveries_per_second']:.0f}", f"{fh['deliveries_per_second']/max(fn['deliveries_per_second'],1):.1f}x"))
+rows.append(("broadcast lost", str(fh["delivery"]["lost"]), str(fn["delivery"]["lost"]), ""))
+rows.append(("broadcast p99 (ms)", ms(fh["latency"]["p99_us"]), ms(fn["latency"]["p99_us"]), ""))
+lh, ln = r("last-herald"), r("last-node")
+rows.append(("last recipient p99 at 5 events/s (ms)", ms(lh["last_recipient"]["p99_us"]), ms(ln["last_recipient"]["p99_us"]), f"{ln['last_recipient']['p99_us']/max(lh['last_recipient']['p99_us'],1):.1f}x"))
+rows.append(("broadcast over 2 nodes + Redis, deliveries/s", f"{f2['deliveries_per_second']:.0f}", "", ""))
+re_ = r("redis-events")
+rows.append(("events/s through herald-admin + Redis (2 nodes)", f"{re_['published']/re_['seconds']:.0f}", "", f"{re_['deliveries_per_second']:.0f} deliveries/s, lost {re_['delivery']['lost']}"))
+for rate in (500, 1500, 3000, 6000):
+    t = r(f"topics100-herald-{rate}")
+    rows.append((f"100 subs/topic at {rate} ev/s: deliveries/s, p99 ms", f"{t['deliveries_per_second']:.0f}, {ms(t['latency']['p99_us'])}", "", ""))
+print(f"\nmachine: {os.cpu_count()} cores, {platform.platform()}; node {node}, ws {ws}\n")
+print("| measure | Herald | Node ws | ratio |\n|---|---|---|---|")
+for row in rows:
+    print("| " + " | ".join(row) + " |")
+PY
