@@ -98,7 +98,11 @@ lt last-herald fanout --secret "$SECRET" --admin-key "$KEY" --url "ws://127.0.0.
   --payload 60 --duration "$DUR" --sources 4 --last-recipient
 stop "$HP"
 start_node
-lt fanout-node fanout --target raw --url "ws://127.0.0.1:$NPORT/" "${FAN[@]}" --pid "$NP"
+# Node may not survive this one (it buffers without bound): a fresh process
+# for the next measurement either way.
+lt fanout-node fanout --target raw --url "ws://127.0.0.1:$NPORT/" "${FAN[@]}" --pid "$NP" || true
+stop "$NP"
+start_node
 lt last-node fanout --target raw --url "ws://127.0.0.1:$NPORT/" --connections "$SUBS" --rate 5 \
   --batch 1 --publishers 1 --payload 60 --duration "$DUR" --sources 4 --last-recipient
 stop "$NP"

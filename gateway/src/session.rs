@@ -192,19 +192,20 @@ pub async fn run<S>(
         End::Close(code) => {
             outbox.close(code);
             node.metrics.disconnect(code);
-            conn.close(
+            // Boxed, like every rarely-taken await below: an idle session's
+            // future is then only as large as its steady state.
+            Box::pin(conn.close(
                 Some(code.as_u16()),
                 code.reason(),
                 &outbox,
                 &node.metrics,
                 deadline,
-            )
+            ))
             .await;
         }
         End::PeerClosed(code) => {
             outbox.close(CloseCode::Normal);
-            conn.answer_close(code, &outbox, &node.metrics, deadline)
-                .await;
+            Box::pin(conn.answer_close(code, &outbox, &node.metrics, deadline)).await;
         }
         End::Gone => {
             outbox.close(CloseCode::Normal);
@@ -338,7 +339,7 @@ impl Session {
                 &e.message,
                 None,
             ),
-            Ok(frame) => self.dispatch(frame).await,
+            Ok(frame) => Box::pin(self.dispatch(frame)).await,
         }
         Ok(())
     }
@@ -648,5 +649,36 @@ mod tests {
         );
         let (warn, _) = expiry_times(exp - 100, Duration::ZERO, now);
         assert_eq!(warn, now, "already inside the warning window: warn at once");
+    }
+}
+
+#[cfg(test)]
+mod footprint {
+    use super::*;
+    use herald_core::{Config, Secret};
+
+    /// Memory per idle connection is the product's headline figure: the
+    /// session future is most of it, so guard its size against regressions.
+    #[tokio::test]
+    async fn an_idle_session_stays_small() {
+        let mut config = Config::defaults();
+        config.jwt.hs256_secret = Some(Secret::new("0123456789abcdef0123"));
+        config.admin.api_keys = vec![Secret::new("k")];
+        let node = Node::new(config, false).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let claims = Claims {
+            sub: Arc::from("a"),
+            exp: u64::MAX / 2,
+            topics: herald_protocol::Permissions::default(),
+            publish: herald_protocol::Permissions::default(),
+        };
+        let permit = node.try_reserve().unwrap();
+        let future = run(stream, Bytes::new(), node.clone(), claims, None, permit);
+        let size = std::mem::size_of_val(&future);
+        println!("session future: {size} bytes");
+        assert!(size < 1536, "the session future grew to {size} bytes");
     }
 }

@@ -291,6 +291,19 @@ impl Proc {
         }
     }
 
+    /// Every stderr line seen so far and until the stream ends (after the
+    /// process exited), at most [`WAIT`] from now.
+    pub fn drain_lines(&mut self) -> Vec<String> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => return self.seen.clone(),
+            }
+        }
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

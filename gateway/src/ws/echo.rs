@@ -95,7 +95,9 @@ where
                     if node.is_draining() {
                         break Some(Some(herald_protocol::CloseCode::Restart.as_u16()));
                     }
-                    sleep.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(1));
+                    sleep
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + Duration::from_secs(1));
                 }
                 Step::Close(code) => break Some(Some(code.as_u16())),
                 Step::Gone => break None,

@@ -264,14 +264,20 @@ fn spawn_upgraded<J: Job>(on_upgrade: hyper::upgrade::OnUpgrade, job: J) {
                 return;
             }
         };
+        // A task of its own per stream type: a future holding all three
+        // variants would cost every connection the size of the largest
+        // (the TLS one), whichever it is.
         let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => return job.run(parts.io.into_inner(), parts.read_buf).await,
+            Ok(parts) => {
+                tokio::spawn(job.run(parts.io.into_inner(), parts.read_buf));
+                return;
+            }
             Err(upgraded) => upgraded,
         };
         match upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() {
-            Ok(parts) => job.run(parts.io.into_inner(), parts.read_buf).await,
-            Err(upgraded) => job.run(TokioIo::new(upgraded), Bytes::new()).await,
-        }
+            Ok(parts) => tokio::spawn(job.run(parts.io.into_inner(), parts.read_buf)),
+            Err(upgraded) => tokio::spawn(job.run(TokioIo::new(upgraded), Bytes::new())),
+        };
     });
 }
 

@@ -1,11 +1,9 @@
 //! The `herald-gateway` binary as users run it: `token`, `check-config`,
 //! start-up errors, `--dev`, and a real SIGTERM drain.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::Command;
 
+use herald_testkit::{Proc, addr_after};
 use serde_json::json;
 
 use crate::common::*;
@@ -137,86 +135,15 @@ fn serve_without_keys_names_the_setting() {
     assert!(stderr.contains("--bogus"), "{stderr}");
 }
 
-/// A gateway process whose stderr lines are collected on a channel.
-struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Proc {
-    fn start(args: &[&str]) -> Proc {
-        let mut child = bin()
-            .args(args)
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Proc { child, lines }
-    }
-
-    /// The first stderr line containing `needle`.
-    fn line_with(&self, needle: &str) -> String {
-        let deadline = std::time::Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
-                Err(_) => panic!("no line with '{needle}' within {WAIT:?}"),
-            }
-        }
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    fn wait_exit(&mut self) -> i32 {
-        let deadline = std::time::Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code().unwrap_or(-1);
-            }
-            assert!(std::time::Instant::now() < deadline, "process did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn addr_after(line: &str, marker: &str) -> std::net::SocketAddr {
-    let rest = &line[line.find(marker).unwrap() + marker.len()..];
-    let addr: String = rest
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
-        .collect();
-    addr.parse()
-        .unwrap_or_else(|_| panic!("no address in {line}"))
+fn start(args: &[&str]) -> Proc {
+    let mut cmd = bin();
+    cmd.args(args);
+    Proc::start(cmd)
 }
 
 #[tokio::test]
 async fn dev_mode_serves_demo_token_and_feed() {
-    let p = Proc::start(&[
+    let mut p = start(&[
         "--dev",
         "--listen",
         "127.0.0.1:0",
@@ -262,7 +189,7 @@ async fn dev_mode_serves_demo_token_and_feed() {
 
 #[tokio::test]
 async fn sigterm_drains_sessions_with_1012_and_exits_0() {
-    let mut p = Proc::start(&[
+    let mut p = start(&[
         "--jwt-hs256-secret",
         SECRET,
         "--admin-api-keys",
@@ -285,4 +212,70 @@ async fn sigterm_drains_sessions_with_1012_and_exits_0() {
     assert_eq!(code, 0);
     // Nothing listens any more.
     assert!(tokio::net::TcpStream::connect(admin).await.is_err());
+}
+
+/// JSON logs at debug level, through refusals, publishes and a token
+/// refresh: every line is JSON, and no token, key or secret appears.
+#[tokio::test]
+async fn json_logs_never_contain_secrets() {
+    let mut p = start(&[
+        "--jwt-hs256-secret",
+        SECRET,
+        "--admin-api-keys",
+        ADMIN_KEY,
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--log-level",
+        "debug",
+        "--log-format",
+        "json",
+    ]);
+    let line = p.line_with("herald-gateway listening");
+    let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+    let public: std::net::SocketAddr = v["fields"]["public"].as_str().unwrap().parse().unwrap();
+    let admin: std::net::SocketAddr = v["fields"]["admin"].as_str().unwrap().parse().unwrap();
+
+    let good = token("alice", &["news"], &[]);
+    let mut c = Client::connect(&format!("ws://{public}/ws"), &good).await;
+    c.subscribe(&["news"]).await;
+    let fresh = token("alice", &["news"], &[]);
+    c.call(json!({"type": "auth", "token": fresh})).await;
+    c.call(json!({"type": "auth", "token": "forged.token.value"}))
+        .await;
+    let _ =
+        tokio_tungstenite::connect_async(format!("ws://{public}/ws?token=not-a-valid-token-xyz"))
+            .await;
+    http(
+        admin,
+        "POST",
+        "/v1/publish",
+        Some(ADMIN_KEY),
+        Some(json!({"topic": "news", "data": 1}).to_string()),
+    )
+    .await;
+    http(admin, "GET", "/v1/stats", Some("wrong-key-abcdef"), None).await;
+    c.recv().await;
+    drop(c);
+    p.signal("TERM");
+    p.wait_exit();
+    let lines = p.drain_lines();
+    assert!(lines.len() > 3, "debug logging produced lines");
+    for line in &lines {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "not JSON: {line}"
+        );
+        for secret in [
+            SECRET,
+            ADMIN_KEY,
+            good.as_str(),
+            fresh.as_str(),
+            "not-a-valid-token-xyz",
+            "wrong-key-abcdef",
+        ] {
+            assert!(!line.contains(secret), "a secret was logged: {line}");
+        }
+    }
 }
