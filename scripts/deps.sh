@@ -2,9 +2,10 @@
 # Installs what the test suite needs and the machine lacks: redis-server and
 # redis-cli (the Redis tests start their own servers), promtool (checks the
 # /metrics output), python3 + kosoku (the Autobahn WebSocket conformance
-# cases), and cargo-nextest. Safe to run repeatedly: it installs nothing that
-# is already there.
+# cases), Chromium + playwright-core (the browser test), and cargo-nextest.
+# Safe to run repeatedly: it installs nothing that is already there.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 apt_updated=0
 apt_install() {
@@ -26,6 +27,11 @@ command -v redis-cli >/dev/null 2>&1 || apt_install redis-tools
 command -v promtool >/dev/null 2>&1 || apt_install prometheus
 
 command -v curl >/dev/null 2>&1 || apt_install curl
+# The browser test: Debian's Chromium, driven by playwright-core from npm.
+[ -x /usr/bin/chromium ] || apt_install chromium
+command -v node >/dev/null 2>&1 || apt_install nodejs npm
+[ -d tests/browser/node_modules/playwright-core ] ||
+  (cd tests/browser && npm ci --no-audit --no-fund --silent)
 command -v python3 >/dev/null 2>&1 || apt_install python3 python3-pip
 python3 -c 'import kosoku' >/dev/null 2>&1 ||
   python3 -m pip install --quiet kosoku ||

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, then every test of every crate
 # (unit, property, integration; real sockets, real redis-server and Herald
-# processes). Installs missing tools first (scripts/deps.sh).
+# processes), the Autobahn conformance cases and the browser test. Installs
+# missing tools first (scripts/deps.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,3 +13,4 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --bins
 cargo nextest run --workspace --no-fail-fast
 scripts/autobahn.sh
+node tests/browser/demo.test.mjs
