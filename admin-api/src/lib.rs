@@ -124,6 +124,19 @@ impl ApiKey {
     }
 }
 
+/// The credential of an `Authorization: Bearer <credential>` header.
+pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+    headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
 /// Whether `presented` is one of `keys`; every key is compared, always.
 pub fn key_accepted(keys: &[ApiKey], presented: &str) -> bool {
     let presented = ApiKey::new(presented);

@@ -89,15 +89,7 @@ pub fn router(state: AdminState) -> Router {
 }
 
 async fn require_key(State(state): State<AdminState>, request: Request, next: Next) -> Response {
-    let presented = request
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
+    let presented = crate::bearer(request.headers());
     match presented {
         Some(key) if key_accepted(&state.keys, key) => next.run(request).await,
         Some(_) => ApiError::new(ErrorCode::Unauthorized, "invalid admin API key").into_response(),

@@ -75,6 +75,31 @@ impl Samples {
     }
 }
 
+/// Subscribes to `lt.<topic>` and waits (at most `wait`) for the
+/// confirmation; whatever else arrives meanwhile is dropped.
+async fn subscribe(
+    stream: &mut TcpStream,
+    buf: &mut bytes::BytesMut,
+    topic: usize,
+    wait: Duration,
+) -> bool {
+    let frame = format!(r#"{{"type":"subscribe","ref":"s","topics":["lt.{topic}"]}}"#);
+    send(stream, &wsclient::text_frame(frame.as_bytes())).await;
+    let mut confirmed = false;
+    while !confirmed {
+        match tokio::time::timeout(wait, stream.read_buf(buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return false,
+        }
+        let _ = wsclient::parse(buf, |f| {
+            if let Frame::Text(t) = f {
+                confirmed |= t.windows(12).any(|w| w == b"\"subscribed\"");
+            }
+        });
+    }
+    true
+}
+
 /// Resolves once `stop` is set (or its sender is gone).
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
@@ -313,27 +338,9 @@ async fn subscribe_share(
                 live.failed.fetch_add(1, Relaxed);
                 return None;
             };
-            if herald {
-                let frame = format!(r#"{{"type":"subscribe","ref":"s","topics":["lt.{topic}"]}}"#);
-                send(&mut stream, &wsclient::text_frame(frame.as_bytes())).await;
-                // Wait for the confirmation before counting as connected.
-                let mut confirmed = false;
-                while !confirmed {
-                    match tokio::time::timeout(Duration::from_secs(30), stream.read_buf(&mut buf))
-                        .await
-                    {
-                        Ok(Ok(n)) if n > 0 => {}
-                        _ => {
-                            live.failed.fetch_add(1, Relaxed);
-                            return None;
-                        }
-                    }
-                    let _ = wsclient::parse(&mut buf, |f| {
-                        if let Frame::Text(t) = f {
-                            confirmed |= t.windows(12).any(|w| w == b"\"subscribed\"");
-                        }
-                    });
-                }
+            if herald && !subscribe(&mut stream, &mut buf, topic, Duration::from_secs(30)).await {
+                live.failed.fetch_add(1, Relaxed);
+                return None;
             }
             live.connected.fetch_add(1, Relaxed);
             let mut tracker = Tracker::default();
@@ -746,26 +753,17 @@ pub async fn churn(s: &Settings, live: Arc<Live>) -> Result<Report> {
                 live.failed.fetch_add(1, Relaxed);
                 return;
             };
-            if herald {
-                let frame = format!(r#"{{"type":"subscribe","ref":"s","topics":["lt.{topic}"]}}"#);
-                send(&mut stream, &wsclient::text_frame(frame.as_bytes())).await;
-                let mut confirmed = false;
-                while !confirmed {
-                    match tokio::time::timeout(Duration::from_secs(10), stream.read_buf(&mut buf))
-                        .await
-                    {
-                        Ok(Ok(n)) if n > 0 => {}
-                        _ => {
-                            live.failed.fetch_add(1, Relaxed);
-                            return;
-                        }
-                    }
-                    let _ = wsclient::parse(&mut buf, |f| {
-                        if let Frame::Text(t) = f {
-                            confirmed |= t.windows(12).any(|w| w == b"\"subscribed\"");
-                        }
-                    });
-                }
+            if herald
+                && !subscribe(
+                    &mut stream,
+                    &mut buf,
+                    topic as usize,
+                    Duration::from_secs(10),
+                )
+                .await
+            {
+                live.failed.fetch_add(1, Relaxed);
+                return;
             }
             samples.flush(&mut vec![t0.elapsed().as_micros() as u64]);
             live.connected.fetch_add(1, Relaxed);

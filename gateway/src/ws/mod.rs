@@ -37,16 +37,7 @@ fn refuse(node: &Node, result: HandshakeResult, code: ErrorCode, message: &str) 
 
 /// The token from `Authorization: Bearer`, else from the `token` query parameter.
 fn token_of(req: &Request) -> Option<String> {
-    let header = req
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(|t| t.trim().to_owned())
-        .filter(|t| !t.is_empty());
+    let header = herald_admin_api::bearer(req.headers()).map(str::to_owned);
     header.or_else(|| {
         req.uri().query()?.split('&').find_map(|pair| {
             let (k, v) = pair.split_once('=')?;
