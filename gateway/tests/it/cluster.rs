@@ -349,3 +349,93 @@ async fn herald_admin_drains_on_sigterm() {
         "no longer listening"
     );
 }
+
+/// A topic's slot migrates to another master while a session holds it: the
+/// node sees Redis drop its sharded subscription, reads the slot map again,
+/// subscribes on the new owner, catches up what it missed, and the session
+/// receives every event, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slot_migration_moves_the_subscription() {
+    let cluster = TestCluster::start();
+    let node = GatewayProc::start(&cluster.urls(), true, "a").await;
+    let mut c = node.client("alice", &["mig.>"], &[]).await;
+    c.subscribe(&["mig.t"]).await;
+    let channel = "herald:{mig.t}";
+    let (status, _) = post(
+        node.admin,
+        "/v1/publish",
+        json!({"topic": "mig.t", "data": 0}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(c.recv().await["data"], 0);
+
+    let source = cluster.owner_of(channel);
+    let target = cluster
+        .nodes
+        .iter()
+        .find(|n| n.port != source.port)
+        .unwrap();
+    let slot = source
+        .cli(&["CLUSTER", "KEYSLOT", channel])
+        .trim()
+        .to_owned();
+    let source_id = source.cli(&["CLUSTER", "MYID"]).trim().to_owned();
+    let target_id = target.cli(&["CLUSTER", "MYID"]).trim().to_owned();
+    assert!(
+        target
+            .cli(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &source_id])
+            .contains("OK")
+    );
+    assert!(
+        source
+            .cli(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &target_id])
+            .contains("OK")
+    );
+    let keys = source.cli(&["CLUSTER", "GETKEYSINSLOT", &slot, "100"]);
+    let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+    if !keys.is_empty() {
+        let port = target.port.to_string();
+        let mut args = vec![
+            "MIGRATE",
+            "127.0.0.1",
+            port.as_str(),
+            "",
+            "0",
+            "5000",
+            "KEYS",
+        ];
+        args.extend(keys.iter().copied());
+        assert!(source.cli(&args).contains("OK"), "keys migrated");
+    }
+    for n in &cluster.nodes {
+        assert!(
+            n.cli(&["CLUSTER", "SETSLOT", &slot, "NODE", &target_id])
+                .contains("OK")
+        );
+    }
+
+    // Publish right away and for a while: whatever the node missed while
+    // moving its subscription comes from history.
+    for i in 1..=20 {
+        let (status, body) = post(
+            node.admin,
+            "/v1/publish",
+            json!({"topic": "mig.t", "data": i}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    for i in 1..=20 {
+        assert_eq!(c.recv().await["data"], i, "every event, once, in order");
+    }
+    eventually("the subscription to live on the new owner", async || {
+        target
+            .cli(&["PUBSUB", "SHARDNUMSUB", channel])
+            .lines()
+            .nth(1)
+            == Some("1")
+    })
+    .await;
+}
