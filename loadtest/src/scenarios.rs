@@ -100,6 +100,17 @@ async fn subscribe(
     true
 }
 
+/// Waits until `count` connections have either opened or failed, at most
+/// `limit`.
+async fn settle(live: &Live, count: u64, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while live.connected.load(Relaxed) + live.failed.load(Relaxed) < count
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Resolves once `stop` is set (or its sender is gone).
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
@@ -194,12 +205,7 @@ pub async fn connect(s: &Settings, live: Arc<Live>) -> Result<Report> {
     } else {
         let (handles, samples) = open_and_hold(s, live.clone(), stop_rx.clone()).await;
         // Let the last handshakes finish.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while live.connected.load(Relaxed) + live.failed.load(Relaxed) < s.connections
-            && Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        settle(&live, s.connections, Duration::from_secs(30)).await;
         local = Some((handles, samples));
     }
     let connect_seconds = started.elapsed().as_secs_f64();
@@ -263,12 +269,7 @@ async fn connect_worker(s: &Settings, live: Arc<Live>) -> Result<Report> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let (handles, samples) = open_and_hold(s, live.clone(), stop_rx).await;
     let (_, count) = s.share(s.connections);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while live.connected.load(Relaxed) + live.failed.load(Relaxed) < count
-        && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    settle(&live, count, Duration::from_secs(30)).await;
     let connections = live.connected.load(Relaxed);
     println!("READY {connections}");
     let _ = read_stop().await;
@@ -607,12 +608,7 @@ pub async fn fanout(s: &Settings, live: Arc<Live>) -> Result<Report> {
         }
     } else {
         let share = subscribe_share(s, live.clone(), stop_rx).await;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while live.connected.load(Relaxed) + live.failed.load(Relaxed) < s.connections
-            && Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        settle(&live, s.connections, Duration::from_secs(60)).await;
         local = Some(share);
     }
     let start_us = now_us();
@@ -709,12 +705,7 @@ async fn fanout_worker(s: &Settings, live: Arc<Live>) -> Result<Report> {
     let (stop_tx, stop_rx) = watch::channel(None);
     let (handles, samples) = subscribe_share(s, live.clone(), stop_rx).await;
     let (_, count) = s.share(s.connections);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while live.connected.load(Relaxed) + live.failed.load(Relaxed) < count
-        && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    settle(&live, count, Duration::from_secs(60)).await;
     println!("READY {}", live.connected.load(Relaxed));
     let start_us = now_us();
     let stop = read_stop().await?;
