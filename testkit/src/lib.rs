@@ -41,12 +41,18 @@ fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
 
 /// Runs `redis-cli -p port args…` and returns its output.
 pub fn redis_cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .arg("-p")
-        .arg(port.to_string())
-        .args(args)
-        .output()
-        .expect("redis-cli is installed");
+    redis_cli_tls(port, None, args)
+}
+
+/// Runs `redis-cli` against a server that speaks TLS when `ca` is given,
+/// trusting that CA, and returns its output.
+pub fn redis_cli_tls(port: u16, ca: Option<&Path>, args: &[&str]) -> String {
+    let mut cmd = Command::new("redis-cli");
+    cmd.arg("-p").arg(port.to_string());
+    if let Some(ca) = ca {
+        cmd.arg("--tls").arg("--cacert").arg(ca);
+    }
+    let out = cmd.args(args).output().expect("redis-cli is installed");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -57,6 +63,8 @@ pub struct TestRedis {
     child: Option<Child>,
     dir: tempfile::TempDir,
     extra: Vec<String>,
+    /// The CA to trust when the server speaks TLS only.
+    tls_ca: Option<PathBuf>,
 }
 
 impl TestRedis {
@@ -66,21 +74,49 @@ impl TestRedis {
     }
 
     fn start_with(port: u16, extra: &[&str]) -> TestRedis {
+        Self::start_full(port, extra, None)
+    }
+
+    /// Starts a Redis that speaks TLS only, with `cert` and `key` (PEM),
+    /// trusted through `ca`; clients are not asked for certificates.
+    pub fn start_tls(cert: &Path, key: &Path, ca: &Path) -> TestRedis {
+        Self::start_full(free_port(false), &[], Some((cert, key, ca)))
+    }
+
+    fn start_full(port: u16, extra: &[&str], tls: Option<(&Path, &Path, &Path)>) -> TestRedis {
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if let Some((cert, key, ca)) = tls {
+            args.extend(["--tls-port".to_owned(), port.to_string()]);
+            for (flag, path) in [
+                ("--tls-cert-file", cert),
+                ("--tls-key-file", key),
+                ("--tls-ca-cert-file", ca),
+            ] {
+                args.extend([flag.to_owned(), path.to_string_lossy().into_owned()]);
+            }
+            args.extend(["--tls-auth-clients".to_owned(), "no".to_owned()]);
+            if extra.contains(&"--cluster-enabled") {
+                args.extend(["--tls-cluster".to_owned(), "yes".to_owned()]);
+            }
+        }
         let mut r = TestRedis {
             port,
             child: None,
             dir: tempfile::tempdir().unwrap(),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
+            extra: args,
+            tls_ca: tls.map(|(_, _, ca)| ca.to_owned()),
         };
         r.spawn();
         r
     }
 
     fn spawn(&mut self) {
+        // A TLS server listens on its `--tls-port` only.
+        let plain_port = if self.tls_ca.is_some() { 0 } else { self.port };
         let child = Command::new("redis-server")
             .args([
                 "--port",
-                &self.port.to_string(),
+                &plain_port.to_string(),
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -96,20 +132,24 @@ impl TestRedis {
             .spawn()
             .expect("redis-server is installed");
         self.child = Some(child);
-        let port = self.port;
         wait_until("redis to answer PING", || {
-            redis_cli(port, &["PING"]).trim() == "PONG"
+            self.cli(&["PING"]).trim() == "PONG"
         });
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// `redis://127.0.0.1:<port>` (`rediss://` for a TLS server).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls_ca.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Runs a command through `redis-cli`.
     pub fn cli(&self, args: &[&str]) -> String {
-        redis_cli(self.port, args)
+        redis_cli_tls(self.port, self.tls_ca.as_deref(), args)
     }
 
     /// SIGKILLs the server.
@@ -143,6 +183,16 @@ impl TestCluster {
     /// Starts three cluster-enabled servers and joins them with
     /// `redis-cli --cluster create`.
     pub fn start() -> TestCluster {
+        Self::start_full(None)
+    }
+
+    /// Like [`TestCluster::start`], with every node (and the cluster bus)
+    /// speaking TLS only; see [`TestRedis::start_tls`].
+    pub fn start_tls(cert: &Path, key: &Path, ca: &Path) -> TestCluster {
+        Self::start_full(Some((cert, key, ca)))
+    }
+
+    fn start_full(tls: Option<(&Path, &Path, &Path)>) -> TestCluster {
         let cluster_args = [
             "--cluster-enabled",
             "yes",
@@ -152,28 +202,45 @@ impl TestCluster {
             "2000",
         ];
         let nodes: Vec<TestRedis> = (0..3)
-            .map(|_| TestRedis::start_with(free_port(true), &cluster_args))
+            .map(|_| TestRedis::start_full(free_port(true), &cluster_args, tls))
             .collect();
         let addrs: Vec<String> = nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
-        let out = Command::new("redis-cli")
-            .arg("--cluster")
-            .arg("create")
-            .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .output()
+        let mut create = Command::new("redis-cli");
+        if let Some((_, _, ca)) = tls {
+            create.arg("--tls").arg("--cacert").arg(ca);
+        }
+        create.arg("--cluster").arg("create").args(&addrs).args([
+            "--cluster-replicas",
+            "0",
+            "--cluster-yes",
+        ]);
+        // `--cluster create` waits for the join without a bound of its own.
+        let mut child = create
+            .stdout(Stdio::null())
+            .spawn()
             .expect("redis-cli is installed");
+        let deadline = Instant::now() + WAIT;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("redis-cli runs") {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
         assert!(
-            out.status.success(),
-            "cluster create failed: {}",
-            String::from_utf8_lossy(&out.stdout)
+            status.is_some_and(|s| s.success()),
+            "redis-cli --cluster create failed or did not finish within {WAIT:?}"
         );
         for n in &nodes {
-            let port = n.port;
             wait_until("cluster_state:ok", || {
-                redis_cli(port, &["CLUSTER", "INFO"]).contains("cluster_state:ok")
+                n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok")
             });
         }
         TestCluster { nodes }
@@ -190,11 +257,12 @@ impl TestCluster {
 
     /// The master serving `key`'s slot.
     pub fn owner_of(&self, key: &str) -> &TestRedis {
-        let slot: u16 = redis_cli(self.nodes[0].port, &["CLUSTER", "KEYSLOT", key])
+        let slot: u16 = self.nodes[0]
+            .cli(&["CLUSTER", "KEYSLOT", key])
             .trim()
             .parse()
             .unwrap();
-        let nodes = redis_cli(self.nodes[0].port, &["CLUSTER", "NODES"]);
+        let nodes = self.nodes[0].cli(&["CLUSTER", "NODES"]);
         let owner = nodes
             .lines()
             .find(|l| l.split_whitespace().skip(8).any(|r| slot_in(r, slot)))

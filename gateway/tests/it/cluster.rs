@@ -18,7 +18,17 @@ pub struct GatewayProc {
 
 impl GatewayProc {
     pub async fn start(redis_url: &str, cluster: bool, node_id: &str) -> GatewayProc {
+        Self::start_env(redis_url, cluster, node_id, &[]).await
+    }
+
+    pub async fn start_env(
+        redis_url: &str,
+        cluster: bool,
+        node_id: &str,
+        env: &[(&str, &str)],
+    ) -> GatewayProc {
         let mut cmd = bin("herald-gateway");
+        cmd.envs(env.iter().copied());
         cmd.args([
             "--redis-url",
             redis_url,
@@ -287,9 +297,22 @@ async fn a_node_subscribes_each_topic_once_and_releases_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cluster_sharded_pubsub_across_nodes() {
-    let cluster = TestCluster::start();
-    let a = GatewayProc::start(&cluster.urls(), true, "a").await;
-    let b = GatewayProc::start(&cluster.urls(), true, "b").await;
+    sharded_pubsub_across_nodes(&TestCluster::start(), &[]).await;
+}
+
+/// The same over `rediss://` seeds: nodes discovered through `CLUSTER SLOTS`
+/// are reached over TLS too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_over_tls() {
+    let ca = fixture("tls_ca.pem");
+    let cluster = TestCluster::start_tls(&fixture("tls_cert.pem"), &fixture("tls_key.pem"), &ca);
+    assert!(cluster.urls().starts_with("rediss://"));
+    sharded_pubsub_across_nodes(&cluster, &[("SSL_CERT_FILE", ca.to_str().unwrap())]).await;
+}
+
+async fn sharded_pubsub_across_nodes(cluster: &TestCluster, env: &[(&str, &str)]) {
+    let a = GatewayProc::start_env(&cluster.urls(), true, "a", env).await;
+    let b = GatewayProc::start_env(&cluster.urls(), true, "b", env).await;
     let topics: Vec<String> = (0..50).map(|i| format!("shard.t{i}")).collect();
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();
     let mut c = a.client("alice", &["shard.*"], &[]).await;
@@ -438,4 +461,75 @@ async fn slot_migration_moves_the_subscription() {
             == Some("1")
     })
     .await;
+}
+
+/// `rediss://`: the same cluster behaviour over TLS to Redis, trusting the
+/// test CA through `SSL_CERT_FILE`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_carries_publishes_and_subscriptions() {
+    let redis = TestRedis::start_tls(
+        &fixture("tls_cert.pem"),
+        &fixture("tls_key.pem"),
+        &fixture("tls_ca.pem"),
+    );
+    assert!(redis.url().starts_with("rediss://"));
+    let ca = fixture("tls_ca.pem");
+    let env = [("SSL_CERT_FILE", ca.to_str().unwrap())];
+    let a = GatewayProc::start_env(&redis.url(), false, "a", &env).await;
+    let b = GatewayProc::start_env(&redis.url(), false, "b", &env).await;
+    let mut c = b.client("alice", &["secure"], &[]).await;
+    c.subscribe(&["secure"]).await;
+    let (status, body) = post(
+        a.admin,
+        "/v1/publish",
+        json!({"topic": "secure", "data": "over tls"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(c.recv().await["data"], "over tls");
+    assert_eq!(
+        redis
+            .cli(&["PUBSUB", "NUMSUB", "herald:{secure}"])
+            .lines()
+            .nth(1),
+        Some("1")
+    );
+}
+
+/// `rediss://` mistakes an operator can make: `#insecure` is refused at
+/// start-up, naming the setting; a server whose certificate the node does
+/// not trust keeps the node unready and says why at the default log level.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_refuses_insecure_and_untrusted_servers() {
+    let redis = TestRedis::start_tls(
+        &fixture("tls_cert.pem"),
+        &fixture("tls_key.pem"),
+        &fixture("tls_ca.pem"),
+    );
+    let gateway = |url: String| {
+        let mut cmd = bin("herald-gateway");
+        // The system's roots do not include the test CA.
+        cmd.env_remove("SSL_CERT_FILE");
+        cmd.args(["--redis-url", &url, "--jwt-hs256-secret", SECRET]);
+        cmd.args(["--admin-api-keys", ADMIN_KEY]);
+        cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]);
+        Proc::start(cmd)
+    };
+
+    let mut insecure = gateway(format!("{}/#insecure", redis.url()));
+    let line = insecure.line_with("error");
+    assert!(
+        line.contains("redis_url") && line.contains("#insecure"),
+        "{line}"
+    );
+    assert_eq!(insecure.wait_exit(), 1);
+
+    let mut untrusted = gateway(redis.url());
+    let admin = addr_after(&untrusted.line_with("herald-gateway listening"), "admin=");
+    let warning = untrusted.line_with("redis pub/sub connect failed");
+    assert!(
+        warning.contains("certificate") || warning.contains("root"),
+        "{warning}"
+    );
+    assert_eq!(http(admin, "GET", "/readyz", None, None).await.0, 503);
 }

@@ -231,11 +231,23 @@ fn endpoints(urls: &[String]) -> Result<Vec<Endpoint>, BrokerError> {
                 .as_str()
                 .into_connection_info()
                 .map_err(|e| BrokerError::Internal(format!("invalid redis_url: {e}")))?;
-            let addr = match info.addr() {
-                redis::ConnectionAddr::Tcp(host, port) => format!("{host}:{port}"),
+            let (addr, tls) = match info.addr() {
+                redis::ConnectionAddr::Tcp(host, port) => (format!("{host}:{port}"), false),
+                redis::ConnectionAddr::TcpTls {
+                    host,
+                    port,
+                    insecure: false,
+                    ..
+                } => (format!("{host}:{port}"), true),
+                redis::ConnectionAddr::TcpTls { insecure: true, .. } => {
+                    return Err(BrokerError::Internal(
+                        "rediss:// without certificate verification (#insecure) is not supported"
+                            .to_owned(),
+                    ));
+                }
                 _ => {
                     return Err(BrokerError::Internal(
-                        "only redis:// URLs are supported".to_owned(),
+                        "only redis:// and rediss:// URLs are supported".to_owned(),
                     ));
                 }
             };
@@ -244,6 +256,7 @@ fn endpoints(urls: &[String]) -> Result<Vec<Endpoint>, BrokerError> {
                 addr,
                 username: settings.username().map(str::to_owned),
                 password: settings.password().map(str::to_owned),
+                tls,
             })
         })
         .collect()

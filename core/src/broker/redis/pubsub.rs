@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use herald_protocol::Topic;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tracing::{debug, info, warn};
@@ -64,6 +64,53 @@ pub struct Endpoint {
     pub username: Option<String>,
     /// Password, if any.
     pub password: Option<String>,
+    /// `rediss://`: TLS, verified against the system's roots (or
+    /// `SSL_CERT_FILE`).
+    pub tls: bool,
+}
+
+impl Endpoint {
+    /// The same credentials and TLS setting, at another address (a master
+    /// found in the slot map).
+    fn at(&self, addr: &str) -> Endpoint {
+        Endpoint {
+            addr: addr.to_owned(),
+            ..self.clone()
+        }
+    }
+}
+
+/// A connection to Redis, plain or TLS.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+type BoxStream = Box<dyn Stream>;
+
+/// The TLS client configuration, built once: the ring provider and the
+/// platform's roots (`rustls-native-certs` honours `SSL_CERT_FILE`).
+fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
+    static CONFIG: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>> =
+        std::sync::OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let mut roots = rustls::RootCertStore::empty();
+            let found = rustls_native_certs::load_native_certs();
+            for cert in found.certs {
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                return Err(
+                    "no trusted root certificates for rediss:// (set SSL_CERT_FILE)".to_owned(),
+                );
+            }
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            Ok(Arc::new(config))
+        })
+        .clone()
 }
 
 /// Called with each payload of the control channel.
@@ -308,18 +355,20 @@ impl Router {
         {
             return i;
         }
-        let (username, password) = match &self.mode {
-            Mode::Cluster(seeds) => seeds
-                .first()
-                .map(|s| (s.username.clone(), s.password.clone()))
-                .unwrap_or_default(),
-            Mode::Single(e) => (e.username.clone(), e.password.clone()),
+        let template = match &self.mode {
+            Mode::Cluster(seeds) => seeds.first().cloned(),
+            Mode::Single(e) => Some(e.clone()),
         };
-        self.open(Endpoint {
-            addr: addr.to_owned(),
-            username,
-            password,
-        })
+        let endpoint = match template {
+            Some(t) => t.at(addr),
+            None => Endpoint {
+                addr: addr.to_owned(),
+                username: None,
+                password: None,
+                tls: false,
+            },
+        };
+        self.open(endpoint)
     }
 
     fn open(&mut self, endpoint: Endpoint) -> usize {
@@ -357,11 +406,7 @@ impl Router {
             .map(|s| s.masters())
             .unwrap_or_default()
             .into_iter()
-            .map(|addr| Endpoint {
-                addr,
-                username: seeds[0].username.clone(),
-                password: seeds[0].password.clone(),
-            })
+            .map(|addr| seeds[0].at(&addr))
             .collect();
         candidates.extend(seeds);
         let mut map = None;
@@ -449,12 +494,29 @@ impl Router {
     }
 }
 
-async fn connect(endpoint: &Endpoint) -> Result<(TcpStream, BytesMut), String> {
-    let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&endpoint.addr))
+async fn connect(endpoint: &Endpoint) -> Result<(BoxStream, BytesMut), String> {
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&endpoint.addr))
         .await
         .map_err(|_| "connect timed out".to_owned())?
         .map_err(|e| e.to_string())?;
-    let _ = stream.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
+    let mut stream: BoxStream = if endpoint.tls {
+        let host = endpoint
+            .addr
+            .rsplit_once(':')
+            .map_or(endpoint.addr.as_str(), |(h, _)| h);
+        let name =
+            rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
+                .map_err(|e| format!("bad TLS server name {host}: {e}"))?;
+        let connector = tokio_rustls::TlsConnector::from(tls_config()?);
+        let tls = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp))
+            .await
+            .map_err(|_| "TLS handshake timed out".to_owned())?
+            .map_err(|e| format!("TLS handshake failed: {e}"))?;
+        Box::new(tls)
+    } else {
+        Box::new(tcp)
+    };
     let mut buf = BytesMut::with_capacity(16 * 1024);
     if let Some(password) = &endpoint.password {
         let mut out = BytesMut::new();
@@ -473,7 +535,7 @@ async fn connect(endpoint: &Endpoint) -> Result<(TcpStream, BytesMut), String> {
     Ok((stream, buf))
 }
 
-async fn read_one(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Resp, String> {
+async fn read_one(stream: &mut BoxStream, buf: &mut BytesMut) -> Result<Resp, String> {
     loop {
         if let Some(v) = resp::parse(buf).map_err(|e| e.to_string())? {
             return Ok(v);
@@ -539,10 +601,14 @@ fn unavailable(why: &str) -> BrokerError {
 impl Conn {
     async fn run(mut self, mut rx: UnboundedReceiver<ConnCmd>) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        // The first failure of a streak is a warning (a wrong address, CA or
+        // password shows up at the default level); the retries are noise.
+        let mut warned = false;
         loop {
             match connect(&self.endpoint).await {
                 Ok((stream, buf)) => {
                     backoff.reset();
+                    warned = false;
                     info!(addr = %self.endpoint.addr, channels = self.channels.len(), "redis pub/sub connected");
                     let _ = self.router.send(RouterCmd::State {
                         conn: self.index,
@@ -559,6 +625,10 @@ impl Conn {
                             warn!(addr = %self.endpoint.addr, error = %e, "redis pub/sub connection lost")
                         }
                     }
+                }
+                Err(e) if !warned => {
+                    warned = true;
+                    warn!(addr = %self.endpoint.addr, error = %e, "redis pub/sub connect failed; retrying")
                 }
                 Err(e) => {
                     debug!(addr = %self.endpoint.addr, error = %e, "redis pub/sub connect failed")
@@ -605,7 +675,7 @@ impl Conn {
     /// Runs a connected session; `Ok` when the router is gone.
     async fn serve(
         &mut self,
-        mut stream: TcpStream,
+        mut stream: BoxStream,
         mut buf: BytesMut,
         rx: &mut UnboundedReceiver<ConnCmd>,
     ) -> Result<(), String> {
