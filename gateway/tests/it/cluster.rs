@@ -27,24 +27,8 @@ impl GatewayProc {
         node_id: &str,
         env: &[(&str, &str)],
     ) -> GatewayProc {
-        let mut cmd = bin("herald-gateway");
+        let mut cmd = gateway_cmd(redis_url, node_id);
         cmd.envs(env.iter().copied());
-        cmd.args([
-            "--redis-url",
-            redis_url,
-            "--node-id",
-            node_id,
-            "--jwt-hs256-secret",
-            SECRET,
-        ]);
-        cmd.args([
-            "--admin-api-keys",
-            ADMIN_KEY,
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ]);
         if cluster {
             cmd.arg("--redis-cluster");
         }
@@ -66,6 +50,15 @@ impl GatewayProc {
         )
         .await
     }
+}
+
+/// A node of a cluster on `redis_url`, listening on free loopback ports.
+fn gateway_cmd(redis_url: &str, node_id: &str) -> std::process::Command {
+    let mut cmd = bin("herald-gateway");
+    cmd.args(["--redis-url", redis_url, "--node-id", node_id]);
+    cmd.args(["--jwt-hs256-secret", SECRET, "--admin-api-keys", ADMIN_KEY]);
+    cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]);
+    cmd
 }
 
 async fn wait_ready(admin: SocketAddr) {
@@ -507,12 +500,9 @@ async fn rediss_refuses_insecure_and_untrusted_servers() {
         &fixture("tls_ca.pem"),
     );
     let gateway = |url: String| {
-        let mut cmd = bin("herald-gateway");
+        let mut cmd = gateway_cmd(&url, "a");
         // The system's roots do not include the test CA.
         cmd.env_remove("SSL_CERT_FILE");
-        cmd.args(["--redis-url", &url, "--jwt-hs256-secret", SECRET]);
-        cmd.args(["--admin-api-keys", ADMIN_KEY]);
-        cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]);
         Proc::start(cmd)
     };
 
