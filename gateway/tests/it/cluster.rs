@@ -43,6 +43,15 @@ impl GatewayProc {
         node
     }
 
+    /// Nodes `n1`, `n2` and `n3` of a single-Redis cluster.
+    pub async fn three(redis_url: &str) -> [GatewayProc; 3] {
+        [
+            Self::start(redis_url, false, "n1").await,
+            Self::start(redis_url, false, "n2").await,
+            Self::start(redis_url, false, "n3").await,
+        ]
+    }
+
     pub async fn client(&self, sub: &str, topics: &[&str], publish: &[&str]) -> Client {
         Client::connect(
             &format!("ws://{}/ws", self.public),
@@ -91,11 +100,7 @@ pub async fn post(addr: SocketAddr, path: &str, body: Value) -> (u16, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_from_anywhere_reach_every_node() {
     let redis = TestRedis::start();
-    let nodes = [
-        GatewayProc::start(&redis.url(), false, "n1").await,
-        GatewayProc::start(&redis.url(), false, "n2").await,
-        GatewayProc::start(&redis.url(), false, "n3").await,
-    ];
+    let nodes = GatewayProc::three(&redis.url()).await;
     let (_admin, admin) = admin_proc(&redis.url()).await;
     let mut talker = nodes[0].client("talker", &[], &["news"]).await;
     let mut readers = vec![
@@ -146,11 +151,7 @@ async fn publishes_from_anywhere_reach_every_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_lists_live_nodes_and_drops_a_killed_one() {
     let redis = TestRedis::start();
-    let mut nodes = vec![
-        GatewayProc::start(&redis.url(), false, "n1").await,
-        GatewayProc::start(&redis.url(), false, "n2").await,
-        GatewayProc::start(&redis.url(), false, "n3").await,
-    ];
+    let mut nodes = Vec::from(GatewayProc::three(&redis.url()).await);
     let (_admin, admin) = admin_proc(&redis.url()).await;
     let mut c = nodes[1].client("alice", &["a", "b"], &[]).await;
     c.subscribe(&["a", "b"]).await;
@@ -192,11 +193,7 @@ async fn stats_lists_live_nodes_and_drops_a_killed_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disconnect_reaches_every_node() {
     let redis = TestRedis::start();
-    let nodes = [
-        GatewayProc::start(&redis.url(), false, "n1").await,
-        GatewayProc::start(&redis.url(), false, "n2").await,
-        GatewayProc::start(&redis.url(), false, "n3").await,
-    ];
+    let nodes = GatewayProc::three(&redis.url()).await;
     let (_admin, admin) = admin_proc(&redis.url()).await;
     let mut a1 = nodes[0].client("alice", &[], &[]).await;
     let mut a2 = nodes[1].client("alice", &[], &[]).await;

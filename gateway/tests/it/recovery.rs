@@ -158,11 +158,7 @@ fn assert_exactly(client: usize, got: &[String], acked: &[String]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_node_killed_mid_stream_loses_nothing() {
     let redis = TestRedis::start();
-    let nodes = [
-        GatewayProc::start(&redis.url(), false, "n1").await,
-        GatewayProc::start(&redis.url(), false, "n2").await,
-        GatewayProc::start(&redis.url(), false, "n3").await,
-    ];
+    let nodes = GatewayProc::three(&redis.url()).await;
     let (_admin, admin) = admin_proc(&redis.url()).await;
     let publics: Vec<SocketAddr> = nodes.iter().map(|n| n.public).collect();
     let followers: Vec<Follower> = (0..30)
