@@ -9,12 +9,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow};
-use herald_admin_api::ops::{self, Readiness};
-use herald_admin_api::serve::Server;
 use herald_admin_api::{AdminState, router};
 use herald_core::broker::redis::RedisBroker;
 use herald_core::cli::{self, Extra};
-use herald_core::{Broker, Metrics, NoSink};
+use herald_core::http::ops::{self, Readiness};
+use herald_core::http::serve::Server;
+use herald_core::{AnyBroker, Broker, Metrics, NoSink};
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
 use tracing::info;
@@ -70,14 +70,16 @@ fn run(sources: &herald_core::config::Sources) -> Result<()> {
             .await
             .with_context(|| format!("cannot bind admin_listen = {}", config.admin_listen))?;
         let metrics = Arc::new(Metrics::new(&config.node_id));
-        let broker = RedisBroker::new(
-            url.expose(),
-            config.redis_cluster,
-            config.history,
-            Arc::new(NoSink),
-            metrics.clone(),
-        )
-        .map_err(|e| anyhow!("redis_url: {e}"))?;
+        let broker = Arc::new(AnyBroker::Redis(
+            RedisBroker::new(
+                url.expose(),
+                config.redis_cluster,
+                config.history,
+                Arc::new(NoSink),
+                metrics.clone(),
+            )
+            .map_err(|e| anyhow!("redis_url: {e}"))?,
+        ));
         let draining = Arc::new(AtomicBool::new(false));
         let ready: Readiness = {
             let (broker, draining) = (broker.clone(), draining.clone());
@@ -95,7 +97,7 @@ fn run(sources: &herald_core::config::Sources) -> Result<()> {
         let state = AdminState::new(
             broker,
             &config.admin.api_keys,
-            config.limits.max_message_size,
+            config.limits.publication_rules(),
             metrics.clone(),
         );
         let app = router(state)

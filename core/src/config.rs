@@ -175,6 +175,12 @@ pub static KEYS: &[KeySpec] = &[
         "topics per connection",
     ),
     key(
+        "limits.max_json_depth",
+        Kind::Count,
+        Some("32"),
+        "deepest nesting of arrays/objects in published data",
+    ),
+    key(
         "limits.client_queue",
         Kind::Count,
         Some("1024"),
@@ -403,6 +409,16 @@ pub struct JwtConfig {
     pub leeway: Duration,
 }
 
+impl LimitsConfig {
+    /// The rules every publication is held to.
+    pub fn publication_rules(&self) -> crate::PublicationRules {
+        crate::PublicationRules {
+            max_data: self.max_message_size,
+            max_depth: self.max_json_depth,
+        }
+    }
+}
+
 impl JwtConfig {
     /// Whether any verification key is configured.
     pub fn has_key(&self) -> bool {
@@ -435,6 +451,8 @@ pub struct LimitsConfig {
     pub max_message_size: usize,
     /// Topics per connection.
     pub max_subscriptions: usize,
+    /// Deepest nesting of arrays and objects in published `data`.
+    pub max_json_depth: usize,
     /// Messages queued per client.
     pub client_queue: usize,
     /// Token bucket refill per second.
@@ -676,6 +694,7 @@ pub fn load(sources: &Sources) -> Result<Loaded, ConfigError> {
             max_connections: r.req("limits.max_connections")?,
             max_message_size: r.req::<Size>("limits.max_message_size")?.0,
             max_subscriptions: r.req("limits.max_subscriptions")?,
+            max_json_depth: r.req("limits.max_json_depth")?,
             client_queue: r.req("limits.client_queue")?,
             client_rate: r.req("limits.client_rate")?,
             client_burst: r.req("limits.client_burst")?,

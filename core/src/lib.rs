@@ -2,22 +2,25 @@
 //! (`herald-admin`) share: the configuration table, the broker seam with its
 //! implementations, and the metrics registry.
 //!
-//! Nothing here knows about WebSockets or HTTP; those live in `gateway` and
-//! `admin-api`, which both build on this crate.
+//! Nothing here knows about WebSockets or sessions; those live in `gateway`.
+//! The HTTP toolbox both binaries serve with is [`http`].
 
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod publication;
 
 pub use broker::memory::MemoryBroker;
 pub use broker::{
-    Broker, BrokerError, Event, EventSink, HistoryPage, NoSink, NodeControl, NodeStats, Position,
-    Publication, Ready,
+    AnyBroker, Broker, BrokerError, Event, EventSink, HistoryPage, NoSink, NodeControl, NodeStats,
+    Position, Publication, Ready,
 };
 pub use config::{Config, ConfigError, Secret};
 pub use metrics::Metrics;
+pub use publication::{PublicationRules, PublishError};
 
 /// `n` random bytes as lowercase hex, for ids, secrets and suffixes.
 ///

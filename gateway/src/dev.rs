@@ -10,7 +10,7 @@ use axum::extract::{Query, State};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use herald_admin_api::error_response;
+use herald_core::http::error_response;
 use herald_core::{Broker, Publication};
 use herald_protocol::{ErrorCode, Topic};
 use serde::Deserialize;

@@ -4,13 +4,12 @@
 //! The data path, one module per step: [`server`] accepts connections,
 //! [`ws`] performs the handshake and frames the socket, [`session`] speaks
 //! the protocol of one client, [`hub`] maps topics to local sessions and
-//! fans events out through each session's [`outbox`], and [`broker`] carries
-//! events between publishers and nodes. [`node`] holds what they share.
+//! fans events out through each session's [`outbox`]; the broker
+//! ([`herald_core::AnyBroker`]) carries events between publishers and nodes. [`node`] holds what they share.
 
 #![recursion_limit = "256"]
 
 pub mod auth;
-pub mod broker;
 pub mod dev;
 pub mod hub;
 pub mod node;

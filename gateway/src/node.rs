@@ -8,11 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use herald_core::broker::redis::RedisBroker;
-use herald_core::{Broker, Config, MemoryBroker, Metrics, NodeControl, NodeStats};
+use herald_core::{AnyBroker, Broker, Config, MemoryBroker, Metrics, NodeControl, NodeStats};
 use tokio::sync::Notify;
 
 use crate::auth::{KeyError, Signer, Verifier};
-use crate::broker::AnyBroker;
 use crate::hub::{Hub, Registry};
 
 /// A running gateway node.

@@ -17,10 +17,10 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
-use herald_admin_api::ops::{self, Readiness};
-use herald_admin_api::serve::Server;
 use herald_admin_api::{AdminState, router as admin_router};
 use herald_core::Broker;
+use herald_core::http::ops::{self, Readiness};
+use herald_core::http::serve::Server;
 use herald_protocol::CloseCode;
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
@@ -63,7 +63,7 @@ pub fn admin_routes(node: &Arc<Node>) -> Router {
     let state = AdminState::new(
         node.broker.clone(),
         &node.config.admin.api_keys,
-        node.config.limits.max_message_size,
+        node.config.limits.publication_rules(),
         node.metrics.clone(),
     );
     admin_router(state)

@@ -380,15 +380,10 @@ impl Session {
         }
         let mut topics = Vec::with_capacity(names.len());
         for name in names {
-            match Topic::new(name) {
+            match herald_core::publication::topic(name) {
                 Ok(t) => topics.push(t),
                 Err(e) => {
-                    self.error(
-                        reference,
-                        ErrorCode::InvalidTopic,
-                        &format!("invalid topic '{name}': {e}"),
-                        Some(name),
-                    );
+                    self.error(reference, e.code(), &e.to_string(), Some(name));
                     return None;
                 }
             }
@@ -510,40 +505,18 @@ impl Session {
         data: &RawValue,
         event: Option<String>,
     ) {
-        let topic = match Topic::new(name) {
+        let rules = self.node.config.limits.publication_rules();
+        let topic = match rules.topic(name) {
             Ok(t) => t,
-            Err(e) => {
-                self.error(
-                    reference,
-                    ErrorCode::InvalidTopic,
-                    &format!("invalid topic '{name}': {e}"),
-                    Some(name),
-                );
-                return;
-            }
+            Err(e) => return self.error(reference, e.code(), &e.to_string(), Some(name)),
         };
         if !self.claims.publish.allows(&topic) {
             let message = format!("not allowed to publish to {topic}");
             self.error(reference, ErrorCode::Forbidden, &message, Some(name));
             return;
         }
-        let max = self.node.config.limits.max_message_size;
-        if data.get().len() > max {
-            let message = format!("'data' is larger than {max} bytes");
-            self.error(reference, ErrorCode::TooLarge, &message, Some(name));
-            return;
-        }
-        if event
-            .as_ref()
-            .is_some_and(|e| e.is_empty() || e.len() > 255)
-        {
-            self.error(
-                reference,
-                ErrorCode::BadRequest,
-                "'event' must be 1 to 255 bytes",
-                None,
-            );
-            return;
+        if let Err(e) = rules.check(data, event.as_deref()) {
+            return self.error(reference, e.code(), &e.to_string(), Some(name));
         }
         let publication = Publication {
             topic,

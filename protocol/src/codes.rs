@@ -32,6 +32,8 @@ pub enum ErrorCode {
     ForbiddenOrigin,
     /// An admin route that does not exist.
     NotFound,
+    /// A method the admin route does not serve (answered with `Allow`).
+    MethodNotAllowed,
     /// A bug or an unexpected failure; details are logged, never sent.
     Internal,
 }
@@ -51,6 +53,7 @@ impl ErrorCode {
             ErrorCode::TokenExpired => "token_expired",
             ErrorCode::ForbiddenOrigin => "forbidden_origin",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Internal => "internal",
         }
     }
@@ -62,6 +65,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized | ErrorCode::TokenExpired => 401,
             ErrorCode::Forbidden | ErrorCode::ForbiddenOrigin => 403,
             ErrorCode::NotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
             ErrorCode::TooLarge => 413,
             ErrorCode::TooManySubscriptions | ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,
@@ -79,6 +83,38 @@ impl fmt::Display for ErrorCode {
 impl serde::Serialize for ErrorCode {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.as_str())
+    }
+}
+
+impl ErrorCode {
+    /// Every code, for lookups by wire string.
+    pub const ALL: [ErrorCode; 13] = [
+        ErrorCode::BadRequest,
+        ErrorCode::InvalidTopic,
+        ErrorCode::Forbidden,
+        ErrorCode::TooManySubscriptions,
+        ErrorCode::TooLarge,
+        ErrorCode::RateLimited,
+        ErrorCode::Unavailable,
+        ErrorCode::Unauthorized,
+        ErrorCode::TokenExpired,
+        ErrorCode::ForbiddenOrigin,
+        ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::Internal,
+    ];
+
+    /// The code with wire string `s`, if any.
+    pub fn from_wire(s: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.iter().copied().find(|c| c.as_str() == s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ErrorCode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?;
+        ErrorCode::from_wire(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown error code '{s}'")))
     }
 }
 
@@ -151,5 +187,21 @@ impl CloseCode {
     /// Position in [`CloseCode::ALL`], for metric arrays.
     pub fn index(self) -> usize {
         CloseCode::ALL.iter().position(|c| *c == self).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_code_round_trips_its_wire_string() {
+        for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::from_wire(code.as_str()), Some(code));
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(serde_json::from_str::<ErrorCode>(&json).unwrap(), code);
+        }
+        assert_eq!(ErrorCode::from_wire("nope"), None);
+        assert_eq!(ErrorCode::MethodNotAllowed.http_status(), 405);
     }
 }

@@ -9,6 +9,7 @@
 //! `data` is kept as raw JSON text from parse to delivery: the gateway never
 //! re-serializes what a publisher sent.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -20,20 +21,28 @@ use crate::codes::ErrorCode;
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// A frame a client sends.
-#[derive(Debug)]
+///
+/// Parsed by the gateway with [`parse_client_frame`]; serialized by clients
+/// written in Rust (the load generator, the tests), so both sides share one
+/// definition.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientFrame<'a> {
     /// Subscribe to topics, optionally recovering from `since` positions.
     Subscribe {
         /// Echoed in the reply.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<String>,
         /// Topic names, unchecked.
         topics: Vec<String>,
         /// Topic name → last id the client saw.
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
         since: BTreeMap<String, String>,
     },
     /// Unsubscribe from topics.
     Unsubscribe {
         /// Echoed in the reply.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<String>,
         /// Topic names, unchecked.
         topics: Vec<String>,
@@ -41,22 +50,26 @@ pub enum ClientFrame<'a> {
     /// Publish one event.
     Publish {
         /// Echoed in the reply.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<String>,
         /// Topic name, unchecked.
         topic: String,
         /// Raw JSON payload.
         data: &'a RawValue,
         /// Optional event name.
+        #[serde(skip_serializing_if = "Option::is_none")]
         event: Option<String>,
     },
     /// Application-level ping.
     Ping {
         /// Echoed in the reply.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<String>,
     },
     /// Replace the connection's token.
     Auth {
         /// Echoed in the reply.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<String>,
         /// The fresh JWT.
         token: String,
@@ -64,6 +77,12 @@ pub enum ClientFrame<'a> {
 }
 
 impl ClientFrame<'_> {
+    /// The frame as JSON text.
+    pub fn to_json(&self) -> String {
+        // Strings, string maps and already-valid raw JSON: cannot fail.
+        serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"))
+    }
+
     /// The client's `ref`, if it sent one.
     pub fn reference(&self) -> Option<&str> {
         match self {
@@ -302,10 +321,87 @@ impl MessageFrame<'_> {
     }
 }
 
+/// What a client matches a server frame by: its type, `ref`, topic, id and
+/// error code, borrowed from the text where possible. Every other field
+/// (`data`, `topics`, …) is skipped, not parsed.
+#[derive(Debug, Deserialize)]
+pub struct ServerFrameHead<'a> {
+    /// `type`: `welcome`, `subscribed`, `message`, `error`, …
+    #[serde(rename = "type", borrow)]
+    pub kind: Cow<'a, str>,
+    /// The `ref` of the request this answers.
+    #[serde(rename = "ref", borrow, default)]
+    pub reference: Option<Cow<'a, str>>,
+    /// `topic`, on frames that name one.
+    #[serde(borrow, default)]
+    pub topic: Option<Cow<'a, str>>,
+    /// `id`, on `message` and `published`.
+    #[serde(borrow, default)]
+    pub id: Option<Cow<'a, str>>,
+    /// `code`, on `error`.
+    #[serde(default)]
+    pub code: Option<ErrorCode>,
+}
+
+impl<'a> ServerFrameHead<'a> {
+    /// Reads the head of a server frame; `None` when the text is not a JSON
+    /// object with a `type`.
+    pub fn parse(text: &'a [u8]) -> Option<ServerFrameHead<'a>> {
+        serde_json::from_slice(text).ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn client_frames_round_trip() {
+        let data = RawValue::from_string(r#"{"t":1}"#.to_owned()).unwrap();
+        let frames = [
+            ClientFrame::Subscribe {
+                reference: Some("1".into()),
+                topics: vec!["news".into()],
+                since: BTreeMap::from([("news".to_owned(), "0000000a-3".to_owned())]),
+            },
+            ClientFrame::Publish {
+                reference: None,
+                topic: "chat.a".into(),
+                data: &data,
+                event: Some("line".into()),
+            },
+            ClientFrame::Ping { reference: None },
+        ];
+        for frame in &frames {
+            let json = frame.to_json();
+            let back = parse_client_frame(&json).unwrap();
+            assert_eq!(back.to_json(), json);
+        }
+        assert_eq!(
+            frames[2].to_json(),
+            r#"{"type":"ping"}"#,
+            "absent fields are left out"
+        );
+    }
+
+    #[test]
+    fn server_frame_heads() {
+        let h = ServerFrameHead::parse(
+            br#"{"type":"error","ref":"1","code":"forbidden","message":"m","topic":"a.b"}"#,
+        )
+        .unwrap();
+        assert_eq!(h.kind, "error");
+        assert_eq!(h.reference.as_deref(), Some("1"));
+        assert_eq!(h.code, Some(ErrorCode::Forbidden));
+        assert_eq!(h.topic.as_deref(), Some("a.b"));
+        let h = ServerFrameHead::parse(
+            br#"{"type":"message","topic":"n","id":"0000000a-1","data":{"x":[1,2]},"ts":1}"#,
+        )
+        .unwrap();
+        assert_eq!(h.id.as_deref(), Some("0000000a-1"));
+        assert!(ServerFrameHead::parse(b"[1]").is_none());
+    }
 
     #[test]
     fn parses_every_client_frame() {

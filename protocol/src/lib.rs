@@ -6,11 +6,14 @@
 //! a change here is a protocol change and bumps [`PROTOCOL_VERSION`].
 
 mod codes;
+mod error_body;
 mod frame;
 mod topic;
 
 pub use codes::{CloseCode, ErrorCode};
+pub use error_body::{ErrorBody, ErrorDetail};
 pub use frame::{
-    ClientFrame, FrameError, MessageFrame, PROTOCOL_VERSION, ServerFrame, parse_client_frame,
+    ClientFrame, FrameError, MessageFrame, PROTOCOL_VERSION, ServerFrame, ServerFrameHead,
+    parse_client_frame,
 };
 pub use topic::{MAX_TOPIC_LEN, Permissions, Topic, TopicError, TopicPattern};

@@ -24,9 +24,12 @@
 //! The shared conformance suite in [`conformance`] checks these for every
 //! implementation.
 
+mod any;
 pub mod conformance;
 pub mod memory;
 pub mod redis;
+
+pub use any::AnyBroker;
 
 use std::fmt;
 use std::future::Future;

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use herald_admin_api::error_response;
+use herald_core::http::{bearer, error_response};
 use herald_core::metrics::HandshakeResult;
 use herald_protocol::ErrorCode;
 use hyper_util::rt::TokioIo;
@@ -37,7 +37,7 @@ fn refuse(node: &Node, result: HandshakeResult, code: ErrorCode, message: &str) 
 
 /// The token from `Authorization: Bearer`, else from the `token` query parameter.
 fn token_of(req: &Request) -> Option<String> {
-    let header = herald_admin_api::bearer(req.headers()).map(str::to_owned);
+    let header = bearer(req.headers()).map(str::to_owned);
     header.or_else(|| {
         req.uri().query()?.split('&').find_map(|pair| {
             let (k, v) = pair.split_once('=')?;

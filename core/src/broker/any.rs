@@ -1,17 +1,19 @@
-//! The broker a node runs with, chosen by configuration.
+//! The broker a process runs with, chosen by configuration.
 //!
 //! An enum rather than a trait object: the broker sits on the publish path and
 //! [`Broker`]'s methods return `impl Future`, so static dispatch keeps every
-//! call free of boxing.
+//! call free of boxing. The gateway's hub and the admin routes both hold an
+//! `Arc<AnyBroker>`; nothing above this seam knows which broker runs.
 
 use std::sync::Arc;
 
-use herald_core::broker::redis::RedisBroker;
-use herald_core::{
-    Broker, BrokerError, HistoryPage, MemoryBroker, NodeControl, NodeStats, Position, Publication,
-    Ready,
-};
 use herald_protocol::Topic;
+
+use super::memory::MemoryBroker;
+use super::redis::RedisBroker;
+use super::{
+    Broker, BrokerError, HistoryPage, NodeControl, NodeStats, Position, Publication, Ready,
+};
 
 /// Any of the brokers a node can run with.
 pub enum AnyBroker {

@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
+use crate::Metrics;
 use axum::Router;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use herald_core::Metrics;
 use herald_protocol::ErrorCode;
 
 /// Answers whether the process can serve; `Err` carries the reason for 503.
@@ -41,7 +41,7 @@ fn readyz(ready: &Readiness) -> Response {
             "{\"status\":\"ready\"}",
         )
             .into_response(),
-        Err(reason) => crate::error_response(ErrorCode::Unavailable, reason),
+        Err(reason) => super::error_response(ErrorCode::Unavailable, reason),
     }
 }
 
@@ -74,5 +74,5 @@ pub fn metrics_route(
 
 /// A JSON 404 for paths nobody routes.
 pub async fn not_found() -> Response {
-    crate::error_response(ErrorCode::NotFound, "no such route")
+    super::error_response(ErrorCode::NotFound, "no such route")
 }

@@ -1,0 +1,80 @@
+//! The OpenAPI document of the admin API, generated from the handlers'
+//! annotations and the request and response types, served at
+//! `GET /v1/openapi.json`.
+
+use axum::response::{IntoResponse, Response};
+use herald_core::http::ApiError;
+use herald_protocol::{ErrorBody, ErrorCode, ErrorDetail};
+use utoipa::OpenApi;
+
+use crate::routes::{
+    __path_disconnect, __path_history, __path_publish, __path_publish_batch, __path_stats,
+    BatchMessage, BatchRequest, DisconnectRequest, DisconnectResponse, HistoryResponse,
+    NodeStatsDoc, PublishRequest, PublishResponse, PublishResult, StatsResponse,
+};
+
+/// The OpenAPI document of the admin API.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Herald admin API",
+        description = "Publish events to topics, read topic history, disconnect users and read cluster stats. Every route except this document needs `Authorization: Bearer <admin key>`."
+    ),
+    paths(publish, publish_batch, history, disconnect, stats, openapi_json),
+    components(schemas(
+        PublishRequest, PublishResponse, PublishResult, BatchRequest, BatchMessage,
+        HistoryResponse, DisconnectRequest, DisconnectResponse, StatsResponse, NodeStatsDoc,
+        ErrorBody, ErrorDetail
+    )),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// This document.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "meta", responses((status = 200, description = "OpenAPI 3 document")))]
+pub(crate) async fn openapi_json() -> Response {
+    match ApiDoc::openapi().to_json() {
+        Ok(json) => ([(http::header::CONTENT_TYPE, "application/json")], json).into_response(),
+        Err(_) => {
+            ApiError::new(ErrorCode::Internal, "cannot render the OpenAPI document").into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ROUTES;
+
+    #[test]
+    fn openapi_lists_every_route() {
+        let doc = ApiDoc::openapi();
+        for (method, path) in ROUTES {
+            let item = doc
+                .paths
+                .paths
+                .get(*path)
+                .unwrap_or_else(|| panic!("{path} missing"));
+            let json = serde_json::to_value(item).unwrap();
+            assert!(json.get(*method).is_some(), "{method} {path} missing");
+        }
+        assert_eq!(
+            doc.paths.paths.len(),
+            ROUTES.len(),
+            "a documented path is not routed"
+        );
+    }
+}

@@ -1,0 +1,217 @@
+//! `POST /v1/publish` and `POST /v1/publish/batch`.
+//!
+//! Every publication of a request is validated (topic, then `data` and
+//! `event` by [`PublicationRules`](herald_core::PublicationRules)) before any
+//! is handed to the broker: a request is published whole or not at all.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering::Relaxed;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use herald_core::http::ApiError;
+use herald_core::{Broker, Publication, PublishError};
+use herald_protocol::{ErrorBody, ErrorCode};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::{parse_json, present, read_body};
+use crate::AdminState;
+
+/// Most messages in one batch.
+pub const MAX_BATCH: usize = 1000;
+
+/// One event to one topic, or to several (`topics`).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PublishRequest {
+    /// The topic; give this or `topics`.
+    #[schema(example = "news")]
+    topic: Option<String>,
+    /// Several topics, all validated before any is published.
+    topics: Option<Vec<String>>,
+    /// Any JSON value, delivered as sent.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Object)]
+    data: Option<Box<RawValue>>,
+    /// Optional event name, 1–255 bytes, delivered as `event`.
+    #[schema(example = "headline")]
+    event: Option<String>,
+}
+
+/// The id each topic's event got.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct PublishResult {
+    topic: String,
+    /// Opaque, increasing per topic.
+    id: String,
+}
+
+/// Results in request order.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct PublishResponse {
+    results: Vec<PublishResult>,
+}
+
+/// One message of a batch.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchMessage {
+    #[schema(example = "stocks.AAPL")]
+    topic: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Object)]
+    data: Option<Box<RawValue>>,
+    event: Option<String>,
+}
+
+/// 1–1000 messages, validated all-or-nothing, published in order.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    messages: Option<Vec<BatchMessage>>,
+}
+
+/// A refused publication as an API error, prefixed with where it was.
+fn refused(e: &PublishError, what: &str) -> ApiError {
+    ApiError::new(e.code(), format!("{what}{e}"))
+}
+
+/// Checks one message's `data` and `event`.
+fn checked(
+    state: &AdminState,
+    data: Option<Box<RawValue>>,
+    event: Option<String>,
+    what: &str,
+) -> Result<(Box<RawValue>, Option<String>), ApiError> {
+    let data =
+        data.ok_or_else(|| ApiError::new(ErrorCode::BadRequest, format!("{what}missing 'data'")))?;
+    state
+        .rules
+        .check(&data, event.as_deref())
+        .map_err(|e| refused(&e, what))?;
+    Ok((data, event))
+}
+
+async fn run_publish(
+    state: &AdminState,
+    batch: Vec<Publication>,
+) -> Result<Json<PublishResponse>, ApiError> {
+    let topics: Vec<String> = batch.iter().map(|p| p.topic.as_str().to_owned()).collect();
+    let positions = state.broker.publish(batch).await?;
+    state
+        .metrics
+        .published
+        .fetch_add(positions.len() as u64, Relaxed);
+    let results = topics
+        .into_iter()
+        .zip(positions)
+        .map(|(topic, p)| PublishResult {
+            topic,
+            id: p.to_string(),
+        })
+        .collect();
+    Ok(Json(PublishResponse { results }))
+}
+
+/// Publish one event.
+#[utoipa::path(
+    post, path = "/v1/publish", tag = "publish",
+    request_body = PublishRequest,
+    responses(
+        (status = 200, description = "Accepted by the broker", body = PublishResponse),
+        (status = 400, description = "bad_request or invalid_topic", body = ErrorBody),
+        (status = 401, description = "unauthorized", body = ErrorBody),
+        (status = 413, description = "too_large", body = ErrorBody),
+        (status = 503, description = "unavailable: the broker did not accept it", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn publish(
+    State(state): State<AdminState>,
+    body: Body,
+) -> Result<Json<PublishResponse>, ApiError> {
+    let bytes = read_body(body, state.rules.max_data + 256 * 1024).await?;
+    let req: PublishRequest = parse_json(&bytes)?;
+    let names = match (req.topic, req.topics) {
+        (Some(t), None) => vec![t],
+        (None, Some(list)) if !list.is_empty() => list,
+        (None, Some(_)) => return Err(ApiError::new(ErrorCode::BadRequest, "'topics' is empty")),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                "give 'topic' or 'topics', not both",
+            ));
+        }
+        (None, None) => {
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                "missing 'topic' or 'topics'",
+            ));
+        }
+    };
+    let mut seen = HashSet::new();
+    let mut topics = Vec::with_capacity(names.len());
+    for name in &names {
+        let t = state.rules.topic(name).map_err(|e| refused(&e, ""))?;
+        if seen.insert(t.clone()) {
+            topics.push(t);
+        }
+    }
+    let (data, event) = checked(&state, req.data, req.event, "")?;
+    let batch = topics
+        .into_iter()
+        .map(|topic| Publication {
+            topic,
+            event: event.clone(),
+            data: data.clone(),
+        })
+        .collect();
+    run_publish(&state, batch).await
+}
+
+/// Publish up to 1000 events in one call.
+#[utoipa::path(
+    post, path = "/v1/publish/batch", tag = "publish",
+    request_body = BatchRequest,
+    responses(
+        (status = 200, description = "All accepted; results in request order", body = PublishResponse),
+        (status = 400, description = "bad_request (including batch size) or invalid_topic", body = ErrorBody),
+        (status = 401, description = "unauthorized", body = ErrorBody),
+        (status = 413, description = "too_large", body = ErrorBody),
+        (status = 503, description = "unavailable", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn publish_batch(
+    State(state): State<AdminState>,
+    body: Body,
+) -> Result<Json<PublishResponse>, ApiError> {
+    let limit = (MAX_BATCH * (state.rules.max_data + 1024)).min(256 << 20);
+    let bytes = read_body(body, limit).await?;
+    let req: BatchRequest = parse_json(&bytes)?;
+    let messages = req
+        .messages
+        .ok_or_else(|| ApiError::new(ErrorCode::BadRequest, "missing 'messages'"))?;
+    if messages.is_empty() || messages.len() > MAX_BATCH {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!(
+                "a batch holds 1 to {MAX_BATCH} messages, not {}",
+                messages.len()
+            ),
+        ));
+    }
+    let mut batch = Vec::with_capacity(messages.len());
+    for (i, m) in messages.into_iter().enumerate() {
+        let what = format!("messages[{i}]: ");
+        let name = m.topic.ok_or_else(|| {
+            ApiError::new(ErrorCode::BadRequest, format!("{what}missing 'topic'"))
+        })?;
+        let topic = state.rules.topic(&name).map_err(|e| refused(&e, &what))?;
+        let (data, event) = checked(&state, m.data, m.event, &what)?;
+        batch.push(Publication { topic, event, data });
+    }
+    run_publish(&state, batch).await
+}
