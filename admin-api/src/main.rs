@@ -14,7 +14,7 @@ use herald_core::broker::redis::RedisBroker;
 use herald_core::cli::{self, Extra};
 use herald_core::http::ops::{self, Readiness};
 use herald_core::http::serve::Server;
-use herald_core::{AnyBroker, Broker, Metrics, NoSink};
+use herald_core::{AnyBroker, Backend, Broker, Metrics, NoSink};
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
 use tracing::info;
@@ -69,17 +69,16 @@ fn run(sources: &herald_core::config::Sources) -> Result<()> {
         let listener = TcpListener::bind(config.admin_listen)
             .await
             .with_context(|| format!("cannot bind admin_listen = {}", config.admin_listen))?;
-        let metrics = Arc::new(Metrics::new(&config.node_id));
-        let broker = Arc::new(AnyBroker::Redis(
-            RedisBroker::new(
-                url.expose(),
-                config.redis_cluster,
-                config.history,
-                Arc::new(NoSink),
-                metrics.clone(),
-            )
-            .map_err(|e| anyhow!("redis_url: {e}"))?,
-        ));
+        let metrics = Metrics::new(&config.node_id);
+        let redis = RedisBroker::new(
+            url.expose(),
+            config.redis_cluster,
+            config.history,
+            Arc::new(NoSink),
+            metrics.clone(),
+        )
+        .map_err(|e| anyhow!("redis_url: {e}"))?;
+        let broker = Arc::new(AnyBroker::new(Backend::Redis(redis), metrics.clone()));
         let draining = Arc::new(AtomicBool::new(false));
         let ready: Readiness = {
             let (broker, draining) = (broker.clone(), draining.clone());

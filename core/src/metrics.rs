@@ -1,15 +1,42 @@
 //! Prometheus metrics (contract §9), declared and described in one place.
 //!
-//! Plain atomics rather than a metrics framework: the set is small and fixed,
-//! label values come from closed enums (never user ids or topics), and every
-//! family is rendered from start-up, before any event. One [`Metrics`] per node
-//! instance, so several nodes in one test process do not mix their counts.
+//! The families are recorded with the `metrics` crate and rendered by
+//! `metrics-exporter-prometheus`. **One recorder per node, never a global
+//! one:** [`Metrics::new`] builds a private [`PrometheusRecorder`], registers
+//! every family on it and keeps the handles, so several nodes in one test
+//! process (or a gateway and its embedded admin API) never mix their counts,
+//! and the hot path touches a pre-registered atomic, never a name lookup.
+//!
+//! Invariants:
+//! - every family is described and registered here, at construction, so it
+//!   is rendered (HELP, TYPE and a zero value) before any event;
+//! - label values come from closed enums ([`HandshakeResult`],
+//!   [`DropReason`], [`CloseCode`]), never from user ids or topics;
+//! - histogram samples are buffered by the exporter until the next upkeep,
+//!   which runs every [`UPKEEP_PERIOD`] (started with the node's runtime), so
+//!   the buffer holds at most that period's samples.
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use herald_protocol::CloseCode;
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+
+/// How often buffered histogram samples are folded into their buckets.
+pub const UPKEEP_PERIOD: Duration = Duration::from_secs(1);
+
+/// Upper bounds of the delivery latency histogram, in seconds.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+const DELIVER_LATENCY: &str = "herald_publish_to_deliver_seconds";
+
+static METADATA: Metadata<'static> = Metadata::new("herald", Level::INFO, None);
 
 /// Outcome of a handshake, the `result` label of `herald_connections_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +65,8 @@ impl HandshakeResult {
         HandshakeResult::BadRequest,
     ];
 
-    fn label(self) -> &'static str {
+    /// The label value.
+    pub fn label(self) -> &'static str {
         match self {
             HandshakeResult::Accepted => "accepted",
             HandshakeResult::Unauthorized => "unauthorized",
@@ -47,6 +75,13 @@ impl HandshakeResult {
             HandshakeResult::Unavailable => "unavailable",
             HandshakeResult::BadRequest => "bad_request",
         }
+    }
+
+    fn index(self) -> usize {
+        HandshakeResult::ALL
+            .iter()
+            .position(|r| *r == self)
+            .unwrap_or(0)
     }
 }
 
@@ -63,261 +98,279 @@ pub enum DropReason {
 impl DropReason {
     const ALL: [DropReason; 2] = [DropReason::SlowConsumer, DropReason::Closed];
 
-    fn label(self) -> &'static str {
+    /// The label value.
+    pub fn label(self) -> &'static str {
         match self {
             DropReason::SlowConsumer => "slow_consumer",
             DropReason::Closed => "closed",
         }
     }
-}
 
-/// Upper bounds of the delivery latency histogram, in seconds.
-const LATENCY_BUCKETS: [f64; 14] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
-];
-
-/// A fixed-bucket histogram of durations.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
-    count: AtomicU64,
-    sum_ns: AtomicU64,
-}
-
-impl Histogram {
-    /// Records one observation.
-    pub fn observe(&self, d: Duration) {
-        self.observe_many(d, 1);
+    fn index(self) -> usize {
+        DropReason::ALL.iter().position(|r| *r == self).unwrap_or(0)
     }
+}
 
-    /// Records `n` observations of the same duration.
-    pub fn observe_many(&self, d: Duration, n: u64) {
-        let secs = d.as_secs_f64();
-        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| secs <= *b) {
-            self.buckets[i].fetch_add(n, Relaxed);
+/// A gauge whose current value the node also reads (for `/v1/stats`).
+///
+/// The exported gauge and the readable count move by the same increments,
+/// so they agree whatever order concurrent updates land in.
+#[derive(Debug)]
+pub struct Level64 {
+    value: AtomicI64,
+    gauge: Gauge,
+}
+
+impl Level64 {
+    fn new(gauge: Gauge) -> Level64 {
+        Level64 {
+            value: AtomicI64::new(0),
+            gauge,
         }
-        self.count.fetch_add(n, Relaxed);
-        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        self.sum_ns.fetch_add(ns.saturating_mul(n), Relaxed);
     }
 
-    /// Observations so far.
-    pub fn count(&self) -> u64 {
-        self.count.load(Relaxed)
+    /// Adds `n` (which may be negative).
+    pub fn add(&self, n: i64) {
+        self.value.fetch_add(n, Relaxed);
+        self.gauge.increment(n as f64);
+    }
+
+    /// The current value.
+    pub fn get(&self) -> i64 {
+        self.value.load(Relaxed)
     }
 }
 
 /// Every metric of a node.
-#[derive(Debug, Default)]
 pub struct Metrics {
-    /// `node_id`, shown as a label of `herald_node_info`.
-    node: String,
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
     /// Open sessions.
-    pub connections: AtomicI64,
-    handshakes: [AtomicU64; HandshakeResult::ALL.len()],
+    pub connections: Level64,
+    handshakes: Vec<Counter>,
     /// Session–topic pairs.
-    pub subscriptions: AtomicI64,
+    pub subscriptions: Level64,
     /// Distinct topics with a local session.
-    pub topics: AtomicI64,
+    pub topics: Level64,
     /// Events accepted by the broker through this process.
-    pub published: AtomicU64,
+    pub published: Counter,
     /// Events written to client sockets.
-    pub delivered: AtomicU64,
-    dropped: [AtomicU64; DropReason::ALL.len()],
-    /// Broker receive → written to the socket.
+    pub delivered: Counter,
+    dropped: Vec<Counter>,
+    /// Broker receive → written to the socket, in seconds.
     pub deliver_latency: Histogram,
     /// 1 while the broker is reachable.
-    pub broker_up: AtomicI64,
+    pub broker_up: Gauge,
     /// History reads sent to the broker for recoveries and catch-ups.
-    pub history_reads: AtomicU64,
-    disconnects: [AtomicU64; CloseCode::ALL.len()],
+    pub history_reads: Counter,
+    disconnects: Vec<Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn key(name: &'static str, labels: &[(&'static str, String)]) -> Key {
+    let labels: Vec<Label> = labels
+        .iter()
+        .map(|(k, v)| Label::new(*k, v.clone()))
+        .collect();
+    Key::from_parts(name, labels)
 }
 
 impl Metrics {
-    /// A fresh set for node `node_id`, with `herald_broker_up` at 1.
-    pub fn new(node_id: &str) -> Metrics {
-        let m = Metrics {
-            node: node_id.to_owned(),
-            ..Metrics::default()
+    /// A fresh set for node `node_id`, with `herald_broker_up` at 1. When
+    /// called inside a Tokio runtime, also starts the upkeep task (it ends
+    /// when the last `Arc` is dropped).
+    pub fn new(node_id: &str) -> Arc<Metrics> {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(DELIVER_LATENCY.to_owned()), &LATENCY_BUCKETS);
+        // Only an empty bucket list is refused, and ours is a constant.
+        let recorder = match builder {
+            Ok(b) => b.build_recorder(),
+            Err(_) => PrometheusBuilder::new().build_recorder(),
         };
-        m.broker_up.store(1, Relaxed);
-        m
+        let handle = recorder.handle();
+        let r = &recorder;
+        let describe = |kind: Kind, name: &'static str, help: &'static str| {
+            let (name_key, help) = (KeyName::from(name), help.into());
+            match kind {
+                Kind::Counter => r.describe_counter(name_key, None, help),
+                Kind::Gauge => r.describe_gauge(name_key, None, help),
+                Kind::Histogram => r.describe_histogram(name_key, None, help),
+            }
+        };
+        let counter = |name: &'static str, labels: &[(&'static str, String)]| {
+            r.register_counter(&key(name, labels), &METADATA)
+        };
+        let gauge = |name: &'static str, labels: &[(&'static str, String)]| {
+            r.register_gauge(&key(name, labels), &METADATA)
+        };
+
+        describe(
+            Kind::Gauge,
+            "herald_node_info",
+            "This process: node id and version.",
+        );
+        gauge(
+            "herald_node_info",
+            &[
+                ("node", node_id.to_owned()),
+                ("version", env!("CARGO_PKG_VERSION").to_owned()),
+            ],
+        )
+        .set(1.0);
+        describe(
+            Kind::Gauge,
+            "herald_connections",
+            "Open WebSocket sessions on this node.",
+        );
+        describe(
+            Kind::Counter,
+            "herald_connections_total",
+            "WebSocket handshakes by result.",
+        );
+        describe(
+            Kind::Gauge,
+            "herald_subscriptions",
+            "Session-topic subscription pairs on this node.",
+        );
+        describe(
+            Kind::Gauge,
+            "herald_topics",
+            "Distinct topics with at least one local session.",
+        );
+        describe(
+            Kind::Counter,
+            "herald_messages_published_total",
+            "Events accepted by the broker through this process.",
+        );
+        describe(
+            Kind::Counter,
+            "herald_messages_delivered_total",
+            "Events written to client sockets.",
+        );
+        describe(
+            Kind::Counter,
+            "herald_messages_dropped_total",
+            "Queued events discarded, by reason.",
+        );
+        describe(
+            Kind::Histogram,
+            DELIVER_LATENCY,
+            "Time from the broker handing an event to this node to its write to a client socket.",
+        );
+        describe(
+            Kind::Gauge,
+            "herald_broker_up",
+            "1 while the broker is reachable, 0 otherwise.",
+        );
+        describe(
+            Kind::Counter,
+            "herald_history_reads_total",
+            "History reads sent to the broker for recoveries and catch-ups (shared by sessions recovering together).",
+        );
+        describe(
+            Kind::Counter,
+            "herald_disconnects_total",
+            "Sessions closed by the server, by close code.",
+        );
+
+        let metrics = Metrics {
+            connections: Level64::new(gauge("herald_connections", &[])),
+            handshakes: HandshakeResult::ALL
+                .iter()
+                .map(|h| counter("herald_connections_total", &[("result", h.label().into())]))
+                .collect(),
+            subscriptions: Level64::new(gauge("herald_subscriptions", &[])),
+            topics: Level64::new(gauge("herald_topics", &[])),
+            published: counter("herald_messages_published_total", &[]),
+            delivered: counter("herald_messages_delivered_total", &[]),
+            dropped: DropReason::ALL
+                .iter()
+                .map(|d| {
+                    counter(
+                        "herald_messages_dropped_total",
+                        &[("reason", d.label().into())],
+                    )
+                })
+                .collect(),
+            deliver_latency: r.register_histogram(&key(DELIVER_LATENCY, &[]), &METADATA),
+            broker_up: gauge("herald_broker_up", &[]),
+            history_reads: counter("herald_history_reads_total", &[]),
+            disconnects: CloseCode::ALL
+                .iter()
+                .map(|c| {
+                    counter(
+                        "herald_disconnects_total",
+                        &[("code", c.as_u16().to_string())],
+                    )
+                })
+                .collect(),
+            handle,
+            recorder,
+        };
+        metrics.broker_up.set(1.0);
+        let metrics = Arc::new(metrics);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(upkeep(Arc::downgrade(&metrics)));
+        }
+        metrics
+    }
+
+    /// The recorder, for families other modules register and describe
+    /// themselves (always at start-up).
+    pub fn recorder(&self) -> &PrometheusRecorder {
+        &self.recorder
     }
 
     /// Counts a handshake outcome.
     pub fn handshake(&self, result: HandshakeResult) {
-        let i = HandshakeResult::ALL
-            .iter()
-            .position(|r| *r == result)
-            .unwrap_or(0);
-        self.handshakes[i].fetch_add(1, Relaxed);
-    }
-
-    /// Handshakes with `result` so far.
-    pub fn handshakes(&self, result: HandshakeResult) -> u64 {
-        let i = HandshakeResult::ALL
-            .iter()
-            .position(|r| *r == result)
-            .unwrap_or(0);
-        self.handshakes[i].load(Relaxed)
+        self.handshakes[result.index()].increment(1);
     }
 
     /// Counts dropped messages.
     pub fn dropped(&self, reason: DropReason, n: u64) {
-        let i = DropReason::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .unwrap_or(0);
-        self.dropped[i].fetch_add(n, Relaxed);
+        self.dropped[reason.index()].increment(n);
     }
 
     /// Counts a server-side close with `code`.
     pub fn disconnect(&self, code: CloseCode) {
-        self.disconnects[code.index()].fetch_add(1, Relaxed);
-    }
-
-    /// Closes with `code` so far.
-    pub fn disconnects(&self, code: CloseCode) -> u64 {
-        self.disconnects[code.index()].load(Relaxed)
+        self.disconnects[code.index()].increment(1);
     }
 
     /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self) -> String {
-        let mut out = String::with_capacity(4096);
-        let _ = write!(
-            out,
-            "# HELP herald_node_info This process: node id and version.\n# TYPE herald_node_info gauge\nherald_node_info{{node=\"{}\",version=\"{}\"}} 1\n",
-            self.node.replace(['\\', '"', '\n'], "_"),
-            env!("CARGO_PKG_VERSION")
-        );
-        let gauge = |out: &mut String, name: &str, help: &str, v: i64| {
-            let _ = write!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n"
-            );
-        };
-        let counter_head = |out: &mut String, name: &str, help: &str| {
-            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} counter\n");
-        };
+        self.handle.render()
+    }
 
-        gauge(
-            &mut out,
-            "herald_connections",
-            "Open WebSocket sessions on this node.",
-            self.connections.load(Relaxed),
-        );
+    /// The value of one series as rendered, e.g.
+    /// `herald_connections_total{result="unauthorized"}`; for tests and
+    /// diagnostics, which thereby read exactly what Prometheus would.
+    pub fn value(&self, series: &str) -> Option<f64> {
+        self.render().lines().find_map(|line| {
+            let rest = line.strip_prefix(series)?.strip_prefix(' ')?;
+            rest.trim().parse().ok()
+        })
+    }
+}
 
-        counter_head(
-            &mut out,
-            "herald_connections_total",
-            "WebSocket handshakes by result.",
-        );
-        for (r, n) in HandshakeResult::ALL.iter().zip(&self.handshakes) {
-            let _ = writeln!(
-                out,
-                "herald_connections_total{{result=\"{}\"}} {}",
-                r.label(),
-                n.load(Relaxed)
-            );
-        }
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
 
-        gauge(
-            &mut out,
-            "herald_subscriptions",
-            "Session-topic subscription pairs on this node.",
-            self.subscriptions.load(Relaxed),
-        );
-        gauge(
-            &mut out,
-            "herald_topics",
-            "Distinct topics with at least one local session.",
-            self.topics.load(Relaxed),
-        );
-
-        counter_head(
-            &mut out,
-            "herald_messages_published_total",
-            "Events accepted by the broker through this process.",
-        );
-        let _ = writeln!(
-            out,
-            "herald_messages_published_total {}",
-            self.published.load(Relaxed)
-        );
-
-        counter_head(
-            &mut out,
-            "herald_messages_delivered_total",
-            "Events written to client sockets.",
-        );
-        let _ = writeln!(
-            out,
-            "herald_messages_delivered_total {}",
-            self.delivered.load(Relaxed)
-        );
-
-        counter_head(
-            &mut out,
-            "herald_messages_dropped_total",
-            "Queued events discarded, by reason.",
-        );
-        for (r, n) in DropReason::ALL.iter().zip(&self.dropped) {
-            let _ = writeln!(
-                out,
-                "herald_messages_dropped_total{{reason=\"{}\"}} {}",
-                r.label(),
-                n.load(Relaxed)
-            );
-        }
-
-        let name = "herald_publish_to_deliver_seconds";
-        let _ = write!(
-            out,
-            "# HELP {name} Time from the broker handing an event to this node to its write to a client socket.\n# TYPE {name} histogram\n"
-        );
-        let mut cumulative = 0;
-        for (bound, n) in LATENCY_BUCKETS.iter().zip(&self.deliver_latency.buckets) {
-            cumulative += n.load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        let count = self.deliver_latency.count.load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let sum = self.deliver_latency.sum_ns.load(Relaxed) as f64 / 1e9;
-        let _ = writeln!(out, "{name}_sum {sum}");
-        let _ = writeln!(out, "{name}_count {count}");
-
-        gauge(
-            &mut out,
-            "herald_broker_up",
-            "1 while the broker is reachable, 0 otherwise.",
-            self.broker_up.load(Relaxed),
-        );
-
-        counter_head(
-            &mut out,
-            "herald_history_reads_total",
-            "History reads sent to the broker for recoveries and catch-ups (shared by sessions recovering together).",
-        );
-        let _ = writeln!(
-            out,
-            "herald_history_reads_total {}",
-            self.history_reads.load(Relaxed)
-        );
-
-        counter_head(
-            &mut out,
-            "herald_disconnects_total",
-            "Sessions closed by the server, by close code.",
-        );
-        for (c, n) in CloseCode::ALL.iter().zip(&self.disconnects) {
-            let _ = writeln!(
-                out,
-                "herald_disconnects_total{{code=\"{}\"}} {}",
-                c.as_u16(),
-                n.load(Relaxed)
-            );
-        }
-        out
+async fn upkeep(metrics: Weak<Metrics>) {
+    let mut tick = tokio::time::interval(UPKEEP_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(m) = metrics.upgrade() else { return };
+        m.handle.run_upkeep();
     }
 }
 
@@ -340,47 +393,67 @@ mod tests {
             "herald_broker_up",
             "herald_history_reads_total",
             "herald_disconnects_total",
+            "herald_node_info",
         ] {
             assert!(
                 text.contains(&format!("# HELP {family} ")),
-                "{family} has no HELP"
+                "{family} has no HELP:\n{text}"
             );
             assert!(
                 text.contains(&format!("# TYPE {family} ")),
-                "{family} has no TYPE"
+                "{family} has no TYPE:\n{text}"
             );
         }
-        assert!(text.contains("herald_broker_up 1"));
-        assert!(text.contains("herald_node_info{node=\"n1\",version=\""));
-        assert!(text.contains("herald_disconnects_total{code=\"4004\"} 0"));
+        assert!(text.contains("herald_broker_up 1"), "{text}");
+        assert!(
+            text.contains("herald_node_info{node=\"n1\",version=\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("herald_disconnects_total{code=\"4004\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("herald_publish_to_deliver_seconds_bucket{le=\"+Inf\"} 0"),
+            "{text}"
+        );
     }
 
     #[test]
-    fn histogram_is_cumulative() {
+    fn histogram_is_cumulative_with_the_contract_buckets() {
         let m = Metrics::new("n1");
-        m.deliver_latency.observe(Duration::from_micros(50));
-        m.deliver_latency.observe_many(Duration::from_millis(3), 2);
-        m.deliver_latency.observe(Duration::from_secs(60));
+        m.deliver_latency.record(0.00005);
+        m.deliver_latency.record(0.003);
+        m.deliver_latency.record(0.003);
+        m.deliver_latency.record(60.0);
         let text = m.render();
-        assert!(
-            text.contains("herald_publish_to_deliver_seconds_bucket{le=\"0.0001\"} 1\n"),
-            "{text}"
+        for line in [
+            "herald_publish_to_deliver_seconds_bucket{le=\"0.0001\"} 1\n",
+            "herald_publish_to_deliver_seconds_bucket{le=\"0.005\"} 3\n",
+            "herald_publish_to_deliver_seconds_bucket{le=\"5\"} 3\n",
+            "herald_publish_to_deliver_seconds_bucket{le=\"+Inf\"} 4\n",
+            "herald_publish_to_deliver_seconds_count 4\n",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
+    }
+
+    #[test]
+    fn nodes_do_not_share_counts() {
+        let (a, b) = (Metrics::new("a"), Metrics::new("b"));
+        a.handshake(HandshakeResult::Unauthorized);
+        a.connections.add(2);
+        a.connections.add(-1);
+        assert_eq!(
+            a.value("herald_connections_total{result=\"unauthorized\"}"),
+            Some(1.0)
         );
-        assert!(
-            text.contains("herald_publish_to_deliver_seconds_bucket{le=\"0.005\"} 3\n"),
-            "{text}"
+        assert_eq!(
+            b.value("herald_connections_total{result=\"unauthorized\"}"),
+            Some(0.0)
         );
-        assert!(
-            text.contains("herald_publish_to_deliver_seconds_bucket{le=\"5\"} 3\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("herald_publish_to_deliver_seconds_bucket{le=\"+Inf\"} 4\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("herald_publish_to_deliver_seconds_count 4\n"),
-            "{text}"
-        );
+        assert_eq!(a.connections.get(), 1);
+        assert_eq!(a.value("herald_connections"), Some(1.0));
+        assert_eq!(b.value("herald_connections"), Some(0.0));
     }
 }

@@ -21,7 +21,7 @@ fn history() -> HistoryConfig {
 }
 
 fn broker(url: &str, cluster: bool, sink: Arc<dyn herald_core::EventSink>) -> Arc<RedisBroker> {
-    RedisBroker::new(url, cluster, history(), sink, Arc::new(Metrics::new("t"))).unwrap()
+    RedisBroker::new(url, cluster, history(), sink, Metrics::new("t")).unwrap()
 }
 
 async fn wait_up(b: &RedisBroker) {

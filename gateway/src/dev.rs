@@ -151,14 +151,8 @@ pub async fn feed(node: Arc<Node>) {
                 });
             }
         }
-        let count = batch.len() as u64;
-        match node.broker.publish(batch).await {
-            Ok(_) => {
-                node.metrics
-                    .published
-                    .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
-            }
-            Err(e) => warn!(error = %e, "demo feed publish failed"),
+        if let Err(e) = node.broker.publish(batch).await {
+            warn!(error = %e, "demo feed publish failed");
         }
         n += 1;
     }

@@ -406,7 +406,7 @@ impl<B: Broker> Hub<B> {
     /// Records a new session, so disconnects and drains can reach it.
     pub fn add_session(&self, outbox: &Arc<Outbox>) {
         lock(self.session_shard(outbox.id)).insert(outbox.id, outbox.clone());
-        self.metrics.connections.fetch_add(1, Relaxed);
+        self.metrics.connections.add(1);
     }
 
     /// Forgets a session and all its subscriptions.
@@ -420,7 +420,7 @@ impl<B: Broker> Hub<B> {
             .remove(&outbox.id)
             .is_some()
         {
-            self.metrics.connections.fetch_sub(1, Relaxed);
+            self.metrics.connections.add(-1);
         }
     }
 
@@ -431,7 +431,7 @@ impl<B: Broker> Hub<B> {
         let mut created = false;
         let entry = shard.entry(topic.clone()).or_insert_with(|| {
             created = true;
-            self.metrics.topics.fetch_add(1, Relaxed);
+            self.metrics.topics.add(1);
             TopicEntry {
                 subscribers: HashMap::new(),
                 ready: self.broker.subscribe(topic),
@@ -452,7 +452,7 @@ impl<B: Broker> Hub<B> {
                         held,
                     },
                 );
-                self.metrics.subscriptions.fetch_add(1, Relaxed);
+                self.metrics.subscriptions.add(1);
             }
         }
         (entry.ready.clone(), created)
@@ -644,12 +644,12 @@ impl<B: Broker> Hub<B> {
                 continue;
             };
             if entry.subscribers.remove(&outbox.id).is_some() {
-                self.metrics.subscriptions.fetch_sub(1, Relaxed);
+                self.metrics.subscriptions.add(-1);
             }
             if entry.subscribers.is_empty() {
                 shard.remove(topic);
                 self.broker.unsubscribe(topic);
-                self.metrics.topics.fetch_sub(1, Relaxed);
+                self.metrics.topics.add(-1);
             }
         }
     }
@@ -699,7 +699,7 @@ async fn shared_history<B: Broker>(
     tokio::time::sleep(COALESCE_WINDOW).await;
     // Closed to newcomers from here on: the read starts now.
     lock(reads).remove(&key);
-    metrics.history_reads.fetch_add(1, Relaxed);
+    metrics.history_reads.increment(1);
     let result =
         match tokio::time::timeout(HISTORY_TIMEOUT, broker.history(topic, since, limit)).await {
             Ok(result) => result,
@@ -751,7 +751,7 @@ mod tests {
     use std::collections::VecDeque;
 
     fn setup() -> (Hub<MemoryBroker>, Arc<MemoryBroker>, Arc<Metrics>) {
-        let metrics = Arc::new(Metrics::new("n1"));
+        let metrics = Metrics::new("n1");
         let registry = Arc::new(Registry::new(metrics.clone()));
         let broker = MemoryBroker::new(
             HistoryConfig {
@@ -825,8 +825,8 @@ mod tests {
         hub.subscribe(&b, std::slice::from_ref(&news))
             .await
             .unwrap();
-        assert_eq!(metrics.topics.load(Relaxed), 2);
-        assert_eq!(metrics.subscriptions.load(Relaxed), 3);
+        assert_eq!(metrics.topics.get(), 2);
+        assert_eq!(metrics.subscriptions.get(), 3);
 
         broker
             .publish(vec![publication(&news, 1), publication(&x, 2)])
@@ -842,8 +842,8 @@ mod tests {
 
         hub.remove_session(&b, [&news]);
         assert_eq!(hub.registry().subscriber_count(&news), 0);
-        assert_eq!(metrics.topics.load(Relaxed), 1);
-        assert_eq!(metrics.connections.load(Relaxed), 1);
+        assert_eq!(metrics.topics.get(), 1);
+        assert_eq!(metrics.connections.get(), 1);
         assert_eq!(hub.disconnect("alice"), 1);
         assert_eq!(hub.disconnect("alice"), 0, "already closing");
     }

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use herald_core::broker::redis::RedisBroker;
-use herald_core::{AnyBroker, Broker, Config, MemoryBroker, Metrics, NodeControl, NodeStats};
+use herald_core::{
+    AnyBroker, Backend, Broker, Config, MemoryBroker, Metrics, NodeControl, NodeStats,
+};
 use tokio::sync::Notify;
 
 use crate::auth::{KeyError, Signer, Verifier};
@@ -88,11 +90,11 @@ impl Node {
             (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
             _ => None,
         };
-        let metrics = Arc::new(Metrics::new(&config.node_id));
+        let metrics = Metrics::new(&config.node_id);
         let registry = Arc::new(Registry::new(metrics.clone()));
-        let broker = Arc::new(match &config.redis_url {
-            None => AnyBroker::Memory(MemoryBroker::new(config.history, registry.clone())),
-            Some(url) => AnyBroker::Redis(
+        let backend = match &config.redis_url {
+            None => Backend::Memory(MemoryBroker::new(config.history, registry.clone())),
+            Some(url) => Backend::Redis(
                 RedisBroker::new(
                     url.expose(),
                     config.redis_cluster,
@@ -105,7 +107,8 @@ impl Node {
                     message: e.to_string(),
                 })?,
             ),
-        });
+        };
+        let broker = Arc::new(AnyBroker::new(backend, metrics.clone()));
         let hub = Hub::new(
             registry,
             broker.clone(),
@@ -133,14 +136,12 @@ impl Node {
 
     /// This node's current counts.
     pub fn stats(&self) -> NodeStats {
-        let load = |v: &std::sync::atomic::AtomicI64| {
-            u64::try_from(v.load(Ordering::Relaxed)).unwrap_or(0)
-        };
+        let count = |v: &herald_core::metrics::Level64| u64::try_from(v.get()).unwrap_or(0);
         NodeStats {
             node: self.config.node_id.clone(),
-            connections: load(&self.metrics.connections),
-            subscriptions: load(&self.metrics.subscriptions),
-            topics: load(&self.metrics.topics),
+            connections: count(&self.metrics.connections),
+            subscriptions: count(&self.metrics.subscriptions),
+            topics: count(&self.metrics.topics),
         }
     }
 

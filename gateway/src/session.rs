@@ -8,7 +8,6 @@
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -525,7 +524,6 @@ impl Session {
         };
         match self.node.broker.publish(vec![publication]).await {
             Ok(positions) => {
-                self.node.metrics.published.fetch_add(1, Relaxed);
                 let id = positions
                     .first()
                     .map(ToString::to_string)

@@ -5,7 +5,6 @@
 //! is handed to the broker: a request is published whole or not at all.
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering::Relaxed;
 
 use axum::Json;
 use axum::body::Body;
@@ -100,10 +99,6 @@ async fn run_publish(
 ) -> Result<Json<PublishResponse>, ApiError> {
     let topics: Vec<String> = batch.iter().map(|p| p.topic.as_str().to_owned()).collect();
     let positions = state.broker.publish(batch).await?;
-    state
-        .metrics
-        .published
-        .fetch_add(positions.len() as u64, Relaxed);
     let results = topics
         .into_iter()
         .zip(positions)

@@ -11,37 +11,61 @@ use herald_protocol::Topic;
 
 use super::memory::MemoryBroker;
 use super::redis::RedisBroker;
+use crate::Metrics;
+
 use super::{
     Broker, BrokerError, HistoryPage, NodeControl, NodeStats, Position, Publication, Ready,
 };
 
-/// Any of the brokers a node can run with.
-pub enum AnyBroker {
+/// Which broker runs.
+pub enum Backend {
     /// The embedded single-node broker.
     Memory(Arc<MemoryBroker>),
     /// Redis or Redis Cluster: one node of many.
     Redis(Arc<RedisBroker>),
 }
 
+/// The broker of a process: whichever [`Backend`] runs, plus the one place
+/// where accepted publications are counted (`herald_messages_published_total`),
+/// whoever published them (admin API, client, demo feed).
+pub struct AnyBroker {
+    backend: Backend,
+    metrics: Arc<Metrics>,
+}
+
+impl AnyBroker {
+    /// Wraps `backend`, counting into `metrics`.
+    pub fn new(backend: Backend, metrics: Arc<Metrics>) -> AnyBroker {
+        AnyBroker { backend, metrics }
+    }
+
+    /// The broker that runs.
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+}
+
 impl Broker for AnyBroker {
     async fn publish(&self, batch: Vec<Publication>) -> Result<Vec<Position>, BrokerError> {
-        match self {
-            AnyBroker::Memory(b) => b.publish(batch).await,
-            AnyBroker::Redis(b) => b.publish(batch).await,
-        }
+        let positions = match &self.backend {
+            Backend::Memory(b) => b.publish(batch).await,
+            Backend::Redis(b) => b.publish(batch).await,
+        }?;
+        self.metrics.published.increment(positions.len() as u64);
+        Ok(positions)
     }
 
     fn subscribe(&self, topic: &Topic) -> Ready {
-        match self {
-            AnyBroker::Memory(b) => b.subscribe(topic),
-            AnyBroker::Redis(b) => b.subscribe(topic),
+        match &self.backend {
+            Backend::Memory(b) => b.subscribe(topic),
+            Backend::Redis(b) => b.subscribe(topic),
         }
     }
 
     fn unsubscribe(&self, topic: &Topic) {
-        match self {
-            AnyBroker::Memory(b) => b.unsubscribe(topic),
-            AnyBroker::Redis(b) => b.unsubscribe(topic),
+        match &self.backend {
+            Backend::Memory(b) => b.unsubscribe(topic),
+            Backend::Redis(b) => b.unsubscribe(topic),
         }
     }
 
@@ -51,37 +75,37 @@ impl Broker for AnyBroker {
         since: Option<&str>,
         limit: usize,
     ) -> Result<HistoryPage, BrokerError> {
-        match self {
-            AnyBroker::Memory(b) => b.history(topic, since, limit).await,
-            AnyBroker::Redis(b) => b.history(topic, since, limit).await,
+        match &self.backend {
+            Backend::Memory(b) => b.history(topic, since, limit).await,
+            Backend::Redis(b) => b.history(topic, since, limit).await,
         }
     }
 
     fn is_up(&self) -> bool {
-        match self {
-            AnyBroker::Memory(b) => b.is_up(),
-            AnyBroker::Redis(b) => b.is_up(),
+        match &self.backend {
+            Backend::Memory(b) => b.is_up(),
+            Backend::Redis(b) => b.is_up(),
         }
     }
 
     fn register_node(&self, node: Arc<dyn NodeControl>) {
-        match self {
-            AnyBroker::Memory(b) => b.register_node(node),
-            AnyBroker::Redis(b) => b.register_node(node),
+        match &self.backend {
+            Backend::Memory(b) => b.register_node(node),
+            Backend::Redis(b) => b.register_node(node),
         }
     }
 
     async fn stats(&self) -> Result<Vec<NodeStats>, BrokerError> {
-        match self {
-            AnyBroker::Memory(b) => b.stats().await,
-            AnyBroker::Redis(b) => b.stats().await,
+        match &self.backend {
+            Backend::Memory(b) => b.stats().await,
+            Backend::Redis(b) => b.stats().await,
         }
     }
 
     async fn disconnect(&self, sub: &str) -> Result<usize, BrokerError> {
-        match self {
-            AnyBroker::Memory(b) => b.disconnect(sub).await,
-            AnyBroker::Redis(b) => b.disconnect(sub).await,
+        match &self.backend {
+            Backend::Memory(b) => b.disconnect(sub).await,
+            Backend::Redis(b) => b.disconnect(sub).await,
         }
     }
 }

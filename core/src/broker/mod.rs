@@ -29,7 +29,7 @@ pub mod conformance;
 pub mod memory;
 pub mod redis;
 
-pub use any::AnyBroker;
+pub use any::{AnyBroker, Backend};
 
 use std::fmt;
 use std::future::Future;

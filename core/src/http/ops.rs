@@ -57,9 +57,7 @@ pub fn metrics_route(
             let metrics = metrics.clone();
             let broker_up = broker_up.clone();
             async move {
-                metrics
-                    .broker_up
-                    .store(i64::from(broker_up()), std::sync::atomic::Ordering::Relaxed);
+                metrics.broker_up.set(f64::from(u8::from(broker_up())));
                 (
                     [(
                         http::header::CONTENT_TYPE,

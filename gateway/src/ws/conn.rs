@@ -224,15 +224,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             if let Some(received) = front.received {
                 metrics
                     .deliver_latency
-                    .observe(now.saturating_duration_since(received));
+                    .record(now.saturating_duration_since(received).as_secs_f64());
                 delivered += 1;
             }
             self.writing.pop_front();
         }
         if delivered > 0 {
-            metrics
-                .delivered
-                .fetch_add(delivered, std::sync::atomic::Ordering::Relaxed);
+            metrics.delivered.increment(delivered);
         }
         if self.writing.is_empty() && self.writing.capacity() > 64 {
             self.writing = VecDeque::new();

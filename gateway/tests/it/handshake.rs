@@ -1,7 +1,6 @@
 //! Contract §4: every handshake refusal, with its status and code, and the
 //! node serving others afterwards.
 
-use herald_core::metrics::HandshakeResult;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::json;
 
@@ -152,8 +151,10 @@ async fn unauthorized_rows() {
     .await;
 
     assert_eq!(
-        gw.node.metrics.handshakes(HandshakeResult::Unauthorized),
-        12
+        gw.node
+            .metrics
+            .value("herald_connections_total{result=\"unauthorized\"}"),
+        Some(12.0)
     );
     // The node still serves a good token.
     let mut c = Client::connect(&url, &token_with(good(json!({})))).await;
@@ -183,7 +184,12 @@ async fn expired_and_not_yet_valid_are_token_expired() {
     let mut c = Client::connect(&url, &recent).await;
     // Accepted, and warned at once (it is past exp, within the leeway).
     assert_eq!(c.recv().await["type"], "token_expiring");
-    assert_eq!(gw.node.metrics.handshakes(HandshakeResult::TokenExpired), 2);
+    assert_eq!(
+        gw.node
+            .metrics
+            .value("herald_connections_total{result=\"token_expired\"}"),
+        Some(2.0)
+    );
 }
 
 #[tokio::test]

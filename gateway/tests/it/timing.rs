@@ -51,8 +51,8 @@ async fn silent_client_gets_pings_then_4002() {
     assert_eq!(
         gw.node
             .metrics
-            .disconnects(herald_protocol::CloseCode::HeartbeatTimeout),
-        1
+            .value("herald_disconnects_total{code=\"4002\"}"),
+        Some(1.0)
     );
     gw.client("bob", &[], &[]).await.assert_alive().await;
 }

@@ -350,7 +350,7 @@ impl RedisBroker {
             reachable: Arc::new(AtomicBool::new(false)),
             metrics,
         });
-        broker.metrics.broker_up.store(0, Ordering::Relaxed);
+        broker.metrics.broker_up.set(0.0);
         tokio::spawn(health(Arc::downgrade(&broker)));
         Ok(broker)
     }
@@ -500,9 +500,7 @@ async fn health(broker: Weak<RedisBroker>) {
                 Err(e) => warn!(error = %e, "redis unreachable"),
             }
         }
-        b.metrics
-            .broker_up
-            .store(i64::from(b.is_up()), Ordering::Relaxed);
+        b.metrics.broker_up.set(f64::from(u8::from(b.is_up())));
         since_report = since_report.saturating_add(HEALTH_PERIOD);
         if since_report >= REPORT_PERIOD && ping.is_ok() {
             if let Some(node) = b.shared.node.get() {
