@@ -9,9 +9,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow};
+use clap::Command;
 use herald_admin_api::{AdminState, router};
 use herald_core::broker::redis::RedisBroker;
-use herald_core::cli::{self, Extra};
+use herald_core::cli;
+use herald_core::config::{self, Sources};
 use herald_core::http::ops::{self, Readiness};
 use herald_core::http::serve::Server;
 use herald_core::{AnyBroker, Backend, Broker, Metrics, NoSink};
@@ -19,34 +21,41 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
 use tracing::info;
 
-const SYNOPSIS: &str = "herald-admin — the Herald admin API as a standalone service (cluster mode)
-
-Usage:
-  herald-admin --redis-url redis://HOST:PORT --admin-api-keys KEY [options]
+const ABOUT: &str = "herald-admin — the Herald admin API as a standalone service (cluster mode)
 
 It reads the same configuration as herald-gateway and uses admin_listen,
 node_id, redis_url, redis_cluster, admin.*, limits.max_message_size,
-history.*, drain_timeout, log_level and log_format; other keys are accepted
-and ignored.";
+limits.max_json_depth, history.*, drain_timeout, log_level and log_format;
+other keys are accepted and ignored.";
 
-const EXTRA: &[Extra] = &[];
+fn command() -> Command {
+    Command::new("herald-admin")
+        .about(ABOUT)
+        .override_usage(
+            "herald-admin [serve] --redis-url redis://HOST:PORT --admin-api-keys KEY [options]",
+        )
+        .args(cli::config_args())
+        .subcommand(
+            Command::new("serve")
+                .about("run the service (the default)")
+                .args(cli::config_args()),
+        )
+}
 
 fn main() -> ExitCode {
-    let mut parsed = match cli::parse(std::env::args().skip(1), &["serve"], EXTRA) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("herald-admin: error: {e}");
-            return ExitCode::from(2);
-        }
+    let matches = match cli::parse(command(), std::env::args_os()) {
+        Ok(m) => m,
+        Err(code) => return code,
     };
-    if parsed.help {
-        print!("{}", cli::usage(SYNOPSIS, EXTRA));
-        return ExitCode::SUCCESS;
+    let mut parts = vec![&matches];
+    if let Some((_, sub)) = matches.subcommand() {
+        parts.push(sub);
     }
-    parsed.sources.env = std::env::vars()
+    let mut sources = cli::sources(&parts);
+    sources.env = std::env::vars()
         .filter(|(k, _)| k.starts_with("HERALD_"))
         .collect();
-    match run(&parsed.sources) {
+    match run(&sources) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("herald-admin: error: {e:#}");
@@ -55,24 +64,24 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(sources: &herald_core::config::Sources) -> Result<()> {
-    let config = herald_core::config::load(sources)?.config;
-    let url = config.redis_url.clone().ok_or_else(|| {
+fn run(sources: &Sources) -> Result<()> {
+    let config = config::load_admin_service(sources)?;
+    let url = config.redis.url.clone().ok_or_else(|| {
         anyhow!("redis_url is not set: herald-admin publishes through Redis (set --redis-url, HERALD_REDIS_URL or redis_url in the config file)")
     })?;
-    config.require_admin_keys()?;
-    herald_core::logging::init(&config.log_level, config.log_json).map_err(|e| anyhow!(e))?;
+    config.admin.require_keys()?;
+    herald_core::logging::init(&config.log.level, config.log.json()).map_err(|e| anyhow!(e))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let listener = TcpListener::bind(config.admin_listen)
+        let listener = TcpListener::bind(config.listen)
             .await
-            .with_context(|| format!("cannot bind admin_listen = {}", config.admin_listen))?;
-        let metrics = Metrics::new(&config.node_id);
+            .with_context(|| format!("cannot bind admin_listen = {}", config.listen))?;
+        let metrics = Metrics::new(&config.node.id);
         let redis = RedisBroker::new(
             url.expose(),
-            config.redis_cluster,
+            config.redis.cluster,
             config.history,
             Arc::new(NoSink),
             metrics.clone(),
@@ -96,7 +105,7 @@ fn run(sources: &herald_core::config::Sources) -> Result<()> {
         let state = AdminState::new(
             broker,
             &config.admin.api_keys,
-            config.limits.publication_rules(),
+            config.payload.publication_rules(),
             metrics.clone(),
         );
         let app = router(state)
@@ -106,7 +115,7 @@ fn run(sources: &herald_core::config::Sources) -> Result<()> {
                 Arc::new(move || broker.is_up())
             }))
             .fallback(ops::not_found);
-        info!(node = %config.node_id, admin = %listener.local_addr()?, "herald-admin listening");
+        info!(node = %config.node.id, admin = %listener.local_addr()?, "herald-admin listening");
         let mut server = Server::default();
         server.serve(listener, app);
         shutdown_signal().await;
@@ -114,11 +123,9 @@ fn run(sources: &herald_core::config::Sources) -> Result<()> {
         // moment so health checks notice), then finish what is in flight.
         draining.store(true, Ordering::Release);
         info!("draining");
-        tokio::time::sleep((config.drain_timeout / 3).min(std::time::Duration::from_secs(5))).await;
-        if !server
-            .shutdown(tokio::time::Instant::now() + config.drain_timeout)
-            .await
-        {
+        let budget = config.node.drain_timeout;
+        tokio::time::sleep((budget / 3).min(std::time::Duration::from_secs(5))).await;
+        if !server.shutdown(tokio::time::Instant::now() + budget).await {
             tracing::warn!("in-flight requests still running at the end of drain_timeout");
         }
         info!("stopped");

@@ -1,222 +1,214 @@
-//! Command-line parsing shared by `herald-gateway` and `herald-admin`.
+//! The command lines of `herald-gateway` and `herald-admin`, built with clap
+//! from the configuration key table.
 //!
-//! Every configuration key is a flag (derived from [`KEYS`]); each command
-//! adds a few flags of its own (`--dev`, `--sub`, …). Hand-written rather than
-//! a derive, because the flag set is generated from the key table.
+//! Every configuration key is a flag (`--` + the key with `.` and `_` written
+//! `-`), with its help line, default and environment variable shown in
+//! `--help`; each binary adds its own flags and sub-commands. Flags are
+//! handed to the configuration loader as text, like every other source, so
+//! a bad value is reported the same way whichever source it came from.
+//!
+//! A usage error (unknown flag, missing value) is one line on stderr and exit
+//! status 2; a configuration error is the caller's, exit status 1.
 
-use std::collections::HashMap;
-use std::fmt::Write;
+use std::ffi::OsString;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
-use crate::config::{KEYS, Kind, Sources, key_for_flag};
+use clap::parser::ValueSource;
+use clap::{Arg, ArgAction, ArgMatches, Command};
 
-/// A flag specific to one command.
-#[derive(Debug, Clone, Copy)]
-pub struct Extra {
-    /// The flag, with its dashes: `--sub`.
-    pub flag: &'static str,
-    /// Whether it takes a value (else it is a switch).
-    pub takes_value: bool,
-    /// One line for `--help`.
-    pub help: &'static str,
-}
+use crate::config::{KEYS, Kind, Sources};
 
-/// The parsed command line.
-#[derive(Debug, Default)]
-pub struct Parsed {
-    /// The sub-command, if one was given.
-    pub command: Option<String>,
-    /// Configuration flags and `--config`.
-    pub sources: Sources,
-    /// Command flags, by flag (`--sub` → `alice`; switches → `true`).
-    pub extra: HashMap<&'static str, String>,
-    /// `--help` was given.
-    pub help: bool,
-}
+/// The help heading of the configuration flags.
+pub const CONFIG_HEADING: &str = "Configuration (flag > environment > file > default)";
 
-impl Parsed {
-    /// Whether switch `flag` was given.
-    pub fn switch(&self, flag: &str) -> bool {
-        self.extra.get(flag).is_some_and(|v| v == "true")
+/// `--config` and one flag per configuration key.
+pub fn config_args() -> Vec<Arg> {
+    let mut args = vec![
+        Arg::new("config")
+            .long("config")
+            .value_name("PATH")
+            .help("configuration file (default: ./herald.toml if present)")
+            .help_heading(CONFIG_HEADING),
+    ];
+    for spec in KEYS {
+        let mut help = spec.help.to_owned();
+        if let Some(d) = spec.default.filter(|d| !d.is_empty()) {
+            help.push_str(&format!(" [default: {d}]"));
+        }
+        help.push_str(&format!(" [env: {}]", spec.env_var()));
+        let mut arg = Arg::new(spec.key)
+            .long(spec.flag().trim_start_matches('-').to_owned())
+            .value_name(spec.kind.value_name())
+            .help(help)
+            .help_heading(CONFIG_HEADING)
+            .action(ArgAction::Set);
+        if spec.kind == Kind::Bool {
+            // `--compression`, `--compression false` and `--compression=false`.
+            arg = arg.num_args(0..=1).default_missing_value("true");
+        }
+        args.push(arg);
     }
+    args
 }
 
-/// Parses `args` (without the program name).
+/// The configuration flags given in `matches` (and in the sub-command's
+/// matches, which win), as the loader's sources. The environment is left
+/// for the caller to fill in.
+pub fn sources(matches: &[&ArgMatches]) -> Sources {
+    let mut sources = Sources {
+        use_default_file: true,
+        ..Sources::default()
+    };
+    for m in matches {
+        if let Some(path) = given(m, "config") {
+            sources.config_file = Some(PathBuf::from(path));
+        }
+        for spec in KEYS {
+            if let Some(value) = given(m, spec.key) {
+                sources.flags.push((spec.key, value));
+            }
+        }
+    }
+    sources
+}
+
+/// The value of flag `id` when it was given on the command line.
+pub fn given(m: &ArgMatches, id: &str) -> Option<String> {
+    if m.value_source(id) != Some(ValueSource::CommandLine) {
+        return None;
+    }
+    m.get_one::<String>(id).cloned()
+}
+
+/// Whether switch `id` was given.
+pub fn switch(m: &ArgMatches, id: &str) -> bool {
+    m.try_get_one::<bool>(id).ok().flatten().copied() == Some(true)
+}
+
+/// Parses `args` with `command`: `--help` is printed (exit 0); a usage error
+/// is printed as one line naming the problem (exit 2).
 ///
 /// # Errors
-/// A message naming the unknown flag or the missing value.
+/// The exit code to end the process with.
 pub fn parse(
-    args: impl IntoIterator<Item = String>,
-    commands: &[&str],
-    extra: &[Extra],
-) -> Result<Parsed, String> {
-    let mut parsed = Parsed {
-        sources: Sources {
-            use_default_file: true,
-            ..Sources::default()
-        },
-        ..Parsed::default()
-    };
-    let mut args = args.into_iter().peekable();
-    let mut first = true;
-    while let Some(arg) = args.next() {
-        if first && !arg.starts_with('-') {
-            if !commands.contains(&arg.as_str()) {
-                return Err(format!(
-                    "unknown command '{arg}' (commands: {})",
-                    commands.join(", ")
-                ));
+    command: Command,
+    args: impl IntoIterator<Item = impl Into<OsString> + Clone>,
+) -> Result<ArgMatches, ExitCode> {
+    let name = command.get_name().to_owned();
+    command
+        .args_override_self(true)
+        .disable_help_subcommand(true)
+        .try_get_matches_from(args)
+        .map_err(|e| {
+            use clap::error::ErrorKind;
+            match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                    let _ = e.print();
+                    ExitCode::SUCCESS
+                }
+                _ => {
+                    eprintln!("{name}: error: {} (see --help)", one_line(&e));
+                    ExitCode::from(2)
+                }
             }
-            parsed.command = Some(arg);
-            first = false;
-            continue;
-        }
-        first = false;
-        if arg == "--help" || arg == "-h" {
-            parsed.help = true;
-            continue;
-        }
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) => (f.to_owned(), Some(v.to_owned())),
-            None => (arg.clone(), None),
-        };
-        if !flag.starts_with("--") {
-            return Err(format!("unexpected argument '{arg}'"));
-        }
-        let mut value = |switch: bool| -> Result<String, String> {
-            if let Some(v) = inline.clone() {
-                return Ok(v);
-            }
-            if switch {
-                // `--compression false` as well as `--compression`.
-                return Ok(match args.peek().map(String::as_str) {
-                    Some("true" | "false") => args.next().unwrap_or_default(),
-                    _ => "true".to_owned(),
-                });
-            }
-            args.next().ok_or_else(|| format!("{flag} needs a value"))
-        };
-        if flag == "--config" {
-            parsed.sources.config_file = Some(PathBuf::from(value(false)?));
-        } else if let Some(spec) = key_for_flag(&flag) {
-            let v = value(spec.kind == Kind::Bool)?;
-            parsed.sources.flags.push((spec.key, v));
-        } else if let Some(e) = extra.iter().find(|e| e.flag == flag) {
-            let v = value(!e.takes_value)?;
-            parsed.extra.insert(e.flag, v);
-        } else {
-            return Err(format!("unknown flag '{flag}' (see --help)"));
-        }
-    }
-    Ok(parsed)
+        })
 }
 
-/// The `--help` text listing every flag.
-pub fn usage(synopsis: &str, extra: &[Extra]) -> String {
-    let mut out = format!(
-        "{synopsis}\n\nOptions:\n  --config PATH{:>26}configuration file (default: ./herald.toml if present)\n",
-        ""
-    );
-    for e in extra {
-        let shown = if e.takes_value {
-            format!("{} VALUE", e.flag)
-        } else {
-            e.flag.to_owned()
-        };
-        let _ = writeln!(out, "  {shown:<38} {}", e.help);
-    }
-    out.push_str("\nConfiguration (flag > environment > file > default):\n");
-    for k in KEYS {
-        let default = k
-            .default
-            .filter(|d| !d.is_empty())
-            .map(|d| format!(" [default: {d}]"))
-            .unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "  {:<38} {}{default}\n  {:<38} env {}",
-            k.flag(),
-            k.help,
-            "",
-            k.env_var()
-        );
-    }
-    out
+/// A clap error's first paragraph on one line, without its `error: ` prefix.
+fn one_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let first: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let line = first.join(" ");
+    line.strip_prefix("error: ").unwrap_or(&line).to_owned()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const EXTRA: &[Extra] = &[
-        Extra {
-            flag: "--dev",
-            takes_value: false,
-            help: "",
-        },
-        Extra {
-            flag: "--sub",
-            takes_value: true,
-            help: "",
-        },
-    ];
+    fn command() -> Command {
+        Command::new("herald-test")
+            .args(config_args())
+            .arg(Arg::new("dev").long("dev").action(ArgAction::SetTrue))
+            .subcommand(
+                Command::new("token")
+                    .args(config_args())
+                    .arg(Arg::new("sub").long("sub")),
+            )
+    }
 
     fn args(s: &str) -> Vec<String> {
-        s.split_whitespace().map(str::to_owned).collect()
+        std::iter::once("herald-test")
+            .chain(s.split_whitespace())
+            .map(str::to_owned)
+            .collect()
     }
 
     #[test]
     fn commands_config_flags_and_extras() {
-        let p = parse(
+        let m = parse(
+            command(),
             args("token --sub alice --heartbeat-interval=5s --redis-cluster --config x.toml"),
-            &["serve", "token"],
-            EXTRA,
         )
         .unwrap();
-        assert_eq!(p.command.as_deref(), Some("token"));
-        assert_eq!(p.extra["--sub"], "alice");
+        let (name, sub) = m.subcommand().unwrap();
+        assert_eq!(name, "token");
+        assert_eq!(given(sub, "sub").as_deref(), Some("alice"));
+        let s = sources(&[&m, sub]);
         assert_eq!(
-            p.sources.flags,
+            s.flags,
             vec![
+                ("redis_cluster", "true".to_owned()),
                 ("heartbeat.interval", "5s".to_owned()),
-                ("redis_cluster", "true".to_owned())
             ]
         );
-        assert_eq!(p.sources.config_file, Some(PathBuf::from("x.toml")));
+        assert_eq!(s.config_file, Some(PathBuf::from("x.toml")));
 
-        let p = parse(args("--dev --compression false"), &["serve"], EXTRA).unwrap();
-        assert!(p.command.is_none() && p.switch("--dev"));
-        assert_eq!(p.sources.flags, vec![("compression", "false".to_owned())]);
-    }
-
-    #[test]
-    fn refusals_name_the_flag() {
+        let m = parse(
+            command(),
+            args("--dev --compression false --listen a --listen b"),
+        )
+        .unwrap();
+        assert!(m.subcommand().is_none() && switch(&m, "dev"));
+        let s = sources(&[&m]);
+        assert!(s.flags.contains(&("compression", "false".to_owned())));
         assert!(
-            parse(args("--nope"), &[], EXTRA)
-                .unwrap_err()
-                .contains("--nope")
-        );
-        assert!(
-            parse(args("--sub"), &[], EXTRA)
-                .unwrap_err()
-                .contains("--sub")
-        );
-        assert!(
-            parse(args("launch"), &["serve"], EXTRA)
-                .unwrap_err()
-                .contains("launch")
+            s.flags.contains(&("listen", "b".to_owned())),
+            "the last one wins"
         );
     }
 
     #[test]
-    fn usage_lists_every_key() {
-        let text = usage("herald-gateway", EXTRA);
+    fn refusals_exit_2() {
+        for bad in ["--nope", "token --sub", "launch"] {
+            assert_eq!(
+                parse(command(), args(bad)).unwrap_err(),
+                ExitCode::from(2),
+                "{bad}"
+            );
+        }
+        for (bad, named) in [("--nope", "--nope"), ("token --sub", "--sub")] {
+            let e = command().try_get_matches_from(args(bad)).unwrap_err();
+            assert!(one_line(&e).contains(named), "{}", one_line(&e));
+            assert!(!one_line(&e).contains('\n'));
+        }
+    }
+
+    #[test]
+    fn help_lists_every_key_with_its_env_and_default() {
+        let help = command().render_long_help().to_string();
         for k in KEYS {
             assert!(
-                text.contains(&k.flag()) && text.contains(&k.env_var()),
+                help.contains(&k.flag()) && help.contains(&k.env_var()),
                 "{}",
                 k.key
             );
         }
+        assert!(help.contains("[default: 25s]"), "{help}");
     }
 }

@@ -5,72 +5,97 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
-use herald_core::cli::{self, Extra, Parsed};
-use herald_core::config::{self, parse_duration};
+use clap::{Arg, ArgAction, ArgMatches, Command};
+use herald_core::cli;
+use herald_core::config::{self, Sources, parse_duration};
 use herald_core::{Config, Secret};
 use herald_gateway::auth::{Signer, TokenRequest, Verifier};
 use herald_gateway::{Listeners, Node};
 use tokio::net::TcpListener;
 use tracing::info;
 
-const COMMANDS: &[&str] = &["serve", "token", "check-config"];
+const ABOUT: &str = "herald-gateway — a Herald push gateway node";
 
-const EXTRA: &[Extra] = &[
-    Extra {
-        flag: "--dev",
-        takes_value: false,
-        help: "development mode: generated keys, demo page and feed (never in production)",
-    },
-    Extra {
-        flag: "--sub",
-        takes_value: true,
-        help: "token: the user (sub claim)",
-    },
-    Extra {
-        flag: "--topics",
-        takes_value: true,
-        help: "token: comma-separated subscribe patterns",
-    },
-    Extra {
-        flag: "--publish",
-        takes_value: true,
-        help: "token: comma-separated publish patterns",
-    },
-    Extra {
-        flag: "--ttl",
-        takes_value: true,
-        help: "token: lifetime, e.g. 1h (default 1h)",
-    },
-    Extra {
-        flag: "--private-key",
-        takes_value: true,
-        help: "token: sign with this PEM private key instead of jwt.hs256_secret",
-    },
-];
+fn dev_arg() -> Arg {
+    Arg::new("dev")
+        .long("dev")
+        .action(ArgAction::SetTrue)
+        .help("development mode: generated keys, demo page and feed (never in production)")
+}
 
-const SYNOPSIS: &str = "herald-gateway — a Herald push gateway node
-
-Usage:
-  herald-gateway [serve] [--dev] [options]
-  herald-gateway token --sub NAME [--topics 'news,stocks.*'] [--publish 'chat.>'] [--ttl 1h] [options]
-  herald-gateway check-config [options]";
+fn command() -> Command {
+    let token = Command::new("token")
+        .about("print a JWT signed with the configured key (for development and scripts)")
+        .arg(
+            Arg::new("sub")
+                .long("sub")
+                .value_name("NAME")
+                .required(true)
+                .help("the user (sub claim)"),
+        )
+        .arg(
+            Arg::new("topics")
+                .long("topics")
+                .value_name("PATTERNS")
+                .help("comma-separated subscribe patterns"),
+        )
+        .arg(
+            Arg::new("publish")
+                .long("publish")
+                .value_name("PATTERNS")
+                .help("comma-separated publish patterns"),
+        )
+        .arg(
+            Arg::new("ttl")
+                .long("ttl")
+                .value_name("DURATION")
+                .help("lifetime, e.g. 1h [default: 1h]"),
+        )
+        .arg(
+            Arg::new("private-key")
+                .long("private-key")
+                .value_name("PATH")
+                .help("sign with this PEM private key instead of jwt.hs256_secret"),
+        )
+        .args(cli::config_args());
+    Command::new("herald-gateway")
+        .about(ABOUT)
+        .after_help("With no command, `serve` is meant.")
+        .arg(dev_arg())
+        .args(cli::config_args())
+        .subcommand(
+            Command::new("serve")
+                .about("run a node (the default)")
+                .arg(dev_arg())
+                .args(cli::config_args()),
+        )
+        .subcommand(token)
+        .subcommand(
+            Command::new("check-config")
+                .about("validate the configuration and print the effective values (secrets masked)")
+                .arg(dev_arg())
+                .args(cli::config_args()),
+        )
+}
 
 fn main() -> ExitCode {
-    let parsed = match cli::parse(std::env::args().skip(1), COMMANDS, EXTRA) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("herald-gateway: error: {e}");
-            return ExitCode::from(2);
-        }
+    let matches = match cli::parse(command(), std::env::args_os()) {
+        Ok(m) => m,
+        Err(code) => return code,
     };
-    if parsed.help {
-        print!("{}", cli::usage(SYNOPSIS, EXTRA));
-        return ExitCode::SUCCESS;
-    }
-    let result = match parsed.command.as_deref() {
-        Some("token") => token(parsed),
-        Some("check-config") => check_config(parsed),
-        _ => serve(parsed),
+    let (name, sub) = match matches.subcommand() {
+        Some((name, sub)) => (name, sub),
+        None => ("serve", &matches),
+    };
+    let mut sources = cli::sources(&[&matches, sub]);
+    sources.env = std::env::vars()
+        .filter(|(k, _)| k.starts_with("HERALD_"))
+        .collect();
+    let dev = cli::switch(&matches, "dev") || cli::switch(sub, "dev");
+    let result = match name {
+        "token" => token(&sources, sub),
+        "check-config" => check_config(&sources, dev),
+        _ => serve(&sources, dev),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -81,18 +106,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(mut parsed: Parsed) -> Result<(config::Loaded, Parsed)> {
-    parsed.sources.env = std::env::vars()
-        .filter(|(k, _)| k.starts_with("HERALD_"))
-        .collect();
-    let loaded = config::load(&parsed.sources)?;
-    Ok((loaded, parsed))
-}
-
-fn list(parsed: &Parsed, flag: &str) -> Vec<String> {
-    parsed
-        .extra
-        .get(flag)
+fn list(m: &ArgMatches, id: &str) -> Vec<String> {
+    cli::given(m, id)
         .map(|v| {
             v.split(',')
                 .map(str::trim)
@@ -103,26 +118,21 @@ fn list(parsed: &Parsed, flag: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn token(parsed: Parsed) -> Result<()> {
-    let (loaded, parsed) = load(parsed)?;
-    let config = loaded.config;
-    let sub = parsed
-        .extra
-        .get("--sub")
-        .cloned()
-        .ok_or_else(|| anyhow!("token needs --sub NAME"))?;
-    let ttl = match parsed.extra.get("--ttl") {
-        Some(t) => parse_duration(t).map_err(|e| anyhow!("--ttl: {e}"))?,
+fn token(sources: &Sources, m: &ArgMatches) -> Result<()> {
+    let config = config::load(sources)?.config;
+    let sub = cli::given(m, "sub").ok_or_else(|| anyhow!("token needs --sub NAME"))?;
+    let ttl = match cli::given(m, "ttl") {
+        Some(t) => parse_duration(&t).map_err(|e| anyhow!("--ttl: {e}"))?,
         None => Duration::from_secs(3600),
     };
-    let signer = match parsed.extra.get("--private-key") {
+    let signer = match cli::given(m, "private-key") {
         Some(path) => Signer::from_pem_file(path.as_ref(), &config.jwt)?,
         None => Signer::hs256(&config.jwt)?,
     };
     let request = TokenRequest {
         sub,
-        topics: list(&parsed, "--topics"),
-        publish: list(&parsed, "--publish"),
+        topics: list(m, "topics"),
+        publish: list(m, "publish"),
         ttl,
     };
     for pattern in request.topics.iter().chain(&request.publish) {
@@ -133,20 +143,19 @@ fn token(parsed: Parsed) -> Result<()> {
     Ok(())
 }
 
-fn check_config(parsed: Parsed) -> Result<()> {
-    let (loaded, parsed) = load(parsed)?;
-    if let Some(file) = &loaded.file {
+fn check_config(sources: &Sources, dev: bool) -> Result<()> {
+    let loaded = config::load(sources)?;
+    if let Some(file) = loaded.file() {
         println!("# file: {}", file.display());
     }
     print!("{}", loaded.describe());
-    if !parsed.switch("--dev") {
+    if !dev {
         loaded.config.require_keys()?;
     }
     if let (Some(cert), Some(key)) = (&loaded.config.tls.cert_file, &loaded.config.tls.key_file) {
         herald_gateway::tls::acceptor(cert, key)?;
     }
     Verifier::new(&loaded.config.jwt)?;
-    herald_core::logging::check(&loaded.config.log_level).map_err(|e| anyhow!(e))?;
     eprintln!("configuration OK");
     Ok(())
 }
@@ -173,29 +182,27 @@ fn dev_keys(config: &mut Config) -> Result<Vec<String>> {
     Ok(notes)
 }
 
-fn serve(parsed: Parsed) -> Result<()> {
-    let dev = parsed.switch("--dev");
-    let (loaded, _) = load(parsed)?;
-    let mut config = loaded.config;
+fn serve(sources: &Sources, dev: bool) -> Result<()> {
+    let mut config = config::load(sources)?.config;
     let notes = if dev {
         dev_keys(&mut config)?
     } else {
         Vec::new()
     };
     config.require_keys()?;
-    herald_core::logging::init(&config.log_level, config.log_json).map_err(|e| anyhow!(e))?;
+    herald_core::logging::init(&config.log.level, config.log.json()).map_err(|e| anyhow!(e))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let public = TcpListener::bind(config.listen).await.with_context(|| format!("cannot bind listen = {}", config.listen))?;
-        let admin = TcpListener::bind(config.admin_listen)
+        let public = TcpListener::bind(config.listeners.listen).await.with_context(|| format!("cannot bind listen = {}", config.listeners.listen))?;
+        let admin = TcpListener::bind(config.listeners.admin_listen)
             .await
-            .with_context(|| format!("cannot bind admin_listen = {}", config.admin_listen))?;
+            .with_context(|| format!("cannot bind admin_listen = {}", config.listeners.admin_listen))?;
         let public_addr = public.local_addr()?;
         let admin_addr = admin.local_addr()?;
         let node = Node::new(config, dev)?;
-        info!(node = %node.config.node_id, public = %public_addr, admin = %admin_addr, "herald-gateway listening");
+        info!(node = %node.config.node.id, public = %public_addr, admin = %admin_addr, "herald-gateway listening");
         if dev {
             print_dev_banner(&notes, public_addr, admin_addr, &node);
             tokio::spawn(herald_gateway::dev::feed(node.clone()));

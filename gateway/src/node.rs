@@ -90,14 +90,14 @@ impl Node {
             (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
             _ => None,
         };
-        let metrics = Metrics::new(&config.node_id);
+        let metrics = Metrics::new(&config.node.id);
         let registry = Arc::new(Registry::new(metrics.clone()));
-        let backend = match &config.redis_url {
+        let backend = match &config.redis.url {
             None => Backend::Memory(MemoryBroker::new(config.history, registry.clone())),
             Some(url) => Backend::Redis(
                 RedisBroker::new(
                     url.expose(),
-                    config.redis_cluster,
+                    config.redis.cluster,
                     config.history,
                     registry.clone(),
                     metrics.clone(),
@@ -138,7 +138,7 @@ impl Node {
     pub fn stats(&self) -> NodeStats {
         let count = |v: &herald_core::metrics::Level64| u64::try_from(v.get()).unwrap_or(0);
         NodeStats {
-            node: self.config.node_id.clone(),
+            node: self.config.node.id.clone(),
             connections: count(&self.metrics.connections),
             subscriptions: count(&self.metrics.subscriptions),
             topics: count(&self.metrics.topics),

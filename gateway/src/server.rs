@@ -45,7 +45,7 @@ pub fn public_router(node: &Arc<Node>) -> Router {
         .route("/ws", get(crate::ws::upgrade))
         .with_state(node.clone())
         .merge(ops::health_routes(ready));
-    if node.config.test_echo_endpoint {
+    if node.config.listeners.test_echo_endpoint {
         router = router.merge(
             Router::new()
                 .route("/echo", get(crate::ws::echo))
@@ -115,7 +115,7 @@ pub async fn run(
     server.serve(listeners.admin, admin_routes(&node));
 
     shutdown.await;
-    let budget = node.config.drain_timeout;
+    let budget = node.config.node.drain_timeout;
     let started = tokio::time::Instant::now();
     info!(
         sessions = node.open_connections(),

@@ -149,7 +149,7 @@ pub async fn run<S>(
     };
     session.reply(&ServerFrame::Welcome {
         session: &session_id,
-        node: &node.config.node_id,
+        node: &node.config.node.id,
         heartbeat_ms: u64::try_from(config.heartbeat.interval.as_millis()).unwrap_or(u64::MAX),
         protocol: PROTOCOL_VERSION,
     });

@@ -72,7 +72,7 @@ fn percent_decode(s: &str) -> String {
 }
 
 fn origin_allowed(node: &Node, req: &Request) -> bool {
-    let allowed = &node.config.allowed_origins;
+    let allowed = &node.config.listeners.allowed_origins;
     if allowed.is_empty() {
         return true;
     }
@@ -188,7 +188,7 @@ pub async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Respons
 
 /// permessage-deflate, when configured and offered acceptably.
 fn negotiate(node: &Node, req: &Request) -> Option<(deflate::Deflate, String)> {
-    if node.config.compression {
+    if node.config.listeners.compression {
         deflate::negotiate(req.headers())
     } else {
         None

@@ -32,12 +32,12 @@ pub fn fixture(name: &str) -> std::path::PathBuf {
 
 pub fn test_config() -> Config {
     let mut c = Config::defaults();
-    c.listen = "127.0.0.1:0".parse().unwrap();
-    c.admin_listen = "127.0.0.1:0".parse().unwrap();
-    c.node_id = "test-node".to_owned();
+    c.listeners.listen = "127.0.0.1:0".parse().unwrap();
+    c.listeners.admin_listen = "127.0.0.1:0".parse().unwrap();
+    c.node.id = "test-node".to_owned();
     c.jwt.hs256_secret = Some(Secret::new(SECRET));
     c.admin.api_keys = vec![Secret::new(ADMIN_KEY)];
-    c.drain_timeout = Duration::from_secs(5);
+    c.node.drain_timeout = Duration::from_secs(5);
     c
 }
 
@@ -58,8 +58,10 @@ impl TestGateway {
     pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> TestGateway {
         let mut config = test_config();
         tweak(&mut config);
-        let public = TcpListener::bind(config.listen).await.unwrap();
-        let admin = TcpListener::bind(config.admin_listen).await.unwrap();
+        let public = TcpListener::bind(config.listeners.listen).await.unwrap();
+        let admin = TcpListener::bind(config.listeners.admin_listen)
+            .await
+            .unwrap();
         let (public_addr, admin_addr) = (public.local_addr().unwrap(), admin.local_addr().unwrap());
         let node = Node::new(config, false).unwrap();
         let (tx, rx) = oneshot::channel();

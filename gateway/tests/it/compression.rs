@@ -109,7 +109,7 @@ async fn read_json(s: &mut TcpStream) -> (bool, Value) {
 
 #[tokio::test]
 async fn negotiated_and_used_both_ways() {
-    let gw = TestGateway::spawn_with(|c| c.compression = true).await;
+    let gw = TestGateway::spawn_with(|c| c.listeners.compression = true).await;
     let (mut s, head) = handshake(
         gw.public,
         &token("alice", &["news"], &[]),
@@ -160,7 +160,7 @@ async fn declined_when_off_or_unacceptable() {
             .contains("sec-websocket-extensions"),
         "{head}"
     );
-    let on = TestGateway::spawn_with(|c| c.compression = true).await;
+    let on = TestGateway::spawn_with(|c| c.listeners.compression = true).await;
     let (_, head) = handshake(
         on.public,
         &token("a", &[], &[]),
@@ -188,7 +188,7 @@ async fn declined_when_off_or_unacceptable() {
 
 #[tokio::test]
 async fn rsv1_without_negotiation_is_a_protocol_error() {
-    let gw = TestGateway::spawn_with(|c| c.compression = true).await;
+    let gw = TestGateway::spawn_with(|c| c.listeners.compression = true).await;
     let (mut s, _) = handshake(gw.public, &token("a", &[], &[]), None).await;
     read_json(&mut s).await;
     s.write_all(&client_frame(0xC1, &deflate(b"{\"type\":\"ping\"}")))
@@ -202,7 +202,7 @@ async fn rsv1_without_negotiation_is_a_protocol_error() {
 #[tokio::test]
 async fn a_deflate_bomb_is_refused_with_1009() {
     let gw = TestGateway::spawn_with(|c| {
-        c.compression = true;
+        c.listeners.compression = true;
         c.limits.max_message_size = 4096;
     })
     .await;

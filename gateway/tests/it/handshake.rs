@@ -194,8 +194,10 @@ async fn expired_and_not_yet_valid_are_token_expired() {
 
 #[tokio::test]
 async fn forbidden_origin() {
-    let gw =
-        TestGateway::spawn_with(|c| c.allowed_origins = vec!["https://app.example".into()]).await;
+    let gw = TestGateway::spawn_with(|c| {
+        c.listeners.allowed_origins = vec!["https://app.example".into()]
+    })
+    .await;
     let url = format!("{}?token={}", gw.ws_url(), token("alice", &[], &[]));
     let mut req = ws_request(&url);
     req.headers_mut()

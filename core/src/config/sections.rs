@@ -1,0 +1,365 @@
+//! The typed configuration, one struct per subsystem, each read from its own
+//! part of the merged sources and each checking its own rules.
+//!
+//! A section's fields are named as in the file (`[limits] client_queue`);
+//! top-level keys are grouped by concern (`listen` and `admin_listen` under
+//! [`ListenersConfig`], `redis_url` under [`RedisConfig`]). Every key has a
+//! default in the key table or is optional here, so reading never invents a
+//! value the table does not show.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use super::value::{addr, boolean, count, duration, list, opt_path, opt_text, size, text};
+use super::{Check, ConfigError, Secret};
+
+fn opt_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+    text(d).map(|s| Some(Secret::new(s)))
+}
+
+fn secrets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Secret>, D::Error> {
+    list(d).map(|l| l.into_iter().map(Secret::new).collect())
+}
+
+/// `node_id` and `drain_timeout` as written.
+#[derive(Deserialize)]
+pub(super) struct NodeRaw {
+    #[serde(default, deserialize_with = "opt_text")]
+    node_id: Option<String>,
+    #[serde(deserialize_with = "duration")]
+    drain_timeout: Duration,
+}
+
+/// This process: its name and its shutdown budget.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// `node_id`: shown in `welcome`, logs, metrics and `/v1/stats`; a
+    /// hostname plus a random suffix when unset.
+    pub id: String,
+    /// `drain_timeout`: the graceful shutdown budget.
+    pub drain_timeout: Duration,
+}
+
+impl NodeConfig {
+    pub(super) fn from_raw(raw: NodeRaw, c: &Check<'_>) -> Result<NodeConfig, ConfigError> {
+        let id = match raw.node_id {
+            Some(id) if id.is_empty() => return Err(c.invalid("node_id", "must not be empty")),
+            Some(id) => id,
+            None => default_node_id(),
+        };
+        Ok(NodeConfig {
+            id,
+            drain_timeout: raw.drain_timeout,
+        })
+    }
+}
+
+fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "herald".to_owned());
+    format!("{host}-{}", crate::random_hex(3))
+}
+
+/// The gateway's listeners and what they negotiate.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ListenersConfig {
+    /// `listen`: `/ws`, health, demo page.
+    #[serde(deserialize_with = "addr")]
+    pub listen: SocketAddr,
+    /// `admin_listen`: `/v1`, `/metrics`, health.
+    #[serde(deserialize_with = "addr")]
+    pub admin_listen: SocketAddr,
+    /// `compression`: negotiate permessage-deflate.
+    #[serde(deserialize_with = "boolean")]
+    pub compression: bool,
+    /// `allowed_origins`: accepted `Origin` values; empty = any.
+    #[serde(deserialize_with = "list")]
+    pub allowed_origins: Vec<String>,
+    /// `test_echo_endpoint`: serve `/echo` (conformance tests only).
+    #[serde(deserialize_with = "boolean")]
+    pub test_echo_endpoint: bool,
+}
+
+/// `[tls]`: TLS on the public listener.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    #[serde(default, deserialize_with = "opt_path")]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key.
+    #[serde(default, deserialize_with = "opt_path")]
+    pub key_file: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    pub(super) fn check(&self, c: &Check<'_>) -> Result<(), ConfigError> {
+        match (&self.cert_file, &self.key_file) {
+            (Some(_), None) => Err(c.invalid(
+                "tls.key_file",
+                "tls.cert_file and tls.key_file must be set together",
+            )),
+            (None, Some(_)) => Err(c.invalid(
+                "tls.cert_file",
+                "tls.cert_file and tls.key_file must be set together",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The broker: Redis when `redis_url` is set, else the embedded one.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RedisConfig {
+    /// `redis_url`: one URL, or comma-separated seeds of a cluster.
+    #[serde(rename = "redis_url", default, deserialize_with = "opt_secret")]
+    pub url: Option<Secret>,
+    /// `redis_cluster`: the URL names a Redis Cluster.
+    #[serde(rename = "redis_cluster", deserialize_with = "boolean")]
+    pub cluster: bool,
+}
+
+impl RedisConfig {
+    pub(super) fn check(&self, c: &Check<'_>) -> Result<(), ConfigError> {
+        if let Some(url) = &self.url {
+            let ok = url
+                .expose()
+                .split(',')
+                .all(|u| u.trim().starts_with("redis://") || u.trim().starts_with("rediss://"));
+            if !ok {
+                return Err(c.invalid("redis_url", "must start with redis:// or rediss://"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `[jwt]`: token verification (contract §4).
+#[derive(Debug, Clone, Deserialize)]
+pub struct JwtConfig {
+    /// HS256 secret.
+    #[serde(default, deserialize_with = "opt_secret")]
+    pub hs256_secret: Option<Secret>,
+    /// PEM public key.
+    #[serde(default, deserialize_with = "opt_path")]
+    pub public_key_file: Option<PathBuf>,
+    /// JWKS document.
+    #[serde(default, deserialize_with = "opt_path")]
+    pub jwks_file: Option<PathBuf>,
+    /// Required `iss`.
+    #[serde(default, deserialize_with = "opt_text")]
+    pub issuer: Option<String>,
+    /// Required `aud`.
+    #[serde(default, deserialize_with = "opt_text")]
+    pub audience: Option<String>,
+    /// Allowed clock skew.
+    #[serde(deserialize_with = "duration")]
+    pub leeway: Duration,
+}
+
+impl JwtConfig {
+    /// Whether any verification key is configured.
+    pub fn has_key(&self) -> bool {
+        self.hs256_secret.is_some() || self.public_key_file.is_some() || self.jwks_file.is_some()
+    }
+
+    pub(super) fn check(&self, c: &Check<'_>) -> Result<(), ConfigError> {
+        if self
+            .hs256_secret
+            .as_ref()
+            .is_some_and(|s| s.expose().len() < 16)
+        {
+            return Err(c.invalid("jwt.hs256_secret", "must be at least 16 bytes"));
+        }
+        Ok(())
+    }
+}
+
+/// `[admin]`: who may use the admin API.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AdminConfig {
+    /// Accepted bearer keys, each with every scope.
+    #[serde(default, deserialize_with = "secrets")]
+    pub api_keys: Vec<Secret>,
+}
+
+impl AdminConfig {
+    pub(super) fn check(&self, c: &Check<'_>) -> Result<(), ConfigError> {
+        if self.api_keys.iter().any(|k| k.expose().is_empty()) {
+            return Err(c.invalid("admin.api_keys", "keys must not be empty"));
+        }
+        Ok(())
+    }
+
+    /// Checks that the admin API can authenticate anyone.
+    ///
+    /// # Errors
+    /// [`ConfigError::Missing`] naming `admin.api_keys`.
+    pub fn require_keys(&self) -> Result<(), ConfigError> {
+        if self.api_keys.is_empty() {
+            return Err(ConfigError::Missing(
+                "no admin API key: set admin.api_keys (herald-gateway also accepts --dev)"
+                    .to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `[heartbeat]`: connection liveness.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct HeartbeatConfig {
+    /// Ping period.
+    #[serde(deserialize_with = "duration")]
+    pub interval: Duration,
+    /// Silence that closes a connection.
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+impl HeartbeatConfig {
+    pub(super) fn check(&self, c: &Check<'_>) -> Result<(), ConfigError> {
+        c.positive("heartbeat.interval", self.interval.is_zero())?;
+        c.positive("heartbeat.timeout", self.timeout.is_zero())?;
+        if self.timeout <= self.interval {
+            return Err(c.invalid(
+                "heartbeat.timeout",
+                "must be longer than heartbeat.interval, or idle clients are closed between pings",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What a publication may carry; the part of `[limits]` every process that
+/// accepts publications (gateway and `herald-admin`) reads.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct PayloadLimits {
+    /// Largest client message and published `data`, in bytes.
+    #[serde(deserialize_with = "size")]
+    pub max_message_size: usize,
+    /// Deepest nesting of arrays and objects in published `data`.
+    #[serde(deserialize_with = "count")]
+    pub max_json_depth: usize,
+}
+
+impl PayloadLimits {
+    /// The rules every publication is held to.
+    pub fn publication_rules(&self) -> crate::PublicationRules {
+        crate::PublicationRules {
+            max_data: self.max_message_size,
+            max_depth: self.max_json_depth,
+        }
+    }
+
+    pub(super) fn check(&self, c: &Check<'_>) -> Result<(), ConfigError> {
+        if !(128..=(1 << 30)).contains(&self.max_message_size) {
+            return Err(c.invalid("limits.max_message_size", "must be between 128B and 1GiB"));
+        }
+        if !(1..=1000).contains(&self.max_json_depth) {
+            return Err(c.invalid("limits.max_json_depth", "must be between 1 and 1000"));
+        }
+        Ok(())
+    }
+}
+
+/// `[limits]`: per-node and per-connection limits of a gateway.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct LimitsConfig {
+    /// Sessions per node.
+    #[serde(deserialize_with = "count")]
+    pub max_connections: usize,
+    /// Largest client message and published `data`, in bytes.
+    #[serde(deserialize_with = "size")]
+    pub max_message_size: usize,
+    /// Deepest nesting of arrays and objects in published `data`.
+    #[serde(deserialize_with = "count")]
+    pub max_json_depth: usize,
+    /// Topics per connection.
+    #[serde(deserialize_with = "count")]
+    pub max_subscriptions: usize,
+    /// Messages queued per client.
+    #[serde(deserialize_with = "count")]
+    pub client_queue: usize,
+    /// Token bucket refill per second.
+    #[serde(deserialize_with = "count")]
+    pub client_rate: u32,
+    /// Token bucket size.
+    #[serde(deserialize_with = "count")]
+    pub client_burst: u32,
+}
+
+impl LimitsConfig {
+    /// The payload part.
+    pub fn payload(&self) -> PayloadLimits {
+        PayloadLimits {
+            max_message_size: self.max_message_size,
+            max_json_depth: self.max_json_depth,
+        }
+    }
+
+    /// The rules every publication is held to.
+    pub fn publication_rules(&self) -> crate::PublicationRules {
+        self.payload().publication_rules()
+    }
+
+    pub(super) fn check(&self, c: &Check<'_>) -> Result<(), ConfigError> {
+        c.positive("limits.max_connections", self.max_connections == 0)?;
+        c.positive("limits.max_subscriptions", self.max_subscriptions == 0)?;
+        c.positive("limits.client_queue", self.client_queue == 0)?;
+        c.positive("limits.client_rate", self.client_rate == 0)?;
+        c.positive("limits.client_burst", self.client_burst == 0)?;
+        self.payload().check(c)
+    }
+}
+
+/// `[history]`: per-topic history for recovery.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct HistoryConfig {
+    /// Messages kept per topic.
+    #[serde(deserialize_with = "count")]
+    pub size: usize,
+    /// Kept this long after the topic's last publish.
+    #[serde(deserialize_with = "duration")]
+    pub ttl: Duration,
+}
+
+impl HistoryConfig {
+    pub(super) fn check(&self, c: &Check<'_>) -> Result<(), ConfigError> {
+        c.positive("history.ttl", self.ttl.is_zero())?;
+        if self.size > 1_000_000 {
+            return Err(c.invalid("history.size", "must be at most 1000000"));
+        }
+        Ok(())
+    }
+}
+
+/// `log_level` and `log_format`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogConfig {
+    /// Log filter.
+    #[serde(rename = "log_level", deserialize_with = "text")]
+    pub level: String,
+    /// `log_format`: `text` or `json`.
+    #[serde(rename = "log_format", deserialize_with = "text")]
+    pub format: String,
+}
+
+impl LogConfig {
+    /// Whether to emit JSON lines.
+    pub fn json(&self) -> bool {
+        self.format == "json"
+    }
+
+    pub(super) fn check(&self, c: &Check<'_>) -> Result<(), ConfigError> {
+        if !matches!(self.format.as_str(), "text" | "json") {
+            return Err(c.invalid("log_format", "must be text or json"));
+        }
+        crate::logging::check(&self.level).map_err(|e| c.invalid("log_level", e))
+    }
+}

@@ -1,0 +1,233 @@
+use std::collections::HashMap;
+use std::io::Write;
+use std::time::Duration;
+
+use super::*;
+
+fn write_file(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f
+}
+
+fn from_file(text: &str) -> (tempfile::NamedTempFile, Sources) {
+    let f = write_file(text);
+    let sources = Sources {
+        config_file: Some(f.path().to_owned()),
+        ..Sources::default()
+    };
+    (f, sources)
+}
+
+#[test]
+fn defaults_are_valid_and_match_the_contract() {
+    let c = Config::defaults();
+    assert_eq!(c.listeners.listen.to_string(), "0.0.0.0:8080");
+    assert_eq!(c.listeners.admin_listen.to_string(), "127.0.0.1:8081");
+    assert_eq!(c.heartbeat.interval, Duration::from_secs(25));
+    assert_eq!(c.heartbeat.timeout, Duration::from_secs(60));
+    assert_eq!(c.limits.max_connections, 100_000);
+    assert_eq!(c.limits.max_message_size, 64 * 1024);
+    assert_eq!(c.limits.max_subscriptions, 256);
+    assert_eq!(c.limits.max_json_depth, 32);
+    assert_eq!(c.limits.client_queue, 1024);
+    assert_eq!(c.limits.client_rate, 50);
+    assert_eq!(c.limits.client_burst, 100);
+    assert_eq!(c.history.size, 1000);
+    assert_eq!(c.history.ttl, Duration::from_secs(600));
+    assert_eq!(c.jwt.leeway, Duration::from_secs(30));
+    assert_eq!(c.node.drain_timeout, Duration::from_secs(30));
+    assert!(!c.listeners.compression && !c.redis.cluster);
+    assert!(c.listeners.allowed_origins.is_empty() && c.redis.url.is_none());
+    assert!(!c.node.id.is_empty());
+    assert!(!c.log.json());
+}
+
+#[test]
+fn flag_beats_env_beats_file_beats_default() {
+    let file = write_file(
+        "[heartbeat]\ninterval = \"10s\"\ntimeout = \"70s\"\n[limits]\nclient_rate = 7\nmax_subscriptions = 3\n",
+    );
+    let env = HashMap::from([
+        ("HERALD_HEARTBEAT__INTERVAL".to_owned(), "11s".to_owned()),
+        ("HERALD_LIMITS__CLIENT_RATE".to_owned(), "8".to_owned()),
+        ("HERALD_NOT_A_KEY".to_owned(), "ignored".to_owned()),
+    ]);
+    let sources = Sources {
+        flags: vec![("heartbeat.interval", "12s".to_owned())],
+        env,
+        config_file: Some(file.path().to_owned()),
+        use_default_file: false,
+    };
+    let loaded = load(&sources).unwrap();
+    let c = &loaded.config;
+    assert_eq!(c.heartbeat.interval, Duration::from_secs(12)); // flag
+    assert_eq!(c.limits.client_rate, 8); // env
+    assert_eq!(c.heartbeat.timeout, Duration::from_secs(70)); // file
+    assert_eq!(c.limits.max_subscriptions, 3); // file
+    assert_eq!(c.limits.client_burst, 100); // default
+    let described = loaded.describe();
+    assert!(
+        described.contains("heartbeat.interval = \"12s\"  # flag --heartbeat-interval"),
+        "{described}"
+    );
+    assert!(
+        described.contains("# env HERALD_LIMITS__CLIENT_RATE"),
+        "{described}"
+    );
+    assert!(
+        described.contains("limits.max_subscriptions = 3  # file "),
+        "{described}"
+    );
+    assert!(
+        described.contains("limits.client_burst = \"100\"  # default"),
+        "{described}"
+    );
+}
+
+#[test]
+fn unknown_file_key_is_named() {
+    let (_f, sources) = from_file("[limits]\nmax_conections = 5\n");
+    let err = load(&sources).unwrap_err().to_string();
+    assert!(err.contains("unknown key 'limits.max_conections'"), "{err}");
+    let (_f, sources) = from_file("colour = true\n");
+    let err = load(&sources).unwrap_err().to_string();
+    assert!(err.contains("'colour'"), "{err}");
+    let (_f, sources) = from_file("limits = 3\n");
+    let err = load(&sources).unwrap_err().to_string();
+    assert!(err.contains("unknown key 'limits'"), "{err}");
+}
+
+#[test]
+fn bad_values_name_key_and_source() {
+    let env = HashMap::from([(
+        "HERALD_LIMITS__MAX_MESSAGE_SIZE".to_owned(),
+        "64 parsecs".to_owned(),
+    )]);
+    let err = load(&Sources {
+        env,
+        ..Sources::default()
+    })
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("'limits.max_message_size'"), "{err}");
+    assert!(err.contains("env HERALD_LIMITS__MAX_MESSAGE_SIZE"), "{err}");
+    assert!(err.contains("KiB"), "says what is accepted: {err}");
+
+    let err = load(&Sources {
+        flags: vec![("listen", "nowhere".to_owned())],
+        ..Sources::default()
+    })
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.contains("'listen'") && err.contains("flag --listen"),
+        "{err}"
+    );
+
+    let err = load(&Sources {
+        flags: vec![("heartbeat.timeout", "10s".to_owned())],
+        ..Sources::default()
+    })
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("heartbeat.timeout"), "{err}");
+
+    let (_f, sources) = from_file("compression = \"maybe\"\n");
+    let err = load(&sources).err().unwrap().to_string();
+    assert!(
+        err.contains("'compression'") && err.contains("file "),
+        "{err}"
+    );
+    let (_f, sources) = from_file("[limits]\nclient_queue = -1\n");
+    let err = load(&sources).err().unwrap().to_string();
+    assert!(
+        err.contains("'limits.client_queue'") && err.contains("negative"),
+        "{err}"
+    );
+}
+
+#[test]
+fn lists_secrets_and_masking() {
+    let file = write_file(
+        "admin.api_keys = [\"k1\", \"k2\"]\nallowed_origins = [\"https://a.example\"]\n",
+    );
+    let sources = Sources {
+        flags: vec![("jwt.hs256_secret", "0012345678901234567".to_owned())],
+        config_file: Some(file.path().to_owned()),
+        ..Sources::default()
+    };
+    let loaded = load(&sources).unwrap();
+    assert_eq!(loaded.config.admin.api_keys.len(), 2);
+    assert_eq!(
+        loaded.config.listeners.allowed_origins,
+        vec!["https://a.example"]
+    );
+    assert_eq!(
+        loaded.config.jwt.hs256_secret.as_ref().unwrap().expose(),
+        "0012345678901234567",
+        "a numeric-looking secret keeps its leading zeros"
+    );
+    let described = loaded.describe();
+    assert!(
+        !described.contains("k1") && !described.contains("0012345678901234567"),
+        "{described}"
+    );
+    assert!(
+        described.contains("admin.api_keys = \"****\""),
+        "{described}"
+    );
+
+    let env = HashMap::from([("HERALD_ADMIN__API_KEYS".to_owned(), "a, b".to_owned())]);
+    let c = load(&Sources {
+        env,
+        ..Sources::default()
+    })
+    .unwrap()
+    .config;
+    assert_eq!(c.admin.api_keys, vec![Secret::new("a"), Secret::new("b")]);
+}
+
+#[test]
+fn toml_native_types_are_accepted() {
+    let (_f, sources) =
+        from_file("compression = true\ndrain_timeout = 5\n[limits]\nmax_message_size = 4096\n");
+    let c = load(&sources).unwrap().config;
+    assert!(c.listeners.compression);
+    assert_eq!(c.node.drain_timeout, Duration::from_secs(5));
+    assert_eq!(c.limits.max_message_size, 4096);
+}
+
+#[test]
+fn missing_explicit_file_is_an_error() {
+    let err = load(&Sources {
+        config_file: Some(PathBuf::from("/nonexistent/herald.toml")),
+        ..Sources::default()
+    })
+    .err()
+    .unwrap();
+    assert!(matches!(err, ConfigError::Read { .. }));
+}
+
+#[test]
+fn the_admin_service_reads_its_own_subsystems_from_a_shared_file() {
+    let (_f, sources) = from_file(
+        "admin_listen = \"127.0.0.1:9000\"\nredis_url = \"redis://r:6379\"\ncompression = true\n[admin]\napi_keys = [\"k\"]\n[heartbeat]\ninterval = \"1s\"\ntimeout = \"2s\"\n[limits]\nmax_connections = 5\nmax_message_size = \"1KiB\"\n",
+    );
+    let c = load_admin_service(&sources).unwrap();
+    assert_eq!(c.listen.to_string(), "127.0.0.1:9000");
+    assert_eq!(c.payload.max_message_size, 1024);
+    assert_eq!(c.admin.api_keys.len(), 1);
+    assert!(c.redis.url.is_some());
+    // A typo is still a typo, whichever process reads the file.
+    let (_f, sources) = from_file("[heartbeat]\nintervall = \"1s\"\n");
+    let err = load_admin_service(&sources).unwrap_err().to_string();
+    assert!(err.contains("unknown key 'heartbeat.intervall'"), "{err}");
+    // Gateway-only values are not its business.
+    let (_f, sources) = from_file("[heartbeat]\ninterval = \"9s\"\ntimeout = \"1s\"\n");
+    assert!(load_admin_service(&sources).is_ok());
+    assert!(load(&sources).is_err());
+}
