@@ -319,6 +319,19 @@ impl MessageFrame<'_> {
     pub fn to_json(&self) -> String {
         ServerFrame::Message(*self).to_json()
     }
+
+    /// The frame as the text before and after its id (`self.id` is
+    /// ignored), for a publisher whose ids are assigned elsewhere (inside
+    /// Redis): `before + id + after` is exactly [`MessageFrame::to_json`].
+    pub fn around_id(&self) -> (String, String) {
+        // '#' is in no topic and in neither fixed field before the id, so
+        // its first occurrence is the id's place.
+        let json = MessageFrame { id: "#", ..*self }.to_json();
+        match json.split_once('#') {
+            Some((before, after)) => (before.to_owned(), after.to_owned()),
+            None => (json, String::new()),
+        }
+    }
 }
 
 /// What a client matches a server frame by: its type, `ref`, topic, id and
@@ -383,6 +396,20 @@ mod tests {
             r#"{"type":"ping"}"#,
             "absent fields are left out"
         );
+    }
+
+    #[test]
+    fn a_frame_around_its_id() {
+        let data = RawValue::from_string(r##"{"note":"#1 of \"#\""}"##.to_owned()).unwrap();
+        let frame = MessageFrame {
+            topic: "chat.a:b@c",
+            id: "0000000a-7",
+            event: Some("#tag"),
+            data: &data,
+            ts: 9,
+        };
+        let (before, after) = frame.around_id();
+        assert_eq!(format!("{before}0000000a-7{after}"), frame.to_json());
     }
 
     #[test]

@@ -108,6 +108,23 @@ impl SlotMap {
     }
 }
 
+/// The channels whose owner in `map` is not their `current` one, each with
+/// its new owner (`None` when no master serves its slot). A pure function of
+/// the routing table and the new map, so every failover and migration case
+/// is unit-tested without a cluster.
+pub fn moves<C: AsRef<[u8]>>(
+    map: &SlotMap,
+    current: impl IntoIterator<Item = (C, Option<String>)>,
+) -> Vec<(C, Option<String>)> {
+    current
+        .into_iter()
+        .filter_map(|(channel, owner)| {
+            let new = map.owner(slot(channel.as_ref())).map(str::to_owned);
+            (new != owner).then_some((channel, new))
+        })
+        .collect()
+}
+
 /// Capped exponential backoff with full jitter.
 #[derive(Debug, Clone)]
 pub struct Backoff {
@@ -207,6 +224,66 @@ mod tests {
             node("h", 1),
         ])]);
         assert!(!SlotMap::from_cluster_slots(&partial).unwrap().is_complete());
+    }
+
+    fn map(ranges: &[(i64, i64, u16)]) -> SlotMap {
+        SlotMap::from_cluster_slots(&Resp::Array(
+            ranges
+                .iter()
+                .map(|(a, b, port)| {
+                    Resp::Array(vec![
+                        Resp::Int(*a),
+                        Resp::Int(*b),
+                        node("127.0.0.1", i64::from(*port)),
+                    ])
+                })
+                .collect(),
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_failover_moves_exactly_the_channels_of_the_failed_master() {
+        let before = map(&[(0, 5460, 7000), (5461, 10922, 7001), (10923, 16383, 7002)]);
+        // The replica on 7004 took over 7001's slots.
+        let after = map(&[(0, 5460, 7000), (5461, 10922, 7004), (10923, 16383, 7002)]);
+        let channels: Vec<String> = (0..200).map(|i| format!("herald:{{t{i}}}")).collect();
+        let current: Vec<(&str, Option<String>)> = channels
+            .iter()
+            .map(|c| {
+                (
+                    c.as_str(),
+                    before.owner(slot(c.as_bytes())).map(str::to_owned),
+                )
+            })
+            .collect();
+        assert!(moves(&before, current.clone()).is_empty(), "nothing moves");
+        let moved = moves(&after, current.clone());
+        let expected = current
+            .iter()
+            .filter(|(_, o)| o.as_deref() == Some("127.0.0.1:7001"))
+            .count();
+        assert!(expected > 0);
+        assert_eq!(moved.len(), expected);
+        assert!(
+            moved
+                .iter()
+                .all(|(_, o)| o.as_deref() == Some("127.0.0.1:7004"))
+        );
+        // An unrouted channel gets its owner; one whose slot nobody serves
+        // stays unrouted.
+        let partial = map(&[(0, 100, 7000)]);
+        let names: Vec<String> = (0..20_000).map(|i| format!("herald:{{u{i}}}")).collect();
+        let inside = names.iter().find(|c| slot(c.as_bytes()) <= 100).unwrap();
+        let outside = names.iter().find(|c| slot(c.as_bytes()) > 100).unwrap();
+        let routed = moves(
+            &partial,
+            vec![(inside.as_str(), None), (outside.as_str(), None)],
+        );
+        assert_eq!(
+            routed,
+            vec![(inside.as_str(), Some("127.0.0.1:7000".to_owned()))]
+        );
     }
 
     proptest! {

@@ -1,0 +1,202 @@
+//! The pub/sub side of the Redis broker: a router and a few connections.
+//!
+//! Every topic a node wants is subscribed on exactly one of a small, fixed set
+//! of connections: with a single Redis, `PUBSUB_CONNECTIONS` connections
+//! chosen by the channel's hash; with Redis Cluster, one connection per master,
+//! chosen by the channel's slot (SSUBSCRIBE), so a node receives only its own
+//! topics and each shard only carries the topics it owns.
+//!
+//! The router owns the wanted set and the routing; each connection task owns
+//! its socket, batches SUBSCRIBE/UNSUBSCRIBE commands, resolves each
+//! subscription's [`Ready`](crate::Ready) when Redis confirms it, delivers
+//! messages to the sink in arrival order, and reconnects with backoff,
+//! subscribing everything again. Both talk through unbounded channels whose
+//! sends never block, so `Broker::subscribe` can be called under the hub's
+//! lock and commands keep their call order end to end.
+//!
+//! Cluster topology: a MOVED reply to SSUBSCRIBE, or a SUNSUBSCRIBE Redis
+//! sends on its own when a slot migrates, sends the channel back to the
+//! router, which reads `CLUSTER SLOTS` again and re-routes every channel whose
+//! owner changed. A master that stays unreachable also triggers a re-read, so
+//! a failover is followed once the cluster has promoted a replica.
+
+//!
+//! Files: [`router`] (the wanted set and where each channel lives),
+//! [`conn`] (one connection's loop: commands, confirmations, delivery) and
+//! [`transport`] (connecting, TLS, AUTH, one-shot commands).
+
+mod conn;
+mod router;
+pub mod transport;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use herald_protocol::Topic;
+use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+
+use crate::broker::{BrokerError, Event, EventSink, Position, ReadySender};
+use router::Router;
+pub use transport::{Endpoint, TransportError, command};
+
+/// Connections per node to a single (non-cluster) Redis.
+pub const PUBSUB_CONNECTIONS: usize = 2;
+/// Channels per SUBSCRIBE command when subscribing in bulk.
+const SUBSCRIBE_CHUNK: usize = 512;
+/// Health-check period of an idle connection.
+const PING_EVERY: Duration = Duration::from_secs(5);
+/// A connection that read nothing for this long is considered dead.
+const DEAD_AFTER: Duration = Duration::from_secs(15);
+/// What a subscribed channel carries.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// Events of a topic.
+    Topic(Topic),
+    /// The cluster control channel.
+    Control,
+}
+
+/// Called with each payload of the control channel.
+pub type ControlHandler = Arc<dyn Fn(Bytes) + Send + Sync>;
+
+/// Routing mode.
+#[derive(Clone, Debug)]
+pub enum Mode {
+    /// One Redis: `PUBSUB_CONNECTIONS` connections to it.
+    Single(Endpoint),
+    /// A Redis Cluster reached through these seeds.
+    Cluster(Vec<Endpoint>),
+}
+
+/// What the router is asked to do (by the handle and its connections).
+pub(crate) enum RouterCmd {
+    Subscribe {
+        channel: Bytes,
+        target: Target,
+        ready: Option<ReadySender>,
+    },
+    Unsubscribe {
+        channel: Bytes,
+    },
+    /// A connection lost a channel to another shard.
+    Moved {
+        channel: Bytes,
+        target: Target,
+        ready: Vec<ReadySender>,
+    },
+    /// A connection came up or went down.
+    State {
+        conn: usize,
+        up: bool,
+    },
+}
+
+/// What a connection is asked to do by the router.
+pub(crate) enum ConnCmd {
+    /// Subscribe; the flag asks for a resync once confirmed (the channel
+    /// moved here from elsewhere, so events may have been missed).
+    Subscribe(Bytes, Target, Option<ReadySender>, bool),
+    Unsubscribe(Bytes),
+}
+
+/// The broker's handle on its pub/sub side.
+pub struct PubSub {
+    tx: UnboundedSender<RouterCmd>,
+    up: Arc<AtomicBool>,
+}
+
+impl PubSub {
+    /// Starts the router (and, lazily, its connections) on the current runtime.
+    pub fn start(mode: Mode, sink: Arc<dyn EventSink>, control: ControlHandler) -> PubSub {
+        let (tx, rx) = unbounded_channel();
+        let up = Arc::new(AtomicBool::new(false));
+        let router = Router::new(mode, sink, control, tx.clone(), up.clone());
+        tokio::spawn(router.run(rx));
+        PubSub { tx, up }
+    }
+
+    /// Subscribes `channel`; `ready` resolves on Redis' confirmation.
+    pub fn subscribe(&self, channel: Bytes, target: Target, ready: Option<ReadySender>) {
+        if let Err(e) = self.tx.send(RouterCmd::Subscribe {
+            channel,
+            target,
+            ready,
+        }) {
+            if let RouterCmd::Subscribe { ready: Some(r), .. } = e.0 {
+                r.send(Err(BrokerError::Unavailable(
+                    "pub/sub router stopped".to_owned(),
+                )));
+            }
+        }
+    }
+
+    /// Unsubscribes `channel`.
+    pub fn unsubscribe(&self, channel: Bytes) {
+        let _ = self.tx.send(RouterCmd::Unsubscribe { channel });
+    }
+
+    /// Whether every connection is up.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+}
+
+/// Splits a published payload, a run of `<id> <len>\n<message json>`
+/// records, into events (slices of the payload, no copy).
+pub fn decode(topic: &Topic, payload: &Bytes) -> Option<Vec<Event>> {
+    let mut events = Vec::with_capacity(1);
+    let mut at = 0;
+    while at < payload.len() {
+        let rest = &payload[at..];
+        let newline = rest.iter().position(|&b| b == b'\n')?;
+        let (id, len) = std::str::from_utf8(&rest[..newline])
+            .ok()?
+            .split_once(' ')?;
+        let position = Position::parse(id)?;
+        let len: usize = len.parse().ok()?;
+        let start = at + newline + 1;
+        let end = start.checked_add(len).filter(|e| *e <= payload.len())?;
+        events.push(Event {
+            topic: topic.clone(),
+            position,
+            json: payload.slice(start..end),
+        });
+        at = end;
+    }
+    Some(events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_decode_without_copy() {
+        let topic = Topic::new("news").unwrap();
+        let payload = Bytes::from_static(b"0000000a-7 18\n{\"type\":\"message\"}0000000a-8 2\n{}");
+        let events = decode(&topic, &payload).unwrap();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].position, Position { epoch: 10, seq: 7 });
+        assert_eq!(&events[0].json[..], b"{\"type\":\"message\"}");
+        assert_eq!(
+            events[0].json.as_ptr(),
+            payload[14..].as_ptr(),
+            "a slice, not a copy"
+        );
+        assert_eq!(events[1].position.seq, 8);
+        assert_eq!(&events[1].json[..], b"{}");
+        for bad in [
+            &b"no newline"[..],
+            b"bad 2\n{}",
+            b"0000000a-7 99\n{}",
+            b"0000000a-7\n{}",
+        ] {
+            assert!(
+                decode(&topic, &Bytes::copy_from_slice(bad)).is_none(),
+                "{bad:?}"
+            );
+        }
+    }
+}
