@@ -19,6 +19,7 @@
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
+use tracing::Instrument;
 
 use herald_protocol::CloseCode;
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder};
@@ -315,7 +316,9 @@ impl Metrics {
         metrics.broker_up.set(1.0);
         let metrics = Arc::new(metrics);
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(upkeep(Arc::downgrade(&metrics)));
+            rt.spawn(
+                upkeep(Arc::downgrade(&metrics)).instrument(tracing::info_span!("metrics_upkeep")),
+            );
         }
         metrics
     }

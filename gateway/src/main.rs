@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 use std::time::Duration;
+use tracing::Instrument;
 
 use anyhow::{Context, Result, anyhow};
 use clap::{Arg, ArgAction, ArgMatches, Command};
@@ -205,7 +206,7 @@ fn serve(sources: &Sources, dev: bool) -> Result<()> {
         info!(node = %node.config.node.id, public = %public_addr, admin = %admin_addr, "herald-gateway listening");
         if dev {
             print_dev_banner(&notes, public_addr, admin_addr, &node);
-            tokio::spawn(herald_gateway::dev::feed(node.clone()));
+            tokio::spawn(herald_gateway::dev::feed(node.clone()).instrument(tracing::info_span!("demo_feed")));
         }
         herald_gateway::run(node, Listeners { public, admin }, shutdown_signal()).await?;
         Ok::<(), anyhow::Error>(())

@@ -15,6 +15,7 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use herald_protocol::Topic;
 
@@ -86,7 +87,9 @@ impl MemoryBroker {
             node: RwLock::new(None),
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(sweep(Arc::downgrade(&broker)));
+            rt.spawn(
+                sweep(Arc::downgrade(&broker)).instrument(tracing::info_span!("history_sweep")),
+            );
         }
         broker
     }

@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::time::Duration;
+use tracing::{Instrument, info_span};
 
 use axum::Router;
 use hyper::server::conn::http1;
@@ -62,8 +63,12 @@ impl Server {
             return;
         };
         let stop = self.stop_rx.clone();
-        self.loops
-            .push(tokio::spawn(accept_loop(listener, app, wrap, stop, done)));
+        let addr = listener
+            .local_addr()
+            .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+        self.loops.push(tokio::spawn(
+            accept_loop(listener, app, wrap, stop, done).instrument(info_span!("accept", %addr)),
+        ));
     }
 
     /// Stops accepting, asks every connection to finish its in-flight

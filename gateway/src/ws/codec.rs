@@ -18,6 +18,8 @@ use std::collections::VecDeque;
 use bytes::{BufMut, Bytes, BytesMut};
 use herald_protocol::CloseCode;
 
+use super::deflate::{self, Deflate};
+
 const OP_CONTINUATION: u8 = 0x0;
 /// Text opcode.
 pub const OP_TEXT: u8 = 0x1;
@@ -84,7 +86,7 @@ impl Decoder {
     /// checked as UTF-8 if it is text.
     fn finish(&self, text: bool, compressed: bool, data: Vec<u8>) -> Result<Message, DecodeError> {
         let data = if compressed {
-            super::deflate::decompress(&data, self.max_message)?
+            deflate::decompress(&data, self.max_message)?
         } else {
             data
         };
@@ -315,7 +317,7 @@ fn header(opcode: u8, len: usize, out: &mut BytesMut) {
 }
 
 /// The payload-length field of an unmasked frame.
-pub(crate) fn put_len(len: usize, out: &mut BytesMut) {
+fn put_len(len: usize, out: &mut BytesMut) {
     if len < 126 {
         out.put_u8(len as u8);
     } else if len <= usize::from(u16::MAX) {
@@ -339,15 +341,73 @@ pub fn text_frame(payload: &[u8]) -> Bytes {
     frame(OP_TEXT, payload)
 }
 
-/// A text frame for a connection: compressed when the connection negotiated
+/// A complete compressed server frame (RSV1 set) of `payload` with `opcode`.
+pub fn compressed_frame(opcode: u8, payload: &[u8], window_bits: u8) -> Bytes {
+    let data = deflate::compress(payload, window_bits);
+    let mut out = BytesMut::with_capacity(data.len() + 10);
+    out.put_u8(0xC0 | opcode);
+    put_len(data.len(), &mut out);
+    out.extend_from_slice(&data);
+    out.freeze()
+}
+
+/// A frame for a connection: compressed when the connection negotiated
 /// permessage-deflate and the payload is worth it, plain otherwise.
-pub fn text_frame_for(payload: &[u8], deflate: Option<super::deflate::Deflate>) -> Bytes {
+pub fn frame_for(opcode: u8, payload: &[u8], deflate: Option<Deflate>) -> Bytes {
     match deflate {
-        Some(d) if payload.len() >= super::deflate::COMPRESS_MIN => {
-            super::deflate::frame(OP_TEXT, payload, d.window_bits)
+        Some(d) if payload.len() >= deflate::COMPRESS_MIN => {
+            compressed_frame(opcode, payload, d.window_bits)
         }
-        _ => text_frame(payload),
+        _ => frame(opcode, payload),
     }
+}
+
+/// The frames of one text message for every kind of connection, each encoded
+/// on first need and then shared: plain, and compressed per window size (in
+/// practice one). This is how an event is encoded once per node.
+pub struct FrameCache<'a> {
+    payload: &'a [u8],
+    plain: Option<Bytes>,
+    packed: Vec<(u8, Bytes)>,
+}
+
+impl<'a> FrameCache<'a> {
+    /// Nothing encoded yet.
+    pub fn new(payload: &'a [u8]) -> FrameCache<'a> {
+        FrameCache {
+            payload,
+            plain: None,
+            packed: Vec::new(),
+        }
+    }
+
+    /// The frame for a connection with `deflate`.
+    pub fn for_connection(&mut self, deflate: Option<Deflate>) -> &Bytes {
+        match deflate {
+            Some(d) if self.payload.len() >= deflate::COMPRESS_MIN => {
+                match self
+                    .packed
+                    .iter()
+                    .position(|(bits, _)| *bits == d.window_bits)
+                {
+                    Some(i) => &self.packed[i].1,
+                    None => {
+                        let frame = compressed_frame(OP_TEXT, self.payload, d.window_bits);
+                        self.packed.push((d.window_bits, frame));
+                        &self.packed[self.packed.len() - 1].1
+                    }
+                }
+            }
+            _ => self
+                .plain
+                .get_or_insert_with(|| frame(OP_TEXT, self.payload)),
+        }
+    }
+}
+
+/// [`frame_for`] a text message.
+pub fn text_frame_for(payload: &[u8], deflate: Option<Deflate>) -> Bytes {
+    frame_for(OP_TEXT, payload, deflate)
 }
 
 /// A complete server binary frame (only the test echo endpoint sends these).

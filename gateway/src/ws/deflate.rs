@@ -19,7 +19,6 @@
 
 use std::cell::RefCell;
 
-use bytes::{BufMut, Bytes, BytesMut};
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 use herald_protocol::CloseCode;
 use http::HeaderMap;
@@ -181,16 +180,6 @@ pub fn decompress(payload: &[u8], max: usize) -> Result<Vec<u8>, CloseCode> {
         }
         Ok(out)
     })
-}
-
-/// A complete compressed server frame (RSV1 set) of `payload` with `opcode`.
-pub fn frame(opcode: u8, payload: &[u8], window_bits: u8) -> Bytes {
-    let data = compress(payload, window_bits);
-    let mut out = BytesMut::with_capacity(data.len() + 10);
-    out.put_u8(0xC0 | opcode);
-    super::codec::put_len(data.len(), &mut out);
-    out.extend_from_slice(&data);
-    out.freeze()
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::codec::{self, Decoder, Message};
 use super::conn::{Conn, NextStep, Step};
-use super::deflate::{self, Deflate};
+use super::deflate::Deflate;
 use crate::node::{Node, Permit};
 use crate::outbox::Outbox;
 
@@ -62,12 +62,11 @@ where
                                 let _ = outbox.push_reply(outbox.text_frame(&t));
                             }
                             Message::Binary(b) => {
-                                let _ = outbox.push_reply(match deflate {
-                                    Some(d) if b.len() >= deflate::COMPRESS_MIN => {
-                                        deflate::frame(codec::OP_BINARY, &b, d.window_bits)
-                                    }
-                                    _ => codec::binary_frame(&b),
-                                });
+                                let _ = outbox.push_reply(codec::frame_for(
+                                    codec::OP_BINARY,
+                                    &b,
+                                    deflate,
+                                ));
                             }
                             Message::Ping(p) => {
                                 let _ = outbox.push_reply(codec::pong_frame(&p));

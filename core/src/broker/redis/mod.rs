@@ -37,6 +37,7 @@ pub mod view;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
+use tracing::Instrument;
 
 use deadpool_redis::redis;
 use herald_protocol::Topic;
@@ -174,7 +175,9 @@ impl RedisBroker {
             metrics,
         });
         broker.metrics.broker_up.set(0.0);
-        tokio::spawn(health(Arc::downgrade(&broker)));
+        tokio::spawn(
+            health(Arc::downgrade(&broker)).instrument(tracing::info_span!("redis_health")),
+        );
         Ok(broker)
     }
 

@@ -86,6 +86,11 @@ impl Conn {
         }
     }
 
+    /// The address it connects to.
+    pub(super) fn addr(&self) -> &str {
+        &self.endpoint.addr
+    }
+
     pub(super) async fn run(mut self, mut rx: UnboundedReceiver<ConnCmd>) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         // The first failure of a streak is a warning (a wrong address, CA or

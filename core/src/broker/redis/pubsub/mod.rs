@@ -32,6 +32,7 @@ pub mod transport;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use tracing::Instrument;
 
 use bytes::Bytes;
 use herald_protocol::Topic;
@@ -113,7 +114,11 @@ impl PubSub {
         let (tx, rx) = unbounded_channel();
         let up = Arc::new(AtomicBool::new(false));
         let router = Router::new(mode, sink, control, tx.clone(), up.clone());
-        tokio::spawn(router.run(rx));
+        tokio::spawn(
+            router
+                .run(rx)
+                .instrument(tracing::info_span!("redis_pubsub")),
+        );
         PubSub { tx, up }
     }
 

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use tracing::{Instrument, info_span};
 
 use bytes::Bytes;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
@@ -232,7 +233,8 @@ impl Router {
             self.sink.clone(),
             self.control.clone(),
         );
-        tokio::spawn(conn.run(rx));
+        let span = info_span!("redis_pubsub_conn", addr = %conn.addr());
+        tokio::spawn(conn.run(rx).instrument(span));
         index
     }
 

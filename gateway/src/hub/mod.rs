@@ -26,24 +26,27 @@
 //! its live events held back; then history after `since` is read, and the
 //! replay and the held events are merged without gap or duplicate. Sessions
 //! that recover the same topic from the same `since` at about the same time
-//! (a reconnect storm after a node died) share one history read.
+//!
+//! Files: [`registry`] (topic entries, ordering, fan-out, gap catch-up) and
+//! [`recovery`] (replays with `since`, shared history reads).
+
+mod recovery;
+mod registry;
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tracing::Instrument;
 
-use herald_core::metrics::DropReason;
-use herald_core::{Broker, BrokerError, Event, EventSink, HistoryPage, Metrics, Position, Ready};
+use herald_core::{Broker, BrokerError, Metrics, Ready};
 use herald_protocol::{CloseCode, Topic};
-use tokio::sync::{mpsc, watch};
-use tracing::{debug, warn};
+use tokio::sync::mpsc;
 
-use crate::outbox::{Outbox, Pushed};
-use crate::ws::{codec, deflate};
-use bytes::Bytes;
+use crate::outbox::Outbox;
+use recovery::SharedRead;
+pub use registry::Registry;
+use registry::{Baseline, Subscriber, TopicEntry};
 
 const TOPIC_SHARDS: usize = 64;
 const SESSION_SHARDS: usize = 16;
@@ -56,67 +59,6 @@ const COALESCE_WINDOW: Duration = Duration::from_millis(5);
 /// Live events an entry holds back while catching up before it gives up.
 const MAX_HELD: usize = 100_000;
 
-/// What the next event means for a topic that last delivered `last`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Order {
-    /// The next one (or the first seen): deliver it.
-    Next,
-    /// Already delivered: drop it.
-    Duplicate,
-    /// Events are missing: catch up from this position (`None`: from the
-    /// start of history).
-    Gap(Option<Position>),
-}
-
-fn order(last: Option<Position>, p: Position) -> Order {
-    match last {
-        None => Order::Next,
-        Some(l) if l.epoch == p.epoch => {
-            if p.seq <= l.seq {
-                Order::Duplicate
-            } else if p.seq == l.seq + 1 {
-                Order::Next
-            } else {
-                Order::Gap(Some(l))
-            }
-        }
-        // A new epoch: its history started over.
-        Some(_) if p.seq == 1 => Order::Next,
-        Some(_) => Order::Gap(Some(Position {
-            epoch: p.epoch,
-            seq: 0,
-        })),
-    }
-}
-
-/// Where a resync starts when no event arrived since the subscription.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Baseline {
-    /// Not read yet (or the read failed).
-    Unknown,
-    /// The topic had no history when the subscription went live.
-    Empty,
-    /// The topic's head when the subscription went live.
-    At(Position),
-}
-
-struct Subscriber {
-    outbox: Arc<Outbox>,
-    /// While the session recovers from `since`: its live events, held back.
-    held: Option<Vec<Event>>,
-}
-
-struct TopicEntry {
-    subscribers: HashMap<u64, Subscriber>,
-    ready: Ready,
-    generation: u64,
-    last: Option<Position>,
-    baseline: Baseline,
-    /// While catching up from history: live events held back, in order.
-    catching_up: Option<Vec<Event>>,
-}
-
-type TopicShard = Mutex<HashMap<Topic, TopicEntry>>;
 type SessionShard = Mutex<HashMap<u64, Arc<Outbox>>>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -124,229 +66,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // poisoned lock still guards usable data.
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
-
-/// A catch-up the registry asks the hub's worker to run.
-struct CatchUp {
-    topic: Topic,
-    generation: u64,
-    since: Option<Position>,
-}
-
-/// Topic → local sessions. This is the broker's [`EventSink`].
-pub struct Registry {
-    shards: Box<[TopicShard]>,
-    hasher: RandomState,
-    metrics: Arc<Metrics>,
-    generation: AtomicU64,
-    catch_up: OnceLock<mpsc::UnboundedSender<CatchUp>>,
-}
-
-impl Registry {
-    /// An empty registry reporting into `metrics`.
-    pub fn new(metrics: Arc<Metrics>) -> Registry {
-        Registry {
-            shards: (0..TOPIC_SHARDS)
-                .map(|_| Mutex::new(HashMap::new()))
-                .collect(),
-            hasher: RandomState::new(),
-            metrics,
-            generation: AtomicU64::new(1),
-            catch_up: OnceLock::new(),
-        }
-    }
-
-    fn shard(&self, topic: &Topic) -> &TopicShard {
-        &self.shards[self.hasher.hash_one(topic.as_str()) as usize % TOPIC_SHARDS]
-    }
-
-    /// Local subscribers of `topic`.
-    pub fn subscriber_count(&self, topic: &Topic) -> usize {
-        lock(self.shard(topic))
-            .get(topic)
-            .map_or(0, |e| e.subscribers.len())
-    }
-
-    /// Delivers `events` (in order, each the next of its topic) to every
-    /// subscriber of `entry`.
-    fn fan_out(&self, entry: &mut TopicEntry, events: &[Event], received: Instant) {
-        let mut overflowed = 0;
-        for event in events {
-            // Encoded once per node: plain, and compressed per window size
-            // in use (almost always just one).
-            let mut plain: Option<Bytes> = None;
-            let mut packed: Vec<(u8, Bytes)> = Vec::new();
-            for sub in entry.subscribers.values_mut() {
-                if let Some(held) = &mut sub.held {
-                    held.push(event.clone());
-                    continue;
-                }
-                let frame = match sub.outbox.deflate {
-                    Some(d) if event.json.len() >= deflate::COMPRESS_MIN => {
-                        match packed.iter().find(|(bits, _)| *bits == d.window_bits) {
-                            Some((_, f)) => f,
-                            None => {
-                                let f = deflate::frame(codec::OP_TEXT, &event.json, d.window_bits);
-                                packed.push((d.window_bits, f));
-                                &packed[packed.len() - 1].1
-                            }
-                        }
-                    }
-                    _ => plain.get_or_insert_with(|| codec::text_frame(&event.json)),
-                };
-                if let Pushed::Overflow(n) = sub.outbox.push_event(frame, received) {
-                    overflowed += n as u64;
-                }
-            }
-            entry.last = Some(event.position);
-        }
-        if overflowed > 0 {
-            self.metrics.dropped(DropReason::SlowConsumer, overflowed);
-        }
-    }
-
-    fn start_catch_up(
-        &self,
-        topic: &Topic,
-        entry: &mut TopicEntry,
-        since: Option<Position>,
-        held: Vec<Event>,
-    ) {
-        entry.catching_up = Some(held);
-        let request = CatchUp {
-            topic: topic.clone(),
-            generation: entry.generation,
-            since,
-        };
-        let sent = self
-            .catch_up
-            .get()
-            .is_some_and(|tx| tx.send(request).is_ok());
-        if !sent {
-            // No worker (a hub is not running): nothing can fill the gap.
-            self.unrecoverable(topic, entry);
-        }
-    }
-
-    /// A gap history cannot fill: close the topic's sessions so their clients
-    /// recover with `since`, and carry on from the latest event held.
-    fn unrecoverable(&self, topic: &Topic, entry: &mut TopicEntry) {
-        let held = entry.catching_up.take().unwrap_or_default();
-        let mut closed = 0;
-        for sub in entry.subscribers.values() {
-            if sub.outbox.close(CloseCode::Restart) {
-                closed += 1;
-            }
-        }
-        warn!(topic = %topic, sessions = closed, "events missed and gone from history: closing sessions with 1012 so they recover");
-        if let Some(e) = held.last() {
-            entry.last = Some(e.position);
-        }
-    }
-
-    /// Completes a catch-up with what history returned.
-    fn finish_catch_up(&self, request: &CatchUp, result: Result<HistoryPage, BrokerError>) {
-        let received = Instant::now();
-        let mut shard = lock(self.shard(&request.topic));
-        let Some(entry) = shard
-            .get_mut(&request.topic)
-            .filter(|e| e.generation == request.generation)
-        else {
-            return;
-        };
-        if entry.catching_up.is_none() {
-            return;
-        }
-        let page = match result {
-            Ok(page) => page,
-            Err(e) => {
-                warn!(topic = %request.topic, error = %e, "cannot read history to fill a gap");
-                self.unrecoverable(&request.topic, entry);
-                return;
-            }
-        };
-        let from_start =
-            |page: &HistoryPage| page.events.first().is_none_or(|e| e.position.seq == 1);
-        let complete = match (request.since, page.head) {
-            // No history at all: it was lost (Redis restarted empty) and
-            // nothing was published since, so nothing is missing from it.
-            (_, None) => true,
-            // A new epoch: complete if it is still kept from its first event.
-            (Some(since), Some(head)) if head.epoch != since.epoch => from_start(&page),
-            (Some(_), Some(_)) => page.recovered,
-            (None, Some(_)) => from_start(&page),
-        };
-        if !complete {
-            self.unrecoverable(&request.topic, entry);
-            return;
-        }
-        let held = entry.catching_up.take().unwrap_or_default();
-        for event in page.events.iter().chain(held.iter()) {
-            match order(entry.last, event.position) {
-                Order::Next => self.fan_out(entry, std::slice::from_ref(event), received),
-                Order::Duplicate => {}
-                Order::Gap(_) => {
-                    entry.catching_up = Some(
-                        held.iter()
-                            .filter(|e| e.position >= event.position)
-                            .cloned()
-                            .collect(),
-                    );
-                    self.unrecoverable(&request.topic, entry);
-                    return;
-                }
-            }
-        }
-        debug!(topic = %request.topic, replayed = page.events.len(), "caught up from history");
-    }
-}
-
-impl EventSink for Registry {
-    fn deliver(&self, event: &Event) {
-        let received = Instant::now();
-        let mut shard = lock(self.shard(&event.topic));
-        let Some(entry) = shard.get_mut(&event.topic) else {
-            return;
-        };
-        if let Some(held) = &mut entry.catching_up {
-            if held.len() < MAX_HELD {
-                held.push(event.clone());
-            } else {
-                self.unrecoverable(&event.topic, entry);
-            }
-            return;
-        }
-        match order(entry.last, event.position) {
-            Order::Next => self.fan_out(entry, std::slice::from_ref(event), received),
-            Order::Duplicate => {}
-            Order::Gap(since) => {
-                debug!(topic = %event.topic, ?since, at = ?event.position, "id jump: catching up");
-                self.start_catch_up(&event.topic, entry, since, vec![event.clone()]);
-            }
-        }
-    }
-
-    fn resync(&self, topic: &Topic) {
-        let mut shard = lock(self.shard(topic));
-        let Some(entry) = shard.get_mut(topic) else {
-            return;
-        };
-        if entry.catching_up.is_some() {
-            return;
-        }
-        let since = match (entry.last, entry.baseline) {
-            (Some(last), _) => Some(last),
-            (None, Baseline::At(p)) => Some(p),
-            (None, Baseline::Empty) => None,
-            (None, Baseline::Unknown) => {
-                debug!(topic = %topic, "resync before the baseline is known: nothing to catch up from");
-                return;
-            }
-        };
-        self.start_catch_up(topic, entry, since, Vec::new());
-    }
-}
-
-type SharedRead = watch::Receiver<Option<Result<HistoryPage, BrokerError>>>;
 
 /// The registry plus the broker it keeps in step, plus the session index.
 pub struct Hub<B> {
@@ -373,14 +92,17 @@ impl<B: Broker> Hub<B> {
         let reads = Arc::new(Mutex::new(HashMap::new()));
         let (tx, rx) = mpsc::unbounded_channel();
         if registry.catch_up.set(tx).is_ok() {
-            tokio::spawn(catch_up_worker(
-                rx,
-                Arc::downgrade(&registry),
-                broker.clone(),
-                reads.clone(),
-                metrics.clone(),
-                history_limit,
-            ));
+            tokio::spawn(
+                recovery::catch_up_worker(
+                    rx,
+                    Arc::downgrade(&registry),
+                    broker.clone(),
+                    reads.clone(),
+                    metrics.clone(),
+                    history_limit,
+                )
+                .instrument(tracing::info_span!("catch_up")),
+            );
         }
         Hub {
             registry,
@@ -548,90 +270,6 @@ impl<B: Broker> Hub<B> {
         Ok(recovered)
     }
 
-    /// Stops holding the session's live events of `topic`, delivering what
-    /// was held.
-    fn release(&self, outbox: &Arc<Outbox>, topic: &Topic) {
-        self.merge(
-            outbox,
-            topic,
-            "",
-            Err(BrokerError::Unavailable(String::new())),
-        );
-    }
-
-    /// Replays `page` to the session, then its held live events past the
-    /// replay, then lets live events through; all under the topic's lock.
-    fn merge(
-        &self,
-        outbox: &Arc<Outbox>,
-        topic: &Topic,
-        since: &str,
-        page: Result<HistoryPage, BrokerError>,
-    ) -> bool {
-        let mut shard = lock(self.registry.shard(topic));
-        let Some(sub) = shard
-            .get_mut(topic)
-            .and_then(|e| e.subscribers.get_mut(&outbox.id))
-        else {
-            return false;
-        };
-        let held = sub.held.take().unwrap_or_default();
-        let room = outbox.room();
-        let (recovered, replay) = match page {
-            // A replay larger than the client can be sent at once is refused
-            // rather than queued without bound: the client reloads instead.
-            Ok(page) if page.recovered && page.events.len() > room / 2 => {
-                debug!(topic = %topic, events = page.events.len(), "replay too large to queue: not recovered");
-                (false, Vec::new())
-            }
-            Ok(page) if page.recovered => (true, page.events),
-            Ok(_) => (false, Vec::new()),
-            Err(e) => {
-                if !since.is_empty() {
-                    debug!(topic = %topic, error = %e, "history unavailable: not recovered");
-                }
-                (false, Vec::new())
-            }
-        };
-        let mut last = if recovered {
-            Position::parse(since)
-        } else {
-            None
-        };
-        let now = Instant::now();
-        for event in &replay {
-            let _ = outbox.push_replay(outbox.text_frame(&event.json), now);
-            last = Some(event.position);
-        }
-        for event in &held {
-            let seen = last
-                .is_some_and(|l| l.epoch == event.position.epoch && event.position.seq <= l.seq);
-            if !seen {
-                if let Pushed::Overflow(n) = outbox.push_event(&outbox.text_frame(&event.json), now)
-                {
-                    self.metrics.dropped(DropReason::SlowConsumer, n as u64);
-                }
-            }
-        }
-        recovered
-    }
-
-    /// Reads history after `since`, sharing the read with every session
-    /// that asks for the same page within a few milliseconds. A session only
-    /// joins a read that has not started, so the page always covers what
-    /// happened before the session's subscription went live.
-    async fn history(&self, topic: &Topic, since: &str) -> Result<HistoryPage, BrokerError> {
-        shared_history(
-            &self.reads,
-            &*self.broker,
-            &self.metrics,
-            topic,
-            Some(since),
-            self.history_limit,
-        )
-        .await
-    }
-
     /// Removes the session from `topics`; topics it did not have are ignored.
     pub fn unsubscribe<'a>(
         &self,
@@ -676,79 +314,16 @@ impl<B: Broker> Hub<B> {
     }
 }
 
-async fn shared_history<B: Broker>(
-    reads: &Mutex<HashMap<(Topic, String), SharedRead>>,
-    broker: &B,
-    metrics: &Metrics,
-    topic: &Topic,
-    since: Option<&str>,
-    limit: usize,
-) -> Result<HistoryPage, BrokerError> {
-    let key = (topic.clone(), since.unwrap_or("").to_owned());
-    let joined = lock(reads).get(&key).cloned();
-    if let Some(mut rx) = joined {
-        if let Ok(result) = rx.wait_for(Option::is_some).await {
-            if let Some(result) = result.clone() {
-                return result;
-            }
-        }
-        // The reader went away: read alone.
-    }
-    let (tx, rx) = watch::channel(None);
-    lock(reads).insert(key.clone(), rx);
-    tokio::time::sleep(COALESCE_WINDOW).await;
-    // Closed to newcomers from here on: the read starts now.
-    lock(reads).remove(&key);
-    metrics.history_reads.increment(1);
-    let result =
-        match tokio::time::timeout(HISTORY_TIMEOUT, broker.history(topic, since, limit)).await {
-            Ok(result) => result,
-            Err(_) => Err(BrokerError::Unavailable(
-                "history read timed out".to_owned(),
-            )),
-        };
-    let _ = tx.send(Some(result.clone()));
-    result
-}
-
-async fn catch_up_worker<B: Broker>(
-    mut rx: mpsc::UnboundedReceiver<CatchUp>,
-    registry: std::sync::Weak<Registry>,
-    broker: Arc<B>,
-    reads: Arc<Mutex<HashMap<(Topic, String), SharedRead>>>,
-    metrics: Arc<Metrics>,
-    limit: usize,
-) {
-    while let Some(request) = rx.recv().await {
-        let registry = registry.clone();
-        let broker = broker.clone();
-        let reads = reads.clone();
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let since = request.since.map(|p| p.to_string());
-            let result = shared_history(
-                &reads,
-                &*broker,
-                &metrics,
-                &request.topic,
-                since.as_deref(),
-                limit.max(1),
-            )
-            .await;
-            if let Some(registry) = registry.upgrade() {
-                registry.finish_catch_up(&request, result);
-            }
-        });
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::registry::{Order, order};
     use super::*;
     use herald_core::config::HistoryConfig;
+    use herald_core::{Event, EventSink, Position};
     use herald_core::{MemoryBroker, Publication};
     use serde_json::value::RawValue;
     use std::collections::VecDeque;
+    use std::time::Instant;
 
     fn setup() -> (Hub<MemoryBroker>, Arc<MemoryBroker>, Arc<Metrics>) {
         let metrics = Metrics::new("n1");

@@ -1,0 +1,292 @@
+//! The registry: topic → local subscribers, and the guarantee that each
+//! gets every event of each topic once, in order (see the hub's module
+//! documentation for the rules). It is the broker's [`EventSink`].
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use herald_core::metrics::DropReason;
+use herald_core::{BrokerError, Event, EventSink, HistoryPage, Metrics, Position, Ready};
+use herald_protocol::{CloseCode, Topic};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::{MAX_HELD, TOPIC_SHARDS, lock};
+use crate::outbox::{Outbox, Pushed};
+use crate::ws::codec::FrameCache;
+
+/// What the next event means for a topic that last delivered `last`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Order {
+    /// The next one (or the first seen): deliver it.
+    Next,
+    /// Already delivered: drop it.
+    Duplicate,
+    /// Events are missing: catch up from this position (`None`: from the
+    /// start of history).
+    Gap(Option<Position>),
+}
+
+pub(super) fn order(last: Option<Position>, p: Position) -> Order {
+    match last {
+        None => Order::Next,
+        Some(l) if l.epoch == p.epoch => {
+            if p.seq <= l.seq {
+                Order::Duplicate
+            } else if p.seq == l.seq + 1 {
+                Order::Next
+            } else {
+                Order::Gap(Some(l))
+            }
+        }
+        // A new epoch: its history started over.
+        Some(_) if p.seq == 1 => Order::Next,
+        Some(_) => Order::Gap(Some(Position {
+            epoch: p.epoch,
+            seq: 0,
+        })),
+    }
+}
+
+/// Where a resync starts when no event arrived since the subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Baseline {
+    /// Not read yet (or the read failed).
+    Unknown,
+    /// The topic had no history when the subscription went live.
+    Empty,
+    /// The topic's head when the subscription went live.
+    At(Position),
+}
+
+pub(super) struct Subscriber {
+    pub(super) outbox: Arc<Outbox>,
+    /// While the session recovers from `since`: its live events, held back.
+    pub(super) held: Option<Vec<Event>>,
+}
+
+pub(super) struct TopicEntry {
+    pub(super) subscribers: HashMap<u64, Subscriber>,
+    pub(super) ready: Ready,
+    pub(super) generation: u64,
+    pub(super) last: Option<Position>,
+    pub(super) baseline: Baseline,
+    /// While catching up from history: live events held back, in order.
+    pub(super) catching_up: Option<Vec<Event>>,
+}
+
+pub(super) type TopicShard = Mutex<HashMap<Topic, TopicEntry>>;
+
+/// A catch-up the registry asks the hub's worker to run.
+pub(super) struct CatchUp {
+    pub(super) topic: Topic,
+    pub(super) generation: u64,
+    pub(super) since: Option<Position>,
+}
+
+/// Topic → local sessions. This is the broker's [`EventSink`].
+pub struct Registry {
+    shards: Box<[TopicShard]>,
+    hasher: RandomState,
+    metrics: Arc<Metrics>,
+    pub(super) generation: AtomicU64,
+    pub(super) catch_up: OnceLock<mpsc::UnboundedSender<CatchUp>>,
+}
+
+impl Registry {
+    /// An empty registry reporting into `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Registry {
+        Registry {
+            shards: (0..TOPIC_SHARDS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+            hasher: RandomState::new(),
+            metrics,
+            generation: AtomicU64::new(1),
+            catch_up: OnceLock::new(),
+        }
+    }
+
+    pub(super) fn shard(&self, topic: &Topic) -> &TopicShard {
+        &self.shards[self.hasher.hash_one(topic.as_str()) as usize % TOPIC_SHARDS]
+    }
+
+    /// Local subscribers of `topic`.
+    pub fn subscriber_count(&self, topic: &Topic) -> usize {
+        lock(self.shard(topic))
+            .get(topic)
+            .map_or(0, |e| e.subscribers.len())
+    }
+
+    /// Delivers `events` (in order, each the next of its topic) to every
+    /// subscriber of `entry`.
+    fn fan_out(&self, entry: &mut TopicEntry, events: &[Event], received: Instant) {
+        let mut overflowed = 0;
+        for event in events {
+            // Encoded once per node (and per compression window in use).
+            let mut frames = FrameCache::new(&event.json);
+            for sub in entry.subscribers.values_mut() {
+                if let Some(held) = &mut sub.held {
+                    held.push(event.clone());
+                    continue;
+                }
+                let frame = frames.for_connection(sub.outbox.deflate);
+                if let Pushed::Overflow(n) = sub.outbox.push_event(frame, received) {
+                    overflowed += n as u64;
+                }
+            }
+            entry.last = Some(event.position);
+        }
+        if overflowed > 0 {
+            self.metrics.dropped(DropReason::SlowConsumer, overflowed);
+        }
+    }
+
+    fn start_catch_up(
+        &self,
+        topic: &Topic,
+        entry: &mut TopicEntry,
+        since: Option<Position>,
+        held: Vec<Event>,
+    ) {
+        entry.catching_up = Some(held);
+        let request = CatchUp {
+            topic: topic.clone(),
+            generation: entry.generation,
+            since,
+        };
+        let sent = self
+            .catch_up
+            .get()
+            .is_some_and(|tx| tx.send(request).is_ok());
+        if !sent {
+            // No worker (a hub is not running): nothing can fill the gap.
+            self.unrecoverable(topic, entry);
+        }
+    }
+
+    /// A gap history cannot fill: close the topic's sessions so their clients
+    /// recover with `since`, and carry on from the latest event held.
+    fn unrecoverable(&self, topic: &Topic, entry: &mut TopicEntry) {
+        let held = entry.catching_up.take().unwrap_or_default();
+        let mut closed = 0;
+        for sub in entry.subscribers.values() {
+            if sub.outbox.close(CloseCode::Restart) {
+                closed += 1;
+            }
+        }
+        warn!(topic = %topic, sessions = closed, "events missed and gone from history: closing sessions with 1012 so they recover");
+        if let Some(e) = held.last() {
+            entry.last = Some(e.position);
+        }
+    }
+
+    /// Completes a catch-up with what history returned.
+    pub(super) fn finish_catch_up(
+        &self,
+        request: &CatchUp,
+        result: Result<HistoryPage, BrokerError>,
+    ) {
+        let received = Instant::now();
+        let mut shard = lock(self.shard(&request.topic));
+        let Some(entry) = shard
+            .get_mut(&request.topic)
+            .filter(|e| e.generation == request.generation)
+        else {
+            return;
+        };
+        if entry.catching_up.is_none() {
+            return;
+        }
+        let page = match result {
+            Ok(page) => page,
+            Err(e) => {
+                warn!(topic = %request.topic, error = %e, "cannot read history to fill a gap");
+                self.unrecoverable(&request.topic, entry);
+                return;
+            }
+        };
+        let from_start =
+            |page: &HistoryPage| page.events.first().is_none_or(|e| e.position.seq == 1);
+        let complete = match (request.since, page.head) {
+            // No history at all: it was lost (Redis restarted empty) and
+            // nothing was published since, so nothing is missing from it.
+            (_, None) => true,
+            // A new epoch: complete if it is still kept from its first event.
+            (Some(since), Some(head)) if head.epoch != since.epoch => from_start(&page),
+            (Some(_), Some(_)) => page.recovered,
+            (None, Some(_)) => from_start(&page),
+        };
+        if !complete {
+            self.unrecoverable(&request.topic, entry);
+            return;
+        }
+        let held = entry.catching_up.take().unwrap_or_default();
+        for event in page.events.iter().chain(held.iter()) {
+            match order(entry.last, event.position) {
+                Order::Next => self.fan_out(entry, std::slice::from_ref(event), received),
+                Order::Duplicate => {}
+                Order::Gap(_) => {
+                    entry.catching_up = Some(
+                        held.iter()
+                            .filter(|e| e.position >= event.position)
+                            .cloned()
+                            .collect(),
+                    );
+                    self.unrecoverable(&request.topic, entry);
+                    return;
+                }
+            }
+        }
+        debug!(topic = %request.topic, replayed = page.events.len(), "caught up from history");
+    }
+}
+
+impl EventSink for Registry {
+    fn deliver(&self, event: &Event) {
+        let received = Instant::now();
+        let mut shard = lock(self.shard(&event.topic));
+        let Some(entry) = shard.get_mut(&event.topic) else {
+            return;
+        };
+        if let Some(held) = &mut entry.catching_up {
+            if held.len() < MAX_HELD {
+                held.push(event.clone());
+            } else {
+                self.unrecoverable(&event.topic, entry);
+            }
+            return;
+        }
+        match order(entry.last, event.position) {
+            Order::Next => self.fan_out(entry, std::slice::from_ref(event), received),
+            Order::Duplicate => {}
+            Order::Gap(since) => {
+                debug!(topic = %event.topic, ?since, at = ?event.position, "id jump: catching up");
+                self.start_catch_up(&event.topic, entry, since, vec![event.clone()]);
+            }
+        }
+    }
+
+    fn resync(&self, topic: &Topic) {
+        let mut shard = lock(self.shard(topic));
+        let Some(entry) = shard.get_mut(topic) else {
+            return;
+        };
+        if entry.catching_up.is_some() {
+            return;
+        }
+        let since = match (entry.last, entry.baseline) {
+            (Some(last), _) => Some(last),
+            (None, Baseline::At(p)) => Some(p),
+            (None, Baseline::Empty) => None,
+            (None, Baseline::Unknown) => {
+                debug!(topic = %topic, "resync before the baseline is known: nothing to catch up from");
+                return;
+            }
+        };
+        self.start_catch_up(topic, entry, since, Vec::new());
+    }
+}

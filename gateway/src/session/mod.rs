@@ -1,0 +1,351 @@
+//! One client session: the protocol of contract §5 on top of a [`Conn`].
+//!
+//! The session task owns everything about its client: the token's claims,
+//! the topics it holds, its timers (heartbeat, token expiry) and its rate
+//! limiter. Shared state is reached only through the hub (subscriptions) and
+//! the outbox (queued frames, close requests). Commands are handled one at a
+//! time in arrival order, so replies are in request order.
+//!
+//! Files: [`commands`] (what each request does) and [`limits`] (rate limit,
+//! strikes, timers).
+
+mod commands;
+mod limits;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use herald_protocol::{
+    ClientFrame, CloseCode, ErrorCode, PROTOCOL_VERSION, ServerFrame, Topic, parse_client_frame,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::{Instrument, debug};
+
+use crate::auth::Claims;
+use crate::node::{Node, Permit};
+use crate::outbox::{Outbox, Pushed};
+use crate::ws::codec::{self, Decoder, Message};
+use crate::ws::conn::{Conn, NextStep, Step};
+use crate::ws::deflate::Deflate;
+use herald_core::metrics::DropReason;
+use limits::{Bucket, Strikes, Timers, expiry_times};
+
+/// Longest wait for a client to take our Close before the socket is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+struct Session {
+    node: Arc<Node>,
+    outbox: Arc<Outbox>,
+    claims: Claims,
+    topics: HashSet<Topic>,
+    timers: Timers,
+    bucket: Bucket,
+    strikes: Strikes,
+}
+
+/// Runs a session on an upgraded connection until it closes, inside the
+/// span `conn{session, sub}` that every log line of the session carries.
+///
+/// A plain function returning the future, not an `async fn`: the span then
+/// costs an idle session only its handle, not a second copy of the arguments.
+pub fn run<S>(
+    io: S,
+    initial: Bytes,
+    node: Arc<Node>,
+    claims: Claims,
+    deflate: Option<Deflate>,
+    permit: Permit,
+) -> impl Future<Output = ()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (id, session_id) = node.next_session();
+    let span = tracing::info_span!("conn", session = %session_id, sub = %claims.sub);
+    serve(io, initial, node, claims, deflate, permit, id, session_id).instrument(span)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve<S>(
+    io: S,
+    initial: Bytes,
+    node: Arc<Node>,
+    claims: Claims,
+    deflate: Option<Deflate>,
+    permit: Permit,
+    id: u64,
+    session_id: String,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let config = &node.config;
+    let decoder =
+        Decoder::new(config.limits.max_message_size, false).with_deflate(deflate.is_some());
+    let mut conn = Conn::new(io, decoder, &initial);
+    drop(initial);
+    let outbox = Arc::new(
+        Outbox::new(id, claims.sub.clone(), config.limits.client_queue).with_deflate(deflate),
+    );
+    node.hub.add_session(&outbox);
+    debug!("session opened");
+
+    let now = Instant::now();
+    let (warn_at, expire_at) = expiry_times(claims.exp, node.verifier.leeway(), now);
+    let mut session = Session {
+        timers: Timers {
+            last_seen: now,
+            next_ping: now + config.heartbeat.interval,
+            warn_at: Some(warn_at),
+            expire_at,
+        },
+        bucket: Bucket::new(config.limits.client_rate, config.limits.client_burst, now),
+        node: node.clone(),
+        outbox: outbox.clone(),
+        claims,
+        topics: HashSet::new(),
+        strikes: Strikes::default(),
+    };
+    session.reply(&ServerFrame::Welcome {
+        session: &session_id,
+        node: &node.config.node.id,
+        heartbeat_ms: u64::try_from(config.heartbeat.interval.as_millis()).unwrap_or(u64::MAX),
+        protocol: PROTOCOL_VERSION,
+    });
+    drop(session_id);
+
+    let sleep = tokio::time::sleep_until(session.next_deadline().into());
+    tokio::pin!(sleep);
+    let end = match conn.decode_initial() {
+        Err(code) => End::Close(code),
+        Ok(()) => loop {
+            let step = NextStep {
+                conn: &mut conn,
+                outbox: &outbox,
+                sleep: sleep.as_mut(),
+                metrics: &node.metrics,
+            }
+            .await;
+            match step {
+                Step::Messages => {
+                    session.timers.last_seen = Instant::now();
+                    if let Some(end) = session.handle_messages(&mut conn).await {
+                        break end;
+                    }
+                }
+                Step::Timer => {
+                    if let Some(code) = session.on_timer(Instant::now()) {
+                        break End::Close(code);
+                    }
+                    sleep.as_mut().reset(session.next_deadline().into());
+                }
+                Step::Close(code) => break End::Close(code),
+                Step::Gone => break End::Gone,
+            }
+        },
+    };
+
+    let deadline = Instant::now() + CLOSE_GRACE;
+    match end {
+        End::Close(code) => {
+            outbox.close(code);
+            node.metrics.disconnect(code);
+            // Boxed, like every rarely-taken await below: an idle session's
+            // future is then only as large as its steady state.
+            Box::pin(conn.close(
+                Some(code.as_u16()),
+                code.reason(),
+                &outbox,
+                &node.metrics,
+                deadline,
+            ))
+            .await;
+        }
+        End::PeerClosed(code) => {
+            outbox.close(CloseCode::Normal);
+            Box::pin(conn.answer_close(code, &outbox, &node.metrics, deadline)).await;
+        }
+        End::Gone => {
+            outbox.close(CloseCode::Normal);
+        }
+    }
+    node.hub.remove_session(&outbox, &session.topics);
+    debug!("session closed");
+    drop(permit);
+}
+
+enum End {
+    Close(CloseCode),
+    PeerClosed(Option<u16>),
+    Gone,
+}
+
+impl Session {
+    /// Queues a frame for this client, counting what an overflow discards.
+    fn push(&self, frame: Bytes) {
+        if let Pushed::Overflow(n) = self.outbox.push_reply(frame) {
+            self.node
+                .metrics
+                .dropped(DropReason::SlowConsumer, n as u64);
+        }
+    }
+
+    fn reply(&self, frame: &ServerFrame<'_>) {
+        self.push(self.outbox.text_frame(frame.to_json().as_bytes()));
+    }
+
+    fn error(&self, reference: Option<&str>, code: ErrorCode, message: &str, topic: Option<&str>) {
+        self.reply(&ServerFrame::Error {
+            reference,
+            code,
+            message,
+            topic,
+        });
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let t = &self.timers;
+        let mut next = t
+            .next_ping
+            .min(t.last_seen + self.node.config.heartbeat.timeout)
+            .min(t.expire_at);
+        if let Some(w) = t.warn_at {
+            next = next.min(w);
+        }
+        next
+    }
+
+    /// Handles whatever is due; returns a close code when the session must end.
+    fn on_timer(&mut self, now: Instant) -> Option<CloseCode> {
+        if now >= self.timers.last_seen + self.node.config.heartbeat.timeout {
+            return Some(CloseCode::HeartbeatTimeout);
+        }
+        if now >= self.timers.expire_at {
+            return Some(CloseCode::TokenExpired);
+        }
+        if self.timers.warn_at.is_some_and(|w| now >= w) {
+            self.timers.warn_at = None;
+            self.reply(&ServerFrame::TokenExpiring {
+                exp: self.claims.exp,
+            });
+        }
+        if now >= self.timers.next_ping {
+            self.push(codec::ping_frame(&[]));
+            self.timers.next_ping = now + self.node.config.heartbeat.interval;
+        }
+        None
+    }
+
+    async fn handle_messages<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+    ) -> Option<End> {
+        while let Some(message) = conn.inbox.pop_front() {
+            match message {
+                Message::Text(text) => {
+                    if let Err(code) = self.on_text(&text).await {
+                        return Some(End::Close(code));
+                    }
+                }
+                // The decoder refuses binary frames (1008) before they get here.
+                Message::Binary(_) => return Some(End::Close(CloseCode::PolicyViolation)),
+                Message::Ping(payload) => self.push(codec::pong_frame(&payload)),
+                Message::Pong => {}
+                Message::Close(code) => return Some(End::PeerClosed(code)),
+            }
+        }
+        None
+    }
+
+    async fn on_text(&mut self, text: &[u8]) -> Result<(), CloseCode> {
+        let Ok(text) = std::str::from_utf8(text) else {
+            return Err(CloseCode::InvalidPayload);
+        };
+        let now = Instant::now();
+        if !self.bucket.take(now) {
+            let reference = parse_client_frame(text)
+                .ok()
+                .and_then(|f| f.reference().map(str::to_owned));
+            self.error(
+                reference.as_deref(),
+                ErrorCode::RateLimited,
+                "rate limit exceeded",
+                None,
+            );
+            return if self.strikes.strike(now) {
+                Err(CloseCode::PolicyViolation)
+            } else {
+                Ok(())
+            };
+        }
+        match parse_client_frame(text) {
+            Err(e) => self.error(
+                e.reference.as_deref(),
+                ErrorCode::BadRequest,
+                &e.message,
+                None,
+            ),
+            Ok(frame) => Box::pin(self.dispatch(frame)).await,
+        }
+        Ok(())
+    }
+
+    async fn dispatch(&mut self, frame: ClientFrame<'_>) {
+        match frame {
+            ClientFrame::Subscribe {
+                reference,
+                topics,
+                since,
+            } => {
+                self.subscribe(reference.as_deref(), &topics, &since).await;
+            }
+            ClientFrame::Unsubscribe { reference, topics } => {
+                self.unsubscribe(reference.as_deref(), &topics)
+            }
+            ClientFrame::Publish {
+                reference,
+                topic,
+                data,
+                event,
+            } => {
+                self.publish(reference.as_deref(), &topic, data, event)
+                    .await;
+            }
+            ClientFrame::Ping { reference } => self.reply(&ServerFrame::Pong {
+                reference: reference.as_deref(),
+            }),
+            ClientFrame::Auth { reference, token } => self.auth(reference.as_deref(), &token),
+        }
+    }
+}
+
+#[cfg(test)]
+mod footprint {
+    use super::*;
+    use herald_core::{Config, Secret};
+
+    /// Memory per idle connection is the product's headline figure: the
+    /// session future is most of it, so guard its size against regressions.
+    #[tokio::test]
+    async fn an_idle_session_stays_small() {
+        let mut config = Config::defaults();
+        config.jwt.hs256_secret = Some(Secret::new("0123456789abcdef0123"));
+        config.admin.api_keys = vec![Secret::new("k")];
+        let node = Node::new(config, false).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let claims = Claims {
+            sub: Arc::from("a"),
+            exp: u64::MAX / 2,
+            topics: herald_protocol::Permissions::default(),
+            publish: herald_protocol::Permissions::default(),
+        };
+        let permit = node.try_reserve().unwrap();
+        let future = run(stream, Bytes::new(), node.clone(), claims, None, permit);
+        let size = std::mem::size_of_val(&future);
+        println!("session future: {size} bytes");
+        assert!(size < 1536, "the session future grew to {size} bytes");
+    }
+}
