@@ -7,15 +7,16 @@ use std::time::Duration;
 use anyhow::Result;
 use herald_loadtest::report::{Report, svg};
 use herald_loadtest::scenarios::{self, Live};
+use herald_loadtest::settings::Scenario;
 use herald_loadtest::{procstat, settings};
 
 fn main() -> std::process::ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let s = match settings::parse(&args) {
+    let s = match settings::Settings::parse_from_args(std::env::args_os()) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("{e}");
-            return std::process::ExitCode::from(2);
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return std::process::ExitCode::from(code);
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -42,7 +43,7 @@ async fn run(s: settings::Settings) -> Result<()> {
     if s.worker.is_some() {
         return scenarios::worker(&s).await;
     }
-    let per_process = s.connections / s.processes as u64;
+    let per_process = s.connections / u64::from(s.processes);
     if per_process + 64 > limit {
         eprintln!(
             "warning: {per_process} connections per process but only {limit} open files allowed; use --processes"
@@ -50,10 +51,10 @@ async fn run(s: settings::Settings) -> Result<()> {
     }
     let live = Arc::new(Live::default());
     let progress = progress(&s, live.clone());
-    let report = match s.scenario.as_str() {
-        "connect" => scenarios::connect(&s, live.clone()).await?,
-        "fanout" => scenarios::fanout(&s, live.clone()).await?,
-        _ => scenarios::churn(&s, live.clone()).await?,
+    let report = match s.scenario {
+        Scenario::Connect => scenarios::connect(&s, live.clone()).await?,
+        Scenario::Fanout => scenarios::fanout(&s, live.clone()).await?,
+        Scenario::Churn => scenarios::churn(&s, live.clone()).await?,
     };
     progress.abort();
     finish(&s, report, &live)

@@ -1,14 +1,47 @@
-//! Command-line settings shared by every scenario.
+//! Command-line settings shared by every scenario, parsed with clap.
+//!
+//! The settings are also written into every report (secrets skipped), so a
+//! report says exactly how it was produced.
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, bail};
+use clap::{Parser, ValueEnum};
 use serde::Serialize;
 
 use crate::wsclient::WsUrl;
 
+/// The scenario to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// Open --connections at --rate per second and hold them idle for
+    /// --duration seconds; report gateway RSS and CPU per connection (needs
+    /// --pid) and handshake latency.
+    Connect,
+    /// --connections subscribers over --topics topics; publish --rate
+    /// events/s (0 = as fast as possible) of --payload bytes for --duration
+    /// seconds; report deliveries/s, publish→deliver latency percentiles and
+    /// lost, duplicated and out-of-order counts.
+    Fanout,
+    /// Connect, subscribe, linger --linger-ms, close, at --rate per second
+    /// for --duration seconds (reconnect storms).
+    Churn,
+}
+
+impl Scenario {
+    /// Its name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Connect => "connect",
+            Scenario::Fanout => "fanout",
+            Scenario::Churn => "churn",
+        }
+    }
+}
+
 /// What is being measured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Target {
     /// A Herald gateway: tokens, subscribe frames, `message` frames.
@@ -17,8 +50,18 @@ pub enum Target {
     Raw,
 }
 
+impl Target {
+    /// Its name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Herald => "herald",
+            Target::Raw => "raw",
+        }
+    }
+}
+
 /// How events are published to Herald.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Via {
     /// `POST /v1/publish/batch`.
@@ -28,91 +71,154 @@ pub enum Via {
 }
 
 /// Every knob; see `herald-loadtest --help`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Parser)]
+#[command(
+    name = "herald-loadtest",
+    about = "herald-loadtest — load generator and benchmark reporter",
+    disable_help_subcommand = true
+)]
 pub struct Settings {
-    /// `connect`, `fanout` or `churn`.
-    pub scenario: String,
-    /// Server kind.
+    /// The scenario.
+    #[arg(value_enum)]
+    pub scenario: Scenario,
+    /// raw: any broadcast WebSocket server; every text frame it sends
+    /// counts, and the publisher is a WebSocket client.
+    #[arg(long, value_enum, default_value = "herald")]
     pub target: Target,
-    /// WebSocket URLs, used round-robin.
+    /// ws://ip:port/path, used round-robin.
+    #[arg(
+        long = "url",
+        value_delimiter = ',',
+        default_value = "ws://127.0.0.1:8080/ws"
+    )]
+    pub url_text: Vec<String>,
+    /// The URLs, parsed.
+    #[arg(skip)]
     #[serde(skip)]
     pub urls: Vec<WsUrl>,
-    /// The URLs as given.
-    pub url_text: Vec<String>,
-    /// Admin API base URLs, round-robin.
+    /// Admin API base URLs for publishing, round-robin [default: http://127.0.0.1:8081].
+    #[arg(long, value_delimiter = ',')]
     pub admin: Vec<String>,
     /// Admin API key.
+    #[arg(long, default_value = "")]
     #[serde(skip)]
     pub admin_key: String,
-    /// HS256 secret for minting tokens.
+    /// HS256 secret to mint client tokens.
+    #[arg(long, default_value = "")]
     #[serde(skip)]
     pub secret: String,
-    /// Gateway pids to read `/proc` of.
+    /// Gateway processes to read /proc of.
+    #[arg(long = "pid", value_delimiter = ',')]
     pub pids: Vec<u32>,
     /// Connections (subscribers for fanout).
+    #[arg(long, default_value_t = 100)]
     pub connections: u64,
-    /// Connections per second (connect, churn) or events per second (fanout, 0 = unbounded).
-    pub rate: u64,
+    /// Connections per second (connect, churn) or events per second
+    /// (fanout; 0 = unbounded) [default: connect 2000, churn 200, fanout 1000].
+    #[arg(long)]
+    pub rate: Option<u64>,
     /// Topics (fanout, churn).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub topics: u64,
     /// Padding bytes per event (fanout).
+    #[arg(long, default_value_t = 100)]
     pub payload: usize,
     /// Seconds of publishing (fanout), of churn, or of holding (connect).
+    #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
     /// Events per admin batch.
-    pub batch: usize,
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub batch: u16,
     /// Concurrent publishers.
-    pub publishers: usize,
-    /// Publish path.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+    pub publishers: u16,
+    /// Herald publish path.
+    #[arg(long, value_enum, default_value = "admin")]
     pub via: Via,
-    /// Source addresses 127.0.0.2 … 127.0.0.(1+sources).
+    /// Spread sockets over 127.0.0.2 … 127.0.0.(1+K).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=250))]
     pub sources: u8,
-    /// Worker processes for the connections.
-    pub processes: usize,
+    /// Spread connections over P worker processes.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub processes: u16,
     /// Churn: milliseconds a connection stays before it closes.
+    #[arg(long, default_value_t = 100)]
     pub linger_ms: u64,
-    /// Also measure, per event, the latency of its last recipient.
+    /// Fanout: also report, per event, its last recipient's latency (keeps
+    /// every sample in memory: use with modest event counts).
+    #[arg(long)]
     pub last_recipient: bool,
-    /// Where reports go.
+    /// Write report.json, report.md and report.svg there.
+    #[arg(long)]
     pub out: Option<String>,
     /// No progress display.
+    #[arg(long)]
     pub quiet: bool,
     /// Internal: `i/n` when this process is worker `i` of `n`.
+    #[arg(long, hide = true, value_parser = parse_worker)]
     #[serde(skip)]
     pub worker: Option<(usize, usize)>,
 }
 
+fn parse_worker(s: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("'{s}' is not i/n");
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let (i, n) = (i.parse().map_err(|_| bad())?, n.parse().map_err(|_| bad())?);
+    if i >= n {
+        return Err(bad());
+    }
+    Ok((i, n))
+}
+
 impl Settings {
-    fn defaults(scenario: &str) -> Settings {
-        Settings {
-            scenario: scenario.to_owned(),
-            target: Target::Herald,
-            urls: Vec::new(),
-            url_text: Vec::new(),
-            admin: Vec::new(),
-            admin_key: String::new(),
-            secret: String::new(),
-            pids: Vec::new(),
-            connections: 100,
-            rate: match scenario {
-                "connect" => 2000,
-                "churn" => 200,
-                _ => 1000,
-            },
-            topics: 1,
-            payload: 100,
-            duration: 10.0,
-            batch: 100,
-            publishers: 2,
-            via: Via::Admin,
-            sources: 1,
-            processes: 1,
-            linger_ms: 100,
-            last_recipient: false,
-            out: None,
-            quiet: false,
-            worker: None,
+    /// Parses the command line (with the program name) and fills in what
+    /// depends on other settings.
+    ///
+    /// # Errors
+    /// Usage errors (clap's, with their exit status) and inconsistent
+    /// settings.
+    pub fn parse_from_args<I, T>(args: I) -> Result<Settings, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut s = Settings::try_parse_from(args)?;
+        s.complete().map_err(|e| {
+            clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{e}\n"))
+        })?;
+        Ok(s)
+    }
+
+    fn complete(&mut self) -> Result<()> {
+        if self.rate.is_none() {
+            self.rate = Some(match self.scenario {
+                Scenario::Connect => 2000,
+                Scenario::Churn => 200,
+                Scenario::Fanout => 1000,
+            });
         }
+        if self.admin.is_empty() && self.target == Target::Herald {
+            self.admin = vec!["http://127.0.0.1:8081".into()];
+        }
+        self.urls = self
+            .url_text
+            .iter()
+            .map(|u| WsUrl::parse(u))
+            .collect::<Result<_>>()?;
+        if self.target == Target::Herald && self.secret.is_empty() {
+            bail!("--secret is needed to mint tokens for Herald");
+        }
+        Ok(())
+    }
+
+    /// Connections per second (connect, churn) or events per second (fanout).
+    pub fn rate(&self) -> u64 {
+        self.rate.unwrap_or(0)
+    }
+
+    /// Worker processes.
+    pub fn processes(&self) -> usize {
+        usize::from(self.processes)
     }
 
     /// The source address for connection `i`.
@@ -135,12 +241,9 @@ impl Settings {
     /// The arguments that recreate these settings in a worker process.
     pub fn worker_args(&self, index: usize, of: usize) -> Vec<String> {
         let mut a = vec![
-            self.scenario.clone(),
+            self.scenario.name().to_owned(),
             "--target".into(),
-            match self.target {
-                Target::Herald => "herald".into(),
-                Target::Raw => "raw".into(),
-            },
+            self.target.name().into(),
             "--url".into(),
             self.url_text.join(","),
             "--secret".into(),
@@ -148,7 +251,7 @@ impl Settings {
             "--connections".into(),
             self.connections.to_string(),
             "--rate".into(),
-            self.rate.to_string(),
+            self.rate().to_string(),
             "--topics".into(),
             self.topics.to_string(),
             "--duration".into(),
@@ -159,6 +262,9 @@ impl Settings {
             "--worker".into(),
             format!("{index}/{of}"),
         ];
+        if self.last_recipient {
+            a.push("--last-recipient".into());
+        }
         if !self.admin.is_empty() {
             a.extend([
                 "--admin".into(),
@@ -183,151 +289,19 @@ impl Settings {
     }
 }
 
-/// The `--help` text.
-pub const USAGE: &str = "herald-loadtest — load generator and benchmark reporter
-
-Usage: herald-loadtest <connect|fanout|churn> [options]
-
-Scenarios:
-  connect   open --connections at --rate per second, hold them idle for
-            --duration seconds; report gateway RSS and CPU per connection
-            (needs --pid) and handshake latency
-  fanout    --connections subscribers over --topics topics; publish --rate
-            events/s (0 = as fast as possible) of --payload bytes for
-            --duration seconds; report deliveries/s, publish→deliver latency
-            percentiles, lost/duplicated/out-of-order counts
-  churn     connect, subscribe, linger --linger-ms, close, at --rate per
-            second for --duration seconds (reconnect storms)
-
-Options:
-  --target herald|raw      raw: any broadcast WebSocket server; every text frame
-                           it sends counts, the publisher is a WebSocket client
-  --url URL[,URL…]         ws://ip:port/path, used round-robin (default ws://127.0.0.1:8080/ws)
-  --admin URL[,URL…]       admin API base URLs for publishing (default http://127.0.0.1:8081)
-  --admin-key KEY          admin API key
-  --secret SECRET          HS256 secret to mint client tokens
-  --pid PID[,PID…]         gateway processes to read /proc of
-  --connections N          (default 100)
-  --rate R                 connections/s, or events/s for fanout (0 = unbounded)
-  --topics T               (default 1)
-  --payload BYTES          padding per event (default 100)
-  --duration SECONDS       (default 10)
-  --batch N                events per admin batch (default 100)
-  --publishers N           concurrent publishers (default 2)
-  --via admin|client       Herald publish path (default admin)
-  --sources K              spread sockets over 127.0.0.2 … 127.0.0.(1+K) (default 1)
-  --processes P            spread connections over P worker processes (default 1)
-  --linger-ms MS           churn: how long each connection stays (default 100)
-  --last-recipient         fanout: also report, per event, its last recipient's latency
-                           (keeps every sample in memory: use with modest event counts)
-  --out DIR                write report.json, report.md and report.svg there
-  --quiet                  no progress display
-";
-
-/// Parses the command line (without the program name).
-///
-/// # Errors
-/// Unknown flags and bad values, named.
-pub fn parse(args: &[String]) -> Result<Settings> {
-    let scenario = args
-        .first()
-        .ok_or_else(|| anyhow!("missing scenario\n\n{USAGE}"))?;
-    if !matches!(scenario.as_str(), "connect" | "fanout" | "churn") {
-        bail!("unknown scenario '{scenario}'\n\n{USAGE}");
-    }
-    let mut s = Settings::defaults(scenario);
-    let mut it = args[1..].iter();
-    while let Some(flag) = it.next() {
-        let mut value = || {
-            it.next()
-                .cloned()
-                .ok_or_else(|| anyhow!("{flag} needs a value"))
-        };
-        let list = |v: String| {
-            v.split(',')
-                .map(str::trim)
-                .filter(|x| !x.is_empty())
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        };
-        match flag.as_str() {
-            "--target" => {
-                s.target = match value()?.as_str() {
-                    "herald" => Target::Herald,
-                    "raw" => Target::Raw,
-                    other => bail!("--target herald|raw, not {other}"),
-                }
-            }
-            "--url" => s.url_text = list(value()?),
-            "--admin" => s.admin = list(value()?),
-            "--admin-key" => s.admin_key = value()?,
-            "--secret" => s.secret = value()?,
-            "--pid" => {
-                s.pids = list(value()?)
-                    .iter()
-                    .map(|p| p.parse().context("--pid"))
-                    .collect::<Result<_>>()?
-            }
-            "--connections" => s.connections = value()?.parse().context("--connections")?,
-            "--rate" => s.rate = value()?.parse().context("--rate")?,
-            "--topics" => s.topics = value()?.parse::<u64>().context("--topics")?.max(1),
-            "--payload" => s.payload = value()?.parse().context("--payload")?,
-            "--duration" => s.duration = value()?.parse().context("--duration")?,
-            "--batch" => s.batch = value()?.parse::<usize>().context("--batch")?.clamp(1, 1000),
-            "--publishers" => {
-                s.publishers = value()?.parse::<usize>().context("--publishers")?.max(1)
-            }
-            "--via" => {
-                s.via = match value()?.as_str() {
-                    "admin" => Via::Admin,
-                    "client" => Via::Client,
-                    other => bail!("--via admin|client, not {other}"),
-                }
-            }
-            "--sources" => s.sources = value()?.parse::<u8>().context("--sources")?.clamp(1, 250),
-            "--processes" => s.processes = value()?.parse::<usize>().context("--processes")?.max(1),
-            "--linger-ms" => s.linger_ms = value()?.parse().context("--linger-ms")?,
-            "--out" => s.out = Some(value()?),
-            "--last-recipient" => s.last_recipient = true,
-            "--quiet" => s.quiet = true,
-            "--worker" => {
-                let v = value()?;
-                let (i, n) = v.split_once('/').ok_or_else(|| anyhow!("--worker i/n"))?;
-                s.worker = Some((i.parse()?, n.parse()?));
-            }
-            "--help" | "-h" => bail!("{USAGE}"),
-            other => bail!("unknown flag {other}\n\n{USAGE}"),
-        }
-    }
-    if s.url_text.is_empty() {
-        s.url_text = vec!["ws://127.0.0.1:8080/ws".into()];
-    }
-    if s.admin.is_empty() && s.target == Target::Herald {
-        s.admin = vec!["http://127.0.0.1:8081".into()];
-    }
-    s.urls = s
-        .url_text
-        .iter()
-        .map(|u| WsUrl::parse(u))
-        .collect::<Result<_>>()?;
-    if s.target == Target::Herald && s.secret.is_empty() {
-        bail!("--secret is needed to mint tokens for Herald");
-    }
-    Ok(s)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn args(s: &str) -> Vec<String> {
-        s.split_whitespace().map(str::to_owned).collect()
+    fn parse(s: &str) -> Result<Settings, clap::Error> {
+        Settings::parse_from_args(std::iter::once("herald-loadtest").chain(s.split_whitespace()))
     }
 
     #[test]
     fn parses_and_shares() {
-        let s = parse(&args("fanout --secret x --connections 10 --topics 3 --url ws://127.0.0.1:1/ws,ws://127.0.0.1:2/ws --sources 4")).unwrap();
+        let s = parse("fanout --secret x --admin-key k --connections 10 --topics 3 --url ws://127.0.0.1:1/ws,ws://127.0.0.1:2/ws --sources 4").unwrap();
         assert_eq!((s.connections, s.topics, s.urls.len()), (10, 3, 2));
+        assert_eq!(s.rate(), 1000, "fanout's default rate");
         assert_eq!(s.url(3).addr.port(), 2);
         assert_eq!(s.source(5), Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3))));
         let mut w = s.clone();
@@ -335,9 +309,12 @@ mod tests {
         assert_eq!(w.share(10), (3, 3));
         w.worker = Some((2, 3));
         assert_eq!(w.share(10), (6, 4));
-        assert!(parse(&args("fanout")).is_err(), "herald needs a secret");
-        assert!(parse(&args("dance")).is_err());
-        let raw = parse(&args("fanout --target raw")).unwrap();
+        assert!(parse("fanout").is_err(), "herald needs a secret");
+        assert!(parse("dance").is_err());
+        assert!(parse("fanout --secret x --batch 0").is_err());
+        let raw = parse("fanout --target raw").unwrap();
         assert!(raw.admin.is_empty());
+        let w = parse(&s.worker_args(1, 2).join(" ")).unwrap();
+        assert_eq!((w.worker, w.topics, w.rate()), (Some((1, 2)), 3, 1000));
     }
 }

@@ -1,0 +1,150 @@
+//! The scenarios, and what they share: live counters, the latency samples,
+//! token minting and the subscribe exchange.
+//!
+//! One file per scenario ([`connect`], [`fanout`] with its [`publish`]
+//! side, [`churn`]), and [`worker`] for the protocol that spreads a
+//! scenario's connections over several processes.
+//!
+//! Frames the generator sends and the replies it waits for go through
+//! `herald-protocol` ([`ClientFrame`], [`ServerFrameHead`]). Event payloads
+//! are the one exception: a subscriber reads only the send time and sequence
+//! number the generator itself put into `data`, with a byte scan rather than
+//! a JSON parse, because the generator shares two cores with the server it
+//! measures and must stay far cheaper per delivery than the server.
+
+mod churn;
+mod connect;
+mod fanout;
+mod publish;
+mod worker;
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use herald_protocol::{ClientFrame, ServerFrameHead};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::report::Latency;
+use crate::settings::{Settings, Target};
+use crate::wsclient::{self, Frame, WsUrl};
+
+pub use churn::churn;
+pub use connect::connect;
+pub use fanout::fanout;
+pub use worker::worker;
+
+/// Live counters for the progress display.
+#[derive(Default)]
+pub struct Live {
+    /// Connections open.
+    pub connected: AtomicU64,
+    /// Connection attempts that failed.
+    pub failed: AtomicU64,
+    /// Events published.
+    pub published: AtomicU64,
+    /// Events received by subscribers.
+    pub delivered: AtomicU64,
+    /// Deliveries per second, sampled by the progress display.
+    pub series: Mutex<Vec<f64>>,
+}
+
+pub(crate) fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+fn token_query(s: &Settings, sub: &str) -> String {
+    match s.target {
+        // HS256 signing cannot fail; an empty query would be refused (401)
+        // and counted as a failed connection.
+        Target::Herald => crate::token::mint(&s.secret, sub)
+            .map(|t| format!("token={t}"))
+            .unwrap_or_default(),
+        Target::Raw => String::new(),
+    }
+}
+
+fn url_for(s: &Settings, i: u64, query: &str) -> WsUrl {
+    if query.is_empty() {
+        s.url(i).clone()
+    } else {
+        s.url(i).with_query(query)
+    }
+}
+
+/// Shared histogram fed in batches, so thousands of connections do not
+/// contend on it per sample.
+#[derive(Default)]
+struct Samples {
+    all: Mutex<Latency>,
+}
+
+impl Samples {
+    fn flush(&self, local: &mut Vec<u64>) {
+        let mut all = self.all.lock().unwrap_or_else(|p| p.into_inner());
+        for us in local.drain(..) {
+            all.record(us);
+        }
+    }
+}
+
+/// The topic of the generator's topic number `n`.
+fn topic_name(n: usize) -> String {
+    format!("lt.{n}")
+}
+
+/// Subscribes to topic `topic` and waits (at most `wait`) for the
+/// confirmation; whatever else arrives meanwhile is dropped.
+async fn subscribe(
+    stream: &mut TcpStream,
+    buf: &mut bytes::BytesMut,
+    topic: usize,
+    wait: Duration,
+) -> bool {
+    let frame = ClientFrame::Subscribe {
+        reference: Some("s".to_owned()),
+        topics: vec![topic_name(topic)],
+        since: BTreeMap::new(),
+    };
+    send(stream, &wsclient::text_frame(frame.to_json().as_bytes())).await;
+    let mut confirmed = false;
+    while !confirmed {
+        match tokio::time::timeout(wait, stream.read_buf(buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return false,
+        }
+        let _ = wsclient::parse(buf, |f| {
+            if let Frame::Text(t) = f {
+                confirmed |= ServerFrameHead::parse(t)
+                    .is_some_and(|h| h.kind == "subscribed" && h.reference.as_deref() == Some("s"));
+            }
+        });
+    }
+    true
+}
+
+/// Waits until `count` connections have either opened or failed, at most
+/// `limit`.
+async fn settle(live: &Live, count: u64, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while live.connected.load(Relaxed) + live.failed.load(Relaxed) < count
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Resolves once `stop` is set (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Writes a whole buffer, ignoring errors (the peer may be gone).
+async fn send(stream: &mut TcpStream, bytes: &[u8]) {
+    let _ = stream.write_all(bytes).await;
+}
