@@ -6,7 +6,7 @@
 # drift, and a rolling restart of deploy/local-cluster.sh that must lose
 # nothing. Runs the binaries in HERALD_BIN_DIR (default target/debug); the
 # tools come from scripts/deps.sh. Extra arguments go to pytest
-# (e.g. -k chart). About a minute.
+# (e.g. -k chart). About 25 seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
