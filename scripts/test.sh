@@ -14,3 +14,4 @@ cargo build --workspace --bins
 cargo nextest run --workspace --no-fail-fast
 scripts/autobahn.sh
 node tests/browser/demo.test.mjs
+scripts/test-deploy.sh
