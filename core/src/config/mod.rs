@@ -198,60 +198,67 @@ impl Loaded {
     }
 }
 
+/// A subsystem's part of the configuration: where it is read from, and the
+/// rules it checks once read.
+pub trait Section: serde::de::DeserializeOwned {
+    /// Its `[section]`, or `None` for keys at the top level.
+    const PATH: Option<&'static str>;
+
+    /// Checks what parsing alone cannot (ranges, pairs of keys) and fills
+    /// in computed defaults.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the key and its source.
+    fn check(&mut self, _c: &Check<'_>) -> Result<(), ConfigError> {
+        Ok(())
+    }
+}
+
+/// Reads one section from the merged sources and checks it.
+fn read<T: Section>(layers: &Layers) -> Result<T, ConfigError> {
+    let mut section: T = layers.extract(T::PATH)?;
+    section.check(&Check { layers })?;
+    Ok(section)
+}
+
 /// Reads and checks a gateway's configuration.
 ///
 /// # Errors
 /// A [`ConfigError`] naming the file, the key or the value at fault.
 pub fn load(sources: &Sources) -> Result<Loaded, ConfigError> {
     let layers = Layers::load(sources)?;
-    let c = Check { layers: &layers };
     let config = Config {
-        node: NodeConfig::from_raw(layers.extract(None)?, &c)?,
-        listeners: layers.extract(None)?,
-        tls: layers.extract(Some("tls"))?,
-        redis: layers.extract(None)?,
-        jwt: layers.extract(Some("jwt"))?,
-        admin: layers.extract(Some("admin"))?,
-        heartbeat: layers.extract(Some("heartbeat"))?,
-        limits: layers.extract(Some("limits"))?,
-        history: layers.extract(Some("history"))?,
-        log: layers.extract(None)?,
+        node: read(&layers)?,
+        listeners: read(&layers)?,
+        tls: read(&layers)?,
+        redis: read(&layers)?,
+        jwt: read(&layers)?,
+        admin: read(&layers)?,
+        heartbeat: read(&layers)?,
+        limits: read(&layers)?,
+        history: read(&layers)?,
+        log: read(&layers)?,
     };
-    config.tls.check(&c)?;
-    config.redis.check(&c)?;
-    config.jwt.check(&c)?;
-    config.admin.check(&c)?;
-    config.heartbeat.check(&c)?;
-    config.limits.check(&c)?;
-    config.history.check(&c)?;
-    config.log.check(&c)?;
     Ok(Loaded { config, layers })
 }
 
-/// Reads and checks `herald-admin`'s configuration; gateway-only keys are
-/// accepted and ignored.
+/// Reads and checks `herald-admin`'s configuration: only its own
+/// subsystems; gateway-only keys are accepted and ignored.
 ///
 /// # Errors
 /// A [`ConfigError`] naming the file, the key or the value at fault.
 pub fn load_admin_service(sources: &Sources) -> Result<AdminServiceConfig, ConfigError> {
     let layers = Layers::load(sources)?;
-    let c = Check { layers: &layers };
     let AdminListen { admin_listen } = layers.extract(None)?;
-    let config = AdminServiceConfig {
+    Ok(AdminServiceConfig {
         listen: admin_listen,
-        node: NodeConfig::from_raw(layers.extract(None)?, &c)?,
-        redis: layers.extract(None)?,
-        admin: layers.extract(Some("admin"))?,
-        payload: layers.extract(Some("limits"))?,
-        history: layers.extract(Some("history"))?,
-        log: layers.extract(None)?,
-    };
-    config.redis.check(&c)?;
-    config.admin.check(&c)?;
-    config.payload.check(&c)?;
-    config.history.check(&c)?;
-    config.log.check(&c)?;
-    Ok(config)
+        node: read(&layers)?,
+        redis: read(&layers)?,
+        admin: read(&layers)?,
+        payload: read(&layers)?,
+        history: read(&layers)?,
+        log: read(&layers)?,
+    })
 }
 
 impl Config {

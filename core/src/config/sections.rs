@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use super::value::{addr, boolean, count, duration, list, opt_path, opt_text, size, text};
-use super::{Check, ConfigError, Secret};
+use super::{Check, ConfigError, Secret, Section};
 
 fn opt_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
     text(d).map(|s| Some(Secret::new(s)))
@@ -24,37 +24,32 @@ fn secrets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Secret>, D::Error> {
     list(d).map(|l| l.into_iter().map(Secret::new).collect())
 }
 
-/// `node_id` and `drain_timeout` as written.
-#[derive(Deserialize)]
-pub(super) struct NodeRaw {
-    #[serde(default, deserialize_with = "opt_text")]
-    node_id: Option<String>,
-    #[serde(deserialize_with = "duration")]
-    drain_timeout: Duration,
-}
-
 /// This process: its name and its shutdown budget.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct NodeConfig {
     /// `node_id`: shown in `welcome`, logs, metrics and `/v1/stats`; a
     /// hostname plus a random suffix when unset.
+    #[serde(
+        rename = "node_id",
+        default = "default_node_id",
+        deserialize_with = "node_id"
+    )]
     pub id: String,
     /// `drain_timeout`: the graceful shutdown budget.
+    #[serde(deserialize_with = "duration")]
     pub drain_timeout: Duration,
 }
 
-impl NodeConfig {
-    pub(super) fn from_raw(raw: NodeRaw, c: &Check<'_>) -> Result<NodeConfig, ConfigError> {
-        let id = match raw.node_id {
-            Some(id) if id.is_empty() => return Err(c.invalid("node_id", "must not be empty")),
-            Some(id) => id,
-            None => default_node_id(),
-        };
-        Ok(NodeConfig {
-            id,
-            drain_timeout: raw.drain_timeout,
-        })
+impl Section for NodeConfig {
+    const PATH: Option<&'static str> = None;
+}
+
+fn node_id<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let id = text(d)?;
+    if id.is_empty() {
+        return Err(serde::de::Error::custom("must not be empty"));
     }
+    Ok(id)
 }
 
 fn default_node_id() -> String {
@@ -86,6 +81,10 @@ pub struct ListenersConfig {
     pub test_echo_endpoint: bool,
 }
 
+impl Section for ListenersConfig {
+    const PATH: Option<&'static str> = None;
+}
+
 /// `[tls]`: TLS on the public listener.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct TlsConfig {
@@ -97,8 +96,10 @@ pub struct TlsConfig {
     pub key_file: Option<PathBuf>,
 }
 
-impl TlsConfig {
-    pub(super) fn check(&self, c: &Check<'_>) -> Result<(), ConfigError> {
+impl Section for TlsConfig {
+    const PATH: Option<&'static str> = Some("tls");
+
+    fn check(&mut self, c: &Check<'_>) -> Result<(), ConfigError> {
         match (&self.cert_file, &self.key_file) {
             (Some(_), None) => Err(c.invalid(
                 "tls.key_file",
@@ -124,8 +125,10 @@ pub struct RedisConfig {
     pub cluster: bool,
 }
 
-impl RedisConfig {
-    pub(super) fn check(&self, c: &Check<'_>) -> Result<(), ConfigError> {
+impl Section for RedisConfig {
+    const PATH: Option<&'static str> = None;
+
+    fn check(&mut self, c: &Check<'_>) -> Result<(), ConfigError> {
         if let Some(url) = &self.url {
             let ok = url
                 .expose()
@@ -167,8 +170,12 @@ impl JwtConfig {
     pub fn has_key(&self) -> bool {
         self.hs256_secret.is_some() || self.public_key_file.is_some() || self.jwks_file.is_some()
     }
+}
 
-    pub(super) fn check(&self, c: &Check<'_>) -> Result<(), ConfigError> {
+impl Section for JwtConfig {
+    const PATH: Option<&'static str> = Some("jwt");
+
+    fn check(&mut self, c: &Check<'_>) -> Result<(), ConfigError> {
         if self
             .hs256_secret
             .as_ref()
@@ -188,14 +195,18 @@ pub struct AdminConfig {
     pub api_keys: Vec<Secret>,
 }
 
-impl AdminConfig {
-    pub(super) fn check(&self, c: &Check<'_>) -> Result<(), ConfigError> {
+impl Section for AdminConfig {
+    const PATH: Option<&'static str> = Some("admin");
+
+    fn check(&mut self, c: &Check<'_>) -> Result<(), ConfigError> {
         if self.api_keys.iter().any(|k| k.expose().is_empty()) {
             return Err(c.invalid("admin.api_keys", "keys must not be empty"));
         }
         Ok(())
     }
+}
 
+impl AdminConfig {
     /// Checks that the admin API can authenticate anyone.
     ///
     /// # Errors
@@ -222,8 +233,10 @@ pub struct HeartbeatConfig {
     pub timeout: Duration,
 }
 
-impl HeartbeatConfig {
-    pub(super) fn check(&self, c: &Check<'_>) -> Result<(), ConfigError> {
+impl Section for HeartbeatConfig {
+    const PATH: Option<&'static str> = Some("heartbeat");
+
+    fn check(&mut self, c: &Check<'_>) -> Result<(), ConfigError> {
         c.positive("heartbeat.interval", self.interval.is_zero())?;
         c.positive("heartbeat.timeout", self.timeout.is_zero())?;
         if self.timeout <= self.interval {
@@ -256,8 +269,12 @@ impl PayloadLimits {
             max_depth: self.max_json_depth,
         }
     }
+}
 
-    pub(super) fn check(&self, c: &Check<'_>) -> Result<(), ConfigError> {
+impl Section for PayloadLimits {
+    const PATH: Option<&'static str> = Some("limits");
+
+    fn check(&mut self, c: &Check<'_>) -> Result<(), ConfigError> {
         if !(128..=(1 << 30)).contains(&self.max_message_size) {
             return Err(c.invalid("limits.max_message_size", "must be between 128B and 1GiB"));
         }
@@ -307,14 +324,18 @@ impl LimitsConfig {
     pub fn publication_rules(&self) -> crate::PublicationRules {
         self.payload().publication_rules()
     }
+}
 
-    pub(super) fn check(&self, c: &Check<'_>) -> Result<(), ConfigError> {
+impl Section for LimitsConfig {
+    const PATH: Option<&'static str> = Some("limits");
+
+    fn check(&mut self, c: &Check<'_>) -> Result<(), ConfigError> {
         c.positive("limits.max_connections", self.max_connections == 0)?;
         c.positive("limits.max_subscriptions", self.max_subscriptions == 0)?;
         c.positive("limits.client_queue", self.client_queue == 0)?;
         c.positive("limits.client_rate", self.client_rate == 0)?;
         c.positive("limits.client_burst", self.client_burst == 0)?;
-        self.payload().check(c)
+        Section::check(&mut self.payload(), c)
     }
 }
 
@@ -329,8 +350,10 @@ pub struct HistoryConfig {
     pub ttl: Duration,
 }
 
-impl HistoryConfig {
-    pub(super) fn check(&self, c: &Check<'_>) -> Result<(), ConfigError> {
+impl Section for HistoryConfig {
+    const PATH: Option<&'static str> = Some("history");
+
+    fn check(&mut self, c: &Check<'_>) -> Result<(), ConfigError> {
         c.positive("history.ttl", self.ttl.is_zero())?;
         if self.size > 1_000_000 {
             return Err(c.invalid("history.size", "must be at most 1000000"));
@@ -355,8 +378,12 @@ impl LogConfig {
     pub fn json(&self) -> bool {
         self.format == "json"
     }
+}
 
-    pub(super) fn check(&self, c: &Check<'_>) -> Result<(), ConfigError> {
+impl Section for LogConfig {
+    const PATH: Option<&'static str> = None;
+
+    fn check(&mut self, c: &Check<'_>) -> Result<(), ConfigError> {
         if !matches!(self.format.as_str(), "text" | "json") {
             return Err(c.invalid("log_format", "must be text or json"));
         }

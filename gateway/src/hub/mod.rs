@@ -46,7 +46,7 @@ use tokio::sync::mpsc;
 use crate::outbox::Outbox;
 use recovery::SharedRead;
 pub use registry::Registry;
-use registry::{Baseline, Subscriber, TopicEntry};
+use registry::{Baseline, Feed, Subscriber, TopicEntry};
 
 const TOPIC_SHARDS: usize = 64;
 const SESSION_SHARDS: usize = 16;
@@ -163,15 +163,21 @@ impl<B: Broker> Hub<B> {
                 catching_up: None,
             }
         });
-        let held = hold.then(Vec::new);
+        let feed = if hold {
+            Feed::Holding(Vec::new())
+        } else {
+            Feed::Live
+        };
         match entry.subscribers.get_mut(&outbox.id) {
-            Some(sub) => sub.held = held,
+            // Already subscribed and recovering again: hold from now on.
+            Some(sub) if hold => sub.feed = feed,
+            Some(_) => {}
             None => {
                 entry.subscribers.insert(
                     outbox.id,
                     Subscriber {
                         outbox: outbox.clone(),
-                        held,
+                        feed,
                     },
                 );
                 self.metrics.subscriptions.add(1);
@@ -453,6 +459,31 @@ mod tests {
         );
         broker.publish(vec![publication(&t, 21)]).await.unwrap();
         assert_eq!(data(&drain(&b)), vec![21]);
+    }
+
+    #[tokio::test]
+    async fn a_replay_ahead_of_the_live_stream_is_not_delivered_twice() {
+        let (hub, broker, _) = setup();
+        let t = Topic::new("t").unwrap();
+        // Events 1–4 are in history before this node holds the topic.
+        let ids = broker
+            .publish((1..=4).map(|n| publication(&t, n)).collect())
+            .await
+            .unwrap();
+        let b = Arc::new(Outbox::new(2, Arc::from("b"), 100));
+        assert!(
+            hub.subscribe_from(&b, &t, &ids[1].to_string(), false)
+                .await
+                .unwrap()
+        );
+        assert_eq!(data(&drain(&b)), vec![3, 4], "replayed from history");
+        // Event 4 reaches this node's live stream only now, then 5 follows.
+        let epoch = ids[0].epoch;
+        hub.registry().deliver(&event(&t, epoch, 4));
+        hub.registry().deliver(&event(&t, epoch, 5));
+        assert_eq!(data(&drain(&b)), vec![5], "4 once, then live");
+        hub.registry().deliver(&event(&t, epoch, 6));
+        assert_eq!(data(&drain(&b)), vec![6]);
     }
 
     #[tokio::test]

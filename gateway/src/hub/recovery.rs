@@ -13,7 +13,7 @@ use herald_protocol::Topic;
 use tokio::sync::{mpsc, watch};
 use tracing::debug;
 
-use super::registry::{CatchUp, Registry};
+use super::registry::{CatchUp, Feed, Registry};
 use super::{COALESCE_WINDOW, HISTORY_TIMEOUT, Hub, lock};
 use crate::outbox::{Outbox, Pushed};
 
@@ -47,7 +47,10 @@ impl<B: Broker> Hub<B> {
         else {
             return false;
         };
-        let held = sub.held.take().unwrap_or_default();
+        let held = match std::mem::replace(&mut sub.feed, Feed::Live) {
+            Feed::Holding(held) => held,
+            _ => Vec::new(),
+        };
         let room = outbox.room();
         let (recovered, replay) = match page {
             // A replay larger than the client can be sent at once is refused
@@ -83,7 +86,12 @@ impl<B: Broker> Hub<B> {
                 {
                     self.metrics.dropped(DropReason::SlowConsumer, n as u64);
                 }
+                last = Some(event.position);
             }
+        }
+        // What the session got may be ahead of what this node has seen live.
+        if let Some(last) = last {
+            sub.feed = Feed::Ahead(last);
         }
         recovered
     }

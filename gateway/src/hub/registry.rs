@@ -62,10 +62,23 @@ pub(super) enum Baseline {
     At(Position),
 }
 
+/// Where a subscriber stands relative to its topic's live stream.
+pub(super) enum Feed {
+    /// It gets every live event.
+    Live,
+    /// It recovers from `since`: its live events are held back until the
+    /// replay is merged.
+    Holding(Vec<Event>),
+    /// Its replay came from history up to this position, which the live
+    /// stream may not have reached yet (history is written before the event
+    /// reaches this node): live events up to it are already delivered and
+    /// are skipped; the first one past it makes the subscriber live.
+    Ahead(Position),
+}
+
 pub(super) struct Subscriber {
     pub(super) outbox: Arc<Outbox>,
-    /// While the session recovers from `since`: its live events, held back.
-    pub(super) held: Option<Vec<Event>>,
+    pub(super) feed: Feed,
 }
 
 pub(super) struct TopicEntry {
@@ -129,9 +142,19 @@ impl Registry {
             // Encoded once per node (and per compression window in use).
             let mut frames = FrameCache::new(&event.json);
             for sub in entry.subscribers.values_mut() {
-                if let Some(held) = &mut sub.held {
-                    held.push(event.clone());
-                    continue;
+                match &mut sub.feed {
+                    Feed::Live => {}
+                    Feed::Holding(held) => {
+                        held.push(event.clone());
+                        continue;
+                    }
+                    Feed::Ahead(p) if p.epoch == event.position.epoch => {
+                        if event.position.seq <= p.seq {
+                            continue;
+                        }
+                        sub.feed = Feed::Live;
+                    }
+                    Feed::Ahead(_) => sub.feed = Feed::Live,
                 }
                 let frame = frames.for_connection(sub.outbox.deflate);
                 if let Pushed::Overflow(n) = sub.outbox.push_event(frame, received) {

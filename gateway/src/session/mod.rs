@@ -27,7 +27,7 @@ use crate::auth::Claims;
 use crate::node::{Node, Permit};
 use crate::outbox::{Outbox, Pushed};
 use crate::ws::codec::{self, Decoder, Message};
-use crate::ws::conn::{Conn, NextStep, Step};
+use crate::ws::conn::{Conn, Step};
 use crate::ws::deflate::Deflate;
 use herald_core::metrics::DropReason;
 use limits::{Bucket, Strikes, Timers, expiry_times};
@@ -45,40 +45,42 @@ struct Session {
     strikes: Strikes,
 }
 
+/// What a session starts with once its handshake was accepted.
+pub struct Start {
+    /// The node.
+    pub node: Arc<Node>,
+    /// The verified token.
+    pub claims: Claims,
+    /// permessage-deflate, when negotiated.
+    pub deflate: Option<Deflate>,
+    /// Its connection slot, released when the session ends.
+    pub permit: Permit,
+}
+
 /// Runs a session on an upgraded connection until it closes, inside the
 /// span `conn{session, sub}` that every log line of the session carries.
 ///
 /// A plain function returning the future, not an `async fn`: the span then
 /// costs an idle session only its handle, not a second copy of the arguments.
-pub fn run<S>(
-    io: S,
-    initial: Bytes,
-    node: Arc<Node>,
-    claims: Claims,
-    deflate: Option<Deflate>,
-    permit: Permit,
-) -> impl Future<Output = ()>
+pub fn run<S>(io: S, initial: Bytes, start: Start) -> impl Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (id, session_id) = node.next_session();
-    let span = tracing::info_span!("conn", session = %session_id, sub = %claims.sub);
-    serve(io, initial, node, claims, deflate, permit, id, session_id).instrument(span)
+    let (id, session_id) = start.node.next_session();
+    let span = tracing::info_span!("conn", session = %session_id, sub = %start.claims.sub);
+    serve(io, initial, start, id, session_id).instrument(span)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn serve<S>(
-    io: S,
-    initial: Bytes,
-    node: Arc<Node>,
-    claims: Claims,
-    deflate: Option<Deflate>,
-    permit: Permit,
-    id: u64,
-    session_id: String,
-) where
+async fn serve<S>(io: S, initial: Bytes, start: Start, id: u64, session_id: String)
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let Start {
+        node,
+        claims,
+        deflate,
+        permit,
+    } = start;
     let config = &node.config;
     let decoder =
         Decoder::new(config.limits.max_message_size, false).with_deflate(deflate.is_some());
@@ -119,13 +121,7 @@ async fn serve<S>(
     let end = match conn.decode_initial() {
         Err(code) => End::Close(code),
         Ok(()) => loop {
-            let step = NextStep {
-                conn: &mut conn,
-                outbox: &outbox,
-                sleep: sleep.as_mut(),
-                metrics: &node.metrics,
-            }
-            .await;
+            let step = conn.next_step(&outbox, sleep.as_mut(), &node.metrics).await;
             match step {
                 Step::Messages => {
                     session.timers.last_seen = Instant::now();
@@ -343,7 +339,13 @@ mod footprint {
             publish: herald_protocol::Permissions::default(),
         };
         let permit = node.try_reserve().unwrap();
-        let future = run(stream, Bytes::new(), node.clone(), claims, None, permit);
+        let start = Start {
+            node: node.clone(),
+            claims,
+            deflate: None,
+            permit,
+        };
+        let future = run(stream, Bytes::new(), start);
         let size = std::mem::size_of_val(&future);
         println!("session future: {size} bytes");
         assert!(size < 1536, "the session future grew to {size} bytes");

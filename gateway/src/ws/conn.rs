@@ -17,7 +17,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use herald_core::Metrics;
 use herald_core::metrics::DropReason;
 use herald_protocol::CloseCode;
@@ -249,20 +249,49 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         metrics: &Metrics,
         deadline: Instant,
     ) {
-        // Finish the frame already started; keep replies (an error the client
-        // should see before the close); discard queued events.
+        self.finish(close_frame(code, reason), true, outbox, metrics, deadline)
+            .await;
+    }
+
+    /// Answers the client's Close (after the replies already queued) and
+    /// shuts the socket down.
+    pub async fn answer_close(
+        &mut self,
+        code: Option<u16>,
+        outbox: &Outbox,
+        metrics: &Metrics,
+        deadline: Instant,
+    ) {
+        self.finish(close_frame(code, ""), false, outbox, metrics, deadline)
+            .await;
+    }
+
+    /// Writes `close` behind the frame already started and the queued
+    /// replies (an error the client should see before the close), discarding
+    /// queued events; then, when `await_peer`, waits for the client's Close;
+    /// then shuts the socket down; all by `deadline`.
+    async fn finish(
+        &mut self,
+        close: Bytes,
+        await_peer: bool,
+        outbox: &Outbox,
+        metrics: &Metrics,
+        deadline: Instant,
+    ) {
         let (replies, queued_events) = outbox.drain_replies();
         let dropped = self.keep_replies(replies) + queued_events;
         if dropped > 0 {
             metrics.dropped(DropReason::Closed, dropped as u64);
         }
         self.writing.push_back(Item {
-            frame: close_frame(code, reason),
+            frame: close,
             received: None,
         });
         let deadline = tokio::time::Instant::from_std(deadline);
         let _ = tokio::time::timeout_at(deadline, self.flush(metrics)).await;
-        let _ = tokio::time::timeout_at(deadline, self.await_peer_close()).await;
+        if await_peer {
+            let _ = tokio::time::timeout_at(deadline, self.await_peer_close()).await;
+        }
         let _ = tokio::time::timeout_at(deadline, self.io.shutdown()).await;
     }
 
@@ -284,29 +313,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         dropped
     }
 
-    /// Answers the client's Close (after the replies already queued) and
-    /// shuts the socket down.
-    pub async fn answer_close(
-        &mut self,
-        code: Option<u16>,
-        outbox: &Outbox,
-        metrics: &Metrics,
-        deadline: Instant,
-    ) {
-        let (replies, queued_events) = outbox.drain_replies();
-        let dropped = self.keep_replies(replies) + queued_events;
-        if dropped > 0 {
-            metrics.dropped(DropReason::Closed, dropped as u64);
-        }
-        self.writing.push_back(Item {
-            frame: close_frame(code, ""),
-            received: None,
-        });
-        let deadline = tokio::time::Instant::from_std(deadline);
-        let _ = tokio::time::timeout_at(deadline, self.flush(metrics)).await;
-        let _ = tokio::time::timeout_at(deadline, self.io.shutdown()).await;
-    }
-
     async fn flush(&mut self, metrics: &Metrics) -> std::io::Result<()> {
         while !self.writing.is_empty() {
             std::future::poll_fn(|cx| self.poll_write_some(cx, metrics)).await?;
@@ -325,6 +331,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             if matches!(outcome, ReadOutcome::Eof | ReadOutcome::Failed(_)) {
                 return;
             }
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    /// The next thing to act on: messages, the timer, a close, or the end.
+    pub fn next_step<'a>(
+        &'a mut self,
+        outbox: &'a Outbox,
+        sleep: Pin<&'a mut Sleep>,
+        metrics: &'a Metrics,
+    ) -> NextStep<'a, S> {
+        NextStep {
+            conn: self,
+            outbox,
+            sleep,
+            metrics,
         }
     }
 }

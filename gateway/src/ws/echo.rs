@@ -12,7 +12,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::codec::{self, Decoder, Message};
-use super::conn::{Conn, NextStep, Step};
+use super::conn::{Conn, Step};
 use super::deflate::Deflate;
 use crate::node::{Node, Permit};
 use crate::outbox::Outbox;
@@ -46,13 +46,7 @@ where
     let close = match conn.decode_initial() {
         Err(code) => Some(Some(code.as_u16())),
         Ok(()) => loop {
-            let step = NextStep {
-                conn: &mut conn,
-                outbox: &outbox,
-                sleep: sleep.as_mut(),
-                metrics: &node.metrics,
-            }
-            .await;
+            let step = conn.next_step(&outbox, sleep.as_mut(), &node.metrics).await;
             match step {
                 Step::Messages => {
                     let mut closed = None;

@@ -176,7 +176,7 @@ pub async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Respons
     let deflate = deflate.map(|(d, _)| d);
     spawn_upgraded(
         on_upgrade,
-        SessionJob {
+        crate::session::Start {
             node,
             claims,
             deflate,
@@ -220,26 +220,12 @@ trait Job: Send + 'static {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
 }
 
-struct SessionJob {
-    node: Arc<Node>,
-    claims: crate::auth::Claims,
-    deflate: Option<deflate::Deflate>,
-    permit: crate::node::Permit,
-}
-
-impl Job for SessionJob {
+impl Job for crate::session::Start {
     fn run<S>(self, io: S, initial: Bytes) -> impl Future<Output = ()> + Send
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        crate::session::run(
-            io,
-            initial,
-            self.node,
-            self.claims,
-            self.deflate,
-            self.permit,
-        )
+        crate::session::run(io, initial, self)
     }
 }
 

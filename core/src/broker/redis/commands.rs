@@ -8,7 +8,8 @@
 
 use std::time::Duration;
 
-use deadpool_redis::redis::{self, FromRedisValue, Value};
+use deadpool_redis::redis::aio::ConnectionLike;
+use deadpool_redis::redis::{self, FromRedisValue, RedisFuture, Value};
 use tracing::debug;
 
 use crate::broker::BrokerError;
@@ -38,6 +39,41 @@ pub enum Pool {
     Single(deadpool_redis::Pool),
     /// A Redis Cluster (commands are routed by key slot).
     Cluster(deadpool_redis::cluster::Pool),
+}
+
+/// A pooled connection of either kind, usable wherever redis-rs takes a
+/// connection.
+enum Conn {
+    Single(deadpool_redis::Connection),
+    Cluster(deadpool_redis::cluster::Connection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 /// A Lua script, sent by its SHA-1 and in full when Redis does not know it.
@@ -118,22 +154,22 @@ impl Commands {
         if self.cluster { "SPUBLISH" } else { "PUBLISH" }
     }
 
+    /// A pooled connection of either kind.
+    async fn connection(&self) -> Result<Conn, BrokerError> {
+        Ok(match &self.pool {
+            Pool::Single(p) => Conn::Single(p.get().await.map_err(pool_error)?),
+            Pool::Cluster(p) => Conn::Cluster(p.get().await.map_err(pool_error)?),
+        })
+    }
+
     /// Runs one command.
     ///
     /// # Errors
     /// See the module documentation.
     pub async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, BrokerError> {
         self.bounded(async {
-            match &self.pool {
-                Pool::Single(p) => {
-                    let mut c = p.get().await.map_err(pool_error)?;
-                    cmd.query_async(&mut c).await.map_err(|e| broker_error(&e))
-                }
-                Pool::Cluster(p) => {
-                    let mut c = p.get().await.map_err(pool_error)?;
-                    cmd.query_async(&mut c).await.map_err(|e| broker_error(&e))
-                }
-            }
+            let mut c = self.connection().await?;
+            cmd.query_async(&mut c).await.map_err(|e| broker_error(&e))
         })
         .await
     }
@@ -147,16 +183,8 @@ impl Commands {
         pipe: &redis::Pipeline,
     ) -> Result<T, BrokerError> {
         self.bounded(async {
-            match &self.pool {
-                Pool::Single(p) => {
-                    let mut c = p.get().await.map_err(pool_error)?;
-                    pipe.query_async(&mut c).await.map_err(|e| broker_error(&e))
-                }
-                Pool::Cluster(p) => {
-                    let mut c = p.get().await.map_err(pool_error)?;
-                    pipe.query_async(&mut c).await.map_err(|e| broker_error(&e))
-                }
-            }
+            let mut c = self.connection().await?;
+            pipe.query_async(&mut c).await.map_err(|e| broker_error(&e))
         })
         .await
     }
