@@ -39,3 +39,6 @@ python3 -c 'import kosoku' >/dev/null 2>&1 ||
 
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 cargo nextest --version >/dev/null 2>&1 || cargo install cargo-nextest --locked
+# The client tests (scripts/test-clients.sh): HAProxy balances two gateways
+# in the browser failover test.
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || apt_install haproxy

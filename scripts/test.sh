@@ -13,4 +13,4 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --bins
 cargo nextest run --workspace --no-fail-fast
 scripts/autobahn.sh
-node tests/browser/demo.test.mjs
+scripts/test-clients.sh
