@@ -94,7 +94,7 @@ export interface HeraldEvents {
 /**
  * An error from the gateway (`code` is the protocol's error code) or from
  * the SDK: `disconnected` (the connection dropped before the reply: the
- * outcome is unknown), `closed`, `timeout`, `token_provider`,
+ * outcome is unknown), `closed`, `timeout`, `token_provider`, `connect`,
  * `token_expired`, `stopped` (a close code that forbids reconnecting, see
  * `closeCode`), `protocol_fault`, `revoked` (a refreshed token no longer
  * permits `topic`), `handler` (a topic handler threw; see `cause`).
@@ -155,7 +155,7 @@ export interface HeraldOptions {
   maxFaults?: number;
   /** Bound on a request's reply, waiting for a connection included (default 15 s). */
   requestTimeoutMs?: number;
-  /** Bound from opening a socket to its `welcome` (default 10 s). */
+  /** Bound on the token provider's answer, and from opening a socket to its `welcome` (default 10 s). */
   connectTimeoutMs?: number;
   /** Ids remembered per topic to drop duplicates (default 1000). */
   dedupWindow?: number;
@@ -411,7 +411,7 @@ export class Herald {
       token = await this.getToken(this.needFreshToken || this.attempt >= 2);
     } catch (e) {
       if (generation !== this.generation) return;
-      this.emitError(new HeraldError("token_provider", "the token provider failed", { cause: e }));
+      this.emitError(e instanceof HeraldError ? e : new HeraldError("token_provider", "the token provider failed", { cause: e }));
       this.retry("backoff");
       return;
     }
@@ -532,7 +532,14 @@ export class Herald {
       const exp = tokenExpiry(this.token);
       if (exp === undefined || exp - this.clock.now() > TOKEN_MARGIN_MS) return this.token;
     }
-    const token = await source();
+    const ms = this.limits.connectTimeoutMs;
+    const token = await new Promise<unknown>((resolve, reject) => {
+      const timer = this.clock.setTimeout(() => reject(new HeraldError("token_provider", `the token provider did not answer within ${ms} ms`)), ms);
+      Promise.resolve()
+        .then(source)
+        .then(resolve, reject)
+        .finally(() => this.clock.clearTimeout(timer));
+    });
     if (typeof token !== "string" || token === "") throw new HeraldError("token_provider", "the token provider returned no token");
     return (this.token = token);
   }

@@ -21,7 +21,7 @@ export const PROTOCOL_VERSION = 1;
 /**
  * An error from the gateway (`code` is the protocol's error code) or from
  * the SDK: `disconnected` (the connection dropped before the reply: the
- * outcome is unknown), `closed`, `timeout`, `token_provider`,
+ * outcome is unknown), `closed`, `timeout`, `token_provider`, `connect`,
  * `token_expired`, `stopped` (a close code that forbids reconnecting, see
  * `closeCode`), `protocol_fault`, `revoked` (a refreshed token no longer
  * permits `topic`), `handler` (a topic handler threw; see `cause`).
@@ -244,7 +244,7 @@ export class Herald {
         catch (e) {
             if (generation !== this.generation)
                 return;
-            this.emitError(new HeraldError("token_provider", "the token provider failed", { cause: e }));
+            this.emitError(e instanceof HeraldError ? e : new HeraldError("token_provider", "the token provider failed", { cause: e }));
             this.retry("backoff");
             return;
         }
@@ -379,7 +379,14 @@ export class Herald {
             if (exp === undefined || exp - this.clock.now() > TOKEN_MARGIN_MS)
                 return this.token;
         }
-        const token = await source();
+        const ms = this.limits.connectTimeoutMs;
+        const token = await new Promise((resolve, reject) => {
+            const timer = this.clock.setTimeout(() => reject(new HeraldError("token_provider", `the token provider did not answer within ${ms} ms`)), ms);
+            Promise.resolve()
+                .then(source)
+                .then(resolve, reject)
+                .finally(() => this.clock.clearTimeout(timer));
+        });
         if (typeof token !== "string" || token === "")
             throw new HeraldError("token_provider", "the token provider returned no token");
         return (this.token = token);

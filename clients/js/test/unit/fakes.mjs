@@ -147,6 +147,16 @@ export function setup(options = {}, { nodeStyle = false } = {}) {
   return { client, clock, sockets, events, latest: () => sockets.at(-1) };
 }
 
+/** `setup`, connected: the first socket accepted with `welcome` (merged into the default one). */
+export async function connected(options, welcome) {
+  const t = setup(options);
+  t.client.connect();
+  await t.clock.advance(0);
+  t.latest().accept(welcome);
+  await t.clock.advance(0);
+  return t;
+}
+
 /** An unsigned JWT-shaped token whose `exp` is `expMs` (the SDK only reads it). */
 export function jwt(expMs, sub = 'alice') {
   const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');

@@ -227,6 +227,23 @@ describe('connecting', () => {
     client.close();
   });
 
+  it('bounds a token provider that never answers by connectTimeoutMs', async () => {
+    let calls = 0;
+    const { client, clock, sockets, events } = setup({
+      connectTimeoutMs: 5000,
+      token: () => (++calls === 1 ? new Promise(() => {}) : 'ok'),
+    });
+    client.connect();
+    await clock.advance(4999);
+    assert.equal(events.error.length, 0);
+    await clock.advance(1);
+    assert.match(events.error[0].message, /did not answer within 5000 ms/);
+    await clock.advance(1000);
+    assert.equal(calls, 2);
+    assert.equal(sockets.length, 1);
+    client.close();
+  });
+
   it('puts the token in the query and resolves http(s) URLs to ws(s)', async () => {
     const { client, clock, latest } = setup({ url: 'https://push.example/ws?x=1', token: 'a b' });
     client.connect();

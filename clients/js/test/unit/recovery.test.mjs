@@ -2,16 +2,8 @@
 // event delivered twice to a handler.
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { setup, message } from './fakes.mjs';
+import { connected, message } from './fakes.mjs';
 
-async function connected(options) {
-  const t = setup(options);
-  t.client.connect();
-  await t.clock.advance(0);
-  t.latest().accept();
-  await t.clock.advance(0);
-  return t;
-}
 
 async function reconnect(t, code = 1012) {
   t.latest().serverClose(code);
@@ -40,6 +32,9 @@ describe('since bookkeeping', () => {
     assert.deepEqual(sub.topics, ['news', 'stocks.AAPL', 'alerts']);
     assert.deepEqual(sub.since, { news: 'n2', 'stocks.AAPL': 's2' });
     assert.deepEqual(got, ['n1', 's1', 'n2', 's2']);
+    t.latest().subscribed({ news: true, 'stocks.AAPL': true });
+    const confirmed = t.events.subscribed.map((s) => s.topic);
+    assert.deepEqual(confirmed, ['news', 'stocks.AAPL', 'alerts', 'news', 'stocks.AAPL', 'alerts'], 'confirmed on each connection');
     t.client.close();
   });
 

@@ -3,16 +3,8 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { HeraldError } from '../../dist/herald.js';
-import { setup, message, jwt } from './fakes.mjs';
+import { setup, connected, message, jwt } from './fakes.mjs';
 
-async function connected(options, welcome) {
-  const t = setup(options);
-  t.client.connect();
-  await t.clock.advance(0);
-  t.latest().accept(welcome);
-  await t.clock.advance(0);
-  return t;
-}
 
 describe('requests', () => {
   it('publish waits for a connection, then resolves with the id', async () => {
