@@ -2,7 +2,8 @@
 // the page (built on the SDK served at /herald.js) fetches a token, connects
 // and shows the feed (ticks with their charts, news, alerts); an admin
 // publish shows up; a chat line typed in one page appears in another; the
-// browser's own WebSocket negotiated permessage-deflate.
+// browser's own WebSocket negotiated permessage-deflate; after a restart of
+// the gateway the page reconnects and notes each topic it could not recover.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startGateway, publish, stopAll, deadline } from '../support/processes.mjs';
@@ -61,5 +62,28 @@ describe('the demo page on one gateway', { timeout: 120_000 }, () => {
     assert.equal(await a.locator('#notes .gap').count(), 0, 'nothing to recover on a first connection');
     assert.deepEqual([...a.errors, ...b.errors], []);
     await screenshot(a, 'browser-demo.png');
+    await b.close();
+  });
+
+  it('notes each topic it could not recover after the gateway restarts', async () => {
+    // A single node keeps history in memory: a restart starts a new history
+    // epoch, so the page's cursors are unknown and every topic answers
+    // recovered:false. The page reconnects by itself and says so per topic.
+    const page = await open(browser, `${gateway.url}/`);
+    await page.waitForSelector('#news li');
+    await say(page, 'before the restart');
+    await seesChat(page, 'before the restart');
+    const before = await page.evaluate(() => window.herald.connection.session);
+    await gateway.stop('SIGTERM');
+    gateway = await startGateway({ port: gateway.port, adminPort: gateway.adminPort, dev: true, bin: demoBinDir, args: ['--compression'] });
+    await page.waitForFunction((s) => window.herald.state === 'connected' && window.herald.connection.session !== s, before, { timeout: 20_000 });
+    await page.waitForFunction(() => document.querySelectorAll('#notes .gap').length >= 7, null, { timeout: 10_000 });
+    const noted = await page.evaluate(() => [...document.querySelectorAll('#notes .gap')].map((n) => n.dataset.topic).sort());
+    assert.deepEqual(noted, ['alerts', 'chat.lobby', 'news', 'stocks.AAPL', 'stocks.AMZN', 'stocks.GOOG', 'stocks.MSFT']);
+    // Live events flow again on the new node.
+    await say(page, 'after the restart');
+    await seesChat(page, 'after the restart');
+    assert.deepEqual(page.errors, []);
+    await screenshot(page, 'browser-demo-recovery.png');
   });
 });
