@@ -5,6 +5,8 @@
 // herald-admin keeps publishing, the node holding page A is killed with
 // kill -9: page A reconnects through HAProxy to the other node, and both
 // pages show every event exactly once, in order, with no gap note.
+// (Both nodes run the --dev feed, so ticks and headlines come twice a second,
+// each an event of its own; the chat carries the events counted here.)
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startRedis, startGateway, startAdmin, startHaproxy, publish, stopAll, deadline } from '../support/processes.mjs';
@@ -53,6 +55,10 @@ describe('the demo page across the loss of a node', { timeout: 150_000 }, () => 
         await new Promise((resolve) => setTimeout(resolve, 100)); // pacing, not synchronisation
       }
     })();
+    await a.evaluate(() => {
+      window.recoveredLog = [];
+      window.herald.on('recovered', (r) => window.recoveredLog.push(r));
+    });
     await seesChat(a, 'event 10');
     await nodes[first].stop('SIGKILL');
     await a.waitForFunction((n) => window.herald.connection.node === n, other, { timeout: 15_000 });
@@ -65,6 +71,8 @@ describe('the demo page across the loss of a node', { timeout: 150_000 }, () => 
     assert.deepEqual(await chatLines(a), expected, 'page A: every event once, in order');
     assert.deepEqual(await chatLines(b), expected, 'page B: every event once, in order');
     assert.equal(await a.locator('#notes .gap').count(), 0, 'every topic was recovered');
+    const recovered = await a.evaluate(() => window.recoveredLog);
+    assert.deepEqual(recovered.find((r) => r.topic === 'chat.lobby'), { topic: 'chat.lobby', recovered: true }, 'resubscribed with since');
     await a.waitForSelector('#stocks td.price');
     assert.deepEqual([...a.errors, ...b.errors], []);
     await screenshot(a, 'browser-failover.png');
