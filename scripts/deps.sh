@@ -45,7 +45,9 @@ cargo nextest --version >/dev/null 2>&1 || cargo install cargo-nextest --locked
 # Helm's Go SDK (helm-python-sdk, which ships its own libhelm_c: no helm
 # binary, nothing downloaded at run time) and kubernetes-validate (with its
 # schemas) check the chart offline; pytest and websockets run the tests.
-command -v haproxy >/dev/null 2>&1 || apt_install haproxy
+# HAProxy also balances the two gateways of the browser failover test
+# (scripts/test-clients.sh).
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || apt_install haproxy
 command -v shellcheck >/dev/null 2>&1 || apt_install shellcheck
 pip_install() {
   python3 -m pip install --quiet "$@" ||

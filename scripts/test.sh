@@ -13,5 +13,5 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --bins
 cargo nextest run --workspace --no-fail-fast
 scripts/autobahn.sh
-node tests/browser/demo.test.mjs
+scripts/test-clients.sh
 scripts/test-deploy.sh

@@ -1,12 +1,17 @@
-//! `--dev`: the demo page, `/dev/token`, and the demo feed.
+//! `--dev`: the demo page, the client SDK it runs on, `/dev/token`, and the
+//! demo feed.
 //!
 //! Only for trying Herald on a laptop: `/dev/token` hands a token to anyone
 //! who asks, so these routes exist only when `--dev` is given.
+//! `assets/herald.js` is the build of `clients/js` (`tsc`), committed so the
+//! binary embeds it; a test of `scripts/test-clients.sh` checks that it equals
+//! a fresh build.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Query, State};
+use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -24,13 +29,23 @@ use crate::node::Node;
 pub const SYMBOLS: [&str; 4] = ["AAPL", "MSFT", "GOOG", "AMZN"];
 
 const DEMO_PAGE: &str = include_str!("demo.html");
+const SDK: &str = include_str!("assets/herald.js");
 
-/// `/` and `/dev/token`.
+/// `/`, `/herald.js` and `/dev/token`.
 pub fn routes(node: Arc<Node>) -> Router {
     Router::new()
         .route("/", get(|| async { Html(DEMO_PAGE) }))
+        .route("/herald.js", get(sdk))
         .route("/dev/token", get(token))
         .with_state(node)
+}
+
+/// The client SDK, as an ES module for the demo page's `import`.
+async fn sdk() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        SDK,
+    )
 }
 
 #[derive(Deserialize)]
