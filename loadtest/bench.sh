@@ -7,6 +7,10 @@
 #
 #   loadtest/bench.sh            # everything (about 6 minutes)
 #   QUICK=1 loadtest/bench.sh    # smaller counts, for a smoke run
+#   HERALD_BIN=DIR OUT=DIR loadtest/bench.sh
+#                                # measure the herald-gateway and herald-admin
+#                                # in DIR (another build, for a before/after
+#                                # comparison) with this tree's generator
 #
 # Needs: cargo, redis-server, node + npm. Loopback only; every process it
 # starts is stopped when it exits.
@@ -15,7 +19,7 @@ cd "$(dirname "$0")/.."
 
 SECRET=bench-secret-0123456789abcdef
 KEY=bench-admin-key
-OUT=target/bench
+OUT=${OUT:-target/bench}
 QUICK=${QUICK:-}
 IDLE=${IDLE:-19000}
 SUBS=${SUBS:-10000}
@@ -26,6 +30,7 @@ if [ -n "$QUICK" ]; then IDLE=2000; SUBS=1000; HOLD=5; DUR=3; fi
 ulimit -n "$(ulimit -Hn)"
 cargo build --release -q -p herald-gateway -p herald-admin-api -p herald-loadtest
 BIN=target/release
+HBIN=${HERALD_BIN:-$BIN}
 rm -rf "$OUT"; mkdir -p "$OUT"
 
 pids=()
@@ -55,7 +60,7 @@ NODE_VERSION=$(node --version); WS_VERSION=$(node -e "console.log(require('$NODE
 start_herald() { # $1 = extra flags; sets HP (pid), HPUB, HADM
   HPUB=$(free_port); HADM=$(free_port)
   # shellcheck disable=SC2086
-  $BIN/herald-gateway --jwt-hs256-secret "$SECRET" --admin-api-keys "$KEY" \
+  $HBIN/herald-gateway --jwt-hs256-secret "$SECRET" --admin-api-keys "$KEY" \
     --listen "127.0.0.1:$HPUB" --admin-listen "127.0.0.1:$HADM" --log-level warn $1 &
   HP=$!; pids+=("$HP"); wait_http "http://127.0.0.1:$HADM/readyz"
 }
@@ -119,7 +124,7 @@ R="redis://127.0.0.1:$RPORT"
 start_herald "--redis-url $R --node-id n1"; P1=$HP; U1=$HPUB
 start_herald "--redis-url $R --node-id n2"; P2=$HP; U2=$HPUB
 APORT=$(free_port)
-$BIN/herald-admin --redis-url "$R" --admin-api-keys "$KEY" --admin-listen "127.0.0.1:$APORT" --log-level warn &
+$HBIN/herald-admin --redis-url "$R" --admin-api-keys "$KEY" --admin-listen "127.0.0.1:$APORT" --log-level warn &
 AP=$!; pids+=("$AP"); wait_http "http://127.0.0.1:$APORT/readyz"
 # 101 topics, 2 subscribers each, one on each node: events/s through Redis.
 lt redis-events fanout --secret "$SECRET" --admin-key "$KEY" --url "ws://127.0.0.1:$U1/ws,ws://127.0.0.1:$U2/ws" \
