@@ -16,7 +16,7 @@ use herald_core::cli;
 use herald_core::config::{self, Sources};
 use herald_core::http::ops::{self, Readiness};
 use herald_core::http::serve::Server;
-use herald_core::{AnyBroker, Backend, Broker, Metrics, NoSink};
+use herald_core::{AnyBroker, Backend, Broker, BrokerSettings, Metrics, NoSink};
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
 use tracing::info;
@@ -79,10 +79,14 @@ fn run(sources: &Sources) -> Result<()> {
             .await
             .with_context(|| format!("cannot bind admin_listen = {}", config.listen))?;
         let metrics = Metrics::new(&config.node.id);
+        let settings = BrokerSettings {
+            history: config.history,
+            publish: config.publish,
+        };
         let redis = RedisBroker::new(
             url.expose(),
             config.redis.cluster,
-            config.history,
+            settings,
             Arc::new(NoSink),
             metrics.clone(),
         )

@@ -36,6 +36,7 @@ pub const LATENCY_BUCKETS: [f64; 14] = [
 ];
 
 const DELIVER_LATENCY: &str = "herald_publish_to_deliver_seconds";
+const PROBE_RTT: &str = "herald_pubsub_probe_seconds";
 
 static METADATA: Metadata<'static> = Metadata::new("herald", Level::INFO, None);
 
@@ -165,6 +166,14 @@ pub struct Metrics {
     /// History reads sent to the broker for recoveries and catch-ups.
     pub history_reads: Counter,
     disconnects: Vec<Counter>,
+    /// Changes of Redis primary this process saw (Sentinel, Cluster).
+    pub failovers: Counter,
+    /// Topic epochs started because a new primary may lack acknowledged
+    /// events.
+    pub fenced: Counter,
+    /// Round trip of the pub/sub probe: published through Redis, back on
+    /// the node's own subscription.
+    pub probe_rtt: Histogram,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -187,7 +196,10 @@ impl Metrics {
     /// when the last `Arc` is dropped).
     pub fn new(node_id: &str) -> Arc<Metrics> {
         let builder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Full(DELIVER_LATENCY.to_owned()), &LATENCY_BUCKETS);
+            .set_buckets_for_metric(Matcher::Full(DELIVER_LATENCY.to_owned()), &LATENCY_BUCKETS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(PROBE_RTT.to_owned()), &LATENCY_BUCKETS)
+            });
         // Only an empty bucket list is refused, and ours is a constant.
         let recorder = match builder {
             Ok(b) => b.build_recorder(),
@@ -278,6 +290,21 @@ impl Metrics {
             "herald_disconnects_total",
             "Sessions closed by the server, by close code.",
         );
+        describe(
+            Kind::Counter,
+            "herald_redis_failovers_total",
+            "Changes of Redis primary this process followed (Sentinel announcements, Cluster slot owners).",
+        );
+        describe(
+            Kind::Counter,
+            "herald_history_fenced_total",
+            "Topic histories restarted in a new epoch because a new Redis primary may lack acknowledged events.",
+        );
+        describe(
+            Kind::Histogram,
+            PROBE_RTT,
+            "Round trip of the pub/sub liveness probe: published through Redis, received on the node's own subscription.",
+        );
 
         let metrics = Metrics {
             connections: Level64::new(gauge("herald_connections", &[])),
@@ -310,6 +337,9 @@ impl Metrics {
                     )
                 })
                 .collect(),
+            failovers: counter("herald_redis_failovers_total", &[]),
+            fenced: counter("herald_history_fenced_total", &[]),
+            probe_rtt: r.register_histogram(&key(PROBE_RTT, &[]), &METADATA),
             handle,
             recorder,
         };
@@ -397,6 +427,9 @@ mod tests {
             "herald_history_reads_total",
             "herald_disconnects_total",
             "herald_node_info",
+            "herald_redis_failovers_total",
+            "herald_history_fenced_total",
+            "herald_pubsub_probe_seconds",
         ] {
             assert!(
                 text.contains(&format!("# HELP {family} ")),

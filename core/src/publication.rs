@@ -15,6 +15,8 @@ use serde_json::value::RawValue;
 
 /// Longest `event` name, in bytes.
 pub const MAX_EVENT_LEN: usize = 255;
+/// Longest `idempotency_key`, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 64;
 
 /// Why a publication was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,6 +46,9 @@ pub enum PublishError {
     /// `event` is empty or longer than [`MAX_EVENT_LEN`].
     #[error("'event' must be 1 to {MAX_EVENT_LEN} bytes")]
     BadEvent,
+    /// `idempotency_key` is empty or longer than [`MAX_IDEMPOTENCY_KEY_LEN`].
+    #[error("'idempotency_key' must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes")]
+    BadIdempotencyKey,
 }
 
 impl PublishError {
@@ -52,7 +57,9 @@ impl PublishError {
         match self {
             PublishError::InvalidTopic { .. } => ErrorCode::InvalidTopic,
             PublishError::TooLarge { .. } => ErrorCode::TooLarge,
-            PublishError::TooDeep { .. } | PublishError::BadEvent => ErrorCode::BadRequest,
+            PublishError::TooDeep { .. }
+            | PublishError::BadEvent
+            | PublishError::BadIdempotencyKey => ErrorCode::BadRequest,
         }
     }
 }
@@ -76,11 +83,16 @@ impl PublicationRules {
         topic(name)
     }
 
-    /// Checks `data` and `event`.
+    /// Checks `data`, `event` and `idempotency_key`.
     ///
     /// # Errors
     /// The first rule broken, in the module's order.
-    pub fn check(&self, data: &RawValue, event: Option<&str>) -> Result<(), PublishError> {
+    pub fn check(
+        &self,
+        data: &RawValue,
+        event: Option<&str>,
+        idempotency_key: Option<&str>,
+    ) -> Result<(), PublishError> {
         let text = data.get();
         if text.len() > self.max_data {
             return Err(PublishError::TooLarge {
@@ -95,6 +107,9 @@ impl PublicationRules {
         }
         if event.is_some_and(|e| e.is_empty() || e.len() > MAX_EVENT_LEN) {
             return Err(PublishError::BadEvent);
+        }
+        if idempotency_key.is_some_and(|k| k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY_LEN) {
+            return Err(PublishError::BadIdempotencyKey);
         }
         Ok(())
     }
@@ -173,18 +188,30 @@ mod tests {
             ErrorCode::InvalidTopic
         );
         assert!(rules.topic("chat.room-1").is_ok());
-        assert!(rules.check(&raw(r#"{"a":[1]}"#), Some("e")).is_ok());
+        assert!(
+            rules
+                .check(&raw(r#"{"a":[1]}"#), Some("e"), Some("k1"))
+                .is_ok()
+        );
         assert_eq!(
-            rules.check(&raw(r#""0123456789abcdef""#), None),
+            rules.check(&raw(r#""0123456789abcdef""#), None, None),
             Err(PublishError::TooLarge { size: 18, max: 16 })
         );
         assert_eq!(
-            rules.check(&raw("[[[1]]]"), None),
+            rules.check(&raw("[[[1]]]"), None, None),
             Err(PublishError::TooDeep { max: 2 })
         );
         assert_eq!(
-            rules.check(&raw("1"), Some("")),
+            rules.check(&raw("1"), Some(""), None),
             Err(PublishError::BadEvent)
+        );
+        assert_eq!(
+            rules.check(&raw("1"), None, Some(&"k".repeat(65))),
+            Err(PublishError::BadIdempotencyKey)
+        );
+        assert_eq!(
+            rules.check(&raw("1"), None, Some("")),
+            Err(PublishError::BadIdempotencyKey)
         );
         assert_eq!(PublishError::BadEvent.code(), ErrorCode::BadRequest);
     }

@@ -8,20 +8,23 @@ use std::time::Duration;
 
 use herald_core::broker::conformance::{self, CollectingSink, HISTORY_SIZE};
 use herald_core::broker::redis::RedisBroker;
-use herald_core::config::HistoryConfig;
-use herald_core::{Broker, BrokerError, Metrics};
+use herald_core::config::{HistoryConfig, PublishConfig};
+use herald_core::{Broker, BrokerError, BrokerSettings, Metrics};
 use herald_protocol::Topic;
 use herald_testkit::{TestCluster, TestRedis};
 
-fn history() -> HistoryConfig {
-    HistoryConfig {
-        size: HISTORY_SIZE,
-        ttl: Duration::from_secs(60),
+fn settings() -> BrokerSettings {
+    BrokerSettings {
+        history: HistoryConfig {
+            size: HISTORY_SIZE,
+            ttl: Duration::from_secs(60),
+        },
+        publish: PublishConfig::default(),
     }
 }
 
 fn broker(url: &str, cluster: bool, sink: Arc<dyn herald_core::EventSink>) -> Arc<RedisBroker> {
-    RedisBroker::new(url, cluster, history(), sink, Metrics::new("t")).unwrap()
+    RedisBroker::new(url, cluster, settings(), sink, Metrics::new("t")).unwrap()
 }
 
 async fn wait_up(b: &RedisBroker) {

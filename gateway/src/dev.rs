@@ -137,9 +137,8 @@ pub async fn feed(node: Arc<Node>) {
             );
             if let (Ok(topic), Some(data)) = (Topic::new(&format!("stocks.{symbol}")), data) {
                 batch.push(Publication {
-                    topic,
                     event: Some("tick".into()),
-                    data,
+                    ..Publication::new(topic, data)
                 });
             }
         }
@@ -160,9 +159,8 @@ pub async fn feed(node: Arc<Node>) {
         for (topic, event, value) in extras {
             if let (Ok(topic), Some(data)) = (Topic::new(topic), raw(value)) {
                 batch.push(Publication {
-                    topic,
                     event: Some(event.into()),
-                    data,
+                    ..Publication::new(topic, data)
                 });
             }
         }

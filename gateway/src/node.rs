@@ -9,7 +9,8 @@ use std::sync::{Arc, Weak};
 
 use herald_core::broker::redis::RedisBroker;
 use herald_core::{
-    AnyBroker, Backend, Broker, Config, MemoryBroker, Metrics, NodeControl, NodeStats,
+    AnyBroker, Backend, Broker, BrokerSettings, Config, MemoryBroker, Metrics, NodeControl,
+    NodeStats,
 };
 use tokio::sync::Notify;
 
@@ -92,13 +93,17 @@ impl Node {
         };
         let metrics = Metrics::new(&config.node.id);
         let registry = Arc::new(Registry::new(metrics.clone()));
+        let settings = BrokerSettings {
+            history: config.history,
+            publish: config.publish,
+        };
         let backend = match &config.redis.url {
-            None => Backend::Memory(MemoryBroker::new(config.history, registry.clone())),
+            None => Backend::Memory(MemoryBroker::new(settings, registry.clone())),
             Some(url) => Backend::Redis(
                 RedisBroker::new(
                     url.expose(),
                     config.redis.cluster,
-                    config.history,
+                    settings,
                     registry.clone(),
                     metrics.clone(),
                 )

@@ -6,6 +6,10 @@
 //! SIGKILL, and a restarted Redis comes back empty on the same port.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod ha;
+
+pub use ha::{MASTER_NAME, Relay, TestReplicated, TestSentinels};
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -173,9 +177,9 @@ impl Drop for TestRedis {
     }
 }
 
-/// A Redis Cluster of three masters, no replicas.
+/// A Redis Cluster of three masters, without replicas or with one each.
 pub struct TestCluster {
-    /// The masters.
+    /// The nodes: masters, then (with replicas) their replicas.
     pub nodes: Vec<TestRedis>,
 }
 
@@ -183,16 +187,22 @@ impl TestCluster {
     /// Starts three cluster-enabled servers and joins them with
     /// `redis-cli --cluster create`.
     pub fn start() -> TestCluster {
-        Self::start_full(None)
+        Self::start_full(None, 0)
+    }
+
+    /// Three masters with a replica each (a master that dies is failed over
+    /// within a few seconds: `cluster-node-timeout` is 2 s).
+    pub fn start_with_replicas() -> TestCluster {
+        Self::start_full(None, 1)
     }
 
     /// Like [`TestCluster::start`], with every node (and the cluster bus)
     /// speaking TLS only; see [`TestRedis::start_tls`].
     pub fn start_tls(cert: &Path, key: &Path, ca: &Path) -> TestCluster {
-        Self::start_full(Some((cert, key, ca)))
+        Self::start_full(Some((cert, key, ca)), 0)
     }
 
-    fn start_full(tls: Option<(&Path, &Path, &Path)>) -> TestCluster {
+    fn start_full(tls: Option<(&Path, &Path, &Path)>, replicas: usize) -> TestCluster {
         let cluster_args = [
             "--cluster-enabled",
             "yes",
@@ -200,8 +210,12 @@ impl TestCluster {
             "nodes.conf",
             "--cluster-node-timeout",
             "2000",
+            // A replica may take over however long it was cut off (tests
+            // kill masters seconds after the cluster formed).
+            "--cluster-replica-validity-factor",
+            "0",
         ];
-        let nodes: Vec<TestRedis> = (0..3)
+        let nodes: Vec<TestRedis> = (0..3 * (1 + replicas))
             .map(|_| TestRedis::start_full(free_port(true), &cluster_args, tls))
             .collect();
         let addrs: Vec<String> = nodes
@@ -214,7 +228,7 @@ impl TestCluster {
         }
         create.arg("--cluster").arg("create").args(&addrs).args([
             "--cluster-replicas",
-            "0",
+            &replicas.to_string(),
             "--cluster-yes",
         ]);
         // `--cluster create` waits for the join without a bound of its own.
@@ -242,6 +256,10 @@ impl TestCluster {
             wait_until("cluster_state:ok", || {
                 n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok")
             });
+            wait_until("every replica in sync", || {
+                let info = n.cli(&["INFO", "replication"]);
+                info.contains("role:master") || info.contains("master_link_status:up")
+            });
         }
         TestCluster { nodes }
     }
@@ -255,23 +273,35 @@ impl TestCluster {
             .join(",")
     }
 
-    /// The master serving `key`'s slot.
+    /// The master serving `key`'s slot now.
     pub fn owner_of(&self, key: &str) -> &TestRedis {
-        let slot: u16 = self.nodes[0]
+        let owner = self.owner_port(key).unwrap();
+        self.nodes.iter().find(|n| n.port == owner).unwrap()
+    }
+
+    /// The port of the master serving `key`'s slot, as any live node sees it.
+    pub fn owner_port(&self, key: &str) -> Option<u16> {
+        let live: Vec<&TestRedis> = self.nodes.iter().filter(|n| n.child.is_some()).collect();
+        let probe = live.first()?;
+        let slot: u16 = probe
             .cli(&["CLUSTER", "KEYSLOT", key])
             .trim()
             .parse()
-            .unwrap();
-        let nodes = self.nodes[0].cli(&["CLUSTER", "NODES"]);
-        let owner = nodes
+            .ok()?;
+        let nodes = probe.cli(&["CLUSTER", "NODES"]);
+        nodes
             .lines()
+            .filter(|l| l.contains("master") && !l.contains("fail"))
             .find(|l| l.split_whitespace().skip(8).any(|r| slot_in(r, slot)))
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|addr| addr.split('@').next())
             .and_then(|addr| addr.rsplit(':').next())
             .and_then(|port| port.parse::<u16>().ok())
-            .unwrap();
-        self.nodes.iter().find(|n| n.port == owner).unwrap()
+    }
+
+    /// The node on `port`.
+    pub fn node(&mut self, port: u16) -> &mut TestRedis {
+        self.nodes.iter_mut().find(|n| n.port == port).unwrap()
     }
 }
 

@@ -11,7 +11,7 @@ use axum::body::Body;
 use axum::extract::State;
 use herald_core::http::ApiError;
 use herald_core::{Broker, Publication, PublishError};
-use herald_protocol::{ErrorBody, ErrorCode};
+use herald_protocol::{ErrorBody, ErrorCode, Topic};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -37,6 +37,11 @@ pub struct PublishRequest {
     /// Optional event name, 1–255 bytes, delivered as `event`.
     #[schema(example = "headline")]
     event: Option<String>,
+    /// Optional, 1–64 bytes: a repeat with the same key (per topic) within
+    /// `publish.idempotency_window` publishes nothing and answers the first
+    /// call's ids.
+    #[schema(example = "order-7781")]
+    idempotency_key: Option<String>,
 }
 
 /// The id each topic's event got.
@@ -63,6 +68,8 @@ pub struct BatchMessage {
     #[schema(value_type = Object)]
     data: Option<Box<RawValue>>,
     event: Option<String>,
+    /// See the single publish.
+    idempotency_key: Option<String>,
 }
 
 /// 1–1000 messages, validated all-or-nothing, published in order.
@@ -77,20 +84,42 @@ fn refused(e: &PublishError, what: &str) -> ApiError {
     ApiError::new(e.code(), format!("{what}{e}"))
 }
 
-/// Checks one message's `data` and `event`.
-fn checked(
-    state: &AdminState,
-    data: Option<Box<RawValue>>,
+/// One message's `data`, `event` and `idempotency_key`, checked.
+struct Checked {
+    data: Box<RawValue>,
     event: Option<String>,
-    what: &str,
-) -> Result<(Box<RawValue>, Option<String>), ApiError> {
-    let data =
-        data.ok_or_else(|| ApiError::new(ErrorCode::BadRequest, format!("{what}missing 'data'")))?;
-    state
-        .rules
-        .check(&data, event.as_deref())
-        .map_err(|e| refused(&e, what))?;
-    Ok((data, event))
+    idempotency_key: Option<String>,
+}
+
+impl Checked {
+    fn new(
+        state: &AdminState,
+        data: Option<Box<RawValue>>,
+        event: Option<String>,
+        idempotency_key: Option<String>,
+        what: &str,
+    ) -> Result<Checked, ApiError> {
+        let data = data
+            .ok_or_else(|| ApiError::new(ErrorCode::BadRequest, format!("{what}missing 'data'")))?;
+        state
+            .rules
+            .check(&data, event.as_deref(), idempotency_key.as_deref())
+            .map_err(|e| refused(&e, what))?;
+        Ok(Checked {
+            data,
+            event,
+            idempotency_key,
+        })
+    }
+
+    fn publication(&self, topic: Topic) -> Publication {
+        Publication {
+            topic,
+            event: self.event.clone(),
+            data: self.data.clone(),
+            idempotency_key: self.idempotency_key.clone(),
+        }
+    }
 }
 
 async fn run_publish(
@@ -154,14 +183,10 @@ pub(super) async fn publish(
             topics.push(t);
         }
     }
-    let (data, event) = checked(&state, req.data, req.event, "")?;
+    let checked = Checked::new(&state, req.data, req.event, req.idempotency_key, "")?;
     let batch = topics
         .into_iter()
-        .map(|topic| Publication {
-            topic,
-            event: event.clone(),
-            data: data.clone(),
-        })
+        .map(|topic| checked.publication(topic))
         .collect();
     run_publish(&state, batch).await
 }
@@ -205,8 +230,8 @@ pub(super) async fn publish_batch(
             ApiError::new(ErrorCode::BadRequest, format!("{what}missing 'topic'"))
         })?;
         let topic = state.rules.topic(&name).map_err(|e| refused(&e, &what))?;
-        let (data, event) = checked(&state, m.data, m.event, &what)?;
-        batch.push(Publication { topic, event, data });
+        let checked = Checked::new(&state, m.data, m.event, m.idempotency_key, &what)?;
+        batch.push(checked.publication(topic));
     }
     run_publish(&state, batch).await
 }

@@ -73,12 +73,11 @@ impl EventSink for CollectingSink {
 
 /// A publication of `{"n":n}` to `topic`.
 pub fn publication(topic: &Topic, n: u64) -> Publication {
-    Publication {
-        topic: topic.clone(),
-        event: None,
-        data: RawValue::from_string(format!("{{\"n\":{n}}}"))
+    Publication::new(
+        topic.clone(),
+        RawValue::from_string(format!("{{\"n\":{n}}}"))
             .unwrap_or_else(|_| unreachable!("a number is valid JSON")),
-    }
+    )
 }
 
 fn unique_topic(name: &str) -> Topic {
@@ -126,7 +125,67 @@ where
     unrecoverable_since(&*broker, &sink).await;
     empty_topic_history(&*broker).await;
     concurrent_publishers_keep_one_order(broker.clone(), &sink).await;
+    idempotent_publishes_happen_once(broker.clone(), &sink).await;
     node_control_is_reached(&*broker).await;
+}
+
+fn keyed(topic: &Topic, n: u64, key: &str) -> Publication {
+    let mut p = publication(topic, n);
+    p.idempotency_key = Some(key.to_owned());
+    p
+}
+
+async fn idempotent_publishes_happen_once<B: Broker>(broker: Arc<B>, sink: &CollectingSink) {
+    let topic = unique_topic("idem");
+    let other = unique_topic("idem-other");
+    subscribed(&*broker, &topic).await;
+    let first = broker
+        .publish(vec![keyed(&topic, 1, "k1")])
+        .await
+        .expect("publish");
+    // A retry, a batch repeating the key, and two concurrent callers.
+    let again = broker
+        .publish(vec![keyed(&topic, 99, "k1")])
+        .await
+        .expect("retry");
+    assert_eq!(again, first, "a repeated key answers the first position");
+    let batch = broker
+        .publish(vec![
+            keyed(&topic, 2, "k2"),
+            keyed(&topic, 98, "k2"),
+            publication(&topic, 3),
+        ])
+        .await
+        .expect("batch");
+    assert_eq!(batch[0], batch[1], "a key repeated within a batch");
+    let (a, b) = tokio::join!(
+        broker.publish(vec![keyed(&topic, 4, "k3")]),
+        broker.publish(vec![keyed(&topic, 97, "k3")]),
+    );
+    assert_eq!(
+        a.expect("a"),
+        b.expect("b"),
+        "concurrent callers, one event"
+    );
+    // Keys belong to their topic.
+    let elsewhere = broker
+        .publish(vec![keyed(&other, 5, "k1")])
+        .await
+        .expect("other topic");
+    assert_ne!(elsewhere, first);
+    let seen = sink.wait_for(&topic, 4).await;
+    assert_eq!(
+        seen.iter().map(n_of).collect::<Vec<_>>(),
+        vec![1, 2, 3, if a_first(&seen) { 4 } else { 97 }],
+        "each keyed event once, in order"
+    );
+    let page = broker.history(&topic, None, 100).await.expect("history");
+    assert_eq!(page.events.len(), 4, "history holds each keyed event once");
+}
+
+/// Whether the first of two concurrent keyed publishes (n = 4) won.
+fn a_first(seen: &[Event]) -> bool {
+    seen.iter().any(|e| n_of(e) == 4)
 }
 
 async fn subscribed<B: Broker>(broker: &B, topic: &Topic) {

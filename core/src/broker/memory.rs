@@ -20,8 +20,8 @@ use tracing::Instrument;
 use herald_protocol::Topic;
 
 use super::{
-    Broker, BrokerError, Event, EventSink, HistoryPage, NodeControl, NodeStats, Position,
-    Publication, Ready,
+    Broker, BrokerError, BrokerSettings, Event, EventSink, HistoryPage, NodeControl, NodeStats,
+    Position, Publication, Ready,
 };
 use crate::config::HistoryConfig;
 use crate::now_ms;
@@ -64,7 +64,16 @@ pub(crate) fn new_epoch() -> u32 {
     u32::from_le_bytes(b).max(1)
 }
 
-type Shard = Mutex<HashMap<Topic, TopicLog>>;
+/// One shard: the histories of its topics, and the idempotency keys seen for
+/// them (kept apart from the histories, so a key outlives an expired history
+/// for its whole window).
+#[derive(Default)]
+struct ShardState {
+    logs: HashMap<Topic, TopicLog>,
+    keys: HashMap<(Topic, String), (Position, Instant)>,
+}
+
+type Shard = Mutex<ShardState>;
 
 /// In-process broker with per-topic history rings.
 pub struct MemoryBroker {
@@ -72,18 +81,20 @@ pub struct MemoryBroker {
     hasher: RandomState,
     sink: Arc<dyn EventSink>,
     history: HistoryConfig,
+    idempotency_window: Duration,
     node: RwLock<Option<Arc<dyn NodeControl>>>,
 }
 
 impl MemoryBroker {
     /// Builds the broker; when called inside a Tokio runtime, also starts the
-    /// task that frees expired histories.
-    pub fn new(history: HistoryConfig, sink: Arc<dyn EventSink>) -> Arc<MemoryBroker> {
+    /// task that frees expired histories and idempotency keys.
+    pub fn new(settings: BrokerSettings, sink: Arc<dyn EventSink>) -> Arc<MemoryBroker> {
         let broker = Arc::new(MemoryBroker {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             hasher: RandomState::new(),
             sink,
-            history,
+            history: settings.history,
+            idempotency_window: settings.publish.idempotency_window,
             node: RwLock::new(None),
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -99,7 +110,7 @@ impl MemoryBroker {
         &self.shards[h % SHARDS]
     }
 
-    fn lock<'a>(shard: &'a Shard) -> std::sync::MutexGuard<'a, HashMap<Topic, TopicLog>> {
+    fn lock(shard: &Shard) -> std::sync::MutexGuard<'_, ShardState> {
         // A panic while holding a shard lock cannot leave a log half-updated in
         // a way later readers mind, so poisoning is ignored.
         shard.lock().unwrap_or_else(|p| p.into_inner())
@@ -114,10 +125,13 @@ impl MemoryBroker {
         let now = Instant::now();
         let mut dropped = 0;
         for shard in self.shards.iter() {
-            let mut logs = Self::lock(shard);
-            let before = logs.len();
-            logs.retain(|_, log| !self.expired(log, now));
-            dropped += before - logs.len();
+            let mut st = Self::lock(shard);
+            let before = st.logs.len();
+            st.logs.retain(|_, log| !self.expired(log, now));
+            dropped += before - st.logs.len();
+            let window = self.idempotency_window;
+            st.keys
+                .retain(|_, (_, at)| now.duration_since(*at) <= window);
         }
         dropped
     }
@@ -147,12 +161,27 @@ impl Broker for MemoryBroker {
         for publication in batch {
             let now = Instant::now();
             let ts = now_ms();
-            let mut logs = Self::lock(self.shard(&publication.topic));
-            let log = match logs.get_mut(&publication.topic) {
+            let mut st = Self::lock(self.shard(&publication.topic));
+            let key = publication
+                .idempotency_key
+                .as_ref()
+                .map(|k| (publication.topic.clone(), k.clone()));
+            if let Some(key) = &key {
+                match st.keys.get(key) {
+                    Some((p, at)) if now.duration_since(*at) <= self.idempotency_window => {
+                        positions.push(*p);
+                        continue;
+                    }
+                    _ => {}
+                }
+            }
+            let log = match st.logs.get_mut(&publication.topic) {
                 Some(log) if !self.expired(log, now) => log,
                 _ => {
-                    logs.insert(publication.topic.clone(), TopicLog::new(now));
-                    logs.get_mut(&publication.topic)
+                    st.logs
+                        .insert(publication.topic.clone(), TopicLog::new(now));
+                    st.logs
+                        .get_mut(&publication.topic)
                         .ok_or_else(|| BrokerError::Internal("topic log vanished".to_owned()))?
                 }
             };
@@ -170,7 +199,10 @@ impl Broker for MemoryBroker {
                 log.ring.push_back(event.clone());
             }
             self.sink.deliver(&event);
-            drop(logs);
+            if let Some(key) = key {
+                st.keys.insert(key, (position, now));
+            }
+            drop(st);
             positions.push(position);
         }
         Ok(positions)
@@ -190,12 +222,13 @@ impl Broker for MemoryBroker {
         limit: usize,
     ) -> Result<HistoryPage, BrokerError> {
         let now = Instant::now();
-        let logs = Self::lock(self.shard(topic));
-        let Some(log) = logs.get(topic).filter(|log| !self.expired(log, now)) else {
+        let st = Self::lock(self.shard(topic));
+        let Some(log) = st.logs.get(topic).filter(|log| !self.expired(log, now)) else {
             return Ok(HistoryPage {
                 events: Vec::new(),
                 recovered: since.is_none(),
                 head: None,
+                replaced: None,
             });
         };
         let head = Some(Position {
@@ -214,6 +247,7 @@ impl Broker for MemoryBroker {
             events,
             recovered,
             head,
+            replaced: None,
         })
     }
 
@@ -239,8 +273,11 @@ mod tests {
     use super::*;
     use crate::broker::conformance;
 
-    fn config(size: usize, ttl: Duration) -> HistoryConfig {
-        HistoryConfig { size, ttl }
+    fn config(size: usize, ttl: Duration) -> BrokerSettings {
+        BrokerSettings {
+            history: HistoryConfig { size, ttl },
+            publish: crate::config::PublishConfig::default(),
+        }
     }
 
     #[tokio::test]

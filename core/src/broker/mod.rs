@@ -14,7 +14,16 @@
 //! - **Acknowledgement.** [`Broker::publish`] returns only after every event of
 //!   the batch is stored in history (when history is on) and handed to
 //!   delivery; storing and delivering are one atomic step, so an event is never
-//!   delivered without history or stored without being delivered.
+//!   delivered without history or stored without being delivered. (With
+//!   `publish.durability = replicated`, the Redis broker stores, waits for its
+//!   replicas, and only then delivers; an event is never delivered before it
+//!   is acknowledged.)
+//! - **Ids are never reused.** Not even across a Redis failover that lost
+//!   acknowledged writes: such a history starts a new epoch, and the sink
+//!   hears [`EventSink::history_replaced`] before its first event.
+//! - **Idempotency.** A publication whose `idempotency_key` was seen for the
+//!   same topic within `publish.idempotency_window` is not published again;
+//!   its position is the first one's. The check is atomic with the publish.
 //! - **Subscription.** The [`Ready`] returned by [`Broker::subscribe`]
 //!   resolves once events published afterwards are certain to reach the sink.
 //! - **Calls in order.** `subscribe` and `unsubscribe` take effect in the order
@@ -50,6 +59,31 @@ pub struct Publication {
     pub event: Option<String>,
     /// The payload, already valid JSON.
     pub data: Box<RawValue>,
+    /// When set, a publication to the same topic with the same key within
+    /// `publish.idempotency_window` is not published again: the broker
+    /// answers the first one's position (contract §8).
+    pub idempotency_key: Option<String>,
+}
+
+impl Publication {
+    /// A publication of `data` to `topic`, without event name or key.
+    pub fn new(topic: Topic, data: Box<RawValue>) -> Publication {
+        Publication {
+            topic,
+            event: None,
+            data,
+            idempotency_key: None,
+        }
+    }
+}
+
+/// What a broker is built with, from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct BrokerSettings {
+    /// `[history]`.
+    pub history: crate::config::HistoryConfig,
+    /// `[publish]`: durability and idempotency.
+    pub publish: crate::config::PublishConfig,
 }
 
 /// Where an event sits in its topic's history; shown to clients as an opaque id.
@@ -125,6 +159,10 @@ pub struct HistoryPage {
     /// The topic's latest position when the page was read (whatever `limit`
     /// was), or `None` when the topic has no history at all.
     pub head: Option<Position>,
+    /// The epoch this history's epoch replaced because the earlier one may
+    /// have lost acknowledged events (a Redis failover): nothing of that
+    /// epoch after what a reader has is recoverable.
+    pub replaced: Option<u32>,
 }
 
 /// Receives every event of the topics the node subscribed.
@@ -136,6 +174,13 @@ pub trait EventSink: Send + Sync + 'static {
     /// connection was lost and the topic is subscribed again): the sink should
     /// catch up from history. Must not block.
     fn resync(&self, _topic: &Topic) {}
+
+    /// Called, before the first event of the new epoch, when `topic`'s
+    /// history was replaced by a new epoch because epoch `old` may have lost
+    /// acknowledged events (a Redis failover). Sessions that were following
+    /// `old` may have missed events nobody can give them back. Must not
+    /// block.
+    fn history_replaced(&self, _topic: &Topic, _old: u32) {}
 }
 
 /// A sink that drops everything, for processes with no sessions.

@@ -90,7 +90,7 @@ pub static KEYS: &[KeySpec] = &[
     secret(
         "redis_url",
         Kind::Text,
-        "redis:// or rediss:// URL; set = cluster mode",
+        "redis:// or rediss:// URL, or redis+sentinel://host:port[,host:port]/<master> (rediss+sentinel:// for TLS); set = cluster mode",
     ),
     key(
         "redis_cluster",
@@ -199,6 +199,30 @@ pub static KEYS: &[KeySpec] = &[
         Kind::Duration,
         Some("10m"),
         "how long a topic's history is kept after its last publish",
+    ),
+    key(
+        "publish.durability",
+        Kind::Text,
+        Some("leader"),
+        "leader: acknowledged once the Redis primary applied it; replicated: once publish.min_replicas replicas confirmed it (WAIT)",
+    ),
+    key(
+        "publish.min_replicas",
+        Kind::Count,
+        Some("1"),
+        "replicas that must confirm a publish with durability = replicated",
+    ),
+    key(
+        "publish.replication_timeout",
+        Kind::Duration,
+        Some("200ms"),
+        "how long a replicated publish waits for its replicas before answering 503",
+    ),
+    key(
+        "publish.idempotency_window",
+        Kind::Duration,
+        Some("5m"),
+        "how long an idempotency_key is remembered",
     ),
     key(
         "compression",

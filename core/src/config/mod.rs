@@ -28,8 +28,8 @@ use serde::Deserialize;
 
 pub use keys::{KEYS, KeySpec, Kind};
 pub use sections::{
-    AdminConfig, HeartbeatConfig, HistoryConfig, JwtConfig, LimitsConfig, ListenersConfig,
-    LogConfig, NodeConfig, PayloadLimits, RedisConfig, TlsConfig,
+    AdminConfig, Durability, HeartbeatConfig, HistoryConfig, JwtConfig, LimitsConfig,
+    ListenersConfig, LogConfig, NodeConfig, PayloadLimits, PublishConfig, RedisConfig, TlsConfig,
 };
 pub use sources::{DEFAULT_CONFIG_FILE, Layers, Sources};
 pub use value::{parse_duration, parse_size};
@@ -147,6 +147,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// `[history]`.
     pub history: HistoryConfig,
+    /// `[publish]`.
+    pub publish: PublishConfig,
     /// `log_level`, `log_format`.
     pub log: LogConfig,
 }
@@ -167,6 +169,8 @@ pub struct AdminServiceConfig {
     pub payload: PayloadLimits,
     /// `[history]`.
     pub history: HistoryConfig,
+    /// `[publish]`.
+    pub publish: PublishConfig,
     /// `log_level`, `log_format`.
     pub log: LogConfig,
 }
@@ -237,6 +241,7 @@ pub fn load(sources: &Sources) -> Result<Loaded, ConfigError> {
         heartbeat: read(&layers)?,
         limits: read(&layers)?,
         history: read(&layers)?,
+        publish: read(&layers)?,
         log: read(&layers)?,
     };
     Ok(Loaded { config, layers })
@@ -257,6 +262,7 @@ pub fn load_admin_service(sources: &Sources) -> Result<AdminServiceConfig, Confi
         admin: read(&layers)?,
         payload: read(&layers)?,
         history: read(&layers)?,
+        publish: read(&layers)?,
         log: read(&layers)?,
     })
 }

@@ -129,14 +129,95 @@ impl Section for RedisConfig {
     const PATH: Option<&'static str> = None;
 
     fn check(&mut self, c: &Check<'_>) -> Result<(), ConfigError> {
-        if let Some(url) = &self.url {
-            let ok = url
-                .expose()
-                .split(',')
-                .all(|u| u.trim().starts_with("redis://") || u.trim().starts_with("rediss://"));
-            if !ok {
-                return Err(c.invalid("redis_url", "must start with redis:// or rediss://"));
+        let Some(url) = &self.url else {
+            return Ok(());
+        };
+        let url = url.expose().trim();
+        if url.starts_with("redis+sentinel://") || url.starts_with("rediss+sentinel://") {
+            if self.cluster {
+                return Err(c.invalid(
+                    "redis_cluster",
+                    "a Sentinel redis_url names one primary, not a Redis Cluster",
+                ));
             }
+            return Ok(());
+        }
+        let ok = url
+            .split(',')
+            .all(|u| u.trim().starts_with("redis://") || u.trim().starts_with("rediss://"));
+        if !ok {
+            return Err(c.invalid(
+                "redis_url",
+                "must start with redis://, rediss://, redis+sentinel:// or rediss+sentinel://",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// How a publication is acknowledged: by the Redis primary alone, or once
+/// replicas confirmed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Acknowledged once the primary applied it.
+    Leader,
+    /// Acknowledged once `min_replicas` replicas confirmed it (`WAIT`).
+    Replicated,
+}
+
+fn durability<'de, D: Deserializer<'de>>(d: D) -> Result<Durability, D::Error> {
+    match text(d)?.as_str() {
+        "leader" => Ok(Durability::Leader),
+        "replicated" => Ok(Durability::Replicated),
+        other => Err(serde::de::Error::custom(format!(
+            "'{other}' is not leader or replicated"
+        ))),
+    }
+}
+
+/// `[publish]`: how publications are acknowledged and deduplicated.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct PublishConfig {
+    /// `leader` or `replicated`.
+    #[serde(deserialize_with = "durability")]
+    pub durability: Durability,
+    /// Replicas that must confirm a replicated publish.
+    #[serde(deserialize_with = "count")]
+    pub min_replicas: u32,
+    /// How long a replicated publish waits for them.
+    #[serde(deserialize_with = "duration")]
+    pub replication_timeout: Duration,
+    /// How long an `idempotency_key` is remembered.
+    #[serde(deserialize_with = "duration")]
+    pub idempotency_window: Duration,
+}
+
+impl Default for PublishConfig {
+    /// The key table's defaults (a test checks they agree).
+    fn default() -> PublishConfig {
+        PublishConfig {
+            durability: Durability::Leader,
+            min_replicas: 1,
+            replication_timeout: Duration::from_millis(200),
+            idempotency_window: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Section for PublishConfig {
+    const PATH: Option<&'static str> = Some("publish");
+
+    fn check(&mut self, c: &Check<'_>) -> Result<(), ConfigError> {
+        c.positive(
+            "publish.idempotency_window",
+            self.idempotency_window.is_zero(),
+        )?;
+        if self.durability == Durability::Replicated {
+            c.positive("publish.min_replicas", self.min_replicas == 0)?;
+            c.positive(
+                "publish.replication_timeout",
+                self.replication_timeout.is_zero(),
+            )?;
         }
         Ok(())
     }

@@ -41,6 +41,64 @@ fn defaults_are_valid_and_match_the_contract() {
     assert!(c.listeners.allowed_origins.is_empty() && c.redis.url.is_none());
     assert!(!c.node.id.is_empty());
     assert!(!c.log.json());
+    let p = c.publish;
+    let d = PublishConfig::default();
+    assert_eq!(
+        (
+            p.durability,
+            p.min_replicas,
+            p.replication_timeout,
+            p.idempotency_window
+        ),
+        (
+            d.durability,
+            d.min_replicas,
+            d.replication_timeout,
+            d.idempotency_window
+        ),
+        "PublishConfig::default agrees with the key table"
+    );
+}
+
+#[test]
+fn publish_settings_and_sentinel_urls() {
+    let c = load(&Sources {
+        flags: vec![
+            ("publish.durability", "replicated".to_owned()),
+            ("publish.min_replicas", "2".to_owned()),
+            (
+                "redis_url",
+                "redis+sentinel://127.0.0.1:26379,127.0.0.1:26380/mymaster".to_owned(),
+            ),
+        ],
+        ..Sources::default()
+    })
+    .unwrap()
+    .config;
+    assert_eq!(c.publish.durability, Durability::Replicated);
+    assert_eq!(c.publish.min_replicas, 2);
+    let err = load(&Sources {
+        flags: vec![("publish.durability", "quorum".to_owned())],
+        ..Sources::default()
+    })
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.contains("'publish.durability'") && err.contains("quorum"),
+        "{err}"
+    );
+    let err = load(&Sources {
+        flags: vec![
+            ("redis_url", "redis+sentinel://h:1/m".to_owned()),
+            ("redis_cluster", "true".to_owned()),
+        ],
+        ..Sources::default()
+    })
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("redis_cluster"), "{err}");
 }
 
 #[test]

@@ -335,9 +335,12 @@ mod tests {
         let metrics = Metrics::new("n1");
         let registry = Arc::new(Registry::new(metrics.clone()));
         let broker = MemoryBroker::new(
-            HistoryConfig {
-                size: 10,
-                ttl: Duration::from_secs(60),
+            herald_core::BrokerSettings {
+                history: HistoryConfig {
+                    size: 10,
+                    ttl: Duration::from_secs(60),
+                },
+                publish: herald_core::config::PublishConfig::default(),
             },
             registry.clone(),
         );
@@ -349,11 +352,7 @@ mod tests {
     }
 
     fn publication(topic: &Topic, n: u64) -> Publication {
-        Publication {
-            topic: topic.clone(),
-            event: None,
-            data: RawValue::from_string(n.to_string()).unwrap(),
-        }
+        Publication::new(topic.clone(), RawValue::from_string(n.to_string()).unwrap())
     }
 
     fn drain(outbox: &Outbox) -> Vec<serde_json::Value> {

@@ -239,7 +239,12 @@ impl Registry {
             // nothing was published since, so nothing is missing from it.
             (_, None) => true,
             // A new epoch: complete if it is still kept from its first event.
-            (Some(since), Some(head)) if head.epoch != since.epoch => from_start(&page),
+            // A new epoch: complete if it is kept from its first event,
+            // unless it replaced an epoch that may have lost acknowledged
+            // events (a failover): then what was missed is gone.
+            (Some(since), Some(head)) if head.epoch != since.epoch => {
+                page.replaced.is_none() && from_start(&page)
+            }
             (Some(_), Some(_)) => page.recovered,
             (None, Some(_)) => from_start(&page),
         };
@@ -290,6 +295,19 @@ impl EventSink for Registry {
                 debug!(topic = %event.topic, ?since, at = ?event.position, "id jump: catching up");
                 self.start_catch_up(&event.topic, entry, since, vec![event.clone()]);
             }
+        }
+    }
+
+    fn history_replaced(&self, topic: &Topic, old: u32) {
+        let mut shard = lock(self.shard(topic));
+        let Some(entry) = shard.get_mut(topic) else {
+            return;
+        };
+        // Sessions that followed the replaced epoch (or any: which one it
+        // was cannot be told) may have missed acknowledged events.
+        if entry.last.is_some() || entry.catching_up.is_some() {
+            debug!(topic = %topic, replaced = old, "history replaced after a redis failover");
+            self.unrecoverable(topic, entry);
         }
     }
 

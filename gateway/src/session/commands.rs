@@ -157,13 +157,12 @@ impl Session {
             self.error(reference, ErrorCode::Forbidden, &message, Some(name));
             return;
         }
-        if let Err(e) = rules.check(data, event.as_deref()) {
+        if let Err(e) = rules.check(data, event.as_deref(), None) {
             return self.error(reference, e.code(), &e.to_string(), Some(name));
         }
         let publication = Publication {
-            topic,
             event,
-            data: data.to_owned(),
+            ..Publication::new(topic, data.to_owned())
         };
         match self.node.broker.publish(vec![publication]).await {
             Ok(positions) => {

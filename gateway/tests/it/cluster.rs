@@ -78,7 +78,21 @@ async fn wait_ready(admin: SocketAddr) {
 }
 
 pub async fn admin_proc(redis_url: &str) -> (Proc, SocketAddr) {
+    admin_proc_env(redis_url, false, &[]).await
+}
+
+/// `herald-admin` on `redis_url` (a Cluster's seeds when `cluster`), with
+/// extra environment.
+pub async fn admin_proc_env(
+    redis_url: &str,
+    cluster: bool,
+    env: &[(&str, &str)],
+) -> (Proc, SocketAddr) {
     let mut cmd = bin("herald-admin");
+    cmd.envs(env.iter().copied());
+    if cluster {
+        cmd.arg("--redis-cluster");
+    }
     cmd.args([
         "--redis-url",
         redis_url,

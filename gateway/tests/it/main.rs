@@ -7,6 +7,7 @@ mod cluster;
 mod common;
 mod compression;
 mod frames;
+mod ha;
 mod handshake;
 mod limits;
 mod process;

@@ -6,39 +6,139 @@
 //! an empty pool are [`BrokerError::Unavailable`] (retrying may work);
 //! anything else Redis answers is [`BrokerError::Internal`].
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deadpool_redis::redis::aio::ConnectionLike;
-use deadpool_redis::redis::{self, FromRedisValue, RedisFuture, Value};
+use deadpool_redis::redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use deadpool_redis::redis::{self, FromRedisValue, RedisFuture, RedisResult, Value};
+use tokio::sync::watch;
 use tracing::debug;
+
+use super::pubsub::transport::Endpoint;
+use super::sentinel::Sentinel;
 
 use crate::broker::BrokerError;
 
 /// Longest wait for a Redis command before it counts as unavailable.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Server errors that mean "not now, here": a replica (after a failover),
+/// a cluster re-sharding or failing over.
+const RETRYABLE: [&str; 6] = [
+    "READONLY",
+    "MASTERDOWN",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "LOADING",
+    "MOVED",
+];
+
 fn broker_error(e: &redis::RedisError) -> BrokerError {
-    if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
+    let retryable = e.code().is_some_and(|c| RETRYABLE.contains(&c));
+    if retryable
+        || e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+    {
         BrokerError::Unavailable(e.to_string())
     } else {
         BrokerError::Internal(e.to_string())
     }
 }
 
+/// Waiting for replicas after a group of writes (durability = replicated).
+#[derive(Debug, Clone, Copy)]
+pub struct Wait {
+    /// Replicas that must confirm.
+    pub replicas: u32,
+    /// How long Redis may wait for them.
+    pub timeout: Duration,
+}
+
 fn pool_error(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Unavailable(format!("no redis connection: {e}"))
 }
 
-fn is_noscript(e: &redis::RedisError) -> bool {
-    e.code() == Some("NOSCRIPT")
-}
-
-/// The pool, of either kind.
+/// The pool, of any kind.
 pub enum Pool {
     /// One Redis.
     Single(deadpool_redis::Pool),
     /// A Redis Cluster (commands are routed by key slot).
     Cluster(deadpool_redis::cluster::Pool),
+    /// The primary the sentinels name, whichever it is now.
+    Sentinel(SentinelPool),
+}
+
+/// A pool to the current primary of a Sentinel group, replaced whenever the
+/// primary changes (the old one's connections are dropped with it).
+pub struct SentinelPool {
+    sentinel: Arc<Sentinel>,
+    primary: watch::Receiver<Option<Endpoint>>,
+    current: Mutex<Option<(String, deadpool_redis::Pool)>>,
+    config: deadpool_redis::PoolConfig,
+}
+
+impl SentinelPool {
+    /// A pool following `sentinel`'s primary.
+    pub fn new(sentinel: Arc<Sentinel>, config: deadpool_redis::PoolConfig) -> SentinelPool {
+        SentinelPool {
+            primary: sentinel.primary(),
+            sentinel,
+            current: Mutex::new(None),
+            config,
+        }
+    }
+
+    /// The pool of the current primary.
+    fn pool(&self) -> Result<deadpool_redis::Pool, BrokerError> {
+        let primary = self
+            .primary
+            .borrow()
+            .clone()
+            .ok_or_else(|| BrokerError::Unavailable("no redis primary known yet".to_owned()))?;
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((addr, pool)) = &*current {
+            if *addr == primary.addr {
+                return Ok(pool.clone());
+            }
+        }
+        let (host, port) = primary
+            .addr
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h.trim_matches(['[', ']']).to_owned(), p.parse().ok()?)))
+            .ok_or_else(|| {
+                BrokerError::Internal(format!("bad primary address {}", primary.addr))
+            })?;
+        let addr = if primary.tls {
+            deadpool_redis::ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure: false,
+            }
+        } else {
+            deadpool_redis::ConnectionAddr::Tcp(host, port)
+        };
+        let cfg = deadpool_redis::Config {
+            url: None,
+            connection: Some(deadpool_redis::ConnectionInfo {
+                addr,
+                redis: deadpool_redis::RedisConnectionInfo {
+                    db: 0,
+                    username: primary.username.clone(),
+                    password: primary.password.clone(),
+                    protocol: deadpool_redis::ProtocolVersion::RESP2,
+                },
+            }),
+            pool: Some(self.config),
+        };
+        let pool = cfg
+            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+            .map_err(|e| BrokerError::Internal(e.to_string()))?;
+        *current = Some((primary.addr.clone(), pool.clone()));
+        Ok(pool)
+    }
 }
 
 /// A pooled connection of either kind, usable wherever redis-rs takes a
@@ -46,6 +146,34 @@ pub enum Pool {
 enum Conn {
     Single(deadpool_redis::Connection),
     Cluster(deadpool_redis::cluster::Connection),
+}
+
+impl Conn {
+    /// Runs `pipe` on the node serving `slot` (the primary, under Cluster).
+    async fn pipeline_at(&mut self, pipe: &redis::Pipeline, slot: u16) -> RedisResult<Vec<Value>> {
+        match self {
+            Conn::Single(c) => pipe.query_async(c).await,
+            Conn::Cluster(c) => {
+                c.route_pipeline(pipe.clone(), 0, pipe.len(), primary_of(slot))
+                    .await
+            }
+        }
+    }
+
+    /// Runs `cmd` on the node serving `slot`.
+    async fn command_at(&mut self, cmd: &redis::Cmd, slot: u16) -> RedisResult<Value> {
+        match self {
+            Conn::Single(c) => cmd.query_async(c).await,
+            Conn::Cluster(c) => {
+                c.route_command(cmd.clone(), RoutingInfo::SingleNode(primary_of(slot)))
+                    .await
+            }
+        }
+    }
+}
+
+fn primary_of(slot: u16) -> SingleNodeRoutingInfo {
+    SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master))
 }
 
 impl ConnectionLike for Conn {
@@ -78,13 +206,14 @@ impl ConnectionLike for Conn {
 
 /// A Lua script, sent by its SHA-1 and in full when Redis does not know it.
 pub struct Script {
-    text: &'static str,
+    text: String,
     sha: String,
 }
 
 impl Script {
     /// Wraps `text`.
-    pub fn new(text: &'static str) -> Script {
+    pub fn new(text: impl Into<String>) -> Script {
+        let text = text.into();
         let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, text.as_bytes());
         Script {
             text,
@@ -99,7 +228,7 @@ impl Script {
         } else {
             redis::cmd("EVAL")
         };
-        cmd.arg(if by_sha { self.sha.as_str() } else { self.text })
+        cmd.arg(if by_sha { &self.sha } else { &self.text })
             .arg(keys.len());
         for k in keys {
             cmd.arg(*k);
@@ -154,12 +283,30 @@ impl Commands {
         if self.cluster { "SPUBLISH" } else { "PUBLISH" }
     }
 
-    /// A pooled connection of either kind.
+    /// A pooled connection of any kind.
     async fn connection(&self) -> Result<Conn, BrokerError> {
         Ok(match &self.pool {
             Pool::Single(p) => Conn::Single(p.get().await.map_err(pool_error)?),
             Pool::Cluster(p) => Conn::Cluster(p.get().await.map_err(pool_error)?),
+            Pool::Sentinel(s) => {
+                let pool = s.pool()?;
+                match pool.get().await {
+                    Ok(c) => Conn::Single(c),
+                    Err(e) => {
+                        s.sentinel.refresh();
+                        return Err(pool_error(e));
+                    }
+                }
+            }
         })
+    }
+
+    /// After a failure that may mean the primary moved: with Sentinel, ask
+    /// the sentinels again.
+    fn on_failure(&self, e: &BrokerError) {
+        if let (Pool::Sentinel(s), BrokerError::Unavailable(_)) = (&self.pool, e) {
+            s.sentinel.refresh();
+        }
     }
 
     /// Runs one command.
@@ -193,23 +340,33 @@ impl Commands {
         &self,
         fut: impl Future<Output = Result<T, BrokerError>>,
     ) -> Result<T, BrokerError> {
-        match tokio::time::timeout(COMMAND_TIMEOUT, fut).await {
+        let result = match tokio::time::timeout(COMMAND_TIMEOUT, fut).await {
             Ok(result) => result,
             Err(_) => Err(BrokerError::Unavailable(
                 "redis did not answer in time".to_owned(),
             )),
+        };
+        if let Err(e) = &result {
+            self.on_failure(e);
         }
+        result
     }
 
     /// Runs script calls as pipelines, one round trip per slot (a cluster
     /// pipeline may not cross slots; a topic's keys share one slot, so its
-    /// calls stay in order), and returns their replies in call order. A
-    /// script Redis does not know yet (after a restart) is sent again in
-    /// full.
+    /// calls stay in order), and returns their replies in call order. With
+    /// `wait`, each slot's pipeline ends with `WAIT`, on the same connection
+    /// as its writes, and fewer confirmations than asked is
+    /// [`BrokerError::Unavailable`]. A script Redis does not know yet (after
+    /// a restart) is sent again in full.
     ///
     /// # Errors
     /// The first failure of any call.
-    pub async fn scripts(&self, calls: &[ScriptCall]) -> Result<Vec<Value>, BrokerError> {
+    pub async fn scripts(
+        &self,
+        calls: &[ScriptCall],
+        wait: Option<Wait>,
+    ) -> Result<Vec<Value>, BrokerError> {
         let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
         for (i, call) in calls.iter().enumerate() {
             let slot = if self.cluster { call.slot } else { 0 };
@@ -220,7 +377,7 @@ impl Commands {
         }
         let runs = groups
             .iter()
-            .map(|(_, members)| self.script_group(members, calls));
+            .map(|(slot, members)| self.bounded(self.script_group(*slot, members, calls, wait)));
         let mut out = vec![Value::Nil; calls.len()];
         for (result, (_, members)) in futures_util::future::join_all(runs)
             .await
@@ -236,28 +393,58 @@ impl Commands {
 
     async fn script_group(
         &self,
+        slot: u16,
         members: &[usize],
         calls: &[ScriptCall],
+        wait: Option<Wait>,
     ) -> Result<Vec<Value>, BrokerError> {
+        let failed = |e: redis::RedisError| broker_error(&e);
+        let mut conn = self.connection().await?;
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         for i in members {
             pipe.add_command(calls[*i].by_sha.clone());
         }
-        let results: Vec<redis::RedisResult<Value>> = self.pipeline(&pipe).await?;
-        let mut out = Vec::with_capacity(results.len());
-        for (result, i) in results.into_iter().zip(members) {
-            let value = match result {
-                Ok(v) => v,
-                Err(e) if is_noscript(&e) => {
-                    debug!("redis lost its scripts; sending them in full");
-                    self.query::<Value>(&calls[*i].full).await?
-                }
-                Err(e) => return Err(broker_error(&e)),
-            };
-            out.push(value);
+        let wait_cmd = wait.map(|w| {
+            let mut cmd = redis::cmd("WAIT");
+            cmd.arg(w.replicas)
+                .arg(u64::try_from(w.timeout.as_millis()).unwrap_or(u64::MAX));
+            cmd
+        });
+        if let Some(cmd) = &wait_cmd {
+            pipe.add_command(cmd.clone());
         }
-        Ok(out)
+        let mut values = conn.pipeline_at(&pipe, slot).await.map_err(failed)?;
+        let mut waited = wait_cmd.as_ref().and_then(|_| values.pop());
+        for (value, i) in values.iter_mut().zip(members) {
+            if let Value::ServerError(e) = value {
+                if e.code() != "NOSCRIPT" {
+                    return Err(failed(e.clone().into()));
+                }
+                debug!("redis lost its scripts; sending them in full");
+                *value = conn
+                    .command_at(&calls[*i].full, slot)
+                    .await
+                    .map_err(failed)?;
+                if let Some(cmd) = &wait_cmd {
+                    // The write came after the pipeline's WAIT: wait again.
+                    waited = Some(conn.command_at(cmd, slot).await.map_err(failed)?);
+                }
+            }
+        }
+        if let Some(w) = wait {
+            let confirmed = match waited {
+                Some(Value::Int(n)) => u32::try_from(n).unwrap_or(0),
+                _ => 0,
+            };
+            if confirmed < w.replicas {
+                return Err(BrokerError::Unavailable(format!(
+                    "confirmed by {confirmed} of {} replicas within {:?}",
+                    w.replicas, w.timeout
+                )));
+            }
+        }
+        Ok(values)
     }
 }
 

@@ -32,6 +32,7 @@ pub mod commands;
 pub mod pubsub;
 pub mod resp;
 pub mod scripts;
+pub mod sentinel;
 pub mod view;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,14 +45,15 @@ use herald_protocol::Topic;
 use tracing::warn;
 
 use super::{
-    Broker, BrokerError, EventSink, HistoryPage, NodeControl, NodeStats, Position, Publication,
-    Ready,
+    Broker, BrokerError, BrokerSettings, EventSink, HistoryPage, NodeControl, NodeStats, Position,
+    Publication, Ready,
 };
-use crate::config::HistoryConfig;
+use crate::config::Durability;
 use crate::metrics::Metrics;
-use commands::{Commands, Pool};
-use pubsub::{ControlHandler, Endpoint, Mode, PubSub, Target};
+use commands::{Commands, Pool, SentinelPool, Wait};
+use pubsub::{ControlHandler, Endpoint, Mode, PubSub, Shared, Target};
 use scripts::{Scripts, channel};
+use sentinel::Sentinel;
 
 /// How often the broker checks that Redis answers.
 const HEALTH_PERIOD: Duration = Duration::from_millis(500);
@@ -96,12 +98,16 @@ fn endpoints(urls: &[String]) -> Result<Vec<Endpoint>, BrokerError> {
         .collect()
 }
 
-/// The Redis (or Redis Cluster) broker.
+/// How long the health check waits for `PING`: a paused Redis makes the
+/// node unready this fast.
+const PING_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The Redis (or Redis Cluster, or Sentinel-managed Redis) broker.
 pub struct RedisBroker {
     commands: Arc<Commands>,
     node: Arc<OnceLock<Arc<dyn NodeControl>>>,
     mode: Mode,
-    history: HistoryConfig,
+    settings: BrokerSettings,
     sink: Arc<dyn EventSink>,
     pubsub: OnceLock<PubSub>,
     scripts: Scripts,
@@ -111,8 +117,9 @@ pub struct RedisBroker {
 
 impl RedisBroker {
     /// Builds the broker for `redis_url` (comma-separated seeds when
-    /// `cluster`) and starts its health check. Connections are made lazily;
-    /// an unreachable Redis is reported by [`Broker::is_up`], not here.
+    /// `cluster`; a `redis+sentinel://` URL for a Sentinel group) and starts
+    /// its health check. Connections are made lazily; an unreachable Redis
+    /// is reported by [`Broker::is_up`], not here.
     ///
     /// Must be called inside a Tokio runtime.
     ///
@@ -121,16 +128,10 @@ impl RedisBroker {
     pub fn new(
         redis_url: &str,
         cluster: bool,
-        history: HistoryConfig,
+        settings: BrokerSettings,
         sink: Arc<dyn EventSink>,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<RedisBroker>, BrokerError> {
-        let urls: Vec<String> = redis_url
-            .split(',')
-            .map(|u| u.trim().to_owned())
-            .filter(|u| !u.is_empty())
-            .collect();
-        let endpoints = endpoints(&urls)?;
         let pool_config = deadpool_redis::PoolConfig {
             max_size: 16,
             timeouts: deadpool_redis::Timeouts {
@@ -140,6 +141,19 @@ impl RedisBroker {
             },
             ..Default::default()
         };
+        let trimmed = redis_url.trim();
+        if trimmed.starts_with("redis+sentinel://") || trimmed.starts_with("rediss+sentinel://") {
+            let sentinel = Sentinel::start(trimmed, metrics.clone())?;
+            let mode = Mode::Sentinel(sentinel.primary());
+            let pool = Pool::Sentinel(SentinelPool::new(sentinel, pool_config));
+            return Ok(Self::with(pool, false, mode, settings, sink, metrics));
+        }
+        let urls: Vec<String> = redis_url
+            .split(',')
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty())
+            .collect();
+        let endpoints = endpoints(&urls)?;
         let runtime = Some(deadpool_redis::Runtime::Tokio1);
         let (pool, mode) = if cluster {
             let mut cfg = deadpool_redis::cluster::Config::from_urls(urls.clone());
@@ -163,14 +177,25 @@ impl RedisBroker {
                 .ok_or_else(|| BrokerError::Internal("redis_url is empty".to_owned()))?;
             (Pool::Single(pool), Mode::Single(endpoint))
         };
+        Ok(Self::with(pool, cluster, mode, settings, sink, metrics))
+    }
+
+    fn with(
+        pool: Pool,
+        cluster: bool,
+        mode: Mode,
+        settings: BrokerSettings,
+        sink: Arc<dyn EventSink>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<RedisBroker> {
         let broker = Arc::new(RedisBroker {
             commands: Arc::new(Commands::new(pool, cluster)),
             node: Arc::new(OnceLock::new()),
             mode,
-            history,
+            settings,
             sink,
             pubsub: OnceLock::new(),
-            scripts: Scripts::default(),
+            scripts: Scripts::new(cluster),
             reachable: AtomicBool::new(false),
             metrics,
         });
@@ -178,7 +203,7 @@ impl RedisBroker {
         tokio::spawn(
             health(Arc::downgrade(&broker)).instrument(tracing::info_span!("redis_health")),
         );
-        Ok(broker)
+        broker
     }
 
     fn pubsub(&self) -> &PubSub {
@@ -189,8 +214,26 @@ impl RedisBroker {
                     view::on_control(commands, node.clone(), &payload);
                 }
             });
-            PubSub::start(self.mode.clone(), self.sink.clone(), control)
+            PubSub::start(
+                self.mode.clone(),
+                Shared {
+                    sink: self.sink.clone(),
+                    control,
+                    commands: self.commands.clone(),
+                    metrics: self.metrics.clone(),
+                    probe_tag: Arc::from(crate::random_hex(4)),
+                },
+            )
         })
+    }
+}
+
+impl RedisBroker {
+    /// A topic's history was started anew because a new primary may lack
+    /// acknowledged events of epoch `old`.
+    fn fenced(&self, topic: &Topic, old: u32) {
+        self.metrics.fenced.increment(1);
+        warn!(topic = %topic, replaced = %format!("{old:08x}"), "a new redis primary may lack acknowledged events: the topic's history starts a new epoch");
     }
 }
 
@@ -203,7 +246,13 @@ async fn health(broker: Weak<RedisBroker>) {
     loop {
         tick.tick().await;
         let Some(b) = broker.upgrade() else { return };
-        let ping: Result<String, BrokerError> = b.commands.query(&redis::cmd("PING")).await;
+        let ping: Result<String, BrokerError> =
+            match tokio::time::timeout(PING_TIMEOUT, b.commands.query(&redis::cmd("PING"))).await {
+                Ok(result) => result,
+                Err(_) => Err(BrokerError::Unavailable(
+                    "redis did not answer PING in time".to_owned(),
+                )),
+            };
         let was = b.reachable.swap(ping.is_ok(), Ordering::AcqRel);
         if was != ping.is_ok() {
             match &ping {
@@ -236,13 +285,35 @@ impl Broker for RedisBroker {
             .map(|(topic, members)| {
                 let run: Vec<&Publication> = members.iter().map(|i| &batch[*i]).collect();
                 self.scripts
-                    .publish(topic, &run, verb, &self.history, ts, &epoch)
+                    .publish(topic, &run, verb, &self.settings, ts, &epoch)
             })
             .collect();
-        let values = self.commands.scripts(&calls).await?;
+        let publish = &self.settings.publish;
+        let wait = (publish.durability == Durability::Replicated).then_some(Wait {
+            replicas: publish.min_replicas,
+            timeout: publish.replication_timeout,
+        });
+        let values = self.commands.scripts(&calls, wait).await?;
         let mut positions = vec![Position { epoch: 0, seq: 0 }; batch.len()];
-        for ((_, members), value) in runs.iter().zip(values) {
-            scripts::read_publish(value, members, &mut positions)?;
+        let mut confirms = Vec::new();
+        for ((topic, members), value) in runs.iter().zip(values) {
+            let published = scripts::read_publish(value, members, &mut positions)?;
+            if let Some(old) = published.replaced {
+                self.fenced(topic, old);
+            }
+            if wait.is_some() {
+                confirms.push(self.scripts.confirm(
+                    topic,
+                    verb,
+                    &published.epoch,
+                    published.last,
+                    &self.settings.history,
+                ));
+            }
+        }
+        if !confirms.is_empty() {
+            // The replicas have the events: make them visible, and deliver.
+            self.commands.scripts(&confirms, None).await?;
         }
         Ok(positions)
     }
@@ -264,15 +335,27 @@ impl Broker for RedisBroker {
         since: Option<&str>,
         limit: usize,
     ) -> Result<HistoryPage, BrokerError> {
-        let call = self.scripts.history(topic, since, limit);
+        let epoch = format!("{:08x}", super::memory::new_epoch());
+        let call = self.scripts.history(
+            topic,
+            since,
+            limit,
+            &self.settings,
+            &epoch,
+            self.commands.is_cluster(),
+        );
         let value = self
             .commands
-            .scripts(std::slice::from_ref(&call))
+            .scripts(std::slice::from_ref(&call), None)
             .await?
             .into_iter()
             .next()
             .unwrap_or(redis::Value::Nil);
-        scripts::read_history(value, topic, since)
+        let (page, fenced) = scripts::read_history(value, topic, since)?;
+        if let (true, Some(old)) = (fenced, page.replaced) {
+            self.fenced(topic, old);
+        }
+        Ok(page)
     }
 
     fn is_up(&self) -> bool {

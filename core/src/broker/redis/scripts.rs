@@ -1,6 +1,8 @@
-//! The topic side of the Redis broker: the two Lua scripts that must be
-//! atomic (publish a run of events; read history with its epoch check), how
-//! their arguments are built and how their replies are read.
+//! The topic side of the Redis broker: the Lua scripts that must be atomic
+//! (publish a run of events with their idempotency records; confirm
+//! replicated events; read history), how their arguments are built and how
+//! their replies are read. The scripts are in `lua/`, each publish and
+//! history script starting with the fence check of `lua/fence.lua`.
 //!
 //! Every key of a topic shares the hash tag `{<topic>}`, so each call's keys
 //! and channel sit in one slot under Redis Cluster.
@@ -11,8 +13,8 @@ use herald_protocol::{MessageFrame, Topic};
 
 use super::cluster;
 use super::commands::{Script, ScriptCall, as_text};
-use crate::broker::{BrokerError, Event, HistoryPage, Position, Publication};
-use crate::config::HistoryConfig;
+use crate::broker::{BrokerError, BrokerSettings, Event, HistoryPage, Position, Publication};
+use crate::config::{Durability, HistoryConfig};
 
 /// Most events of one topic published by one script call.
 pub const PUBLISH_RUN: usize = 256;
@@ -30,86 +32,68 @@ fn meta_key(topic: &Topic) -> String {
     format!("herald:{{{topic}}}:m")
 }
 
-/// Publishes a run of events of one topic. KEYS: stream, meta. ARGV:
-/// channel, verb (PUBLISH/SPUBLISH), history size, ttl ms, epoch candidate,
-/// then a (prefix, suffix) pair per event: the frame is prefix..id..suffix.
-/// The events go out as one message of `<id> <len>\n<frame>` records.
-const PUBLISH_LUA: &str = r"
-local epoch = redis.call('HGET', KEYS[2], 'e')
-if not epoch then
-  epoch = ARGV[5]
-  redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[2], 'e', epoch, 's', 0)
-end
-local n = (#ARGV - 5) / 2
-local last = redis.call('HINCRBY', KEYS[2], 's', n)
-local first = last - n + 1
-local size = tonumber(ARGV[3])
-local ids = {}
-local parts = {}
-for i = 0, n - 1 do
-  local seq = first + i
-  local id = epoch .. '-' .. seq
-  local frame = ARGV[6 + 2 * i] .. id .. ARGV[7 + 2 * i]
-  if size > 0 then
-    if i == n - 1 then
-      redis.call('XADD', KEYS[1], 'MAXLEN', size, '0-' .. seq, 'f', frame)
-    else
-      redis.call('XADD', KEYS[1], '0-' .. seq, 'f', frame)
-    end
-  end
-  ids[i + 1] = id
-  parts[i + 1] = id .. ' ' .. #frame .. '\n' .. frame
-end
-if size > 0 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
-end
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-redis.call(ARGV[2], ARGV[1], table.concat(parts))
-return ids
-";
+/// The fence check every topic script starts with (see the file).
+const FENCE_LUA: &str = include_str!("lua/fence.lua");
 
-const HISTORY_LUA: &str = r"
-local epoch = redis.call('HGET', KEYS[2], 'e')
-if not epoch then return {0, '', {}, 0} end
-local last = tonumber(redis.call('HGET', KEYS[2], 's'))
-local first = last + 1
-local head = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
-if #head > 0 then first = tonumber(string.match(head[1][1], '-(%d+)$')) end
-local recovered = 1
-local from = '-'
-if ARGV[1] ~= '' then
-  local s = tonumber(ARGV[2])
-  if ARGV[1] == epoch and s <= last and s + 1 >= first then
-    from = '0-' .. (s + 1)
-  else
-    recovered = 0
-  end
-end
-local out = {}
-if tonumber(ARGV[3]) > 0 then
-  local entries = redis.call('XRANGE', KEYS[1], from, '+', 'COUNT', ARGV[3])
-  for _, e in ipairs(entries) do
-    out[#out + 1] = string.match(e[1], '-(%d+)$')
-    out[#out + 1] = e[2][2]
-  end
-end
-return {recovered, epoch, out, last}
-";
+/// A script's text with the fence check prepended.
+fn with_fence(body: &str) -> String {
+    format!("{FENCE_LUA}\n{body}")
+}
 
-/// The two scripts, with their digests.
+/// The topic scripts, with their digests.
 pub struct Scripts {
     publish: Script,
+    confirm: Script,
     history: Script,
 }
 
-impl Default for Scripts {
-    fn default() -> Scripts {
+impl Scripts {
+    /// The scripts for a Redis Cluster (`cluster`) or a single primary.
+    ///
+    /// Under Cluster each script opens with a `#!lua` line (Redis 7): a
+    /// script without one counts as read-only to Redis, and since the
+    /// cluster client marks every connection `READONLY`, a node that became
+    /// a replica would run it (and fail its first write) instead of
+    /// redirecting with `MOVED` to the new primary; the client would then
+    /// never learn the new slot owner. Outside a cluster the scripts stay
+    /// without it, so Redis 6 primaries keep working.
+    pub fn new(cluster: bool) -> Scripts {
+        let script = |body: String| {
+            if cluster {
+                Script::new(format!("#!lua\n{body}"))
+            } else {
+                Script::new(body)
+            }
+        };
         Scripts {
-            publish: Script::new(PUBLISH_LUA),
-            history: Script::new(HISTORY_LUA),
+            publish: script(with_fence(include_str!("lua/publish.lua"))),
+            confirm: script(include_str!("lua/confirm.lua").to_owned()),
+            history: script(with_fence(include_str!("lua/history.lua"))),
         }
     }
+}
+
+/// How a publish is acknowledged, as the scripts spell it.
+fn mode(durability: Durability) -> &'static str {
+    match durability {
+        Durability::Leader => "leader",
+        Durability::Replicated => "replicated",
+    }
+}
+
+fn idempotency_key(topic: &Topic, key: &str) -> String {
+    format!("herald:{{{topic}}}:i:{key}")
+}
+
+/// A publish call's reply.
+#[derive(Debug)]
+pub struct Published {
+    /// The epoch a fence replaced while publishing, if one did.
+    pub replaced: Option<u32>,
+    /// The topic's epoch.
+    pub epoch: String,
+    /// The topic's last seq after the call.
+    pub last: u64,
 }
 
 /// The frame of an event before and after its id, which Redis fills in.
@@ -144,33 +128,71 @@ pub fn runs(batch: &[Publication]) -> Vec<(Topic, Vec<usize>)> {
 impl Scripts {
     /// The call publishing `run` (events of `topic`, in order) on `verb`
     /// (`PUBLISH` or `SPUBLISH`), starting epoch `epoch` if the topic has
-    /// no history.
+    /// no history (or a fence replaces it).
     pub fn publish(
         &self,
         topic: &Topic,
         run: &[&Publication],
         verb: &str,
-        history: &HistoryConfig,
+        settings: &BrokerSettings,
         ts: u64,
         epoch: &str,
     ) -> ScriptCall {
+        let history = &settings.history;
         let ttl = history.ttl.as_millis().to_string();
         let size = history.size.to_string();
+        let window = settings.publish.idempotency_window.as_millis().to_string();
         let channel = channel(topic);
-        let parts: Vec<(String, String)> = run.iter().map(|p| frame_parts(p, ts)).collect();
+        let mut keys = vec![stream_key(topic), meta_key(topic)];
+        let mut parts: Vec<(String, String, String)> = Vec::with_capacity(run.len());
+        for p in run {
+            let (prefix, suffix) = frame_parts(p, ts);
+            let index = match &p.idempotency_key {
+                Some(k) => {
+                    keys.push(idempotency_key(topic, k));
+                    keys.len().to_string()
+                }
+                None => "0".to_owned(),
+            };
+            parts.push((prefix, suffix, index));
+        }
         let mut args: Vec<&[u8]> = vec![
             &channel,
             verb.as_bytes(),
             size.as_bytes(),
             ttl.as_bytes(),
             epoch.as_bytes(),
+            mode(settings.publish.durability).as_bytes(),
+            window.as_bytes(),
         ];
-        for (prefix, suffix) in &parts {
-            args.push(prefix.as_bytes());
-            args.push(suffix.as_bytes());
+        for (prefix, suffix, index) in &parts {
+            args.extend([prefix.as_bytes(), suffix.as_bytes(), index.as_bytes()]);
         }
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        ScriptCall::new(&self.publish, cluster::slot(&channel), &keys, &args)
+    }
+
+    /// The call making `topic`'s events of `epoch` up to `last` visible and
+    /// publishing them (durability = replicated, after WAIT).
+    pub fn confirm(
+        &self,
+        topic: &Topic,
+        verb: &str,
+        epoch: &str,
+        last: u64,
+        history: &HistoryConfig,
+    ) -> ScriptCall {
+        let channel = channel(topic);
+        let (last, size) = (last.to_string(), history.size.to_string());
+        let args: [&[u8]; 5] = [
+            &channel,
+            verb.as_bytes(),
+            epoch.as_bytes(),
+            last.as_bytes(),
+            size.as_bytes(),
+        ];
         ScriptCall::new(
-            &self.publish,
+            &self.confirm,
             cluster::slot(&channel),
             &[&stream_key(topic), &meta_key(topic)],
             &args,
@@ -178,7 +200,15 @@ impl Scripts {
     }
 
     /// The call reading up to `limit` events of `topic` after `since`.
-    pub fn history(&self, topic: &Topic, since: Option<&str>, limit: usize) -> ScriptCall {
+    pub fn history(
+        &self,
+        topic: &Topic,
+        since: Option<&str>,
+        limit: usize,
+        settings: &BrokerSettings,
+        epoch: &str,
+        clustered: bool,
+    ) -> ScriptCall {
         let (since_epoch, since_seq) = match since.map(Position::parse) {
             None => (String::new(), String::from("-1")),
             // Unparseable: a non-matching epoch makes it unrecoverable.
@@ -186,10 +216,15 @@ impl Scripts {
             Some(Some(p)) => (format!("{:08x}", p.epoch), p.seq.to_string()),
         };
         let limit = limit.to_string();
-        let args: [&[u8]; 3] = [
+        let ttl = settings.history.ttl.as_millis().to_string();
+        let args: [&[u8]; 7] = [
             since_epoch.as_bytes(),
             since_seq.as_bytes(),
             limit.as_bytes(),
+            mode(settings.publish.durability).as_bytes(),
+            epoch.as_bytes(),
+            ttl.as_bytes(),
+            if clustered { b"1" } else { b"0" },
         ];
         ScriptCall::new(
             &self.history,
@@ -200,7 +235,8 @@ impl Scripts {
     }
 }
 
-/// The ids of a publish call's events, in `members` order into `positions`.
+/// A publish call's reply: its events' ids, in `members` order, go into
+/// `positions`.
 ///
 /// # Errors
 /// A reply of the wrong shape.
@@ -208,9 +244,18 @@ pub fn read_publish(
     value: Value,
     members: &[usize],
     positions: &mut [Position],
-) -> Result<(), BrokerError> {
+) -> Result<Published, BrokerError> {
     let bad = || BrokerError::Internal("unexpected reply from the publish script".to_owned());
-    let Value::Array(ids) = value else {
+    let parts = match value {
+        Value::Array(parts) => parts,
+        other => {
+            return Err(BrokerError::Internal(format!(
+                "unexpected reply from the publish script: {other:.200?}"
+            )));
+        }
+    };
+    let [ids, replaced, epoch, last] = <[Value; 4]>::try_from(parts).map_err(|_| bad())?;
+    let Value::Array(ids) = ids else {
         return Err(bad());
     };
     if ids.len() != members.len() {
@@ -222,10 +267,19 @@ pub fn read_publish(
             .ok_or_else(bad)?;
         *positions.get_mut(*i).ok_or_else(bad)? = position;
     }
-    Ok(())
+    Ok(Published {
+        replaced: as_text(&replaced)
+            .filter(|r| !r.is_empty())
+            .and_then(|r| u32::from_str_radix(&r, 16).ok()),
+        epoch: as_text(&epoch).ok_or_else(bad)?,
+        last: as_text(&last)
+            .and_then(|l| l.parse().ok())
+            .ok_or_else(bad)?,
+    })
 }
 
-/// A history call's reply as a page.
+/// A history call's reply as a page, and whether the read itself fenced the
+/// topic (started a new epoch).
 ///
 /// # Errors
 /// A reply of the wrong shape.
@@ -233,20 +287,26 @@ pub fn read_history(
     value: Value,
     topic: &Topic,
     since: Option<&str>,
-) -> Result<HistoryPage, BrokerError> {
+) -> Result<(HistoryPage, bool), BrokerError> {
     let bad = || BrokerError::Internal("unexpected reply from the history script".to_owned());
     let Value::Array(parts) = value else {
         return Err(bad());
     };
-    let [recovered, epoch, entries, last] = <[Value; 4]>::try_from(parts).map_err(|_| bad())?;
+    let [recovered, epoch, entries, last, replaced, fenced] =
+        <[Value; 6]>::try_from(parts).map_err(|_| bad())?;
+    let fenced = matches!(fenced, Value::Int(1));
     let recovered = matches!(recovered, Value::Int(1));
     let Some(epoch) = as_text(&epoch).filter(|e| !e.is_empty()) else {
         // No history for this topic.
-        return Ok(HistoryPage {
-            events: Vec::new(),
-            recovered: since.is_none(),
-            head: None,
-        });
+        return Ok((
+            HistoryPage {
+                events: Vec::new(),
+                recovered: since.is_none(),
+                head: None,
+                replaced: None,
+            },
+            fenced,
+        ));
     };
     let epoch = u32::from_str_radix(&epoch, 16).map_err(|_| bad())?;
     let last: u64 = as_text(&last)
@@ -269,9 +329,13 @@ pub fn read_history(
             json: Bytes::from(json.clone()),
         });
     }
-    Ok(HistoryPage {
+    let page = HistoryPage {
         events,
         recovered,
         head: Some(Position { epoch, seq: last }),
-    })
+        replaced: as_text(&replaced)
+            .filter(|r| !r.is_empty())
+            .and_then(|r| u32::from_str_radix(&r, 16).ok()),
+    };
+    Ok((page, fenced))
 }

@@ -14,19 +14,24 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use deadpool_redis::redis;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::super::cluster::{Backoff, slot};
 use super::super::resp::{self, Resp};
+use super::super::sentinel::role_is_primary;
 use super::transport::{Connection, Endpoint, TransportError};
 use super::{
-    ConnCmd, ControlHandler, DEAD_AFTER, PING_EVERY, RouterCmd, SUBSCRIBE_CHUNK, Target, decode,
+    ConnCmd, DEAD_AFTER, PING_EVERY, PROBE_EVERY, PROBE_TIMEOUT, RouterCmd, SUBSCRIBE_CHUNK,
+    Shared, Target, decode,
 };
-use crate::broker::{BrokerError, EventSink, ReadySender};
+use crate::broker::{BrokerError, ReadySender};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -41,10 +46,54 @@ struct InFlight {
     channels: VecDeque<Bytes>,
 }
 
+/// Where a connection connects: a fixed server, or the current primary of a
+/// Sentinel group.
+#[derive(Clone)]
+pub(super) enum Source {
+    /// Always this one.
+    Fixed(Endpoint),
+    /// Whichever primary the sentinels name; `ROLE` is checked on connect.
+    Primary(watch::Receiver<Option<Endpoint>>),
+}
+
+impl Source {
+    fn current(&self) -> Option<Endpoint> {
+        match self {
+            Source::Fixed(e) => Some(e.clone()),
+            Source::Primary(rx) => rx.borrow().clone(),
+        }
+    }
+
+    /// Resolves when the primary changes (never, for a fixed server).
+    async fn changed(&mut self) {
+        match self {
+            Source::Fixed(_) => std::future::pending().await,
+            Source::Primary(rx) => {
+                if rx.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+    }
+}
+
+/// The liveness probe of one connection: a nonce published through the
+/// command pool on the connection's own channel, which must come back.
+struct Probe {
+    channel: Bytes,
+    /// The last nonce sent, and when.
+    outstanding: Option<(u64, tokio::time::Instant)>,
+    /// The last nonce Redis accepted (set by the publishing task).
+    accepted: Arc<AtomicU64>,
+    next: u64,
+}
+
 /// One pub/sub connection task's state.
 pub(super) struct Conn {
     index: usize,
-    endpoint: Endpoint,
+    source: Source,
+    /// The address of the last connection (for logs).
+    addr: String,
     sharded: bool,
     router: UnboundedSender<RouterCmd>,
     /// Channels this connection should hold.
@@ -55,8 +104,10 @@ pub(super) struct Conn {
     resync: HashSet<Bytes>,
     /// Whether this connection was up before: a reconnect resyncs everything.
     connected_before: bool,
-    sink: Arc<dyn EventSink>,
-    control: ControlHandler,
+    probe: Probe,
+    /// Whether a probe came back since this connection was made.
+    proven: bool,
+    shared: Shared,
 }
 
 fn unavailable(why: &str) -> BrokerError {
@@ -66,29 +117,51 @@ fn unavailable(why: &str) -> BrokerError {
 impl Conn {
     pub(super) fn new(
         index: usize,
-        endpoint: Endpoint,
+        source: Source,
         sharded: bool,
         router: UnboundedSender<RouterCmd>,
-        sink: Arc<dyn EventSink>,
-        control: ControlHandler,
+        probe_channel: Bytes,
+        shared: Shared,
     ) -> Conn {
         Conn {
             index,
-            endpoint,
+            addr: source.current().map(|e| e.addr).unwrap_or_default(),
+            source,
             sharded,
             router,
             channels: HashMap::new(),
             pending: HashMap::new(),
             resync: HashSet::new(),
             connected_before: false,
-            sink,
-            control,
+            probe: Probe {
+                channel: probe_channel,
+                outstanding: None,
+                accepted: Arc::new(AtomicU64::new(0)),
+                next: 1,
+            },
+            proven: false,
+            shared,
         }
     }
 
     /// The address it connects to.
     pub(super) fn addr(&self) -> &str {
-        &self.endpoint.addr
+        &self.addr
+    }
+
+    /// Connects to the current server and, for a Sentinel primary, checks
+    /// that it still is one.
+    async fn connect(&mut self) -> Result<Connection, TransportError> {
+        let endpoint = self.source.current().ok_or(TransportError::NotPrimary)?;
+        self.addr.clone_from(&endpoint.addr);
+        let mut conn = Connection::open(&endpoint).await?;
+        if let Source::Primary(_) = self.source {
+            let role = conn.call(&[b"ROLE".as_slice()]).await?;
+            if !role_is_primary(&role) {
+                return Err(TransportError::NotPrimary);
+            }
+        }
+        Ok(conn)
     }
 
     pub(super) async fn run(mut self, mut rx: UnboundedReceiver<ConnCmd>) {
@@ -97,15 +170,11 @@ impl Conn {
         // password shows up at the default level); the retries are noise.
         let mut warned = false;
         loop {
-            match Connection::open(&self.endpoint).await {
+            match self.connect().await {
                 Ok(conn) => {
                     backoff.reset();
                     warned = false;
-                    info!(addr = %self.endpoint.addr, channels = self.channels.len(), "redis pub/sub connected");
-                    let _ = self.router.send(RouterCmd::State {
-                        conn: self.index,
-                        up: true,
-                    });
+                    info!(addr = %self.addr, channels = self.channels.len(), "redis pub/sub connected");
                     let ended = self.serve(conn, &mut rx).await;
                     let _ = self.router.send(RouterCmd::State {
                         conn: self.index,
@@ -114,16 +183,16 @@ impl Conn {
                     match ended {
                         Ok(()) => return,
                         Err(e) => {
-                            warn!(addr = %self.endpoint.addr, error = %e, "redis pub/sub connection lost")
+                            warn!(addr = %self.addr, error = %e, "redis pub/sub connection lost")
                         }
                     }
                 }
                 Err(e) if !warned => {
                     warned = true;
-                    warn!(addr = %self.endpoint.addr, error = %e, "redis pub/sub connect failed; retrying")
+                    warn!(addr = %self.addr, error = %e, "redis pub/sub connect failed; retrying")
                 }
                 Err(e) => {
-                    debug!(addr = %self.endpoint.addr, error = %e, "redis pub/sub connect failed")
+                    debug!(addr = %self.addr, error = %e, "redis pub/sub connect failed")
                 }
             }
             self.fail_pending("redis pub/sub connection down");
@@ -133,6 +202,7 @@ impl Conn {
             loop {
                 tokio::select! {
                     () = &mut sleep => break,
+                    () = self.source.changed() => break,
                     cmd = rx.recv() => match cmd {
                         None => return,
                         Some(cmd) => self.apply_while_down(cmd),
@@ -161,6 +231,60 @@ impl Conn {
             ConnCmd::Unsubscribe(channel) => {
                 self.channels.remove(&channel);
             }
+            ConnCmd::Probe(channel) => self.probe.channel = channel,
+        }
+    }
+
+    /// Sends the next probe when none is out, and judges the one that is:
+    /// a probe Redis accepted that did not come back within
+    /// [`PROBE_TIMEOUT`] means this connection no longer delivers.
+    fn probe_tick(&mut self) -> Result<(), TransportError> {
+        if let Some((nonce, sent)) = self.probe.outstanding {
+            if sent.elapsed() < PROBE_TIMEOUT {
+                return Ok(());
+            }
+            if self.probe.accepted.load(Ordering::Acquire) >= nonce {
+                return Err(TransportError::ProbeLost(PROBE_TIMEOUT));
+            }
+            // Redis did not take the probe (commands fail too): the health
+            // check reports that; this connection is not to blame.
+        }
+        let nonce = self.probe.next;
+        self.probe.next += 1;
+        self.probe.outstanding = Some((nonce, tokio::time::Instant::now()));
+        let (commands, accepted) = (self.shared.commands.clone(), self.probe.accepted.clone());
+        let mut cmd = redis::cmd(commands.publish_verb());
+        cmd.arg(self.probe.channel.as_ref()).arg(nonce);
+        tokio::spawn(async move {
+            if commands.query::<redis::Value>(&cmd).await.is_ok() {
+                accepted.fetch_max(nonce, Ordering::AcqRel);
+            }
+        });
+        Ok(())
+    }
+
+    /// A probe came back: the path is proven (again).
+    fn probe_back(&mut self, payload: &[u8]) {
+        let nonce = std::str::from_utf8(payload)
+            .ok()
+            .and_then(|n| n.parse::<u64>().ok());
+        let Some((outstanding, sent)) = self.probe.outstanding else {
+            return;
+        };
+        if nonce != Some(outstanding) {
+            return;
+        }
+        self.shared
+            .metrics
+            .probe_rtt
+            .record(sent.elapsed().as_secs_f64());
+        self.probe.outstanding = None;
+        if !self.proven {
+            self.proven = true;
+            let _ = self.router.send(RouterCmd::State {
+                conn: self.index,
+                up: true,
+            });
         }
     }
 
@@ -172,6 +296,10 @@ impl Conn {
     ) -> Result<(), TransportError> {
         let mut inflight: VecDeque<InFlight> = VecDeque::new();
         let mut out = BytesMut::new();
+        self.proven = false;
+        self.probe.outstanding = None;
+        self.channels
+            .insert(self.probe.channel.clone(), Target::Probe);
         // Everything wanted, again: this is also how a reconnect resubscribes,
         // and then whatever was published meanwhile must be caught up.
         let all: Vec<Bytes> = self.channels.keys().cloned().collect();
@@ -184,9 +312,13 @@ impl Conn {
         out.clear();
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.tick().await;
+        let mut probe = tokio::time::interval(PROBE_EVERY);
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_read = tokio::time::Instant::now();
         loop {
             tokio::select! {
+                () = self.source.changed() => return Err(TransportError::NotPrimary),
+                _ = probe.tick() => self.probe_tick()?,
                 cmd = rx.recv() => {
                     let Some(first) = cmd else { return Ok(()) };
                     let mut cmds = vec![first];
@@ -249,8 +381,22 @@ impl Conn {
                     }
                     (Kind::Unsubscribe, channel)
                 }
+                ConnCmd::Probe(channel) => {
+                    // The probe moves to a channel of this connection's
+                    // shard: drop the old one, then take the new one.
+                    let old = std::mem::replace(&mut self.probe.channel, channel.clone());
+                    self.channels.remove(&old);
+                    self.channels.insert(channel.clone(), Target::Probe);
+                    self.probe.outstanding = None;
+                    if kind_differs(run_kind, Kind::Unsubscribe, &run) {
+                        self.encode(run_kind, std::mem::take(&mut run), out, inflight);
+                    }
+                    self.encode(Kind::Unsubscribe, vec![old], out, inflight);
+                    run_kind = Kind::Subscribe;
+                    (Kind::Subscribe, channel)
+                }
             };
-            if kind != run_kind && !run.is_empty() {
+            if kind_differs(run_kind, kind, &run) {
                 self.encode(run_kind, std::mem::take(&mut run), out, inflight);
             }
             run_kind = kind;
@@ -324,7 +470,7 @@ impl Conn {
                         }
                         if self.resync.remove(&channel) {
                             if let Some(Target::Topic(topic)) = self.channels.get(&channel) {
-                                self.sink.resync(topic);
+                                self.shared.sink.resync(topic);
                             }
                         }
                     }
@@ -378,20 +524,30 @@ impl Conn {
         }
     }
 
-    fn deliver(&self, channel: &Bytes, payload: Bytes) {
+    fn deliver(&mut self, channel: &Bytes, payload: Bytes) {
         match self.channels.get(channel) {
             Some(Target::Topic(topic)) => match decode(topic, &payload) {
-                Some(events) => {
-                    for event in &events {
-                        self.sink.deliver(event);
+                Some(decoded) => {
+                    if let Some(old) = decoded.replaced {
+                        self.shared.sink.history_replaced(topic, old);
+                    }
+                    for event in &decoded.events {
+                        self.shared.sink.deliver(event);
                     }
                 }
                 None => warn!(topic = %topic, "malformed event payload from redis"),
             },
-            Some(Target::Control) => (self.control)(payload),
+            Some(Target::Control) => (self.shared.control)(payload),
+            Some(Target::Probe) => self.probe_back(&payload),
             None => {} // unsubscribed meanwhile
         }
     }
+}
+
+/// Whether a run of `run_kind` must be written out before a command of
+/// `kind`.
+fn kind_differs(run_kind: Kind, kind: Kind, run: &[Bytes]) -> bool {
+    run_kind != kind && !run.is_empty()
 }
 
 /// Pops one confirmation of `kind` off the in-flight queue.

@@ -37,8 +37,11 @@ use tracing::Instrument;
 use bytes::Bytes;
 use herald_protocol::Topic;
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+use tokio::sync::watch;
 
+use super::commands::Commands;
 use crate::broker::{BrokerError, Event, EventSink, Position, ReadySender};
+use crate::metrics::Metrics;
 use router::Router;
 pub use transport::{Endpoint, TransportError, command};
 
@@ -50,6 +53,12 @@ const SUBSCRIBE_CHUNK: usize = 512;
 const PING_EVERY: Duration = Duration::from_secs(5);
 /// A connection that read nothing for this long is considered dead.
 const DEAD_AFTER: Duration = Duration::from_secs(15);
+/// How often each connection proves its path with a probe.
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// A probe Redis accepted that has not come back after this long means the
+/// connection no longer delivers: it is torn down and made again.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// What a subscribed channel carries.
 #[derive(Clone, Debug)]
 pub enum Target {
@@ -57,6 +66,8 @@ pub enum Target {
     Topic(Topic),
     /// The cluster control channel.
     Control,
+    /// This connection's own liveness probe.
+    Probe,
 }
 
 /// Called with each payload of the control channel.
@@ -69,6 +80,26 @@ pub enum Mode {
     Single(Endpoint),
     /// A Redis Cluster reached through these seeds.
     Cluster(Vec<Endpoint>),
+    /// The primary of a Sentinel group, whichever it is now:
+    /// `PUBSUB_CONNECTIONS` connections to it, made again when it changes.
+    Sentinel(watch::Receiver<Option<Endpoint>>),
+}
+
+/// What the connections need besides their commands: where events go, and
+/// how to prove their path (probes are published through the command
+/// pool, the way events are).
+#[derive(Clone)]
+pub struct Shared {
+    /// Receives every event.
+    pub sink: Arc<dyn EventSink>,
+    /// Receives every control-channel payload.
+    pub control: ControlHandler,
+    /// Publishes the probes.
+    pub commands: Arc<Commands>,
+    /// Probe round trips.
+    pub metrics: Arc<Metrics>,
+    /// Names this process's probe channels.
+    pub probe_tag: Arc<str>,
 }
 
 /// What the router is asked to do (by the handle and its connections).
@@ -100,6 +131,8 @@ pub(crate) enum ConnCmd {
     /// moved here from elsewhere, so events may have been missed).
     Subscribe(Bytes, Target, Option<ReadySender>, bool),
     Unsubscribe(Bytes),
+    /// Probe on this channel from now on (its slot is the connection's).
+    Probe(Bytes),
 }
 
 /// The broker's handle on its pub/sub side.
@@ -110,10 +143,10 @@ pub struct PubSub {
 
 impl PubSub {
     /// Starts the router (and, lazily, its connections) on the current runtime.
-    pub fn start(mode: Mode, sink: Arc<dyn EventSink>, control: ControlHandler) -> PubSub {
+    pub fn start(mode: Mode, shared: Shared) -> PubSub {
         let (tx, rx) = unbounded_channel();
         let up = Arc::new(AtomicBool::new(false));
-        let router = Router::new(mode, sink, control, tx.clone(), up.clone());
+        let router = Router::new(mode, shared, tx.clone(), up.clone());
         tokio::spawn(
             router
                 .run(rx)
@@ -142,17 +175,35 @@ impl PubSub {
         let _ = self.tx.send(RouterCmd::Unsubscribe { channel });
     }
 
-    /// Whether every connection is up.
+    /// Whether every connection is up and has proven its path.
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Acquire)
     }
 }
 
-/// Splits a published payload, a run of `<id> <len>\n<message json>`
-/// records, into events (slices of the payload, no copy).
-pub fn decode(topic: &Topic, payload: &Bytes) -> Option<Vec<Event>> {
+/// A published payload, split: a run of `<id> <len>\n<message json>`
+/// records (slices of the payload, no copy), optionally preceded by
+/// `! <epoch>\n`: the events start a new epoch that replaced that one
+/// because it may have lost acknowledged events (see `lua/fence.lua`).
+#[derive(Debug)]
+pub struct Decoded {
+    /// The epoch the events' epoch replaced by fencing.
+    pub replaced: Option<u32>,
+    /// The events, in order.
+    pub events: Vec<Event>,
+}
+
+/// Splits a published payload (see [`Decoded`]).
+pub fn decode(topic: &Topic, payload: &Bytes) -> Option<Decoded> {
     let mut events = Vec::with_capacity(1);
     let mut at = 0;
+    let mut replaced = None;
+    if let Some(rest) = payload.strip_prefix(b"! ") {
+        let newline = rest.iter().position(|&b| b == b'\n')?;
+        let epoch = std::str::from_utf8(&rest[..newline]).ok()?;
+        replaced = Some(u32::from_str_radix(epoch, 16).ok()?);
+        at = 2 + newline + 1;
+    }
     while at < payload.len() {
         let rest = &payload[at..];
         let newline = rest.iter().position(|&b| b == b'\n')?;
@@ -170,7 +221,7 @@ pub fn decode(topic: &Topic, payload: &Bytes) -> Option<Vec<Event>> {
         });
         at = end;
     }
-    Some(events)
+    Some(Decoded { replaced, events })
 }
 
 #[cfg(test)]
@@ -178,10 +229,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_fence_marker_names_the_replaced_epoch() {
+        let topic = Topic::new("news").unwrap();
+        let payload = Bytes::from_static(b"! 0000000a\n0000000b-1 2\n{}");
+        let decoded = decode(&topic, &payload).unwrap();
+        assert_eq!(decoded.replaced, Some(10));
+        assert_eq!(decoded.events.len(), 1);
+        assert_eq!(decoded.events[0].position, Position { epoch: 11, seq: 1 });
+    }
+
+    #[test]
     fn payloads_decode_without_copy() {
         let topic = Topic::new("news").unwrap();
         let payload = Bytes::from_static(b"0000000a-7 18\n{\"type\":\"message\"}0000000a-8 2\n{}");
-        let events = decode(&topic, &payload).unwrap();
+        let decoded = decode(&topic, &payload).unwrap();
+        assert_eq!(decoded.replaced, None);
+        let events = decoded.events;
         assert_eq!(events.len(), 2);
         assert_eq!(events[0].position, Position { epoch: 10, seq: 7 });
         assert_eq!(&events[0].json[..], b"{\"type\":\"message\"}");
@@ -197,6 +260,8 @@ mod tests {
             b"bad 2\n{}",
             b"0000000a-7 99\n{}",
             b"0000000a-7\n{}",
+            b"! zz\n0000000a-7 2\n{}",
+            b"! 0000000a",
         ] {
             assert!(
                 decode(&topic, &Bytes::copy_from_slice(bad)).is_none(),

@@ -14,23 +14,28 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tracing::{Instrument, info_span};
 
 use bytes::Bytes;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::super::cluster::{Backoff, SlotMap, moves, slot};
-use super::conn::Conn;
+use super::conn::{Conn, Source};
 use super::transport::{Endpoint, TransportError, command};
-use super::{ConnCmd, ControlHandler, Mode, PUBSUB_CONNECTIONS, RouterCmd, Target};
-use crate::broker::{BrokerError, EventSink, ReadySender};
+use super::{ConnCmd, Mode, PUBSUB_CONNECTIONS, RouterCmd, Shared, Target};
+use crate::broker::{BrokerError, ReadySender};
+
+/// Under Cluster, how often the slot map is read again even when nothing
+/// seems wrong.
+const TOPOLOGY_PERIOD: Duration = Duration::from_secs(15);
 
 /// The router's side of one connection task.
 struct ConnHandle {
     addr: String,
     tx: UnboundedSender<ConnCmd>,
     up: bool,
+    /// Its probe channel.
+    probe: Bytes,
 }
 
 /// Owns the wanted set and the routing of each channel to a connection.
@@ -44,16 +49,14 @@ pub(super) struct Router {
     /// Subscriptions waiting for a slot map before they can be routed.
     waiting: Vec<(Bytes, ReadySender)>,
     tx: UnboundedSender<RouterCmd>,
-    sink: Arc<dyn EventSink>,
-    control: ControlHandler,
+    shared: Shared,
     up: Arc<AtomicBool>,
 }
 
 impl Router {
     pub(super) fn new(
         mode: Mode,
-        sink: Arc<dyn EventSink>,
-        control: ControlHandler,
+        shared: Shared,
         tx: UnboundedSender<RouterCmd>,
         up: Arc<AtomicBool>,
     ) -> Router {
@@ -65,10 +68,25 @@ impl Router {
             slots: None,
             waiting: Vec::new(),
             tx,
-            sink,
-            control,
+            shared,
             up,
         }
+    }
+
+    /// The probe channel of connection `index`: under Cluster, one whose
+    /// slot the connection's master owns, so the probe travels the path
+    /// the connection's topics do.
+    fn probe_channel(&self, index: usize, addr: &str) -> Bytes {
+        let name = |k: u32| format!("herald:{{probe-{}-{index}-{k}}}", self.shared.probe_tag);
+        if let (true, Some(map)) = (self.sharded, &self.slots) {
+            for k in 0..100_000 {
+                let candidate = name(k);
+                if map.owner(slot(candidate.as_bytes())) == Some(addr) {
+                    return Bytes::from(candidate);
+                }
+            }
+        }
+        Bytes::from(name(0))
     }
 
     fn addr_of(&self, conn: usize) -> Option<String> {
@@ -78,13 +96,25 @@ impl Router {
     pub(super) async fn run(mut self, mut rx: UnboundedReceiver<RouterCmd>) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut refresh_at: Option<tokio::time::Instant> = None;
-        if let Mode::Single(endpoint) = self.mode.clone() {
-            for _ in 0..PUBSUB_CONNECTIONS {
-                self.open(endpoint.clone());
+        match self.mode.clone() {
+            Mode::Single(endpoint) => {
+                for _ in 0..PUBSUB_CONNECTIONS {
+                    self.open(Source::Fixed(endpoint.clone()));
+                }
             }
-        } else {
-            refresh_at = Some(tokio::time::Instant::now());
+            Mode::Sentinel(primary) => {
+                for _ in 0..PUBSUB_CONNECTIONS {
+                    self.open(Source::Primary(primary.clone()));
+                }
+            }
+            Mode::Cluster(_) => refresh_at = Some(tokio::time::Instant::now()),
         }
+        // Under Cluster, the slot map is read again while any connection is
+        // down (its master may have been failed over: a promoted replica
+        // serves its slots elsewhere) and every TOPOLOGY_PERIOD regardless.
+        let mut check = tokio::time::interval(Duration::from_secs(1));
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut since_refresh = Duration::ZERO;
         loop {
             let refresh = async {
                 match refresh_at {
@@ -99,7 +129,19 @@ impl Router {
                         refresh_at = Some(tokio::time::Instant::now() + backoff.next_delay());
                     }
                 }
+                _ = check.tick() => {
+                    since_refresh += Duration::from_secs(1);
+                    let degraded = self.conns.iter().flatten().any(|c| !c.up)
+                        || self.wanted.values().any(|(_, conn)| conn.is_none());
+                    if self.sharded
+                        && refresh_at.is_none()
+                        && (degraded || since_refresh >= TOPOLOGY_PERIOD)
+                    {
+                        refresh_at = Some(tokio::time::Instant::now());
+                    }
+                }
                 () = refresh => {
+                    since_refresh = Duration::ZERO;
                     refresh_at = None;
                     if self.refresh_slots().await {
                         backoff.reset();
@@ -185,7 +227,9 @@ impl Router {
 
     fn route(&mut self, channel: &[u8]) -> Option<usize> {
         match &self.mode {
-            Mode::Single(_) => Some(usize::from(slot(channel)) % PUBSUB_CONNECTIONS),
+            Mode::Single(_) | Mode::Sentinel(_) => {
+                Some(usize::from(slot(channel)) % PUBSUB_CONNECTIONS)
+            }
             Mode::Cluster(_) => {
                 let addr = self.slots.as_ref()?.owner(slot(channel))?.to_owned();
                 Some(self.conn_for(&addr))
@@ -204,6 +248,7 @@ impl Router {
         let template = match &self.mode {
             Mode::Cluster(seeds) => seeds.first().cloned(),
             Mode::Single(e) => Some(e.clone()),
+            Mode::Sentinel(primary) => primary.borrow().clone(),
         };
         let endpoint = match template {
             Some(t) => t.at(addr),
@@ -214,24 +259,34 @@ impl Router {
                 tls: false,
             },
         };
-        self.open(endpoint)
+        self.open(Source::Fixed(endpoint))
     }
 
-    fn open(&mut self, endpoint: Endpoint) -> usize {
+    fn open(&mut self, source: Source) -> usize {
         let (tx, rx) = unbounded_channel();
         let index = self.conns.len();
+        let addr = match &source {
+            Source::Fixed(e) => e.addr.clone(),
+            Source::Primary(p) => p
+                .borrow()
+                .as_ref()
+                .map(|e| e.addr.clone())
+                .unwrap_or_default(),
+        };
+        let probe = self.probe_channel(index, &addr);
         self.conns.push(Some(ConnHandle {
-            addr: endpoint.addr.clone(),
+            addr,
             tx,
             up: false,
+            probe: probe.clone(),
         }));
         let conn = Conn::new(
             index,
-            endpoint,
+            source,
             self.sharded,
             self.tx.clone(),
-            self.sink.clone(),
-            self.control.clone(),
+            probe,
+            self.shared.clone(),
         );
         let span = info_span!("redis_pubsub_conn", addr = %conn.addr());
         tokio::spawn(conn.run(rx).instrument(span));
@@ -323,15 +378,30 @@ impl Router {
                 }
             }
         }
-        // Close connections to addresses that are no longer masters.
+        // Close connections to addresses that are no longer masters (a
+        // failover or a master removed), and keep every probe on a slot of
+        // its own connection's master.
         let masters = self
             .slots
             .as_ref()
             .map(SlotMap::masters)
             .unwrap_or_default();
-        for slot in &mut self.conns {
-            if slot.as_ref().is_some_and(|c| !masters.contains(&c.addr)) {
-                *slot = None;
+        for index in 0..self.conns.len() {
+            let Some(handle) = &self.conns[index] else {
+                continue;
+            };
+            if !masters.contains(&handle.addr) {
+                info!(addr = %handle.addr, "no longer a redis cluster master: closing its pub/sub connection");
+                self.shared.metrics.failovers.increment(1);
+                self.conns[index] = None;
+                continue;
+            }
+            let probe = self.probe_channel(index, &handle.addr);
+            if let Some(handle) = self.conns[index].as_mut() {
+                if handle.probe != probe {
+                    handle.probe = probe.clone();
+                    let _ = handle.tx.send(ConnCmd::Probe(probe));
+                }
             }
         }
         true

@@ -40,6 +40,13 @@ pub enum TransportError {
     /// A live connection on which nothing arrived for too long.
     #[error("redis stopped answering")]
     Silent,
+    /// A probe published through Redis did not come back on this
+    /// connection: it accepts commands but no longer delivers.
+    #[error("a probe published through redis did not come back within {0:?}")]
+    ProbeLost(std::time::Duration),
+    /// The connection is not (or no longer) to the primary.
+    #[error("not connected to the primary")]
+    NotPrimary,
     /// A reply of the wrong shape.
     #[error("unexpected reply to {0}")]
     Unexpected(&'static str),
@@ -181,6 +188,20 @@ impl Connection {
         match self.stream.read_buf(&mut self.buf).await? {
             0 => Err(TransportError::Closed),
             n => Ok(n),
+        }
+    }
+
+    /// Reads the next value the server sends (a pub/sub message, say),
+    /// waiting as long as it takes.
+    ///
+    /// # Errors
+    /// When the connection fails or the bytes are not RESP.
+    pub async fn read_value(&mut self) -> Result<Resp, TransportError> {
+        loop {
+            if let Some(v) = resp::parse(&mut self.buf)? {
+                return Ok(v);
+            }
+            self.read_more().await?;
         }
     }
 

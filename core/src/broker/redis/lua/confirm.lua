@@ -1,0 +1,28 @@
+-- Durability = replicated: makes a topic's events up to seq ARGV[4] of
+-- epoch ARGV[3] visible, once WAIT confirmed the replicas hold them, and
+-- publishes them in order as one message (events of other publishers below
+-- ARGV[4] included: replication is one ordered stream, so they are
+-- replicated too).
+--
+-- KEYS: stream, meta. ARGV: 1 channel, 2 PUBLISH or SPUBLISH, 3 epoch,
+-- 4 seq, 5 history size. Returns how many events it published.
+local m = redis.call('HMGET', KEYS[2], 'e', 'w')
+if m[1] ~= ARGV[3] then return 0 end
+local visible = tonumber(m[2]) or 0
+local upto = tonumber(ARGV[4])
+if upto <= visible then return 0 end
+local entries = redis.call('XRANGE', KEYS[1], '0-' .. (visible + 1), '0-' .. upto)
+local parts = {}
+for _, e in ipairs(entries) do
+  local frame = e[2][2]
+  parts[#parts + 1] = m[1] .. '-' .. string.match(e[1], '-(%d+)$') .. ' ' .. #frame .. '\n' .. frame
+end
+redis.call('HSET', KEYS[2], 'w', upto)
+local size = tonumber(ARGV[5])
+if size > 0 then
+  redis.call('XTRIM', KEYS[1], 'MAXLEN', size)
+else
+  redis.call('XTRIM', KEYS[1], 'MINID', '0-' .. (upto + 1))
+end
+if #parts > 0 then redis.call(ARGV[2], ARGV[1], table.concat(parts)) end
+return #parts
