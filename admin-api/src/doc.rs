@@ -8,9 +8,10 @@ use herald_protocol::{ErrorBody, ErrorCode, ErrorDetail};
 use utoipa::OpenApi;
 
 use crate::routes::{
-    __path_disconnect, __path_history, __path_publish, __path_publish_batch, __path_stats,
-    BatchMessage, BatchRequest, DisconnectRequest, DisconnectResponse, HistoryResponse,
-    NodeStatsDoc, PublishRequest, PublishResponse, PublishResult, StatsResponse,
+    __path_disconnect, __path_history, __path_presence, __path_publish, __path_publish_batch,
+    __path_stats, BatchMessage, BatchRequest, DisconnectRequest, DisconnectResponse,
+    HistoryResponse, NodeStatsDoc, PresenceResponse, PublishRequest, PublishResponse,
+    PublishResult, StatsResponse,
 };
 
 /// The OpenAPI document of the admin API.
@@ -18,12 +19,12 @@ use crate::routes::{
 #[openapi(
     info(
         title = "Herald admin API",
-        description = "Publish events to topics, read topic history, disconnect users and read cluster stats. Every route except this document needs `Authorization: Bearer <admin key>`."
+        description = "Publish events to topics, read topic history and presence, disconnect users and read cluster stats. Every route except this document needs `Authorization: Bearer <admin key>`."
     ),
-    paths(publish, publish_batch, history, disconnect, stats, openapi_json),
+    paths(publish, publish_batch, history, presence, disconnect, stats, openapi_json),
     components(schemas(
         PublishRequest, PublishResponse, PublishResult, BatchRequest, BatchMessage,
-        HistoryResponse, DisconnectRequest, DisconnectResponse, StatsResponse, NodeStatsDoc,
+        HistoryResponse, PresenceResponse, herald_protocol::Member, DisconnectRequest, DisconnectResponse, StatsResponse, NodeStatsDoc,
         ErrorBody, ErrorDetail
     )),
     modifiers(&BearerAuth)

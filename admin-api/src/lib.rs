@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use herald_core::http::ApiError;
 use herald_core::{AnyBroker, Metrics, PublicationRules, Secret};
+use herald_protocol::Permissions;
 
 pub use doc::ApiDoc;
 pub use routes::{ROUTES, router};
@@ -31,6 +32,8 @@ pub struct AdminState {
     pub rules: PublicationRules,
     /// Where publishes are counted.
     pub metrics: Arc<Metrics>,
+    /// `presence.topics`: the topics whose members can be read.
+    pub presence: Arc<Permissions>,
 }
 
 impl AdminState {
@@ -46,7 +49,14 @@ impl AdminState {
             keys: keys.iter().map(|k| ApiKey::new(k.expose())).collect(),
             rules,
             metrics,
+            presence: Arc::new(Permissions::default()),
         }
+    }
+
+    /// Serves the members of topics matching `topics` (`presence.topics`).
+    pub fn with_presence(mut self, topics: Permissions) -> AdminState {
+        self.presence = Arc::new(topics);
+        self
     }
 }
 

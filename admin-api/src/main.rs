@@ -82,6 +82,7 @@ fn run(sources: &Sources) -> Result<()> {
         let settings = BrokerSettings {
             history: config.history,
             publish: config.publish,
+            presence_timeout: config.presence.timeout,
         };
         let redis = RedisBroker::new(
             url.expose(),
@@ -111,7 +112,8 @@ fn run(sources: &Sources) -> Result<()> {
             &config.admin.api_keys,
             config.payload.publication_rules(),
             metrics.clone(),
-        );
+        )
+        .with_presence(config.presence.topics.clone());
         let app = router(state)
             .merge(ops::health_routes(ready))
             .merge(ops::metrics_route(metrics, {

@@ -15,8 +15,8 @@ pub mod publication;
 
 pub use broker::memory::MemoryBroker;
 pub use broker::{
-    AnyBroker, Backend, Broker, BrokerError, BrokerSettings, Event, EventSink, HistoryPage, NoSink,
-    NodeControl, NodeStats, Position, Publication, Ready,
+    AnyBroker, Backend, Broker, BrokerError, BrokerSettings, Change, Event, EventSink, HistoryPage,
+    LeaveCause, Member, NoSink, NodeControl, NodeStats, Position, Publication, Ready,
 };
 pub use config::{Config, ConfigError, Secret};
 pub use metrics::Metrics;

@@ -21,6 +21,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tracing::Instrument;
 
+use crate::broker::LeaveCause;
 use herald_protocol::CloseCode;
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{
@@ -174,6 +175,14 @@ pub struct Metrics {
     /// Round trip of the pub/sub probe: published through Redis, back on
     /// the node's own subscription.
     pub probe_rtt: Histogram,
+    /// Presence memberships of this node's sessions.
+    pub presence_members: Level64,
+    /// Presence joins of this node's sessions.
+    pub presence_joins: Counter,
+    presence_leaves: Vec<Counter>,
+    /// Times this node's presence lapsed (it stopped reporting past
+    /// `presence.timeout`) and its sessions joined again.
+    pub presence_lapses: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -306,6 +315,27 @@ impl Metrics {
             "Round trip of the pub/sub liveness probe: published through Redis, received on the node's own subscription.",
         );
 
+        describe(
+            Kind::Gauge,
+            "herald_presence_members",
+            "Presence memberships (session-topic pairs on tracked topics) of this node's sessions.",
+        );
+        describe(
+            Kind::Counter,
+            "herald_presence_joins_total",
+            "Presence joins of this node's sessions.",
+        );
+        describe(
+            Kind::Counter,
+            "herald_presence_leaves_total",
+            "Presence leaves by cause: this node's sessions unsubscribing or disconnecting, and members of nodes that stopped reporting removed by this process (timeout).",
+        );
+        describe(
+            Kind::Counter,
+            "herald_presence_lapses_total",
+            "Times this node stopped reporting presence past presence.timeout (paused, cut off from Redis) and registered its sessions again.",
+        );
+
         let metrics = Metrics {
             connections: Level64::new(gauge("herald_connections", &[])),
             handshakes: HandshakeResult::ALL
@@ -340,6 +370,18 @@ impl Metrics {
             failovers: counter("herald_redis_failovers_total", &[]),
             fenced: counter("herald_history_fenced_total", &[]),
             probe_rtt: r.register_histogram(&key(PROBE_RTT, &[]), &METADATA),
+            presence_members: Level64::new(gauge("herald_presence_members", &[])),
+            presence_joins: counter("herald_presence_joins_total", &[]),
+            presence_leaves: LeaveCause::ALL
+                .iter()
+                .map(|c| {
+                    counter(
+                        "herald_presence_leaves_total",
+                        &[("cause", c.label().into())],
+                    )
+                })
+                .collect(),
+            presence_lapses: counter("herald_presence_lapses_total", &[]),
             handle,
             recorder,
         };
@@ -367,6 +409,11 @@ impl Metrics {
     /// Counts dropped messages.
     pub fn dropped(&self, reason: DropReason, n: u64) {
         self.dropped[reason.index()].increment(n);
+    }
+
+    /// Counts `n` presence leaves for `cause`.
+    pub fn presence_left(&self, cause: LeaveCause, n: u64) {
+        self.presence_leaves[cause.index()].increment(n);
     }
 
     /// Counts a server-side close with `code`.

@@ -20,6 +20,7 @@ fn settings() -> BrokerSettings {
             ttl: Duration::from_secs(60),
         },
         publish: PublishConfig::default(),
+        presence_timeout: Duration::from_secs(2),
     }
 }
 
@@ -137,4 +138,42 @@ async fn unsubscribe_releases_the_redis_subscription() {
         assert!(std::time::Instant::now() < deadline, "still subscribed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// After `SCRIPT FLUSH` (a restart, a failover to a replica that never ran
+/// them): publishes send their scripts in full, and presence changes still
+/// happen in the order they were asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_lost_its_scripts_keeps_ids_and_presence_order() {
+    use herald_core::Change;
+    let redis = TestRedis::start();
+    let sink = Arc::new(CollectingSink::default());
+    let b = broker(&redis.url(), false, sink.clone());
+    wait_up(&b).await;
+    let topic = Topic::new("flushed").unwrap();
+    b.subscribe(&topic).wait().await.unwrap();
+    let first = b.publish(vec![publication(&topic, 1)]).await.unwrap()[0];
+    b.join(&topic, conformance::member("a", "s1"))
+        .await
+        .unwrap();
+    redis.cli(&["SCRIPT", "FLUSH"]);
+    let second = b.publish(vec![publication(&topic, 2)]).await.unwrap()[0];
+    assert_eq!((second.epoch, second.seq), (first.epoch, 2));
+    redis.cli(&["SCRIPT", "FLUSH"]);
+    b.leave(&topic, "s1");
+    b.join(&topic, conformance::member("b", "s2"))
+        .await
+        .unwrap();
+    let heard = sink
+        .wait_for_change(&topic, &(Change::Join, "s2".to_owned()))
+        .await;
+    assert_eq!(
+        heard,
+        vec![
+            (Change::Join, "s1".to_owned()),
+            (Change::Leave, "s1".to_owned()),
+            (Change::Join, "s2".to_owned())
+        ]
+    );
+    assert_eq!(sink.wait_for(&topic, 2).await.len(), 2);
 }

@@ -58,6 +58,8 @@ pub struct Claims {
     pub topics: Permissions,
     /// Patterns the session may publish to.
     pub publish: Permissions,
+    /// Patterns of presence topics the session may see members of.
+    pub presence: Permissions,
 }
 
 #[derive(Deserialize)]
@@ -68,6 +70,8 @@ struct RawClaims {
     topics: Vec<String>,
     #[serde(default)]
     publish: Vec<String>,
+    #[serde(default)]
+    presence: Vec<String>,
 }
 
 struct VerifyKey {
@@ -277,6 +281,7 @@ fn claims(raw: RawClaims) -> Result<Claims, AuthError> {
     Ok(Claims {
         topics: parse("topics", &raw.topics)?,
         publish: parse("publish", &raw.publish)?,
+        presence: parse("presence", &raw.presence)?,
         sub: Arc::from(raw.sub),
         exp: raw.exp,
     })
@@ -299,6 +304,8 @@ pub struct TokenRequest {
     pub topics: Vec<String>,
     /// Publish patterns.
     pub publish: Vec<String>,
+    /// Presence patterns.
+    pub presence: Vec<String>,
     /// Lifetime.
     pub ttl: Duration,
 }
@@ -312,6 +319,8 @@ struct MintedClaims<'a> {
     topics: &'a [String],
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     publish: &'a [String],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    presence: &'a [String],
     #[serde(skip_serializing_if = "Option::is_none")]
     iss: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -378,6 +387,7 @@ impl Signer {
             exp: now + req.ttl.as_secs(),
             topics: &req.topics,
             publish: &req.publish,
+            presence: &req.presence,
             iss: self.issuer.as_deref(),
             aud: self.audience.as_deref(),
         };
@@ -409,6 +419,7 @@ mod tests {
             sub: "alice".into(),
             topics: vec!["news".into(), "stocks.*".into()],
             publish: vec!["chat.>".into()],
+            presence: vec!["chat.*".into()],
             ttl: Duration::from_secs(ttl),
         }
     }
@@ -424,6 +435,11 @@ mod tests {
             claims
                 .publish
                 .allows(&herald_protocol::Topic::new("chat.a.b").unwrap())
+        );
+        assert!(
+            claims
+                .presence
+                .allows(&herald_protocol::Topic::new("chat.a").unwrap())
         );
     }
 

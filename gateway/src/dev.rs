@@ -70,6 +70,7 @@ async fn token(State(node): State<Arc<Node>>, Query(q): Query<TokenQuery>) -> Re
             "chat.>".into(),
         ],
         publish: vec!["chat.>".into()],
+        presence: vec!["chat.>".into()],
         ttl: Duration::from_secs(3600),
     };
     match signer.mint(&request) {

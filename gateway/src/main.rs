@@ -47,6 +47,12 @@ fn command() -> Command {
                 .help("comma-separated publish patterns"),
         )
         .arg(
+            Arg::new("presence")
+                .long("presence")
+                .value_name("PATTERNS")
+                .help("comma-separated patterns of topics whose members the token may see"),
+        )
+        .arg(
             Arg::new("ttl")
                 .long("ttl")
                 .value_name("DURATION")
@@ -134,9 +140,15 @@ fn token(sources: &Sources, m: &ArgMatches) -> Result<()> {
         sub,
         topics: list(m, "topics"),
         publish: list(m, "publish"),
+        presence: list(m, "presence"),
         ttl,
     };
-    for pattern in request.topics.iter().chain(&request.publish) {
+    for pattern in request
+        .topics
+        .iter()
+        .chain(&request.publish)
+        .chain(&request.presence)
+    {
         herald_protocol::TopicPattern::new(pattern)
             .map_err(|e| anyhow!("invalid pattern '{pattern}': {e}"))?;
     }
@@ -161,7 +173,8 @@ fn check_config(sources: &Sources, dev: bool) -> Result<()> {
     Ok(())
 }
 
-/// Fills in generated keys for `--dev` and returns what to print.
+/// Fills in generated keys (and presence for the demo chat) for `--dev`
+/// and returns what to print.
 fn dev_keys(config: &mut Config) -> Result<Vec<String>> {
     let mut notes = Vec::new();
     if !config.jwt.has_key() {
@@ -179,6 +192,12 @@ fn dev_keys(config: &mut Config) -> Result<Vec<String>> {
         let key = herald_core::random_secret(16).context("no randomness for the dev admin key")?;
         notes.push(format!("admin key        = {key}   (generated for --dev)"));
         config.admin.api_keys = vec![Secret::new(key)];
+    }
+    if config.presence.topics.patterns().is_empty() {
+        // The demo page's chat shows who is in the room.
+        config.presence.topics = herald_protocol::Permissions::parse(["chat.>"])
+            .map_err(|(p, e)| anyhow!("invalid pattern '{p}': {e}"))?;
+        notes.push("presence.topics  = chat.>   (for the demo chat, in --dev)".to_owned());
     }
     Ok(notes)
 }

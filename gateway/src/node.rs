@@ -9,9 +9,10 @@ use std::sync::{Arc, Weak};
 
 use herald_core::broker::redis::RedisBroker;
 use herald_core::{
-    AnyBroker, Backend, Broker, BrokerSettings, Config, MemoryBroker, Metrics, NodeControl,
+    AnyBroker, Backend, Broker, BrokerSettings, Config, Member, MemoryBroker, Metrics, NodeControl,
     NodeStats,
 };
+use herald_protocol::Topic;
 use tokio::sync::Notify;
 
 use crate::auth::{KeyError, Signer, Verifier};
@@ -69,6 +70,22 @@ impl NodeControl for Control {
     fn disconnect(&self, sub: &str) -> usize {
         self.0.upgrade().map_or(0, |node| node.hub.disconnect(sub))
     }
+
+    fn members(&self) -> Vec<(Topic, Member)> {
+        let Some(node) = self.0.upgrade() else {
+            return Vec::new();
+        };
+        let tracked = |t: &Topic| node.config.presence.tracks(t);
+        node.hub
+            .registry()
+            .memberships(tracked)
+            .into_iter()
+            .map(|(topic, n, sub)| {
+                let member = node.member(n, &sub);
+                (topic, member)
+            })
+            .collect()
+    }
 }
 
 impl Node {
@@ -96,6 +113,7 @@ impl Node {
         let settings = BrokerSettings {
             history: config.history,
             publish: config.publish,
+            presence_timeout: config.presence.timeout,
         };
         let backend = match &config.redis.url {
             None => Backend::Memory(MemoryBroker::new(settings, registry.clone())),
@@ -192,7 +210,23 @@ impl Node {
     /// A fresh session number and its opaque id string.
     pub fn next_session(&self) -> (u64, String) {
         let n = self.next_session.fetch_add(1, Ordering::Relaxed);
-        (n, format!("{}{n:x}", self.session_prefix))
+        (n, self.session_name(n))
+    }
+
+    /// The opaque id of session number `n` (as in its `welcome`): rendered
+    /// when needed rather than kept by every session.
+    pub fn session_name(&self, n: u64) -> String {
+        format!("{}{n:x}", self.session_prefix)
+    }
+
+    /// Session `n` of `sub` as a presence member joining now.
+    pub fn member(&self, n: u64, sub: &str) -> Member {
+        Member {
+            sub: sub.to_owned(),
+            session: self.session_name(n),
+            node: self.config.node.id.clone(),
+            since: herald_core::now_ms(),
+        }
     }
 
     /// Enters draining: new handshakes get 503 and `/readyz` answers 503.

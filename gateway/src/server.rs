@@ -65,7 +65,8 @@ pub fn admin_routes(node: &Arc<Node>) -> Router {
         &node.config.admin.api_keys,
         node.config.limits.publication_rules(),
         node.metrics.clone(),
-    );
+    )
+    .with_presence(node.config.presence.topics.clone());
     admin_router(state)
         .merge(ops::health_routes(readiness(node)))
         .merge(ops::metrics_route(node.metrics.clone(), {

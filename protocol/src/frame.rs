@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::codes::ErrorCode;
+use crate::presence::PublicMember;
 
 /// Protocol version announced in `welcome`.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -74,6 +75,14 @@ pub enum ClientFrame<'a> {
         /// The fresh JWT.
         token: String,
     },
+    /// Ask who is present on a topic.
+    Presence {
+        /// Echoed in the reply.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+        /// Topic name, unchecked.
+        topic: String,
+    },
 }
 
 impl ClientFrame<'_> {
@@ -90,7 +99,8 @@ impl ClientFrame<'_> {
             | ClientFrame::Unsubscribe { reference, .. }
             | ClientFrame::Publish { reference, .. }
             | ClientFrame::Ping { reference }
-            | ClientFrame::Auth { reference, .. } => reference.as_deref(),
+            | ClientFrame::Auth { reference, .. }
+            | ClientFrame::Presence { reference, .. } => reference.as_deref(),
         }
     }
 }
@@ -202,6 +212,12 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame<'_>, FrameError> {
                 .ok_or_else(|| missing(reference.clone(), "auth", "token"))?,
             reference,
         }),
+        "presence" => Ok(ClientFrame::Presence {
+            topic: raw
+                .topic
+                .ok_or_else(|| missing(reference.clone(), "presence", "topic"))?,
+            reference,
+        }),
         other => Err(FrameError {
             reference,
             message: format!("unknown frame type '{}'", other.escape_debug()),
@@ -284,6 +300,34 @@ pub enum ServerFrame<'a> {
         /// The topic at fault, when there is one.
         #[serde(skip_serializing_if = "Option::is_none")]
         topic: Option<&'a str>,
+    },
+    /// Reply to `presence`: the topic's members.
+    Presence {
+        /// The client's ref.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+        /// The topic asked about.
+        topic: &'a str,
+        /// Its members, oldest first.
+        members: &'a [PublicMember<'a>],
+    },
+    /// A session joined a presence topic the client is subscribed to.
+    Join {
+        /// The topic.
+        topic: &'a str,
+        /// The member's `sub`.
+        sub: &'a str,
+        /// The member's session.
+        session: &'a str,
+    },
+    /// A member left (unsubscribed, disconnected, or its node died).
+    Leave {
+        /// The topic.
+        topic: &'a str,
+        /// The member's `sub`.
+        sub: &'a str,
+        /// The member's session.
+        session: &'a str,
     },
     /// An event.
     Message(MessageFrame<'a>),
@@ -385,6 +429,10 @@ mod tests {
                 event: Some("line".into()),
             },
             ClientFrame::Ping { reference: None },
+            ClientFrame::Presence {
+                reference: Some("7".into()),
+                topic: "chat.room-1".into(),
+            },
         ];
         for frame in &frames {
             let json = frame.to_json();
@@ -396,6 +444,46 @@ mod tests {
             r#"{"type":"ping"}"#,
             "absent fields are left out"
         );
+    }
+
+    #[test]
+    fn presence_frames_match_the_contract() {
+        let member = crate::Member {
+            sub: "alice".into(),
+            session: "s1".into(),
+            node: "n1".into(),
+            since: 1_767_222_000_123,
+        };
+        let reply = ServerFrame::Presence {
+            reference: Some("7"),
+            topic: "chat.room-1",
+            members: &[member.public()],
+        };
+        assert_eq!(
+            reply.to_json(),
+            r#"{"type":"presence","ref":"7","topic":"chat.room-1","members":[{"sub":"alice","session":"s1","since":1767222000123}]}"#
+        );
+        let join = ServerFrame::Join {
+            topic: "chat.room-1",
+            sub: "alice",
+            session: "s1",
+        };
+        assert_eq!(
+            join.to_json(),
+            r#"{"type":"join","topic":"chat.room-1","sub":"alice","session":"s1"}"#
+        );
+        let leave = ServerFrame::Leave {
+            topic: "t",
+            sub: "a",
+            session: "s",
+        };
+        assert_eq!(
+            leave.to_json(),
+            r#"{"type":"leave","topic":"t","sub":"a","session":"s"}"#
+        );
+        let missing = parse_client_frame(r#"{"type":"presence","ref":"9"}"#).unwrap_err();
+        assert_eq!(missing.reference.as_deref(), Some("9"));
+        assert!(missing.message.contains("'topic'"), "{}", missing.message);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 mod codes;
 mod error_body;
 mod frame;
+mod presence;
 mod topic;
 
 pub use codes::{CloseCode, ErrorCode};
@@ -16,4 +17,5 @@ pub use frame::{
     ClientFrame, FrameError, MessageFrame, PROTOCOL_VERSION, ServerFrame, ServerFrameHead,
     parse_client_frame,
 };
+pub use presence::{Member, PublicMember};
 pub use topic::{MAX_TOPIC_LEN, Permissions, Topic, TopicError, TopicPattern};

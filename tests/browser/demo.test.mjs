@@ -56,13 +56,19 @@ describe('the demo page on one gateway', { timeout: 120_000 }, () => {
     await seesChat(a, 'and hello from page b');
     assert.deepEqual(await chatLines(a), ['hello from page a', 'and hello from page b']);
 
-    // No presence on this gateway: the members line stays hidden, and nothing else breaks.
-    const members = await a.evaluate(() => ({ hidden: document.getElementById('members').hidden, text: document.getElementById('members').textContent }));
-    assert.ok(members.hidden || /here:/.test(members.text), JSON.stringify(members));
+    // --dev tracks presence on chat.>: each page shows who is in the room,
+    // and a page that goes away leaves it.
+    const members = () => a.evaluate(() => ({ hidden: document.getElementById('members').hidden, text: document.getElementById('members').textContent }));
+    await a.waitForFunction(() => /^2 here: /.test(document.getElementById('members').textContent), null, { timeout: 10_000 });
+    const shown = await members();
+    assert.equal(shown.hidden, false, JSON.stringify(shown));
+    const subs = await Promise.all([a, b].map((p) => p.evaluate(() => window.herald.connection.session)));
+    assert.equal(new Set(subs).size, 2, 'two sessions');
     assert.equal(await a.locator('#notes .gap').count(), 0, 'nothing to recover on a first connection');
     assert.deepEqual([...a.errors, ...b.errors], []);
     await screenshot(a, 'browser-demo.png');
     await b.close();
+    await a.waitForFunction(() => /^1 here: /.test(document.getElementById('members').textContent), null, { timeout: 10_000 });
   });
 
   it('notes each topic it could not recover after the gateway restarts', async () => {

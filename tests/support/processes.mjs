@@ -241,8 +241,9 @@ ${servers}
 }
 
 /** A token signed with SECRET, from `herald-gateway token`. */
-export function mintToken({ sub = 'tester', topics = 'news,alerts,stocks.*,chat.>', publish = 'chat.>', ttl = '1h', bin = binDir } = {}) {
+export function mintToken({ sub = 'tester', topics = 'news,alerts,stocks.*,chat.>', publish = 'chat.>', presence = '', ttl = '1h', bin = binDir } = {}) {
   const args = ['token', '--sub', sub, '--topics', topics, '--publish', publish, '--ttl', ttl, '--jwt-hs256-secret', SECRET];
+  if (presence) args.push('--presence', presence);
   return new Promise((resolve, reject) => {
     execFile(join(bin, 'herald-gateway'), args, { timeout: 10_000 }, (err, stdout, stderr) => {
       if (err) reject(new Error(`herald-gateway token: ${err.message}\n${stderr}`));

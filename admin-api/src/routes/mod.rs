@@ -6,6 +6,7 @@
 //! an oversized body) gets the contract's error body and code.
 
 mod history;
+mod presence;
 mod publish;
 mod sessions;
 
@@ -24,6 +25,7 @@ use serde_json::value::RawValue;
 use crate::{AdminState, key_accepted};
 
 pub(crate) use history::{__path_history, HistoryResponse};
+pub(crate) use presence::{__path_presence, PresenceResponse};
 pub(crate) use publish::{
     __path_publish, __path_publish_batch, BatchMessage, BatchRequest, PublishRequest,
     PublishResponse, PublishResult,
@@ -39,6 +41,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/publish"),
     ("post", "/v1/publish/batch"),
     ("get", "/v1/topics/{topic}/history"),
+    ("get", "/v1/topics/{topic}/presence"),
     ("post", "/v1/disconnect"),
     ("get", "/v1/stats"),
     ("get", "/v1/openapi.json"),
@@ -50,6 +53,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/publish", post(publish::publish))
         .route("/v1/publish/batch", post(publish::publish_batch))
         .route("/v1/topics/{topic}/history", get(history::history))
+        .route("/v1/topics/{topic}/presence", get(presence::presence))
         .route("/v1/disconnect", post(sessions::disconnect))
         .route("/v1/stats", get(sessions::stats))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));

@@ -14,8 +14,10 @@ use super::redis::RedisBroker;
 use crate::Metrics;
 
 use super::{
-    Broker, BrokerError, HistoryPage, NodeControl, NodeStats, Position, Publication, Ready,
+    Broker, BrokerError, HistoryPage, Member, NodeControl, NodeStats, Position, Publication, Ready,
 };
+use futures_util::future::Either;
+use std::future::Future;
 
 /// Which broker runs.
 pub enum Backend {
@@ -106,6 +108,31 @@ impl Broker for AnyBroker {
         match &self.backend {
             Backend::Memory(b) => b.disconnect(sub).await,
             Backend::Redis(b) => b.disconnect(sub).await,
+        }
+    }
+
+    fn join(
+        &self,
+        topic: &Topic,
+        member: Member,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send + 'static {
+        match &self.backend {
+            Backend::Memory(b) => Either::Left(b.join(topic, member)),
+            Backend::Redis(b) => Either::Right(b.join(topic, member)),
+        }
+    }
+
+    fn leave(&self, topic: &Topic, session: &str) {
+        match &self.backend {
+            Backend::Memory(b) => b.leave(topic, session),
+            Backend::Redis(b) => b.leave(topic, session),
+        }
+    }
+
+    async fn members(&self, topic: &Topic) -> Result<Vec<Member>, BrokerError> {
+        match &self.backend {
+            Backend::Memory(b) => b.members(topic).await,
+            Backend::Redis(b) => b.members(topic).await,
         }
     }
 }

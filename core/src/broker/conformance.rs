@@ -13,7 +13,9 @@ use herald_protocol::Topic;
 use serde_json::value::RawValue;
 use tokio::sync::Notify;
 
-use super::{Broker, Event, EventSink, NodeControl, NodeStats, Position, Publication};
+use super::{
+    Broker, Change, Event, EventSink, Member, NodeControl, NodeStats, Position, Publication,
+};
 
 /// The `history.size` the suite expects the broker under test to be built with.
 pub const HISTORY_SIZE: usize = 20;
@@ -21,10 +23,14 @@ pub const HISTORY_SIZE: usize = 20;
 /// How long the suite waits for an event before failing.
 const WAIT: Duration = Duration::from_secs(5);
 
-/// A sink that records every event, for tests.
+/// A presence change as a sink heard it: topic, change, session.
+pub type Heard = (Topic, Change, String);
+
+/// A sink that records every event and presence change, for tests.
 #[derive(Default)]
 pub struct CollectingSink {
     events: Mutex<Vec<Event>>,
+    changes: Mutex<Vec<Heard>>,
     arrived: Notify,
 }
 
@@ -61,12 +67,56 @@ impl CollectingSink {
     }
 }
 
+impl CollectingSink {
+    /// Presence changes of `topic` heard so far, as (change, session).
+    pub fn changes_of(&self, topic: &Topic) -> Vec<(Change, String)> {
+        self.changes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(t, _, _)| t == topic)
+            .map(|(_, c, s)| (*c, s.clone()))
+            .collect()
+    }
+
+    /// Waits until `topic` has a presence change matching `last`.
+    ///
+    /// # Panics
+    /// When it does not come in time.
+    pub async fn wait_for_change(
+        &self,
+        topic: &Topic,
+        last: &(Change, String),
+    ) -> Vec<(Change, String)> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let notified = self.arrived.notified();
+            let seen = self.changes_of(topic);
+            if seen.contains(last) {
+                return seen;
+            }
+            assert!(
+                tokio::time::timeout_at(deadline, notified).await.is_ok(),
+                "{last:?} never arrived on {topic}; heard {seen:?}"
+            );
+        }
+    }
+}
+
 impl EventSink for CollectingSink {
     fn deliver(&self, event: &Event) {
         self.events
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(event.clone());
+        self.arrived.notify_waiters();
+    }
+
+    fn presence(&self, topic: &Topic, change: Change, member: &Member) {
+        self.changes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((topic.clone(), change, member.session.clone()));
         self.arrived.notify_waiters();
     }
 }
@@ -126,7 +176,91 @@ where
     empty_topic_history(&*broker).await;
     concurrent_publishers_keep_one_order(broker.clone(), &sink).await;
     idempotent_publishes_happen_once(broker.clone(), &sink).await;
+    presence_joins_and_leaves_once(&*broker, &sink).await;
     node_control_is_reached(&*broker).await;
+}
+
+/// A member of `topic` for the presence checks.
+pub fn member(sub: &str, session: &str) -> Member {
+    Member {
+        sub: sub.to_owned(),
+        session: session.to_owned(),
+        node: "n1".to_owned(),
+        since: 1_767_222_000_000,
+    }
+}
+
+async fn presence_joins_and_leaves_once<B: Broker>(broker: &B, sink: &CollectingSink) {
+    let topic = unique_topic("presence");
+    subscribed(broker, &topic).await;
+    let (a, b, c) = (
+        member("alice", "s1"),
+        member("bob", "s2"),
+        member("carol", "s3"),
+    );
+    broker.join(&topic, a.clone()).await.expect("join");
+    broker
+        .join(&topic, a.clone())
+        .await
+        .expect("a repeated join");
+    broker.join(&topic, b.clone()).await.expect("join");
+    let members = broker.members(&topic).await.expect("members");
+    assert_eq!(
+        members,
+        vec![a.clone(), b.clone()],
+        "both, whole, in join order"
+    );
+    broker.leave(&topic, "s1");
+    broker.leave(&topic, "s1");
+    broker.leave(&topic, "nobody");
+    // Neither awaited: the leave still follows the join.
+    drop(broker.join(&topic, c));
+    broker.leave(&topic, "s3");
+    // An awaited join after them: every change before it was stored (and
+    // announced) before it.
+    broker
+        .join(&topic, member("dan", "s4"))
+        .await
+        .expect("join");
+    let join = |s: &str| (Change::Join, s.to_owned());
+    let leave = |s: &str| (Change::Leave, s.to_owned());
+    let heard = sink.wait_for_change(&topic, &join("s4")).await;
+    assert_eq!(
+        heard,
+        vec![
+            join("s1"),
+            join("s2"),
+            leave("s1"),
+            join("s3"),
+            leave("s3"),
+            join("s4")
+        ],
+        "each member joins once and leaves once, in order"
+    );
+    let sessions: Vec<String> = broker
+        .members(&topic)
+        .await
+        .expect("members")
+        .into_iter()
+        .map(|m| m.session)
+        .collect();
+    assert_eq!(sessions, vec!["s2", "s4"]);
+    broker.leave(&topic, "s2");
+    broker.leave(&topic, "s4");
+    broker
+        .join(&topic, member("eve", "s5"))
+        .await
+        .expect("join");
+    sink.wait_for_change(&topic, &join("s5")).await;
+    let left: Vec<String> = broker
+        .members(&topic)
+        .await
+        .expect("members")
+        .into_iter()
+        .map(|m| m.session)
+        .collect();
+    assert_eq!(left, vec!["s5"]);
+    broker.leave(&topic, "s5");
 }
 
 fn keyed(topic: &Topic, n: u64, key: &str) -> Publication {

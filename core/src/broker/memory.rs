@@ -10,6 +10,12 @@
 //! publish after the process starts or after the history expired
 //! (`history.ttl` after the last publish). Ids from an older epoch are
 //! therefore never matched against new events.
+//!
+//! Presence members live in the same shards, by topic and session; a join
+//! or leave is stored and announced to the sink under the shard lock, so
+//! announcements follow the order of the changes. With one process there is
+//! no other node to outlive: members leave only by unsubscribing or
+//! disconnecting.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
@@ -20,8 +26,8 @@ use tracing::Instrument;
 use herald_protocol::Topic;
 
 use super::{
-    Broker, BrokerError, BrokerSettings, Event, EventSink, HistoryPage, NodeControl, NodeStats,
-    Position, Publication, Ready,
+    Broker, BrokerError, BrokerSettings, Change, Event, EventSink, HistoryPage, Member,
+    NodeControl, NodeStats, Position, Publication, Ready,
 };
 use crate::config::HistoryConfig;
 use crate::now_ms;
@@ -71,6 +77,8 @@ pub(crate) fn new_epoch() -> u32 {
 struct ShardState {
     logs: HashMap<Topic, TopicLog>,
     keys: HashMap<(Topic, String), (Position, Instant)>,
+    /// Topic → session → member.
+    members: HashMap<Topic, HashMap<String, Member>>,
 }
 
 type Shard = Mutex<ShardState>;
@@ -266,6 +274,47 @@ impl Broker for MemoryBroker {
     async fn disconnect(&self, sub: &str) -> Result<usize, BrokerError> {
         Ok(self.node().map_or(0, |n| n.disconnect(sub)))
     }
+
+    fn join(
+        &self,
+        topic: &Topic,
+        member: Member,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send + 'static {
+        let mut st = Self::lock(self.shard(topic));
+        let members = st.members.entry(topic.clone()).or_default();
+        if let std::collections::hash_map::Entry::Vacant(slot) =
+            members.entry(member.session.clone())
+        {
+            self.sink.presence(topic, Change::Join, &member);
+            slot.insert(member);
+        }
+        std::future::ready(Ok(()))
+    }
+
+    fn leave(&self, topic: &Topic, session: &str) {
+        let mut st = Self::lock(self.shard(topic));
+        let Some(members) = st.members.get_mut(topic) else {
+            return;
+        };
+        if let Some(member) = members.remove(session) {
+            if members.is_empty() {
+                st.members.remove(topic);
+            }
+            self.sink.presence(topic, Change::Leave, &member);
+        }
+    }
+
+    async fn members(&self, topic: &Topic) -> Result<Vec<Member>, BrokerError> {
+        let st = Self::lock(self.shard(topic));
+        let mut members: Vec<Member> = st
+            .members
+            .get(topic)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        drop(st);
+        super::presence::sort(&mut members);
+        Ok(members)
+    }
 }
 
 #[cfg(test)]
@@ -277,6 +326,7 @@ mod tests {
         BrokerSettings {
             history: HistoryConfig { size, ttl },
             publish: crate::config::PublishConfig::default(),
+            presence_timeout: Duration::from_secs(30),
         }
     }
 

@@ -36,9 +36,12 @@
 mod any;
 pub mod conformance;
 pub mod memory;
+pub mod presence;
 pub mod redis;
 
 pub use any::{AnyBroker, Backend};
+pub use herald_protocol::Member;
+pub use presence::{Change, LeaveCause};
 
 use std::fmt;
 use std::future::Future;
@@ -84,6 +87,9 @@ pub struct BrokerSettings {
     pub history: crate::config::HistoryConfig,
     /// `[publish]`: durability and idempotency.
     pub publish: crate::config::PublishConfig,
+    /// `presence.timeout`: members of a node that stopped reporting leave
+    /// within this long.
+    pub presence_timeout: std::time::Duration,
 }
 
 /// Where an event sits in its topic's history; shown to clients as an opaque id.
@@ -181,6 +187,10 @@ pub trait EventSink: Send + Sync + 'static {
     /// `old` may have missed events nobody can give them back. Must not
     /// block.
     fn history_replaced(&self, _topic: &Topic, _old: u32) {}
+
+    /// Called when `member` joined or left `topic` (a topic the node
+    /// subscribed). Must not block.
+    fn presence(&self, _topic: &Topic, _change: Change, _member: &Member) {}
 }
 
 /// A sink that drops everything, for processes with no sessions.
@@ -210,6 +220,12 @@ pub trait NodeControl: Send + Sync + 'static {
     fn stats(&self) -> NodeStats;
     /// Closes every session of `sub` with 4003; returns how many.
     fn disconnect(&self, sub: &str) -> usize;
+    /// Every presence membership of this node's sessions, for a broker
+    /// that must register them again (its node was presumed dead while
+    /// they stayed open).
+    fn members(&self) -> Vec<(Topic, Member)> {
+        Vec::new()
+    }
 }
 
 /// Why a broker operation failed.
@@ -335,6 +351,35 @@ pub trait Broker: Send + Sync + 'static {
     /// # Errors
     /// `Unavailable` when the request could not be sent.
     fn disconnect(&self, sub: &str) -> impl Future<Output = Result<usize, BrokerError>> + Send;
+
+    /// Makes `member` present on `topic`, announcing a `join` unless it
+    /// already was. Takes its place in order with this node's other joins
+    /// and leaves when called, not when awaited; the future resolves once
+    /// the member is stored.
+    ///
+    /// # Errors
+    /// `Unavailable` when the store cannot be reached. The join stays
+    /// queued and is applied once it can be (a later leave still follows
+    /// it), so a caller may go on as if it joined.
+    fn join(
+        &self,
+        topic: &Topic,
+        member: Member,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send + 'static;
+
+    /// Removes `session` from `topic`'s presence, announcing a `leave` if it
+    /// was present. Does not block; applied after every join asked before
+    /// it, retried until the store takes it.
+    fn leave(&self, topic: &Topic, session: &str);
+
+    /// The members of `topic`, oldest first, in one read.
+    ///
+    /// # Errors
+    /// `Unavailable` when the store cannot be read.
+    fn members(
+        &self,
+        topic: &Topic,
+    ) -> impl Future<Output = Result<Vec<Member>, BrokerError>> + Send;
 }
 
 #[cfg(test)]

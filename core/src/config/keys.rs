@@ -225,6 +225,18 @@ pub static KEYS: &[KeySpec] = &[
         "how long an idempotency_key is remembered",
     ),
     key(
+        "presence.topics",
+        Kind::List,
+        Some(""),
+        "topic patterns whose subscribers are tracked for presence",
+    ),
+    key(
+        "presence.timeout",
+        Kind::Duration,
+        Some("30s"),
+        "a member of a node that stopped reporting (crashed, cut off) leaves within this long",
+    ),
+    key(
         "compression",
         Kind::Bool,
         Some("false"),

@@ -29,7 +29,8 @@ use serde::Deserialize;
 pub use keys::{KEYS, KeySpec, Kind};
 pub use sections::{
     AdminConfig, Durability, HeartbeatConfig, HistoryConfig, JwtConfig, LimitsConfig,
-    ListenersConfig, LogConfig, NodeConfig, PayloadLimits, PublishConfig, RedisConfig, TlsConfig,
+    ListenersConfig, LogConfig, NodeConfig, PayloadLimits, PresenceConfig, PublishConfig,
+    RedisConfig, TlsConfig,
 };
 pub use sources::{DEFAULT_CONFIG_FILE, Layers, Sources};
 pub use value::{parse_duration, parse_size};
@@ -149,6 +150,8 @@ pub struct Config {
     pub history: HistoryConfig,
     /// `[publish]`.
     pub publish: PublishConfig,
+    /// `[presence]`.
+    pub presence: PresenceConfig,
     /// `log_level`, `log_format`.
     pub log: LogConfig,
 }
@@ -171,6 +174,8 @@ pub struct AdminServiceConfig {
     pub history: HistoryConfig,
     /// `[publish]`.
     pub publish: PublishConfig,
+    /// `[presence]`.
+    pub presence: PresenceConfig,
     /// `log_level`, `log_format`.
     pub log: LogConfig,
 }
@@ -242,6 +247,7 @@ pub fn load(sources: &Sources) -> Result<Loaded, ConfigError> {
         limits: read(&layers)?,
         history: read(&layers)?,
         publish: read(&layers)?,
+        presence: read(&layers)?,
         log: read(&layers)?,
     };
     Ok(Loaded { config, layers })
@@ -263,6 +269,7 @@ pub fn load_admin_service(sources: &Sources) -> Result<AdminServiceConfig, Confi
         payload: read(&layers)?,
         history: read(&layers)?,
         publish: read(&layers)?,
+        presence: read(&layers)?,
         log: read(&layers)?,
     })
 }

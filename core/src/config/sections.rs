@@ -223,6 +223,59 @@ impl Section for PublishConfig {
     }
 }
 
+/// `[presence]`: which topics track who is subscribed, and how soon the
+/// members of a node that stopped reporting leave.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PresenceConfig {
+    /// Topic patterns whose subscribers are members.
+    #[serde(deserialize_with = "patterns")]
+    pub topics: herald_protocol::Permissions,
+    /// A member of a dead or cut-off node leaves within this long.
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+impl PresenceConfig {
+    /// Whether `topic`'s subscribers are tracked.
+    pub fn tracks(&self, topic: &herald_protocol::Topic) -> bool {
+        self.topics.allows(topic)
+    }
+}
+
+impl Default for PresenceConfig {
+    /// The key table's defaults (a test checks they agree).
+    fn default() -> PresenceConfig {
+        PresenceConfig {
+            topics: herald_protocol::Permissions::default(),
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Shortest `presence.timeout`: nodes report a fifth of it apart, and a
+/// report must fit in that with room to spare.
+pub const MIN_PRESENCE_TIMEOUT: Duration = Duration::from_millis(500);
+
+impl Section for PresenceConfig {
+    const PATH: Option<&'static str> = Some("presence");
+
+    fn check(&mut self, c: &Check<'_>) -> Result<(), ConfigError> {
+        if self.timeout < MIN_PRESENCE_TIMEOUT {
+            return Err(c.invalid(
+                "presence.timeout",
+                format!("must be at least {MIN_PRESENCE_TIMEOUT:?}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn patterns<'de, D: Deserializer<'de>>(d: D) -> Result<herald_protocol::Permissions, D::Error> {
+    let list = list(d)?;
+    herald_protocol::Permissions::parse(list.iter().map(String::as_str))
+        .map_err(|(p, e)| serde::de::Error::custom(format!("'{p}' is not a topic pattern: {e}")))
+}
+
 /// `[jwt]`: token verification (contract §4).
 #[derive(Debug, Clone, Deserialize)]
 pub struct JwtConfig {

@@ -58,6 +58,35 @@ fn defaults_are_valid_and_match_the_contract() {
         ),
         "PublishConfig::default agrees with the key table"
     );
+    let d = PresenceConfig::default();
+    assert_eq!(
+        (&c.presence.topics, c.presence.timeout),
+        (&d.topics, d.timeout),
+        "PresenceConfig::default agrees with the key table"
+    );
+}
+
+#[test]
+fn presence_patterns_are_checked() {
+    let with = |key: &'static str, value: &str| {
+        load(&Sources {
+            flags: vec![(key, value.to_owned())],
+            ..Sources::default()
+        })
+    };
+    let c = with("presence.topics", "chat.>,rooms.*").unwrap().config;
+    assert!(
+        c.presence
+            .tracks(&herald_protocol::Topic::new("chat.a.b").unwrap())
+    );
+    assert!(
+        !c.presence
+            .tracks(&herald_protocol::Topic::new("news").unwrap())
+    );
+    let e = with("presence.topics", "chat.>.x").unwrap_err().to_string();
+    assert!(e.contains("presence.topics"), "{e}");
+    let e = with("presence.timeout", "100ms").unwrap_err().to_string();
+    assert!(e.contains("presence.timeout"), "{e}");
 }
 
 #[test]

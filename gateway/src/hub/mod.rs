@@ -147,8 +147,15 @@ impl<B: Broker> Hub<B> {
     }
 
     /// Registers the session on `topic` (holding its live events back when
-    /// `hold`) and returns what to wait for before the subscription is live.
-    fn register(&self, outbox: &Arc<Outbox>, topic: &Topic, hold: bool) -> (Ready, bool) {
+    /// `hold`; with presence frames when `sees`) and returns what to wait
+    /// for before the subscription is live.
+    fn register(
+        &self,
+        outbox: &Arc<Outbox>,
+        topic: &Topic,
+        hold: bool,
+        sees: bool,
+    ) -> (Ready, bool) {
         let mut shard = lock(self.registry.shard(topic));
         let mut created = false;
         let entry = shard.entry(topic.clone()).or_insert_with(|| {
@@ -178,6 +185,7 @@ impl<B: Broker> Hub<B> {
                     Subscriber {
                         outbox: outbox.clone(),
                         feed,
+                        presence: sees,
                     },
                 );
                 self.metrics.subscriptions.add(1);
@@ -225,7 +233,8 @@ impl<B: Broker> Hub<B> {
     }
 
     /// Adds the session to every topic in `topics` (none of which it already
-    /// has) and waits until each is live on the broker.
+    /// has), with presence frames on those `sees` allows, and waits until
+    /// each is live on the broker.
     ///
     /// # Errors
     /// The broker's error; the session is then subscribed to none of them.
@@ -233,10 +242,11 @@ impl<B: Broker> Hub<B> {
         &self,
         outbox: &Arc<Outbox>,
         topics: &[Topic],
+        sees: impl Fn(&Topic) -> bool,
     ) -> Result<(), BrokerError> {
         let waits: Vec<(Ready, bool)> = topics
             .iter()
-            .map(|t| self.register(outbox, t, false))
+            .map(|t| self.register(outbox, t, false, sees(t)))
             .collect();
         for (topic, (ready, created)) in topics.iter().zip(waits) {
             if let Err(e) = self.confirm(topic, ready, created).await {
@@ -261,8 +271,9 @@ impl<B: Broker> Hub<B> {
         topic: &Topic,
         since: &str,
         already: bool,
+        sees: bool,
     ) -> Result<bool, BrokerError> {
-        let (ready, created) = self.register(outbox, topic, true);
+        let (ready, created) = self.register(outbox, topic, true, sees);
         if let Err(e) = self.confirm(topic, ready, created).await {
             if already {
                 self.release(outbox, topic);
@@ -341,6 +352,7 @@ mod tests {
                     ttl: Duration::from_secs(60),
                 },
                 publish: herald_core::config::PublishConfig::default(),
+                presence_timeout: Duration::from_secs(30),
             },
             registry.clone(),
         );
@@ -401,8 +413,10 @@ mod tests {
         hub.add_session(&b);
         let news = Topic::new("news").unwrap();
         let x = Topic::new("x").unwrap();
-        hub.subscribe(&a, &[news.clone(), x.clone()]).await.unwrap();
-        hub.subscribe(&b, std::slice::from_ref(&news))
+        hub.subscribe(&a, &[news.clone(), x.clone()], |_| false)
+            .await
+            .unwrap();
+        hub.subscribe(&b, std::slice::from_ref(&news), |_| false)
             .await
             .unwrap();
         assert_eq!(metrics.topics.get(), 2);
@@ -438,7 +452,7 @@ mod tests {
             .unwrap();
         let a = Arc::new(Outbox::new(1, Arc::from("a"), 100));
         let recovered = hub
-            .subscribe_from(&a, &t, &ids[1].to_string(), false)
+            .subscribe_from(&a, &t, &ids[1].to_string(), false, false)
             .await
             .unwrap();
         assert!(recovered);
@@ -452,7 +466,7 @@ mod tests {
             .unwrap();
         let b = Arc::new(Outbox::new(2, Arc::from("b"), 100));
         assert!(
-            !hub.subscribe_from(&b, &t, &ids[0].to_string(), false)
+            !hub.subscribe_from(&b, &t, &ids[0].to_string(), false, false)
                 .await
                 .unwrap()
         );
@@ -471,7 +485,7 @@ mod tests {
             .unwrap();
         let b = Arc::new(Outbox::new(2, Arc::from("b"), 100));
         assert!(
-            hub.subscribe_from(&b, &t, &ids[1].to_string(), false)
+            hub.subscribe_from(&b, &t, &ids[1].to_string(), false, false)
                 .await
                 .unwrap()
         );
@@ -490,7 +504,9 @@ mod tests {
         let (hub, broker, _) = setup();
         let t = Topic::new("t").unwrap();
         let a = Arc::new(Outbox::new(1, Arc::from("a"), 100));
-        hub.subscribe(&a, std::slice::from_ref(&t)).await.unwrap();
+        hub.subscribe(&a, std::slice::from_ref(&t), |_| false)
+            .await
+            .unwrap();
         let ids = broker
             .publish((1..=3).map(|n| publication(&t, n)).collect())
             .await
@@ -527,7 +543,9 @@ mod tests {
         let (hub, broker, _) = setup();
         let t = Topic::new("t").unwrap();
         let a = Arc::new(Outbox::new(1, Arc::from("a"), 100));
-        hub.subscribe(&a, std::slice::from_ref(&t)).await.unwrap();
+        hub.subscribe(&a, std::slice::from_ref(&t), |_| false)
+            .await
+            .unwrap();
         let ids = broker
             .publish((1..=30).map(|n| publication(&t, n)).collect())
             .await

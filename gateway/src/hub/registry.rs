@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use herald_core::metrics::DropReason;
-use herald_core::{BrokerError, Event, EventSink, HistoryPage, Metrics, Position, Ready};
+use herald_core::{
+    BrokerError, Change, Event, EventSink, HistoryPage, Member, Metrics, Position, Ready,
+};
 use herald_protocol::{CloseCode, Topic};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -79,6 +81,9 @@ pub(super) enum Feed {
 pub(super) struct Subscriber {
     pub(super) outbox: Arc<Outbox>,
     pub(super) feed: Feed,
+    /// Whether it gets the topic's `join` and `leave` frames (the topic is
+    /// tracked and its token's `presence` claim allows it).
+    pub(super) presence: bool,
 }
 
 pub(super) struct TopicEntry {
@@ -125,6 +130,34 @@ impl Registry {
 
     pub(super) fn shard(&self, topic: &Topic) -> &TopicShard {
         &self.shards[self.hasher.hash_one(topic.as_str()) as usize % TOPIC_SHARDS]
+    }
+
+    /// Every local subscription to a topic `tracked` for presence, as
+    /// (topic, session number, sub).
+    pub fn memberships(&self, tracked: impl Fn(&Topic) -> bool) -> Vec<(Topic, u64, Arc<str>)> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            for (topic, entry) in lock(shard).iter().filter(|(t, _)| tracked(t)) {
+                out.extend(
+                    entry
+                        .subscribers
+                        .values()
+                        .map(|s| (topic.clone(), s.outbox.id, s.outbox.sub.clone())),
+                );
+            }
+        }
+        out
+    }
+
+    /// Sets whether session `id` gets `topic`'s presence frames (after a
+    /// token refresh changed its `presence` claim).
+    pub fn set_presence(&self, topic: &Topic, id: u64, sees: bool) {
+        if let Some(sub) = lock(self.shard(topic))
+            .get_mut(topic)
+            .and_then(|e| e.subscribers.get_mut(&id))
+        {
+            sub.presence = sees;
+        }
     }
 
     /// Local subscribers of `topic`.
@@ -274,6 +307,29 @@ impl Registry {
 }
 
 impl EventSink for Registry {
+    fn presence(&self, topic: &Topic, change: Change, member: &Member) {
+        let received = Instant::now();
+        let mut shard = lock(self.shard(topic));
+        let Some(entry) = shard.get_mut(topic) else {
+            return;
+        };
+        // Rendered once for the node; presence frames do not take part in
+        // the topic's event order (they have no id), so a recovering
+        // session gets them at once.
+        let json = herald_core::broker::presence::frame(topic, change, member);
+        let mut frames = FrameCache::new(&json);
+        let mut overflowed = 0;
+        for sub in entry.subscribers.values().filter(|s| s.presence) {
+            let frame = frames.for_connection(sub.outbox.deflate);
+            if let Pushed::Overflow(n) = sub.outbox.push_event(frame, received) {
+                overflowed += n as u64;
+            }
+        }
+        if overflowed > 0 {
+            self.metrics.dropped(DropReason::SlowConsumer, overflowed);
+        }
+    }
+
     fn deliver(&self, event: &Event) {
         let received = Instant::now();
         let mut shard = lock(self.shard(&event.topic));

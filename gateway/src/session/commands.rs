@@ -1,17 +1,27 @@
 //! What a session does with each client request: subscribe (with or
-//! without recovery), unsubscribe, publish, and a token refresh. Each is
-//! all-or-nothing and answers with exactly one reply.
+//! without recovery), unsubscribe, publish, a token refresh, and a presence
+//! query. Each is all-or-nothing and answers with exactly one reply.
+//!
+//! Presence: on a topic matching `presence.topics`, the session joins once
+//! it was told `subscribed` (so its own `join` follows that reply, and a
+//! `presence` request it sends next lists it), and leaves when the topic is
+//! dropped for any reason: unsubscribe, a token refresh that lost it, a
+//! failed subscribe, or the end of the session.
 
 use std::collections::{BTreeMap, HashSet};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use herald_core::{Broker, Publication};
+use herald_core::{Broker, LeaveCause, Member, Publication};
 use herald_protocol::{ErrorCode, ServerFrame, Topic};
 use serde_json::value::RawValue;
 use tracing::debug;
 
 use super::Session;
 use super::limits::expiry_times;
+
+/// How long a subscribe waits for its presence joins to be stored before
+/// moving on (they are applied later if need be).
+const JOIN_WAIT: Duration = Duration::from_secs(5);
 
 impl Session {
     /// Validates every name; the first invalid one is reported.
@@ -78,13 +88,14 @@ impl Session {
             .cloned()
             .collect();
         let hub = &self.node.hub;
-        let failed = hub.subscribe(&self.outbox, &plain_new).await.err();
+        let sees = |t: &Topic| self.sees_presence(t);
+        let failed = hub.subscribe(&self.outbox, &plain_new, sees).await.err();
         let results = if failed.is_none() {
             let held = &self.topics;
             let outbox = &self.outbox;
             futures_util::future::join_all(recovering.iter().map(|t| {
                 let from = since.get(t.as_str()).map_or("", String::as_str);
-                hub.subscribe_from(outbox, t, from, held.contains(*t))
+                hub.subscribe_from(outbox, t, from, held.contains(*t), sees(t))
             }))
             .await
         } else {
@@ -99,6 +110,7 @@ impl Session {
         if let Some(e) = failed {
             // All or nothing: drop whatever this request added.
             hub.unsubscribe(&self.outbox, plain_new.iter().chain(&recovering_new));
+            self.leave_presence(plain_new.iter().chain(&recovering_new), None);
             debug!(error = %e, "subscribe failed in the broker");
             self.error(
                 reference,
@@ -113,14 +125,111 @@ impl Session {
             .zip(&results)
             .map(|(t, r)| (t.as_str(), matches!(r, Ok(true))))
             .collect();
-        self.topics.extend(plain_new);
-        self.topics.extend(recovering_new);
         let names: Vec<&str> = topics.iter().map(Topic::as_str).collect();
         self.reply(&ServerFrame::Subscribed {
             reference,
             topics: &names,
             recovered: (!recovered.is_empty()).then_some(&recovered),
         });
+        self.join_presence(plain_new.iter().chain(&recovering_new))
+            .await;
+        self.topics.extend(plain_new);
+        self.topics.extend(recovering_new);
+    }
+
+    /// Whether this session gets `topic`'s join and leave frames.
+    fn sees_presence(&self, topic: &Topic) -> bool {
+        self.node.config.presence.tracks(topic) && self.claims.presence.allows(topic)
+    }
+
+    /// Joins the presence of the tracked ones of `topics` (just
+    /// subscribed), waiting a bounded time for the broker to store them.
+    async fn join_presence<'a>(&self, topics: impl Iterator<Item = &'a Topic>) {
+        let node = &self.node;
+        // Every join takes its place in the broker's order now.
+        let joins: Vec<_> = topics
+            .filter(|t| node.config.presence.tracks(t))
+            .map(|t| {
+                node.broker
+                    .join(t, node.member(self.outbox.id, &self.claims.sub))
+            })
+            .collect();
+        if joins.is_empty() {
+            return;
+        }
+        let n = joins.len() as u64;
+        node.metrics.presence_members.add(n as i64);
+        node.metrics.presence_joins.increment(n);
+        let stored = tokio::time::timeout(JOIN_WAIT, futures_util::future::join_all(joins)).await;
+        // The broker keeps a join it could not store yet and applies it
+        // (before any later leave) once it can: the session is a member
+        // either way, only later than it asked.
+        match stored {
+            Ok(results) => {
+                if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
+                    debug!(error = %e, "presence join not stored yet");
+                }
+            }
+            Err(_) => debug!("presence join not stored within {JOIN_WAIT:?}"),
+        }
+    }
+
+    /// Leaves the presence of the tracked ones of `topics`; `cause` is
+    /// `None` for topics a failed subscribe added (never counted as joined).
+    pub(super) fn leave_presence<'a>(
+        &self,
+        topics: impl IntoIterator<Item = &'a Topic>,
+        cause: Option<LeaveCause>,
+    ) {
+        let node = &self.node;
+        let mut session = None;
+        let mut n = 0u64;
+        for topic in topics
+            .into_iter()
+            .filter(|t| node.config.presence.tracks(t))
+        {
+            let session = session.get_or_insert_with(|| node.session_name(self.outbox.id));
+            node.broker.leave(topic, session);
+            n += 1;
+        }
+        if let (Some(cause), true) = (cause, n > 0) {
+            node.metrics.presence_members.add(-(n as i64));
+            node.metrics.presence_left(cause, n);
+        }
+    }
+
+    pub(super) async fn presence(&self, reference: Option<&str>, name: &str) {
+        let topic = match herald_core::publication::topic(name) {
+            Ok(t) => t,
+            Err(e) => return self.error(reference, e.code(), &e.to_string(), Some(name)),
+        };
+        if !self.node.config.presence.tracks(&topic) {
+            let message = format!("{topic} is not tracked for presence (presence.topics)");
+            return self.error(reference, ErrorCode::BadRequest, &message, Some(name));
+        }
+        if !self.claims.presence.allows(&topic) {
+            let message = format!("not allowed to see who is present on {topic}");
+            return self.error(reference, ErrorCode::Forbidden, &message, Some(name));
+        }
+        match self.node.broker.members(&topic).await {
+            Ok(members) => {
+                let public: Vec<_> = members.iter().map(Member::public).collect();
+                self.reply(&ServerFrame::Presence {
+                    reference,
+                    topic: name,
+                    members: &public,
+                });
+            }
+            Err(e) => {
+                debug!(error = %e, "presence read failed in the broker");
+                self.error(
+                    reference,
+                    e.code(),
+                    "the broker is unavailable; retry later",
+                    Some(name),
+                );
+            }
+        }
     }
 
     pub(super) fn unsubscribe(&mut self, reference: Option<&str>, names: &[String]) {
@@ -133,6 +242,7 @@ impl Session {
             .cloned()
             .collect();
         self.node.hub.unsubscribe(&self.outbox, &held);
+        self.leave_presence(&held, Some(LeaveCause::Unsubscribe));
         let names: Vec<&str> = topics.iter().map(Topic::as_str).collect();
         self.reply(&ServerFrame::Unsubscribed {
             reference,
@@ -219,11 +329,21 @@ impl Session {
         let exp = claims.exp;
         self.claims = claims;
         self.reply(&ServerFrame::Authed { reference, exp });
+        for t in &self.topics {
+            if self.node.config.presence.tracks(t) {
+                let sees = self.sees_presence(t);
+                self.node
+                    .hub
+                    .registry()
+                    .set_presence(t, self.outbox.id, sees);
+            }
+        }
         if !lost.is_empty() {
             for t in &lost {
                 self.topics.remove(t);
             }
             self.node.hub.unsubscribe(&self.outbox, &lost);
+            self.leave_presence(&lost, Some(LeaveCause::Unsubscribe));
             let mut names: Vec<&str> = lost.iter().map(Topic::as_str).collect();
             names.sort_unstable();
             self.reply(&ServerFrame::Unsubscribed {

@@ -165,6 +165,7 @@ where
             outbox.close(CloseCode::Normal);
         }
     }
+    session.leave_presence(&session.topics, Some(herald_core::LeaveCause::Disconnect));
     node.hub.remove_session(&outbox, &session.topics);
     debug!("session closed");
     drop(permit);
@@ -311,6 +312,9 @@ impl Session {
                 reference: reference.as_deref(),
             }),
             ClientFrame::Auth { reference, token } => self.auth(reference.as_deref(), &token),
+            ClientFrame::Presence { reference, topic } => {
+                self.presence(reference.as_deref(), &topic).await;
+            }
         }
     }
 }
@@ -337,6 +341,7 @@ mod footprint {
             exp: u64::MAX / 2,
             topics: herald_protocol::Permissions::default(),
             publish: herald_protocol::Permissions::default(),
+            presence: herald_protocol::Permissions::default(),
         };
         let permit = node.try_reserve().unwrap();
         let start = Start {

@@ -10,6 +10,7 @@ mod frames;
 mod ha;
 mod handshake;
 mod limits;
+mod presence;
 mod process;
 mod recovery;
 mod timing;

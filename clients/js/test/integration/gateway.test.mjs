@@ -106,6 +106,41 @@ describe('the SDK against a gateway on Redis', { timeout: 180_000 }, () => {
     c.close();
   });
 
+  it('shows who is in a room: presence(), then join and leave as members come and go', async () => {
+    // A second node on the same Redis, tracking presence on room.>.
+    const node = await startGateway({ redisUrl: redis.url, nodeId: 'n2', args: ['--presence-topics', 'room.>'] });
+    const member = (sub) => {
+      const c = new Herald({
+        url: `ws://127.0.0.1:${node.port}/ws`,
+        token: () => mintToken({ sub, topics: 'room.>', presence: 'room.>' }),
+        WebSocket,
+      });
+      clients.push(c);
+      return c;
+    };
+    const ann = member('ann');
+    const changes = [];
+    ann.on('presence', (p) => changes.push(p));
+    ann.subscribe('room.sdk', () => {});
+    const annIn = next(ann, 'presence', (p) => p.type === 'join' && p.sub === 'ann');
+    ann.connect();
+    await annIn;
+    const ben = member('ben');
+    ben.subscribe('room.sdk', () => {});
+    const benIn = next(ann, 'presence', (p) => p.type === 'join' && p.sub === 'ben');
+    ben.connect();
+    await benIn;
+    const here = await ann.presence('room.sdk');
+    assert.deepEqual(here.map((m) => m.sub).sort(), ['ann', 'ben']);
+    assert.ok(here.every((m) => typeof m.session === 'string' && m.since > 0), JSON.stringify(here));
+    const benOut = next(ann, 'presence', (p) => p.type === 'leave' && p.sub === 'ben');
+    ben.close();
+    await benOut;
+    assert.deepEqual(changes.map((p) => `${p.type} ${p.sub}`), ['join ann', 'join ben', 'leave ben']);
+    await assert.rejects(ann.presence('news'), (e) => e.code === 'bad_request');
+    ann.close();
+  });
+
   it('recovers across gateway restarts: events published meanwhile arrive once, in order', async () => {
     const c = client();
     const got = [];

@@ -206,58 +206,70 @@ impl ConnectionLike for Conn {
 
 /// A Lua script, sent by its SHA-1 and in full when Redis does not know it.
 pub struct Script {
-    text: String,
+    text: Arc<str>,
     sha: String,
 }
 
 impl Script {
-    /// Wraps `text`.
+    /// Wraps `text`, less its comment and blank lines (they would be sent
+    /// with every `SCRIPT LOAD` and every call in full).
     pub fn new(text: impl Into<String>) -> Script {
-        let text = text.into();
+        let text: String = text
+            .into()
+            .lines()
+            .filter(|l| {
+                let l = l.trim_start();
+                !l.is_empty() && !l.starts_with("--")
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
         let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, text.as_bytes());
         Script {
-            text,
+            text: Arc::from(text),
             sha: digest.as_ref().iter().map(|b| format!("{b:02x}")).collect(),
         }
     }
-
-    /// The `EVALSHA` (or, `by_sha` false, `EVAL`) call with `keys` and `args`.
-    pub fn cmd(&self, by_sha: bool, keys: &[&str], args: &[&[u8]]) -> redis::Cmd {
-        let mut cmd = if by_sha {
-            redis::cmd("EVALSHA")
-        } else {
-            redis::cmd("EVAL")
-        };
-        cmd.arg(if by_sha { &self.sha } else { &self.text })
-            .arg(keys.len());
-        for k in keys {
-            cmd.arg(*k);
-        }
-        for a in args {
-            cmd.arg(*a);
-        }
-        cmd
-    }
 }
 
-/// One script call: by digest, and in full for when Redis lost its scripts.
+/// One script call, sent by digest; the script's text is kept (shared, not
+/// copied) for when Redis lost its scripts and the call is sent in full.
 pub struct ScriptCall {
     /// The slot of its keys (all of one call's keys share a slot).
     pub slot: u16,
-    /// `EVALSHA …`.
+    /// `EVALSHA <sha> <numkeys> <keys…> <args…>`.
     pub by_sha: redis::Cmd,
-    /// `EVAL …`.
-    pub full: redis::Cmd,
+    text: Arc<str>,
 }
 
 impl ScriptCall {
     /// `script` with `keys` and `args`, whose keys hash to `slot`.
     pub fn new(script: &Script, slot: u16, keys: &[&str], args: &[&[u8]]) -> ScriptCall {
+        let mut by_sha = redis::cmd("EVALSHA");
+        by_sha.arg(&script.sha).arg(keys.len());
+        for k in keys {
+            by_sha.arg(*k);
+        }
+        for a in args {
+            by_sha.arg(*a);
+        }
         ScriptCall {
             slot,
-            by_sha: script.cmd(true, keys, args),
-            full: script.cmd(false, keys, args),
+            by_sha,
+            text: script.text.clone(),
         }
+    }
+
+    /// The same call as `EVAL <text> …`, built only when Redis answered
+    /// `NOSCRIPT` (rare), so a publish never copies a script's text.
+    pub fn full(&self) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(&*self.text);
+        for arg in self.by_sha.args_iter().skip(2) {
+            if let redis::Arg::Simple(bytes) = arg {
+                cmd.arg(bytes);
+            }
+        }
+        cmd
     }
 }
 
@@ -367,6 +379,27 @@ impl Commands {
         calls: &[ScriptCall],
         wait: Option<Wait>,
     ) -> Result<Vec<Value>, BrokerError> {
+        self.run_scripts(calls, wait, false).await
+    }
+
+    /// Like [`Commands::scripts`], for calls whose effects must happen in
+    /// call order even on a Redis that lost its scripts: each pipeline
+    /// first loads (`SCRIPT LOAD`) the scripts it calls. Without that, a
+    /// call Redis did not know would be refused while the calls after it
+    /// ran, and would then run after them when sent again in full.
+    ///
+    /// # Errors
+    /// The first failure of any call.
+    pub async fn scripts_in_order(&self, calls: &[ScriptCall]) -> Result<Vec<Value>, BrokerError> {
+        self.run_scripts(calls, None, true).await
+    }
+
+    async fn run_scripts(
+        &self,
+        calls: &[ScriptCall],
+        wait: Option<Wait>,
+        load: bool,
+    ) -> Result<Vec<Value>, BrokerError> {
         let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
         for (i, call) in calls.iter().enumerate() {
             let slot = if self.cluster { call.slot } else { 0 };
@@ -375,9 +408,9 @@ impl Commands {
                 None => groups.push((slot, vec![i])),
             }
         }
-        let runs = groups
-            .iter()
-            .map(|(slot, members)| self.bounded(self.script_group(*slot, members, calls, wait)));
+        let runs = groups.iter().map(|(slot, members)| {
+            self.bounded(self.script_group(*slot, members, calls, wait, load))
+        });
         let mut out = vec![Value::Nil; calls.len()];
         for (result, (_, members)) in futures_util::future::join_all(runs)
             .await
@@ -397,11 +430,22 @@ impl Commands {
         members: &[usize],
         calls: &[ScriptCall],
         wait: Option<Wait>,
+        load: bool,
     ) -> Result<Vec<Value>, BrokerError> {
         let failed = |e: redis::RedisError| broker_error(&e);
         let mut conn = self.connection().await?;
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
+        if load {
+            let mut loaded: Vec<&Arc<str>> = Vec::new();
+            for i in members {
+                let text = &calls[*i].text;
+                if !loaded.iter().any(|t| Arc::ptr_eq(t, text)) {
+                    pipe.cmd("SCRIPT").arg("LOAD").arg(&**text).ignore();
+                    loaded.push(text);
+                }
+            }
+        }
         for i in members {
             pipe.add_command(calls[*i].by_sha.clone());
         }
@@ -423,7 +467,7 @@ impl Commands {
                 }
                 debug!("redis lost its scripts; sending them in full");
                 *value = conn
-                    .command_at(&calls[*i].full, slot)
+                    .command_at(&calls[*i].full(), slot)
                     .await
                     .map_err(failed)?;
                 if let Some(cmd) = &wait_cmd {

@@ -29,6 +29,7 @@
 
 pub mod cluster;
 pub mod commands;
+pub mod presence;
 pub mod pubsub;
 pub mod resp;
 pub mod scripts;
@@ -45,8 +46,8 @@ use herald_protocol::Topic;
 use tracing::warn;
 
 use super::{
-    Broker, BrokerError, BrokerSettings, EventSink, HistoryPage, NodeControl, NodeStats, Position,
-    Publication, Ready,
+    Broker, BrokerError, BrokerSettings, EventSink, HistoryPage, Member, NodeControl, NodeStats,
+    Position, Publication, Ready,
 };
 use crate::config::Durability;
 use crate::metrics::Metrics;
@@ -111,6 +112,7 @@ pub struct RedisBroker {
     sink: Arc<dyn EventSink>,
     pubsub: OnceLock<PubSub>,
     scripts: Scripts,
+    presence: presence::Presence,
     reachable: AtomicBool,
     metrics: Arc<Metrics>,
 }
@@ -188,9 +190,17 @@ impl RedisBroker {
         sink: Arc<dyn EventSink>,
         metrics: Arc<Metrics>,
     ) -> Arc<RedisBroker> {
+        let commands = Arc::new(Commands::new(pool, cluster));
+        let node = Arc::new(OnceLock::new());
         let broker = Arc::new(RedisBroker {
-            commands: Arc::new(Commands::new(pool, cluster)),
-            node: Arc::new(OnceLock::new()),
+            presence: presence::Presence::start(
+                commands.clone(),
+                node.clone(),
+                metrics.clone(),
+                settings.presence_timeout,
+            ),
+            commands,
+            node,
             mode,
             settings,
             sink,
@@ -375,5 +385,21 @@ impl Broker for RedisBroker {
 
     async fn disconnect(&self, sub: &str) -> Result<usize, BrokerError> {
         view::disconnect(&self.commands, sub).await
+    }
+
+    fn join(
+        &self,
+        topic: &Topic,
+        member: Member,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send + 'static {
+        self.presence.join(topic, member)
+    }
+
+    fn leave(&self, topic: &Topic, session: &str) {
+        self.presence.leave(topic, session);
+    }
+
+    async fn members(&self, topic: &Topic) -> Result<Vec<Member>, BrokerError> {
+        self.presence.members(topic).await
     }
 }

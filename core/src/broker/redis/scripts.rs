@@ -47,28 +47,30 @@ pub struct Scripts {
     history: Script,
 }
 
+/// A script for a Redis Cluster (`cluster`) or a single primary.
+///
+/// Under Cluster each script opens with a `#!lua` line (Redis 7): a script
+/// without one counts as read-only to Redis, and since the cluster client
+/// marks every connection `READONLY`, a node that became a replica would run
+/// it (and fail its first write) instead of redirecting with `MOVED` to the
+/// new primary; the client would then never learn the new slot owner.
+/// Outside a cluster the scripts stay without it, so Redis 6 primaries keep
+/// working.
+pub fn script(cluster: bool, body: String) -> Script {
+    if cluster {
+        Script::new(format!("#!lua\n{body}"))
+    } else {
+        Script::new(body)
+    }
+}
+
 impl Scripts {
     /// The scripts for a Redis Cluster (`cluster`) or a single primary.
-    ///
-    /// Under Cluster each script opens with a `#!lua` line (Redis 7): a
-    /// script without one counts as read-only to Redis, and since the
-    /// cluster client marks every connection `READONLY`, a node that became
-    /// a replica would run it (and fail its first write) instead of
-    /// redirecting with `MOVED` to the new primary; the client would then
-    /// never learn the new slot owner. Outside a cluster the scripts stay
-    /// without it, so Redis 6 primaries keep working.
     pub fn new(cluster: bool) -> Scripts {
-        let script = |body: String| {
-            if cluster {
-                Script::new(format!("#!lua\n{body}"))
-            } else {
-                Script::new(body)
-            }
-        };
         Scripts {
-            publish: script(with_fence(include_str!("lua/publish.lua"))),
-            confirm: script(include_str!("lua/confirm.lua").to_owned()),
-            history: script(with_fence(include_str!("lua/history.lua"))),
+            publish: script(cluster, with_fence(include_str!("lua/publish.lua"))),
+            confirm: script(cluster, include_str!("lua/confirm.lua").to_owned()),
+            history: script(cluster, with_fence(include_str!("lua/history.lua"))),
         }
     }
 }

@@ -29,7 +29,7 @@ use super::super::sentinel::role_is_primary;
 use super::transport::{Connection, Endpoint, TransportError};
 use super::{
     ConnCmd, DEAD_AFTER, PING_EVERY, PROBE_EVERY, PROBE_TIMEOUT, RouterCmd, SUBSCRIBE_CHUNK,
-    Shared, Target, decode,
+    Shared, Target, decode, presence_change,
 };
 use crate::broker::{BrokerError, ReadySender};
 
@@ -526,17 +526,26 @@ impl Conn {
 
     fn deliver(&mut self, channel: &Bytes, payload: Bytes) {
         match self.channels.get(channel) {
-            Some(Target::Topic(topic)) => match decode(topic, &payload) {
-                Some(decoded) => {
-                    if let Some(old) = decoded.replaced {
-                        self.shared.sink.history_replaced(topic, old);
+            Some(Target::Topic(topic)) => {
+                if let Some((change, json)) = presence_change(&payload) {
+                    match serde_json::from_slice::<herald_protocol::Member>(json) {
+                        Ok(member) => self.shared.sink.presence(topic, change, &member),
+                        Err(_) => warn!(topic = %topic, "malformed presence payload from redis"),
                     }
-                    for event in &decoded.events {
-                        self.shared.sink.deliver(event);
-                    }
+                    return;
                 }
-                None => warn!(topic = %topic, "malformed event payload from redis"),
-            },
+                match decode(topic, &payload) {
+                    Some(decoded) => {
+                        if let Some(old) = decoded.replaced {
+                            self.shared.sink.history_replaced(topic, old);
+                        }
+                        for event in &decoded.events {
+                            self.shared.sink.deliver(event);
+                        }
+                    }
+                    None => warn!(topic = %topic, "malformed event payload from redis"),
+                }
+            }
             Some(Target::Control) => (self.shared.control)(payload),
             Some(Target::Probe) => self.probe_back(&payload),
             None => {} // unsubscribed meanwhile

@@ -193,6 +193,18 @@ pub struct Decoded {
     pub events: Vec<Event>,
 }
 
+/// A presence announcement on a topic's channel: `+<member JSON>` (join) or
+/// `-<member JSON>` (leave); `None` for a payload of events (which starts
+/// with an id or a fence marker, never with `+` or `-`).
+pub fn presence_change(payload: &[u8]) -> Option<(crate::broker::Change, &[u8])> {
+    use crate::broker::Change;
+    match payload.split_first()? {
+        (b'+', json) => Some((Change::Join, json)),
+        (b'-', json) => Some((Change::Leave, json)),
+        _ => None,
+    }
+}
+
 /// Splits a published payload (see [`Decoded`]).
 pub fn decode(topic: &Topic, payload: &Bytes) -> Option<Decoded> {
     let mut events = Vec::with_capacity(1);
@@ -227,6 +239,19 @@ pub fn decode(topic: &Topic, payload: &Bytes) -> Option<Decoded> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn presence_announcements_are_told_from_events() {
+        use crate::broker::Change;
+        assert_eq!(presence_change(b"+{}"), Some((Change::Join, &b"{}"[..])));
+        assert_eq!(
+            presence_change(b"-{\"a\":1}"),
+            Some((Change::Leave, &b"{\"a\":1}"[..]))
+        );
+        assert_eq!(presence_change(b"0000000a-1 2\n{}"), None);
+        assert_eq!(presence_change(b"! 0000000a\n"), None);
+        assert_eq!(presence_change(b""), None);
+    }
 
     #[test]
     fn a_fence_marker_names_the_replaced_epoch() {

@@ -1,0 +1,20 @@
+-- Removes from a topic's presence every member stored by a lapsed
+-- incarnation of a node, announcing a leave for each.
+--
+-- KEYS: the topic's member hash. ARGV: 1 the lapsed incarnation, 2 the
+-- topic's channel, 3 PUBLISH or SPUBLISH.
+--
+-- Members its node registered again since (under a new incarnation) stay.
+-- Returns how many left.
+local all = redis.call('HGETALL', KEYS[1])
+local prefix = ARGV[1] .. '\n'
+local n = 0
+for i = 1, #all, 2 do
+  local v = all[i + 1]
+  if string.sub(v, 1, #prefix) == prefix then
+    redis.call('HDEL', KEYS[1], all[i])
+    redis.call(ARGV[3], ARGV[2], '-' .. string.sub(v, #prefix + 1))
+    n = n + 1
+  end
+end
+return n
