@@ -263,7 +263,10 @@ impl Relay {
 
     /// While on, nothing Redis sends reaches a subscriber connection (one
     /// that sent SUBSCRIBE or SSUBSCRIBE); every socket stays open and
-    /// commands pass: a pub/sub path that silently stopped delivering.
+    /// commands pass: a pub/sub path that silently stopped delivering. A
+    /// connection that lost bytes this way stays dead after it is turned
+    /// off, as a broken TCP path would (a stream cannot lose bytes and then
+    /// resume); connections made afterwards work.
     pub fn blackhole_pubsub(&self, on: bool) {
         self.blackhole.store(on, Ordering::Release);
     }
@@ -284,6 +287,7 @@ fn pump(
     pubsub: &AtomicBool,
 ) {
     let mut buf = [0u8; 16 * 1024];
+    let mut dead = false;
     loop {
         let n = match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
@@ -294,7 +298,8 @@ fn pump(
             if text.contains("SUBSCRIBE") {
                 pubsub.store(true, Ordering::Release);
             }
-        } else if pubsub.load(Ordering::Acquire) && blackhole.load(Ordering::Acquire) {
+        } else if dead || (pubsub.load(Ordering::Acquire) && blackhole.load(Ordering::Acquire)) {
+            dead = true;
             continue;
         }
         if to.write_all(&buf[..n]).is_err() {

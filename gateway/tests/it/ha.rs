@@ -429,7 +429,7 @@ async fn readiness(node: &GatewayProc) -> u16 {
 async fn a_silent_pubsub_path_is_detected_and_rebuilt() {
     let redis = TestRedis::start();
     let relay = Relay::start(redis.port);
-    let node = GatewayProc::start(&relay.url(), false, "n1").await;
+    let mut node = GatewayProc::start(&relay.url(), false, "n1").await;
     let topics = vec!["ha.silent".to_owned()];
     let (stop_tx, stop_rx) = watch::channel(false);
     let follower = follow(
@@ -473,6 +473,14 @@ async fn a_silent_pubsub_path_is_detected_and_rebuilt() {
     .await;
     stop_tx.send_replace(true);
     let seen = follower.await.unwrap();
+    let got = seen.events.get("ha.silent").map_or(0, Vec::len);
+    if got != acked.len() {
+        eprintln!("follower: {seen:?}");
+        node.proc.signal("TERM");
+        for line in node.proc.drain_lines() {
+            eprintln!("n1: {line}");
+        }
+    }
     check("replicated", &topics, &acked, &[seen]);
     assert!(
         metric(node.admin, "herald_pubsub_probe_seconds_count")
