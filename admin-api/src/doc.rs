@@ -63,14 +63,24 @@ mod tests {
     #[test]
     fn openapi_lists_every_route() {
         let doc = ApiDoc::openapi();
-        for (method, path) in ROUTES {
+        for r in ROUTES {
             let item = doc
                 .paths
                 .paths
-                .get(*path)
-                .unwrap_or_else(|| panic!("{path} missing"));
+                .get(r.path)
+                .unwrap_or_else(|| panic!("{} missing", r.path));
             let json = serde_json::to_value(item).unwrap();
-            assert!(json.get(*method).is_some(), "{method} {path} missing");
+            let op = json
+                .get(r.method)
+                .unwrap_or_else(|| panic!("{} {} missing", r.method, r.path));
+            if r.scope.is_some() {
+                assert!(
+                    op["responses"].get("403").is_some(),
+                    "{} {} does not list its 403",
+                    r.method,
+                    r.path
+                );
+            }
         }
         assert_eq!(
             doc.paths.paths.len(),

@@ -109,7 +109,7 @@ fn run(sources: &Sources) -> Result<()> {
         let broker_for_metrics = broker.clone();
         let state = AdminState::new(
             broker,
-            &config.admin.api_keys,
+            &config.admin,
             config.payload.publication_rules(),
             metrics.clone(),
         )

@@ -188,7 +188,7 @@ fn dev_keys(config: &mut Config) -> Result<Vec<String>> {
             "--dev needs an HS256 secret to mint demo tokens: unset the public key settings or set jwt.hs256_secret"
         ));
     }
-    if config.admin.api_keys.is_empty() {
+    if config.admin.api_keys.is_empty() && config.admin.keys.is_empty() {
         let key = herald_core::random_secret(16).context("no randomness for the dev admin key")?;
         notes.push(format!("admin key        = {key}   (generated for --dev)"));
         config.admin.api_keys = vec![Secret::new(key)];

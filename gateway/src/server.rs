@@ -62,7 +62,7 @@ pub fn public_router(node: &Arc<Node>) -> Router {
 pub fn admin_routes(node: &Arc<Node>) -> Router {
     let state = AdminState::new(
         node.broker.clone(),
-        &node.config.admin.api_keys,
+        &node.config.admin,
         node.config.limits.publication_rules(),
         node.metrics.clone(),
     )

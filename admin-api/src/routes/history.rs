@@ -43,6 +43,7 @@ pub struct HistoryResponse {
         (status = 200, description = "The oldest `limit` messages after `since`", body = HistoryResponse),
         (status = 400, description = "bad_request (limit) or invalid_topic", body = ErrorBody),
         (status = 401, description = "unauthorized", body = ErrorBody),
+        (status = 403, description = "forbidden: the key lacks this route's scope", body = ErrorBody),
         (status = 503, description = "unavailable", body = ErrorBody),
     ),
     security(("bearer" = []))

@@ -27,6 +27,7 @@ pub struct PresenceResponse {
         (status = 200, description = "The topic's members", body = PresenceResponse),
         (status = 400, description = "bad_request (the topic is not tracked for presence) or invalid_topic", body = ErrorBody),
         (status = 401, description = "unauthorized", body = ErrorBody),
+        (status = 403, description = "forbidden: the key lacks this route's scope", body = ErrorBody),
         (status = 503, description = "unavailable", body = ErrorBody),
     ),
     security(("bearer" = []))

@@ -8,14 +8,14 @@ use std::collections::HashSet;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use herald_core::http::ApiError;
 use herald_core::{Broker, Publication, PublishError};
 use herald_protocol::{ErrorBody, ErrorCode, Topic};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::{parse_json, present, read_body};
+use super::{Caller, parse_json, present, read_body};
 use crate::AdminState;
 
 /// Most messages in one batch.
@@ -147,6 +147,7 @@ async fn run_publish(
         (status = 200, description = "Accepted by the broker", body = PublishResponse),
         (status = 400, description = "bad_request or invalid_topic", body = ErrorBody),
         (status = 401, description = "unauthorized", body = ErrorBody),
+        (status = 403, description = "forbidden: the key lacks the publish scope, or may not publish to a topic", body = ErrorBody),
         (status = 413, description = "too_large", body = ErrorBody),
         (status = 503, description = "unavailable: the broker did not accept it", body = ErrorBody),
     ),
@@ -154,6 +155,7 @@ async fn run_publish(
 )]
 pub(super) async fn publish(
     State(state): State<AdminState>,
+    Extension(caller): Extension<Caller>,
     body: Body,
 ) -> Result<Json<PublishResponse>, ApiError> {
     let bytes = read_body(body, state.rules.max_data + 256 * 1024).await?;
@@ -179,6 +181,7 @@ pub(super) async fn publish(
     let mut topics = Vec::with_capacity(names.len());
     for name in &names {
         let t = state.rules.topic(name).map_err(|e| refused(&e, ""))?;
+        caller.check_publish(&t, "")?;
         if seen.insert(t.clone()) {
             topics.push(t);
         }
@@ -199,6 +202,7 @@ pub(super) async fn publish(
         (status = 200, description = "All accepted; results in request order", body = PublishResponse),
         (status = 400, description = "bad_request (including batch size) or invalid_topic", body = ErrorBody),
         (status = 401, description = "unauthorized", body = ErrorBody),
+        (status = 403, description = "forbidden: the key lacks the publish scope, or may not publish to a topic", body = ErrorBody),
         (status = 413, description = "too_large", body = ErrorBody),
         (status = 503, description = "unavailable", body = ErrorBody),
     ),
@@ -206,6 +210,7 @@ pub(super) async fn publish(
 )]
 pub(super) async fn publish_batch(
     State(state): State<AdminState>,
+    Extension(caller): Extension<Caller>,
     body: Body,
 ) -> Result<Json<PublishResponse>, ApiError> {
     let limit = (MAX_BATCH * (state.rules.max_data + 1024)).min(256 << 20);
@@ -230,6 +235,7 @@ pub(super) async fn publish_batch(
             ApiError::new(ErrorCode::BadRequest, format!("{what}missing 'topic'"))
         })?;
         let topic = state.rules.topic(&name).map_err(|e| refused(&e, &what))?;
+        caller.check_publish(&topic, &what)?;
         let checked = Checked::new(&state, m.data, m.event, m.idempotency_key, &what)?;
         batch.push(checked.publication(topic));
     }

@@ -35,6 +35,7 @@ pub struct DisconnectResponse {
         (status = 200, description = "Closed", body = DisconnectResponse),
         (status = 400, description = "bad_request", body = ErrorBody),
         (status = 401, description = "unauthorized", body = ErrorBody),
+        (status = 403, description = "forbidden: the key lacks this route's scope", body = ErrorBody),
         (status = 503, description = "unavailable", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -79,6 +80,7 @@ pub struct StatsResponse {
     responses(
         (status = 200, description = "Counts", body = StatsResponse),
         (status = 401, description = "unauthorized", body = ErrorBody),
+        (status = 403, description = "forbidden: the key lacks this route's scope", body = ErrorBody),
         (status = 503, description = "unavailable", body = ErrorBody),
     ),
     security(("bearer" = []))

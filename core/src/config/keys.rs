@@ -25,6 +25,9 @@ pub enum Kind {
     List,
     /// A file path.
     Path,
+    /// A list of tables: `[[section.key]]` entries in the file, a JSON array
+    /// of objects in flags and the environment.
+    Tables,
 }
 
 /// One configuration key.
@@ -132,7 +135,12 @@ pub static KEYS: &[KeySpec] = &[
     secret(
         "admin.api_keys",
         Kind::List,
-        "keys accepted as 'Authorization: Bearer <key>' on the admin API",
+        "keys accepted as 'Authorization: Bearer <key>' on the admin API, each with every scope",
+    ),
+    secret(
+        "admin.keys",
+        Kind::Tables,
+        "named admin keys with scopes: [[admin.keys]] name, key, scopes (publish, history, presence, stats, disconnect, revoke), topics (publish patterns)",
     ),
     key(
         "heartbeat.interval",
@@ -318,6 +326,7 @@ impl Kind {
             Kind::Duration => "DURATION",
             Kind::List => "LIST",
             Kind::Path => "PATH",
+            Kind::Tables => "JSON",
         }
     }
 }

@@ -30,7 +30,7 @@ pub use keys::{KEYS, KeySpec, Kind};
 pub use sections::{
     AdminConfig, Durability, HeartbeatConfig, HistoryConfig, JwtConfig, LimitsConfig,
     ListenersConfig, LogConfig, NodeConfig, PayloadLimits, PresenceConfig, PublishConfig,
-    RedisConfig, TlsConfig,
+    RedisConfig, Scope, ScopedKey, TlsConfig,
 };
 pub use sources::{DEFAULT_CONFIG_FILE, Layers, Sources};
 pub use value::{parse_duration, parse_size};

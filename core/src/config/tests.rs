@@ -318,3 +318,75 @@ fn the_admin_service_reads_its_own_subsystems_from_a_shared_file() {
     assert!(load_admin_service(&sources).is_ok());
     assert!(load(&sources).is_err());
 }
+
+#[test]
+fn scoped_admin_keys_from_the_file_and_the_environment() {
+    let (_f, mut sources) = from_file(
+        r#"
+[[admin.keys]]
+name = "ticks"
+key = "k-ticks-0123456789"
+scopes = ["publish"]
+topics = ["stocks.>"]
+
+[[admin.keys]]
+name = "ops"
+key = "k-ops-0123456789"
+scopes = ["stats", "disconnect", "revoke"]
+"#,
+    );
+    let loaded = load(&sources).unwrap();
+    let keys = &loaded.config.admin.keys;
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys[0].name, "ticks");
+    assert_eq!(keys[0].scopes, vec![Scope::Publish]);
+    assert!(
+        keys[0]
+            .topics
+            .allows(&herald_protocol::Topic::new("stocks.AAPL").unwrap())
+    );
+    assert_eq!(keys[1].scopes.len(), 3);
+    assert!(
+        !loaded.describe().contains("k-ops-0123456789"),
+        "keys are masked"
+    );
+    // The environment spells them as JSON, and wins over the file.
+    sources.env = HashMap::from([(
+        "HERALD_ADMIN__KEYS".to_owned(),
+        r#"[{"name":"h","key":"k-h-0123456789","scopes":["history"]}]"#.to_owned(),
+    )]);
+    let keys = load(&sources).unwrap().config.admin.keys;
+    assert_eq!((keys.len(), keys[0].scopes[0]), (1, Scope::History));
+    for (bad, why) in [
+        (r#"[{"name":"x","key":"k","scopes":["fly"]}]"#, "admin.keys"),
+        (
+            r#"[{"name":"x","key":"k","scopes":[]}]"#,
+            "'scopes' must not be empty",
+        ),
+        (
+            r#"[{"name":"","key":"k","scopes":["stats"]}]"#,
+            "non-empty 'name'",
+        ),
+        (
+            r#"[{"name":"x","key":"k","scopes":["stats"]},{"name":"x","key":"j","scopes":["stats"]}]"#,
+            "two keys have this name",
+        ),
+        (
+            r#"[{"name":"x","key":"k","scopes":["stats"],"topics":["a"]}]"#,
+            "no 'publish' scope",
+        ),
+        (
+            r#"[{"name":"x","key":"","scopes":["stats"]}]"#,
+            "must not be empty",
+        ),
+        ("not json", "JSON array"),
+    ] {
+        let e = load(&Sources {
+            env: HashMap::from([("HERALD_ADMIN__KEYS".to_owned(), bad.to_owned())]),
+            ..Sources::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains(why), "{bad}: {e}");
+    }
+}

@@ -52,6 +52,14 @@ pub fn error_response(code: ErrorCode, message: impl Into<String>) -> Response {
                 http::HeaderValue::from_static("Bearer"),
             );
         }
+        // The body may not have been read to its end: the connection
+        // cannot carry another request.
+        ErrorCode::TooLarge => {
+            headers.insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+        }
         _ => {}
     }
     response

@@ -8,8 +8,9 @@ use crate::common::*;
 #[tokio::test]
 async fn every_route_needs_the_key() {
     let gw = TestGateway::spawn().await;
-    for (method, path) in herald_admin_api::ROUTES {
-        if *path == "/v1/openapi.json" {
+    for r in herald_admin_api::ROUTES {
+        let (method, path) = (r.method, r.path);
+        if r.scope.is_none() {
             continue;
         }
         let path = path.replace("{topic}", "news");
@@ -34,7 +35,8 @@ async fn openapi_document_is_public_and_complete() {
     let (status, doc) = http(gw.admin, "GET", "/v1/openapi.json", None, None).await;
     assert_eq!(status, 200);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
-    for (method, path) in herald_admin_api::ROUTES {
+    for r in herald_admin_api::ROUTES {
+        let (method, path) = (r.method, r.path);
         assert!(
             doc["paths"][path][method].is_object(),
             "{method} {path} missing from {doc}"

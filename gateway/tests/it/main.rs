@@ -13,5 +13,6 @@ mod limits;
 mod presence;
 mod process;
 mod recovery;
+mod security;
 mod timing;
 mod tls;
