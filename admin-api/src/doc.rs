@@ -9,9 +9,9 @@ use utoipa::OpenApi;
 
 use crate::routes::{
     __path_disconnect, __path_history, __path_presence, __path_publish, __path_publish_batch,
-    __path_stats, BatchMessage, BatchRequest, DisconnectRequest, DisconnectResponse,
+    __path_revoke, __path_stats, BatchMessage, BatchRequest, DisconnectRequest, DisconnectResponse,
     HistoryResponse, NodeStatsDoc, PresenceResponse, PublishRequest, PublishResponse,
-    PublishResult, StatsResponse,
+    PublishResult, RevokeRequest, RevokeResponse, StatsResponse,
 };
 
 /// The OpenAPI document of the admin API.
@@ -19,12 +19,12 @@ use crate::routes::{
 #[openapi(
     info(
         title = "Herald admin API",
-        description = "Publish events to topics, read topic history and presence, disconnect users and read cluster stats. Every route except this document needs `Authorization: Bearer <admin key>`."
+        description = "Publish events to topics, read topic history and presence, disconnect users, revoke tokens and read cluster stats. Every route except this document needs `Authorization: Bearer <admin key>`."
     ),
-    paths(publish, publish_batch, history, presence, disconnect, stats, openapi_json),
+    paths(publish, publish_batch, history, presence, disconnect, revoke, stats, openapi_json),
     components(schemas(
         PublishRequest, PublishResponse, PublishResult, BatchRequest, BatchMessage,
-        HistoryResponse, PresenceResponse, herald_protocol::Member, DisconnectRequest, DisconnectResponse, StatsResponse, NodeStatsDoc,
+        HistoryResponse, PresenceResponse, herald_protocol::Member, DisconnectRequest, DisconnectResponse, RevokeRequest, RevokeResponse, StatsResponse, NodeStatsDoc,
         ErrorBody, ErrorDetail
     )),
     modifiers(&BearerAuth)

@@ -52,6 +52,8 @@ pub enum HandshakeResult {
     TokenExpired,
     /// 403 forbidden_origin.
     ForbiddenOrigin,
+    /// 429 too_many_connections (`limits.max_connections_per_user`).
+    TooManyConnections,
     /// 503: at `max_connections` or draining.
     Unavailable,
     /// 400/426: not a WebSocket upgrade.
@@ -59,11 +61,12 @@ pub enum HandshakeResult {
 }
 
 impl HandshakeResult {
-    const ALL: [HandshakeResult; 6] = [
+    const ALL: [HandshakeResult; 7] = [
         HandshakeResult::Accepted,
         HandshakeResult::Unauthorized,
         HandshakeResult::TokenExpired,
         HandshakeResult::ForbiddenOrigin,
+        HandshakeResult::TooManyConnections,
         HandshakeResult::Unavailable,
         HandshakeResult::BadRequest,
     ];
@@ -75,6 +78,7 @@ impl HandshakeResult {
             HandshakeResult::Unauthorized => "unauthorized",
             HandshakeResult::TokenExpired => "token_expired",
             HandshakeResult::ForbiddenOrigin => "forbidden_origin",
+            HandshakeResult::TooManyConnections => "too_many_connections",
             HandshakeResult::Unavailable => "unavailable",
             HandshakeResult::BadRequest => "bad_request",
         }

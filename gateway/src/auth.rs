@@ -62,10 +62,25 @@ pub struct Claims {
     pub presence: Permissions,
 }
 
+/// What identifies a token for revocation (contract §8): kept out of
+/// [`Claims`], which a session holds for its whole life, and recorded in the
+/// session's outbox as a [`crate::revocations::TokenStamp`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenId {
+    /// The `jti` claim.
+    pub jti: Option<String>,
+    /// The `iat` claim, Unix seconds.
+    pub iat: Option<u64>,
+}
+
 #[derive(Deserialize)]
 struct RawClaims {
     sub: String,
     exp: u64,
+    #[serde(default)]
+    jti: Option<String>,
+    #[serde(default)]
+    iat: Option<u64>,
     #[serde(default)]
     topics: Vec<String>,
     #[serde(default)]
@@ -224,9 +239,17 @@ impl Verifier {
     /// Verifies `token` and returns its claims.
     ///
     /// # Errors
+    /// As [`Verifier::verify_token`].
+    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        self.verify_token(token).map(|(claims, _)| claims)
+    }
+
+    /// Verifies `token` and returns its claims and its identity.
+    ///
+    /// # Errors
     /// [`AuthError::Expired`] outside the validity window (checked only after
     /// the signature), [`AuthError::Unauthorized`] for everything else.
-    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+    pub fn verify_token(&self, token: &str) -> Result<(Claims, TokenId), AuthError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| AuthError::Unauthorized("malformed token".to_owned()))?;
         let candidates = self.keys.iter().filter(|k| {
@@ -270,7 +293,7 @@ fn unauthorized(message: &str) -> AuthError {
     AuthError::Unauthorized(message.to_owned())
 }
 
-fn claims(raw: RawClaims) -> Result<Claims, AuthError> {
+fn claims(raw: RawClaims) -> Result<(Claims, TokenId), AuthError> {
     if raw.sub.is_empty() {
         return Err(unauthorized("'sub' is empty"));
     }
@@ -278,13 +301,20 @@ fn claims(raw: RawClaims) -> Result<Claims, AuthError> {
         Permissions::parse(list.iter().map(String::as_str))
             .map_err(|(p, e)| unauthorized(&format!("invalid pattern '{p}' in '{name}': {e}")))
     };
-    Ok(Claims {
+    let claims = Claims {
         topics: parse("topics", &raw.topics)?,
         publish: parse("publish", &raw.publish)?,
         presence: parse("presence", &raw.presence)?,
         sub: Arc::from(raw.sub),
         exp: raw.exp,
-    })
+    };
+    Ok((
+        claims,
+        TokenId {
+            jti: raw.jti,
+            iat: raw.iat,
+        },
+    ))
 }
 
 /// A key to sign tokens with.

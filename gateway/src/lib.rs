@@ -5,7 +5,8 @@
 //! [`ws`] performs the handshake and frames the socket, [`session`] speaks
 //! the protocol of one client, [`hub`] maps topics to local sessions and
 //! fans events out through each session's [`outbox`]; the broker
-//! ([`herald_core::AnyBroker`]) carries events between publishers and nodes. [`node`] holds what they share.
+//! ([`herald_core::AnyBroker`]) carries events between publishers and nodes. [`node`] holds what they share;
+//! [`revocations`] the tokens it refuses.
 
 #![recursion_limit = "256"]
 
@@ -14,6 +15,7 @@ pub mod dev;
 pub mod hub;
 pub mod node;
 pub mod outbox;
+pub mod revocations;
 pub mod server;
 pub mod session;
 pub mod tls;

@@ -10,7 +10,7 @@ use std::sync::{Arc, Weak};
 use herald_core::broker::redis::RedisBroker;
 use herald_core::{
     AnyBroker, Backend, Broker, BrokerSettings, Config, Member, MemoryBroker, Metrics, NodeControl,
-    NodeStats,
+    NodeStats, Revocation,
 };
 use herald_protocol::Topic;
 use tokio::sync::Notify;
@@ -34,6 +34,8 @@ pub struct Node {
     pub dev_signer: Option<Signer>,
     /// TLS for the public listener, when `tls.*` is configured.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Tokens refused at the handshake and in `auth`.
+    pub revocations: crate::revocations::Revocations,
     draining: AtomicBool,
     open: AtomicUsize,
     closed: Notify,
@@ -69,6 +71,27 @@ impl NodeControl for Control {
 
     fn disconnect(&self, sub: &str) -> usize {
         self.0.upgrade().map_or(0, |node| node.hub.disconnect(sub))
+    }
+
+    fn revoke(&self, revocation: &Revocation) -> usize {
+        self.0.upgrade().map_or(0, |node| {
+            node.revocations.add(revocation);
+            node.hub.revoke(revocation)
+        })
+    }
+
+    fn users(&self) -> Vec<(Arc<str>, usize)> {
+        let Some(node) = self.0.upgrade() else {
+            return Vec::new();
+        };
+        if node.config.limits.max_connections_per_user == 0 {
+            return Vec::new();
+        }
+        let mut counts: std::collections::HashMap<Arc<str>, usize> = Default::default();
+        for outbox in node.hub.all_sessions() {
+            *counts.entry(outbox.sub.clone()).or_default() += 1;
+        }
+        counts.into_iter().collect()
     }
 
     fn members(&self) -> Vec<(Topic, Member)> {
@@ -147,6 +170,7 @@ impl Node {
             verifier,
             dev_signer,
             tls,
+            revocations: crate::revocations::Revocations::default(),
             draining: AtomicBool::new(false),
             open: AtomicUsize::new(0),
             closed: Notify::new(),

@@ -64,6 +64,8 @@ pub struct Outbox {
     pub sub: Arc<str>,
     /// permessage-deflate, when the connection negotiated it.
     pub deflate: Option<crate::ws::deflate::Deflate>,
+    /// The session's current token, for revocations.
+    pub token: crate::revocations::TokenStamp,
     limit: usize,
     state: Mutex<State>,
 }
@@ -75,6 +77,7 @@ impl Outbox {
             id,
             sub,
             deflate: None,
+            token: crate::revocations::TokenStamp::new(None, None),
             limit,
             state: Mutex::new(State::default()),
         }

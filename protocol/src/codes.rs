@@ -30,6 +30,8 @@ pub enum ErrorCode {
     TokenExpired,
     /// A handshake `Origin` not in `allowed_origins`.
     ForbiddenOrigin,
+    /// The user already holds `limits.max_connections_per_user` sessions.
+    TooManyConnections,
     /// An admin route that does not exist.
     NotFound,
     /// A method the admin route does not serve (answered with `Allow`).
@@ -52,6 +54,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::TokenExpired => "token_expired",
             ErrorCode::ForbiddenOrigin => "forbidden_origin",
+            ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Internal => "internal",
@@ -67,7 +70,9 @@ impl ErrorCode {
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::TooLarge => 413,
-            ErrorCode::TooManySubscriptions | ErrorCode::RateLimited => 429,
+            ErrorCode::TooManySubscriptions
+            | ErrorCode::RateLimited
+            | ErrorCode::TooManyConnections => 429,
             ErrorCode::Internal => 500,
             ErrorCode::Unavailable => 503,
         }
@@ -88,7 +93,7 @@ impl serde::Serialize for ErrorCode {
 
 impl ErrorCode {
     /// Every code, for lookups by wire string.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::BadRequest,
         ErrorCode::InvalidTopic,
         ErrorCode::Forbidden,
@@ -99,6 +104,7 @@ impl ErrorCode {
         ErrorCode::Unauthorized,
         ErrorCode::TokenExpired,
         ErrorCode::ForbiddenOrigin,
+        ErrorCode::TooManyConnections,
         ErrorCode::NotFound,
         ErrorCode::MethodNotAllowed,
         ErrorCode::Internal,

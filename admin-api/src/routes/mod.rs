@@ -38,8 +38,8 @@ pub(crate) use publish::{
     PublishResponse, PublishResult,
 };
 pub(crate) use sessions::{
-    __path_disconnect, __path_stats, DisconnectRequest, DisconnectResponse, NodeStatsDoc,
-    StatsResponse,
+    __path_disconnect, __path_revoke, __path_stats, DisconnectRequest, DisconnectResponse,
+    NodeStatsDoc, RevokeRequest, RevokeResponse, StatsResponse,
 };
 
 /// A route of the router: its method, its OpenAPI path, and the scope a key
@@ -69,6 +69,7 @@ pub const ROUTES: &[Route] = &[
     route("get", "/v1/topics/{topic}/history", Some(Scope::History)),
     route("get", "/v1/topics/{topic}/presence", Some(Scope::Presence)),
     route("post", "/v1/disconnect", Some(Scope::Disconnect)),
+    route("post", "/v1/revoke", Some(Scope::Revoke)),
     route("get", "/v1/stats", Some(Scope::Stats)),
     route("get", "/v1/openapi.json", None),
 ];
@@ -104,6 +105,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/topics/{topic}/history", get(history::history))
         .route("/v1/topics/{topic}/presence", get(presence::presence))
         .route("/v1/disconnect", post(sessions::disconnect))
+        .route("/v1/revoke", post(sessions::revoke))
         .route("/v1/stats", get(sessions::stats))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()

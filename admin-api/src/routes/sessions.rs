@@ -1,11 +1,12 @@
-//! `POST /v1/disconnect` and `GET /v1/stats`: the routes that reach the
-//! gateway nodes (through the broker's cluster view) rather than topics.
+//! `POST /v1/disconnect`, `POST /v1/revoke` and `GET /v1/stats`: the routes
+//! that reach the gateway nodes (through the broker's cluster view) rather
+//! than topics.
 
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use herald_core::http::ApiError;
-use herald_core::{Broker, NodeStats};
+use herald_core::{Broker, NodeStats, Revocation};
 use herald_protocol::{ErrorBody, ErrorCode};
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +53,97 @@ pub(super) async fn disconnect(
         .ok_or_else(|| ApiError::new(ErrorCode::BadRequest, "missing 'sub'"))?;
     let disconnected = state.broker.disconnect(&sub).await?;
     Ok(Json(DisconnectResponse { disconnected }))
+}
+
+/// Which tokens to revoke: one `jti`, or every token of `sub` issued
+/// before `issued_before`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    /// A token id (`jti` claim). Alone.
+    #[schema(example = "2b9c1f7e")]
+    jti: Option<String>,
+    /// A user (`sub` claim), with `issued_before`.
+    #[schema(example = "alice")]
+    sub: Option<String>,
+    /// Unix seconds: tokens of `sub` whose `iat` is earlier (or missing)
+    /// are revoked.
+    #[schema(example = 1767225600)]
+    issued_before: Option<u64>,
+    /// Unix seconds when the revocation may be forgotten: the expiry of the
+    /// latest token it covers. Default: 7 days from now; at most a year.
+    expire_at: Option<u64>,
+}
+
+/// Done.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct RevokeResponse {
+    revoked: bool,
+    /// Sessions closed with 4003 on the nodes that answered within 2 s.
+    disconnected: usize,
+}
+
+/// How long a revocation is kept without `expire_at`.
+pub const DEFAULT_REVOCATION: u64 = 7 * 24 * 3600;
+/// The longest `expire_at` accepted, from now.
+pub const MAX_REVOCATION: u64 = 366 * 24 * 3600;
+/// Longest `jti` or `sub` accepted.
+const MAX_ID: usize = 256;
+
+/// Revoke tokens: matching sessions on every node are closed with 4003 and
+/// matching tokens are refused at the handshake and in `auth` until
+/// `expire_at`.
+#[utoipa::path(
+    post, path = "/v1/revoke", tag = "sessions",
+    request_body = RevokeRequest,
+    responses(
+        (status = 200, description = "Revoked", body = RevokeResponse),
+        (status = 400, description = "bad_request", body = ErrorBody),
+        (status = 401, description = "unauthorized", body = ErrorBody),
+        (status = 403, description = "forbidden: the key lacks this route's scope", body = ErrorBody),
+        (status = 413, description = "too_large", body = ErrorBody),
+        (status = 503, description = "unavailable", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn revoke(
+    State(state): State<AdminState>,
+    body: Body,
+) -> Result<Json<RevokeResponse>, ApiError> {
+    let bytes = read_body(body, 16 * 1024).await?;
+    let req: RevokeRequest = parse_json(&bytes)?;
+    let bad = |m: &str| ApiError::new(ErrorCode::BadRequest, m);
+    let id_ok = |s: &str| !s.is_empty() && s.len() <= MAX_ID;
+    let now = herald_core::now_ms() / 1000;
+    let until = match req.expire_at {
+        None => now + DEFAULT_REVOCATION,
+        Some(t) if t > now && t <= now + MAX_REVOCATION => t,
+        Some(_) => return Err(bad("'expire_at' must be in the future, and within a year")),
+    };
+    let revocation = match (req.jti, req.sub, req.issued_before) {
+        (Some(jti), None, None) if id_ok(&jti) => Revocation {
+            jti: Some(jti),
+            sub: None,
+            issued_before: None,
+            until,
+        },
+        (None, Some(sub), Some(before)) if id_ok(&sub) => Revocation {
+            jti: None,
+            sub: Some(sub),
+            issued_before: Some(before),
+            until,
+        },
+        _ => {
+            return Err(bad(
+                "give 'jti' alone, or 'sub' with 'issued_before' (ids of 1 to 256 bytes)",
+            ));
+        }
+    };
+    let disconnected = state.broker.revoke(&revocation).await?;
+    Ok(Json(RevokeResponse {
+        revoked: true,
+        disconnected,
+    }))
 }
 
 /// One gateway node's counts.

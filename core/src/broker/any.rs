@@ -15,6 +15,7 @@ use crate::Metrics;
 
 use super::{
     Broker, BrokerError, HistoryPage, Member, NodeControl, NodeStats, Position, Publication, Ready,
+    Revocation,
 };
 use futures_util::future::Either;
 use std::future::Future;
@@ -111,6 +112,13 @@ impl Broker for AnyBroker {
         }
     }
 
+    async fn revoke(&self, revocation: &Revocation) -> Result<usize, BrokerError> {
+        match &self.backend {
+            Backend::Memory(b) => b.revoke(revocation).await,
+            Backend::Redis(b) => b.revoke(revocation).await,
+        }
+    }
+
     fn join(
         &self,
         topic: &Topic,
@@ -119,6 +127,24 @@ impl Broker for AnyBroker {
         match &self.backend {
             Backend::Memory(b) => Either::Left(b.join(topic, member)),
             Backend::Redis(b) => Either::Right(b.join(topic, member)),
+        }
+    }
+
+    fn admit(
+        &self,
+        sub: &str,
+        limit: u32,
+    ) -> impl Future<Output = Result<bool, BrokerError>> + Send + 'static {
+        match &self.backend {
+            Backend::Memory(b) => Either::Left(b.admit(sub, limit)),
+            Backend::Redis(b) => Either::Right(b.admit(sub, limit)),
+        }
+    }
+
+    fn release(&self, sub: &str) {
+        match &self.backend {
+            Backend::Memory(b) => b.release(sub),
+            Backend::Redis(b) => b.release(sub),
         }
     }
 

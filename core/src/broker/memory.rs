@@ -27,7 +27,7 @@ use herald_protocol::Topic;
 
 use super::{
     Broker, BrokerError, BrokerSettings, Change, Event, EventSink, HistoryPage, Member,
-    NodeControl, NodeStats, Position, Publication, Ready,
+    NodeControl, NodeStats, Position, Publication, Ready, Revocation,
 };
 use crate::config::HistoryConfig;
 use crate::now_ms;
@@ -91,6 +91,8 @@ pub struct MemoryBroker {
     history: HistoryConfig,
     idempotency_window: Duration,
     node: RwLock<Option<Arc<dyn NodeControl>>>,
+    /// Sessions per user, for `limits.max_connections_per_user`.
+    users: Mutex<HashMap<Arc<str>, u32>>,
 }
 
 impl MemoryBroker {
@@ -104,6 +106,7 @@ impl MemoryBroker {
             history: settings.history,
             idempotency_window: settings.publish.idempotency_window,
             node: RwLock::new(None),
+            users: Mutex::default(),
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(
@@ -275,6 +278,10 @@ impl Broker for MemoryBroker {
         Ok(self.node().map_or(0, |n| n.disconnect(sub)))
     }
 
+    async fn revoke(&self, revocation: &Revocation) -> Result<usize, BrokerError> {
+        Ok(self.node().map_or(0, |n| n.revoke(revocation)))
+    }
+
     fn join(
         &self,
         topic: &Topic,
@@ -289,6 +296,30 @@ impl Broker for MemoryBroker {
             slot.insert(member);
         }
         std::future::ready(Ok(()))
+    }
+
+    fn admit(
+        &self,
+        sub: &str,
+        limit: u32,
+    ) -> impl Future<Output = Result<bool, BrokerError>> + Send + 'static {
+        let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        let n = users.entry(Arc::from(sub)).or_insert(0);
+        let admitted = *n < limit;
+        if admitted {
+            *n += 1;
+        }
+        std::future::ready(Ok(admitted))
+    }
+
+    fn release(&self, sub: &str) {
+        let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = users.get_mut(sub) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                users.remove(sub);
+            }
+        }
     }
 
     fn leave(&self, topic: &Topic, session: &str) {

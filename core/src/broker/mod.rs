@@ -214,6 +214,38 @@ pub struct NodeStats {
     pub topics: u64,
 }
 
+/// A revocation (contract §8 `POST /v1/revoke`): every token with this
+/// `jti`, or every token of `sub` issued before `issued_before`, is refused
+/// until `until`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+pub struct Revocation {
+    /// The token id revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    /// The user whose older tokens are revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    /// Tokens of `sub` whose `iat` is earlier (Unix seconds) are revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_before: Option<u64>,
+    /// Unix seconds when the record may be forgotten (the covered tokens
+    /// have expired by then).
+    pub until: u64,
+}
+
+impl Revocation {
+    /// Whether a token of `sub` with `jti` and `iat` is revoked. A token
+    /// without `iat` counts as issued before any cutoff: it cannot show
+    /// otherwise.
+    pub fn covers(&self, sub: &str, jti: Option<&str>, iat: Option<u64>) -> bool {
+        match (&self.jti, &self.sub, self.issued_before) {
+            (Some(j), _, _) => jti == Some(j.as_str()),
+            (None, Some(s), Some(before)) => s == sub && iat.is_none_or(|i| i < before),
+            _ => false,
+        }
+    }
+}
+
 /// The node-side operations the admin API reaches through the broker.
 pub trait NodeControl: Send + Sync + 'static {
     /// Current counts.
@@ -225,6 +257,17 @@ pub trait NodeControl: Send + Sync + 'static {
     /// they stayed open).
     fn members(&self) -> Vec<(Topic, Member)> {
         Vec::new()
+    }
+    /// This node's sessions per user, for a broker that must count them
+    /// again (see [`NodeControl::members`]).
+    fn users(&self) -> Vec<(Arc<str>, usize)> {
+        Vec::new()
+    }
+    /// Records `revocation` (handshakes and refreshes with a covered token
+    /// are refused from now on) and closes the covered sessions with 4003;
+    /// returns how many. Applying one twice changes nothing.
+    fn revoke(&self, _revocation: &Revocation) -> usize {
+        0
     }
 }
 
@@ -351,6 +394,34 @@ pub trait Broker: Send + Sync + 'static {
     /// # Errors
     /// `Unavailable` when the request could not be sent.
     fn disconnect(&self, sub: &str) -> impl Future<Output = Result<usize, BrokerError>> + Send;
+
+    /// Revokes tokens on every node (see [`Revocation`]) and keeps the
+    /// record until it expires, so nodes started later refuse them too;
+    /// returns how many sessions closed on the nodes that answered in time.
+    ///
+    /// # Errors
+    /// `Unavailable` when the record could not be stored.
+    fn revoke(
+        &self,
+        revocation: &Revocation,
+    ) -> impl Future<Output = Result<usize, BrokerError>> + Send;
+
+    /// Counts one more session of `sub` if the whole cluster holds fewer
+    /// than `limit` (`limits.max_connections_per_user`); resolves to whether
+    /// it did. Sessions of a node that died stop counting within
+    /// `presence.timeout`.
+    ///
+    /// # Errors
+    /// `Unavailable` when the count cannot be read or written.
+    fn admit(
+        &self,
+        sub: &str,
+        limit: u32,
+    ) -> impl Future<Output = Result<bool, BrokerError>> + Send + 'static;
+
+    /// Counts one session of `sub` fewer (one [`Broker::admit`] admitted).
+    /// Does not block.
+    fn release(&self, sub: &str);
 
     /// Makes `member` present on `topic`, announcing a `join` unless it
     /// already was. Takes its place in order with this node's other joins

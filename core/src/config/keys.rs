@@ -173,6 +173,12 @@ pub static KEYS: &[KeySpec] = &[
         "topics per connection",
     ),
     key(
+        "limits.max_connections_per_user",
+        Kind::Count,
+        Some("0"),
+        "sessions one sub may hold across the whole cluster (0 = no limit); the one over it gets 429",
+    ),
+    key(
         "limits.max_json_depth",
         Kind::Count,
         Some("32"),

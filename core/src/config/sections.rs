@@ -556,6 +556,9 @@ pub struct LimitsConfig {
     /// Topics per connection.
     #[serde(deserialize_with = "count")]
     pub max_subscriptions: usize,
+    /// Sessions of one `sub` across the cluster; 0 = no limit.
+    #[serde(deserialize_with = "count")]
+    pub max_connections_per_user: u32,
     /// Messages queued per client.
     #[serde(deserialize_with = "count")]
     pub client_queue: usize,

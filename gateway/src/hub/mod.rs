@@ -322,6 +322,22 @@ impl<B: Broker> Hub<B> {
         closed
     }
 
+    /// Closes every session whose token `revocation` covers with 4003;
+    /// returns how many.
+    pub fn revoke(&self, revocation: &herald_core::Revocation) -> usize {
+        let mut closed = 0;
+        for shard in self.sessions.iter() {
+            for outbox in lock(shard).values() {
+                if outbox.token.covered_by(revocation, &outbox.sub)
+                    && outbox.close(CloseCode::Disconnected)
+                {
+                    closed += 1;
+                }
+            }
+        }
+        closed
+    }
+
     /// Every open session, for draining.
     pub fn all_sessions(&self) -> Vec<Arc<Outbox>> {
         self.sessions

@@ -299,14 +299,22 @@ impl Session {
     }
 
     pub(super) fn auth(&mut self, reference: Option<&str>, token: &str) {
-        let claims = match self.node.verifier.verify(token) {
-            Ok(c) => c,
+        let (claims, id) = match self.node.verifier.verify_token(token) {
+            Ok(verified) => verified,
             Err(e) => {
                 // An expired replacement is as useless as a forged one.
                 self.error(reference, ErrorCode::Unauthorized, &e.to_string(), None);
                 return;
             }
         };
+        if self
+            .node
+            .revocations
+            .is_revoked(&claims.sub, id.jti.as_deref(), id.iat)
+        {
+            self.error(reference, ErrorCode::Unauthorized, "token revoked", None);
+            return;
+        }
         if claims.sub != self.claims.sub {
             self.error(
                 reference,
@@ -328,6 +336,7 @@ impl Session {
         self.timers.expire_at = expire_at;
         let exp = claims.exp;
         self.claims = claims;
+        self.outbox.token.set(id.jti.as_deref(), id.iat);
         self.reply(&ServerFrame::Authed { reference, exp });
         for t in &self.topics {
             if self.node.config.presence.tracks(t) {

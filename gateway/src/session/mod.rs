@@ -29,6 +29,7 @@ use crate::outbox::{Outbox, Pushed};
 use crate::ws::codec::{self, Decoder, Message};
 use crate::ws::conn::{Conn, Step};
 use crate::ws::deflate::Deflate;
+use herald_core::Broker;
 use herald_core::metrics::DropReason;
 use limits::{Bucket, Strikes, Timers, expiry_times};
 
@@ -51,6 +52,8 @@ pub struct Start {
     pub node: Arc<Node>,
     /// The verified token.
     pub claims: Claims,
+    /// Its identity, for revocations.
+    pub token: crate::auth::TokenId,
     /// permessage-deflate, when negotiated.
     pub deflate: Option<Deflate>,
     /// Its connection slot, released when the session ends.
@@ -78,6 +81,7 @@ where
     let Start {
         node,
         claims,
+        token,
         deflate,
         permit,
     } = start;
@@ -86,9 +90,11 @@ where
         Decoder::new(config.limits.max_message_size, false).with_deflate(deflate.is_some());
     let mut conn = Conn::new(io, decoder, &initial);
     drop(initial);
-    let outbox = Arc::new(
-        Outbox::new(id, claims.sub.clone(), config.limits.client_queue).with_deflate(deflate),
-    );
+    let outbox =
+        Outbox::new(id, claims.sub.clone(), config.limits.client_queue).with_deflate(deflate);
+    outbox.token.set(token.jti.as_deref(), token.iat);
+    drop(token);
+    let outbox = Arc::new(outbox);
     node.hub.add_session(&outbox);
     debug!("session opened");
 
@@ -167,6 +173,9 @@ where
     }
     session.leave_presence(&session.topics, Some(herald_core::LeaveCause::Disconnect));
     node.hub.remove_session(&outbox, &session.topics);
+    if config.limits.max_connections_per_user > 0 {
+        node.broker.release(&outbox.sub);
+    }
     debug!("session closed");
     drop(permit);
 }
@@ -347,6 +356,7 @@ mod footprint {
         let start = Start {
             node: node.clone(),
             claims,
+            token: crate::auth::TokenId::default(),
             deflate: None,
             permit,
         };

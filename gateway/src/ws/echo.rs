@@ -31,6 +31,8 @@ impl super::Job for EchoJob {
     {
         run(io, initial, self.node, self.deflate, self.permit)
     }
+
+    fn abandon(self) {}
 }
 
 async fn run<S>(io: S, initial: Bytes, node: Arc<Node>, deflate: Option<Deflate>, permit: Permit)

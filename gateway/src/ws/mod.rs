@@ -17,6 +17,7 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use herald_core::Broker;
 use herald_core::http::{bearer, error_response};
 use herald_core::metrics::HandshakeResult;
 use herald_protocol::ErrorCode;
@@ -142,8 +143,8 @@ pub async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Respons
             "no token: send 'Authorization: Bearer <jwt>' or ?token=<jwt>",
         );
     };
-    let claims = match node.verifier.verify(&token) {
-        Ok(claims) => claims,
+    let (claims, id) = match node.verifier.verify_token(&token) {
+        Ok(verified) => verified,
         Err(e @ AuthError::Expired) => {
             return refuse(
                 &node,
@@ -162,6 +163,17 @@ pub async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Respons
         }
     };
     drop(token);
+    if node
+        .revocations
+        .is_revoked(&claims.sub, id.jti.as_deref(), id.iat)
+    {
+        return refuse(
+            &node,
+            HandshakeResult::Unauthorized,
+            ErrorCode::Unauthorized,
+            "token revoked",
+        );
+    }
     let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
         return refuse(
             &node,
@@ -170,6 +182,15 @@ pub async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Respons
             "connection cannot be upgraded",
         );
     };
+    if !admit_user(&node, &claims.sub).await {
+        let limit = node.config.limits.max_connections_per_user;
+        return refuse(
+            &node,
+            HandshakeResult::TooManyConnections,
+            ErrorCode::TooManyConnections,
+            &format!("this user already holds {limit} sessions (limits.max_connections_per_user)"),
+        );
+    }
     node.metrics.handshake(HandshakeResult::Accepted);
     let deflate = negotiate(&node, &req);
     let response = switching_protocols(&accept, deflate.as_ref().map(|(_, h)| h.as_str()));
@@ -179,11 +200,38 @@ pub async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Respons
         crate::session::Start {
             node,
             claims,
+            token: id,
             deflate,
             permit,
         },
     );
     response
+}
+
+/// How long a handshake waits for the cluster-wide count of the user's
+/// sessions before admitting it anyway.
+const ADMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether `sub` may open one more session (`limits.max_connections_per_user`,
+/// counted across the cluster by the broker). Fails open: when the count
+/// cannot be had within [`ADMIT_WAIT`] (Redis down or slow), the session is
+/// admitted, and the limit is approximate until Redis answers again.
+async fn admit_user(node: &Node, sub: &str) -> bool {
+    let limit = node.config.limits.max_connections_per_user;
+    if limit == 0 {
+        return true;
+    }
+    match tokio::time::timeout(ADMIT_WAIT, node.broker.admit(sub, limit)).await {
+        Ok(Ok(admitted)) => admitted,
+        Ok(Err(e)) => {
+            debug!(error = %e, "per-user count unavailable: admitting");
+            true
+        }
+        Err(_) => {
+            debug!("per-user count too slow: admitting");
+            true
+        }
+    }
 }
 
 /// permessage-deflate, when configured and offered acceptably.
@@ -218,6 +266,9 @@ trait Job: Send + 'static {
     fn run<S>(self, io: S, initial: Bytes) -> impl Future<Output = ()> + Send
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+
+    /// The upgrade failed: the job never runs.
+    fn abandon(self);
 }
 
 impl Job for crate::session::Start {
@@ -226,6 +277,12 @@ impl Job for crate::session::Start {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         crate::session::run(io, initial, self)
+    }
+
+    fn abandon(self) {
+        if self.node.config.limits.max_connections_per_user > 0 {
+            self.node.broker.release(&self.claims.sub);
+        }
     }
 }
 
@@ -238,6 +295,7 @@ fn spawn_upgraded<J: Job>(on_upgrade: hyper::upgrade::OnUpgrade, job: J) {
             Ok(upgraded) => upgraded,
             Err(e) => {
                 debug!(error = %e, "upgrade failed");
+                job.abandon();
                 return;
             }
         };

@@ -246,3 +246,258 @@ async fn each_admin_key_may_do_only_what_its_scopes_say() {
     assert!(m.contains(r#"key="unauthenticated",route="/v1/stats",status="401""#));
     assert!(!m.contains("k-ticks-0123456789"));
 }
+
+fn token_of(sub: &str, jti: Option<&str>, iat: u64) -> String {
+    let mut c = claims(sub, &["news"], &[]);
+    c["iat"] = json!(iat);
+    if let Some(j) = jti {
+        c["jti"] = json!(j);
+    }
+    token_with(c)
+}
+
+async fn refused_with(url: &str, token: &str) -> (u16, Value) {
+    refused(ws_request(&format!("{url}?token={token}"))).await
+}
+
+#[tokio::test]
+async fn revoked_tokens_are_closed_and_refused() {
+    let gw = TestGateway::spawn().await;
+    let url = gw.ws_url();
+    let now = now_secs();
+    let t1 = token_of("alice", Some("t1"), now - 10);
+    let t2 = token_of("alice", Some("t2"), now - 10);
+    let mut a1 = Client::connect(&url, &t1).await;
+    let mut a2 = Client::connect(&url, &t2).await;
+    let mut bob = Client::connect(&url, &token_of("bob", Some("t3"), now - 10)).await;
+
+    let (status, reply) = gw
+        .admin("POST", "/v1/revoke", Some(json!({"jti": "t1"})))
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply, json!({"revoked": true, "disconnected": 1}));
+    assert_eq!(a1.expect_close().await, 4003);
+    a2.assert_alive().await;
+    let (status, body) = refused_with(&url, &t1).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("unauthorized")),
+        "{body}"
+    );
+    let reply = a2.call(json!({"type": "auth", "token": t1})).await;
+    assert_eq!(
+        reply["code"], "unauthorized",
+        "a revoked token cannot be refreshed to: {reply}"
+    );
+    a2.assert_alive().await;
+
+    // Every token of alice issued before the cutoff.
+    let (status, reply) = gw
+        .admin(
+            "POST",
+            "/v1/revoke",
+            Some(json!({"sub": "alice", "issued_before": now - 5})),
+        )
+        .await;
+    assert_eq!(
+        (status, reply["disconnected"].as_u64()),
+        (200, Some(1)),
+        "{reply}"
+    );
+    assert_eq!(a2.expect_close().await, 4003);
+    let (status, _) = refused_with(&url, &t2).await;
+    assert_eq!(status, 401);
+    let fresh = token_of("alice", Some("t4"), now);
+    let mut again = Client::connect(&url, &fresh).await;
+    again.assert_alive().await;
+    bob.assert_alive().await;
+
+    for bad in [
+        json!({}),
+        json!({"jti": ""}),
+        json!({"jti": "x", "sub": "alice"}),
+        json!({"sub": "alice"}),
+        json!({"issued_before": 5}),
+        json!({"jti": "x", "expire_at": 5}),
+        json!({"jti": "x", "extra": 1}),
+        json!({"jti": "x".repeat(300)}),
+    ] {
+        let (status, reply) = gw.admin("POST", "/v1/revoke", Some(bad.clone())).await;
+        assert_eq!(
+            (status, reply["error"]["code"].as_str()),
+            (400, Some("bad_request")),
+            "{bad}"
+        );
+    }
+    bob.assert_alive().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_reach_every_node_and_survive_a_restart() {
+    use crate::cluster::{GatewayProc, admin_proc};
+    let redis = herald_testkit::TestRedis::start();
+    let url = redis.url();
+    let nodes = GatewayProc::three(&url).await;
+    let (_admin, admin) = admin_proc(&url).await;
+    let now = now_secs();
+    let stolen = token_of("mallory", Some("stolen-1"), now - 60);
+    let ws = |n: &GatewayProc| format!("ws://{}/ws", n.public);
+    let mut sessions = Vec::new();
+    for n in &nodes {
+        sessions.push(Client::connect(&ws(n), &stolen).await);
+    }
+    let started = tokio::time::Instant::now();
+    let (status, reply) = http(
+        admin,
+        "POST",
+        "/v1/revoke",
+        Some(ADMIN_KEY),
+        Some(json!({"jti": "stolen-1"}).to_string()),
+    )
+    .await;
+    assert_eq!(
+        (status, reply["disconnected"].as_u64()),
+        (200, Some(3)),
+        "{reply}"
+    );
+    for s in &mut sessions {
+        assert_eq!(s.expect_close().await, 4003);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "closed after {:?}",
+        started.elapsed()
+    );
+    for n in &nodes {
+        let (status, _) = refused_with(&ws(n), &stolen).await;
+        assert_eq!(status, 401, "refused on every node");
+    }
+    // A node started after the revocation refuses the token from its
+    // first handshake.
+    nodes[1].proc.signal("KILL");
+    let restarted = GatewayProc::start(&url, false, "n2").await;
+    let (status, _) = refused_with(&ws(&restarted), &stolen).await;
+    assert_eq!(status, 401);
+    let mut fine = Client::connect(&ws(&restarted), &token_of("mallory", Some("new"), now)).await;
+    fine.assert_alive().await;
+}
+
+#[tokio::test]
+async fn one_user_holds_at_most_the_limit_on_one_node() {
+    let gw = TestGateway::spawn_with(|c| c.limits.max_connections_per_user = 2).await;
+    let url = gw.ws_url();
+    let alice = token("alice", &["news"], &[]);
+    let a1 = Client::connect(&url, &alice).await;
+    let mut a2 = Client::connect(&url, &alice).await;
+    let (status, body) = refused_with(&url, &alice).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (429, Some("too_many_connections")),
+        "{body}"
+    );
+    let mut bob = Client::connect(&url, &token("bob", &["news"], &[])).await;
+    bob.assert_alive().await;
+    drop(a1);
+    // The slot frees once the node has seen the close.
+    let mut a3 = None;
+    eventually("a slot to free", async || {
+        match tokio::time::timeout(
+            WAIT,
+            tokio_tungstenite::connect_async(format!("{url}?token={alice}")),
+        )
+        .await
+        {
+            Ok(Ok((ws, _))) => {
+                a3 = Some(ws);
+                true
+            }
+            _ => false,
+        }
+    })
+    .await;
+    assert!(a3.is_some());
+    a2.assert_alive().await;
+    assert_eq!(
+        gw.node
+            .metrics
+            .value(r#"herald_connections_total{result="too_many_connections"}"#),
+        Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_limit_holds_across_nodes_and_forgets_dead_ones() {
+    use crate::cluster::GatewayProc;
+    let redis = herald_testkit::TestRedis::start();
+    let url = redis.url();
+    let env = [
+        ("HERALD_LIMITS__MAX_CONNECTIONS_PER_USER", "2"),
+        ("HERALD_PRESENCE__TIMEOUT", "2s"),
+    ];
+    let mut nodes = Vec::new();
+    for id in ["n1", "n2", "n3"] {
+        nodes.push(GatewayProc::start_env(&url, false, id, &env).await);
+    }
+    let ws = |n: &GatewayProc| format!("ws://{}/ws", n.public);
+    let alice = token("alice", &["news"], &[]);
+    let _on_n1 = Client::connect(&ws(&nodes[0]), &alice).await;
+    let on_n2 = Client::connect(&ws(&nodes[1]), &alice).await;
+    for n in &nodes {
+        let (status, body) = refused_with(&ws(n), &alice).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (429, Some("too_many_connections")),
+            "{body}"
+        );
+    }
+    let mut bob = Client::connect(&ws(&nodes[2]), &token("bob", &["news"], &[])).await;
+    bob.assert_alive().await;
+    // Closing one frees a slot, wherever the next one lands.
+    drop(on_n2);
+    let mut third = None;
+    eventually(
+        "the closed session to stop counting",
+        async || match tokio::time::timeout(
+            WAIT,
+            tokio_tungstenite::connect_async(format!("{}?token={alice}", ws(&nodes[2]))),
+        )
+        .await
+        {
+            Ok(Ok((s, _))) => {
+                third = Some(s);
+                true
+            }
+            _ => false,
+        },
+    )
+    .await;
+    let (status, _) = refused_with(&ws(&nodes[1]), &alice).await;
+    assert_eq!(status, 429, "full again");
+    // n1 dies with one of alice's sessions: it stops counting within
+    // presence.timeout.
+    nodes[0].proc.signal("KILL");
+    let killed = tokio::time::Instant::now();
+    let mut fourth = None;
+    eventually(
+        "the dead node's session to stop counting",
+        async || match tokio::time::timeout(
+            WAIT,
+            tokio_tungstenite::connect_async(format!("{}?token={alice}", ws(&nodes[1]))),
+        )
+        .await
+        {
+            Ok(Ok((s, _))) => {
+                fourth = Some(s);
+                true
+            }
+            _ => false,
+        },
+    )
+    .await;
+    assert!(
+        killed.elapsed() < Duration::from_secs(4),
+        "after {:?}",
+        killed.elapsed()
+    );
+    assert!(third.is_some() && fourth.is_some());
+}

@@ -47,7 +47,7 @@ use tracing::warn;
 
 use super::{
     Broker, BrokerError, BrokerSettings, EventSink, HistoryPage, Member, NodeControl, NodeStats,
-    Position, Publication, Ready,
+    Position, Publication, Ready, Revocation,
 };
 use crate::config::Durability;
 use crate::metrics::Metrics;
@@ -114,6 +114,10 @@ pub struct RedisBroker {
     scripts: Scripts,
     presence: presence::Presence,
     reachable: AtomicBool,
+    /// Whether the stored revocations were applied to the registered node
+    /// at least once: until then it is not up, so a node that starts after
+    /// a revocation never accepts the revoked token.
+    revocations_synced: AtomicBool,
     metrics: Arc<Metrics>,
 }
 
@@ -207,6 +211,7 @@ impl RedisBroker {
             pubsub: OnceLock::new(),
             scripts: Scripts::new(cluster),
             reachable: AtomicBool::new(false),
+            revocations_synced: AtomicBool::new(false),
             metrics,
         });
         broker.metrics.broker_up.set(0.0);
@@ -247,12 +252,39 @@ impl RedisBroker {
     }
 }
 
+/// Applies the stored revocations to `node` when their version differs
+/// from `seen` (or on the first call); returns the version now applied.
+/// Covers a node that starts after a revocation, or missed its message.
+async fn sync_revocations(
+    commands: &Commands,
+    node: &Arc<dyn NodeControl>,
+    seen: Option<u64>,
+) -> Option<u64> {
+    let Ok(version) = view::revocations_version(commands).await else {
+        return seen;
+    };
+    if seen == Some(version) {
+        return seen;
+    }
+    match view::revocations(commands).await {
+        Ok((version, list)) => {
+            for r in &list {
+                node.revoke(r);
+            }
+            Some(version)
+        }
+        Err(_) => seen,
+    }
+}
+
 /// Keeps `reachable` and the `herald_broker_up` gauge current, and reports
-/// this node's counts while one is registered.
+/// this node's counts (and applies new revocations) while one is
+/// registered.
 async fn health(broker: Weak<RedisBroker>) {
     let mut tick = tokio::time::interval(HEALTH_PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut since_report = Duration::MAX;
+    let mut revocations_seen = None;
     loop {
         tick.tick().await;
         let Some(b) = broker.upgrade() else { return };
@@ -276,6 +308,10 @@ async fn health(broker: Weak<RedisBroker>) {
             if let Some(node) = b.node.get() {
                 since_report = Duration::ZERO;
                 view::report(&b.commands, &node.stats()).await;
+                revocations_seen = sync_revocations(&b.commands, node, revocations_seen).await;
+                if revocations_seen.is_some() {
+                    b.revocations_synced.store(true, Ordering::Release);
+                }
             }
         }
     }
@@ -369,7 +405,9 @@ impl Broker for RedisBroker {
     }
 
     fn is_up(&self) -> bool {
-        self.reachable.load(Ordering::Acquire) && self.pubsub.get().is_none_or(PubSub::is_up)
+        self.reachable.load(Ordering::Acquire)
+            && self.pubsub.get().is_none_or(PubSub::is_up)
+            && (self.node.get().is_none() || self.revocations_synced.load(Ordering::Acquire))
     }
 
     fn register_node(&self, node: Arc<dyn NodeControl>) {
@@ -387,6 +425,10 @@ impl Broker for RedisBroker {
         view::disconnect(&self.commands, sub).await
     }
 
+    async fn revoke(&self, revocation: &Revocation) -> Result<usize, BrokerError> {
+        view::revoke(&self.commands, revocation).await
+    }
+
     fn join(
         &self,
         topic: &Topic,
@@ -397,6 +439,18 @@ impl Broker for RedisBroker {
 
     fn leave(&self, topic: &Topic, session: &str) {
         self.presence.leave(topic, session);
+    }
+
+    fn admit(
+        &self,
+        sub: &str,
+        limit: u32,
+    ) -> impl Future<Output = Result<bool, BrokerError>> + Send + 'static {
+        self.presence.admit(sub, limit)
+    }
+
+    fn release(&self, sub: &str) {
+        self.presence.release(sub);
     }
 
     async fn members(&self, topic: &Topic) -> Result<Vec<Member>, BrokerError> {

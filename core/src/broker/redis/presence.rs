@@ -29,6 +29,12 @@
 //! session whatever incarnation stored it, and announces only what it
 //! removed: no member is resurrected, none leaves twice.
 //!
+//! **Sessions per user.** With `limits.max_connections_per_user`, the same
+//! incarnations count each user's sessions: a hash per user (incarnation →
+//! sessions) beside the live set, so one script admits a session only if
+//! the live incarnations hold fewer than the limit, and drops the counts of
+//! dead ones as it goes. A node coming back counts its sessions again.
+//!
 //! **Order.** Joins and leaves go through one worker task in the order they
 //! were asked; a failed batch is retried (every script is idempotent) before
 //! anything after it, so a leave never overtakes its join. Joins queued
@@ -63,6 +69,12 @@ const PRUNE_PERIOD: Duration = Duration::from_secs(30);
 const ALIVE: &str = "herald:{herald-nodes}:presence:alive";
 const CLAIMED: &str = "herald:{herald-nodes}:presence:claimed";
 
+/// A user's session counts, by node incarnation (in the cluster-view slot,
+/// beside the live incarnations the admission reads).
+fn user_key(sub: &str) -> String {
+    format!("herald:{{herald-nodes}}:user:{sub}")
+}
+
 fn topics_key(incarnation: &str) -> String {
     format!("herald:{{herald-nodes}}:presence:topics:{incarnation}")
 }
@@ -72,13 +84,15 @@ pub fn members_key(topic: &Topic) -> String {
     format!("herald:{{{topic}}}:p")
 }
 
-/// The presence scripts.
+/// The presence (and per-user count) scripts.
 struct PresenceScripts {
     join: Script,
     leave: Script,
     sweep: Script,
     heartbeat: Script,
     claim: Script,
+    admit: Script,
+    count: Script,
 }
 
 impl PresenceScripts {
@@ -90,6 +104,8 @@ impl PresenceScripts {
             sweep: s(include_str!("lua/presence/sweep.lua")),
             heartbeat: s(include_str!("lua/presence/heartbeat.lua")),
             claim: s(include_str!("lua/presence/claim.lua")),
+            admit: s(include_str!("lua/presence/admit.lua")),
+            count: s(include_str!("lua/presence/count.lua")),
         }
     }
 }
@@ -122,6 +138,17 @@ enum Op {
     Leave {
         topic: Topic,
         session: String,
+    },
+    /// One more session of `sub`, if the cluster holds fewer than `limit`.
+    Admit {
+        sub: Arc<str>,
+        limit: u32,
+        done: Option<oneshot::Sender<Result<bool, BrokerError>>>,
+    },
+    /// `delta` sessions of `sub` on this node (−1 when one ends).
+    Count {
+        sub: Arc<str>,
+        delta: i64,
     },
     /// The incarnation lapsed: take a new one and join every session again.
     Lapsed,
@@ -211,6 +238,42 @@ impl Presence {
                 ))
             })
         }
+    }
+
+    /// Counts one more session of `sub` if the cluster holds fewer than
+    /// `limit`; the future says whether it was admitted.
+    pub fn admit(
+        &self,
+        sub: &str,
+        limit: u32,
+    ) -> impl Future<Output = Result<bool, BrokerError>> + Send + 'static {
+        let (done, answer) = oneshot::channel();
+        let op = Op::Admit {
+            sub: Arc::from(sub),
+            limit,
+            done: Some(done),
+        };
+        let sent = self.ops.send(op).is_ok();
+        async move {
+            if !sent {
+                return Err(BrokerError::Unavailable(
+                    "presence worker stopped".to_owned(),
+                ));
+            }
+            answer.await.unwrap_or_else(|_| {
+                Err(BrokerError::Unavailable(
+                    "presence worker stopped".to_owned(),
+                ))
+            })
+        }
+    }
+
+    /// Counts one session of `sub` fewer.
+    pub fn release(&self, sub: &str) {
+        let _ = self.ops.send(Op::Count {
+            sub: Arc::from(sub),
+            delta: -1,
+        });
     }
 
     /// Queues a leave.
@@ -361,15 +424,30 @@ impl Worker {
             || commands.scripts_in_order(&calls),
         )
         .await;
-        if stored.is_none() {
+        let Some(values) = stored else {
             return;
-        }
+        };
+        // `Lapsed` makes no call; every other op made one, in order.
+        let mut values = values.into_iter();
         for op in ops.iter_mut() {
-            if let Op::Join { done, .. } = op {
-                self.queued_joins.fetch_sub(1, Ordering::AcqRel);
-                if let Some(done) = done.take() {
-                    let _ = done.send(Ok(()));
+            match op {
+                Op::Join { done, .. } => {
+                    values.next();
+                    self.queued_joins.fetch_sub(1, Ordering::AcqRel);
+                    if let Some(done) = done.take() {
+                        let _ = done.send(Ok(()));
+                    }
                 }
+                Op::Admit { done, .. } => {
+                    let admitted = matches!(values.next(), Some(Value::Int(1)));
+                    if let Some(done) = done.take() {
+                        let _ = done.send(Ok(admitted));
+                    }
+                }
+                Op::Leave { .. } | Op::Count { .. } => {
+                    values.next();
+                }
+                Op::Lapsed => {}
             }
         }
     }
@@ -398,9 +476,25 @@ impl Worker {
                 done: None,
             })
             .collect();
+        // Sessions counted per user (limits.max_connections_per_user) are
+        // counted again under the new incarnation.
+        let users = self
+            .shared
+            .node
+            .get()
+            .map(|n| n.users())
+            .unwrap_or_default();
+        ops.extend(users.into_iter().map(|(sub, n)| Op::Count {
+            sub,
+            delta: i64::try_from(n).unwrap_or(i64::MAX),
+        }));
         for chunk in ops.chunks_mut(BATCH) {
-            // Counted as queued joins, like any other, by `apply`.
-            self.queued_joins.fetch_add(chunk.len(), Ordering::AcqRel);
+            // Joins are counted as queued, like any other, by `apply`.
+            let joins = chunk
+                .iter()
+                .filter(|op| matches!(op, Op::Join { .. }))
+                .count();
+            self.queued_joins.fetch_add(joins, Ordering::AcqRel);
             self.apply(chunk).await;
         }
     }
@@ -484,6 +578,24 @@ impl Shared {
                     cluster::slot(&ch),
                     &[&members_key(topic)],
                     &[session.as_bytes(), &ch, verb.as_bytes()],
+                )
+            }
+            Op::Admit { sub, limit, .. } => {
+                let limit = limit.to_string();
+                ScriptCall::new(
+                    &self.scripts.admit,
+                    cluster::slot(ALIVE.as_bytes()),
+                    &[&user_key(sub), ALIVE],
+                    &[inc.as_bytes(), limit.as_bytes()],
+                )
+            }
+            Op::Count { sub, delta } => {
+                let delta = delta.to_string();
+                ScriptCall::new(
+                    &self.scripts.count,
+                    cluster::slot(ALIVE.as_bytes()),
+                    &[&user_key(sub)],
+                    &[inc.as_bytes(), delta.as_bytes()],
                 )
             }
             Op::Lapsed => return None,
