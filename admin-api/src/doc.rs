@@ -2,10 +2,13 @@
 //! annotations and the request and response types, served at
 //! `GET /v1/openapi.json`.
 
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use herald_core::http::ApiError;
 use herald_protocol::{ErrorBody, ErrorCode, ErrorDetail};
 use utoipa::OpenApi;
+
+use crate::AdminState;
 
 use crate::routes::{
     __path_disconnect, __path_history, __path_presence, __path_publish, __path_publish_batch,
@@ -44,10 +47,17 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// The document this node serves: generated from the handlers, then made
+/// exact for its configuration (see [`crate::exact`]).
+pub fn document(presence: &herald_protocol::Permissions) -> serde_json::Value {
+    let generated = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    crate::exact::refine(generated, presence)
+}
+
 /// This document.
 #[utoipa::path(get, path = "/v1/openapi.json", tag = "meta", responses((status = 200, description = "OpenAPI 3 document")))]
-pub(crate) async fn openapi_json() -> Response {
-    match ApiDoc::openapi().to_json() {
+pub(crate) async fn openapi_json(State(state): State<AdminState>) -> Response {
+    match serde_json::to_vec(&document(&state.presence)) {
         Ok(json) => ([(http::header::CONTENT_TYPE, "application/json")], json).into_response(),
         Err(_) => {
             ApiError::new(ErrorCode::Internal, "cannot render the OpenAPI document").into_response()

@@ -10,6 +10,7 @@
 //! response types, and a test checks that every routed path is in it.
 
 mod doc;
+mod exact;
 mod routes;
 
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use herald_core::http::ApiError;
 use herald_core::{AnyBroker, Metrics, PublicationRules};
 use herald_protocol::Permissions;
 
-pub use doc::ApiDoc;
+pub use doc::{ApiDoc, document};
 pub use routes::{ROUTES, RequestCounters, router};
 
 /// Everything the admin routes share.

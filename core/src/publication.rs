@@ -13,9 +13,10 @@
 use herald_protocol::{ErrorCode, Topic, TopicError};
 use serde_json::value::RawValue;
 
-/// Longest `event` name, in bytes.
+/// Longest `event` name, in characters (what JSON Schema counts, so the
+/// OpenAPI document can state the limit exactly).
 pub const MAX_EVENT_LEN: usize = 255;
-/// Longest `idempotency_key`, in bytes.
+/// Longest `idempotency_key`, in characters (see [`MAX_EVENT_LEN`]).
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 64;
 
 /// Why a publication was refused.
@@ -44,10 +45,10 @@ pub enum PublishError {
         max: usize,
     },
     /// `event` is empty or longer than [`MAX_EVENT_LEN`].
-    #[error("'event' must be 1 to {MAX_EVENT_LEN} bytes")]
+    #[error("'event' must be 1 to {MAX_EVENT_LEN} characters")]
     BadEvent,
     /// `idempotency_key` is empty or longer than [`MAX_IDEMPOTENCY_KEY_LEN`].
-    #[error("'idempotency_key' must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes")]
+    #[error("'idempotency_key' must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} characters")]
     BadIdempotencyKey,
 }
 
@@ -105,10 +106,12 @@ impl PublicationRules {
                 max: self.max_depth,
             });
         }
-        if event.is_some_and(|e| e.is_empty() || e.len() > MAX_EVENT_LEN) {
+        if event.is_some_and(|e| e.is_empty() || e.chars().count() > MAX_EVENT_LEN) {
             return Err(PublishError::BadEvent);
         }
-        if idempotency_key.is_some_and(|k| k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY_LEN) {
+        if idempotency_key
+            .is_some_and(|k| k.is_empty() || k.chars().count() > MAX_IDEMPOTENCY_KEY_LEN)
+        {
             return Err(PublishError::BadIdempotencyKey);
         }
         Ok(())

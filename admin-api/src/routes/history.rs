@@ -10,6 +10,14 @@ use serde::Deserialize;
 
 use crate::AdminState;
 
+/// `s` as a whole number, written `7` or `7.0` (an integer to JSON Schema).
+fn whole_number(s: &str) -> Option<usize> {
+    s.parse::<usize>().ok().or_else(|| {
+        let f: f64 = s.parse().ok()?;
+        (f.is_finite() && f >= 0.0 && f.fract() == 0.0 && f <= 1e9).then_some(f as usize)
+    })
+}
+
 /// Most messages one history read returns.
 pub const MAX_HISTORY_LIMIT: usize = 1000;
 
@@ -61,8 +69,8 @@ pub(super) async fn history(
         .map_err(|e| ApiError::new(e.code(), e.to_string()))?;
     let limit = match q.limit.as_deref() {
         None => 100,
-        Some(s) => match s.parse::<usize>() {
-            Ok(n) if (1..=MAX_HISTORY_LIMIT).contains(&n) => n,
+        Some(s) => match whole_number(s) {
+            Some(n) if (1..=MAX_HISTORY_LIMIT).contains(&n) => n,
             _ => {
                 return Err(ApiError::new(
                     ErrorCode::BadRequest,

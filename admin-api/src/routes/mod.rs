@@ -111,9 +111,7 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/v1/openapi.json", get(crate::doc::openapi_json))
         .merge(protected)
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(ErrorCode::BadRequest, "method not allowed on this route")
-        })
+        .method_not_allowed_fallback(herald_core::http::method_not_allowed)
         .with_state(state)
 }
 
@@ -317,4 +315,11 @@ fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
 /// Treats a present `null` as present: only a missing field is missing.
 fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
     Box::<RawValue>::deserialize(d).map(Some)
+}
+
+/// An optional field that, when present, must hold a value of its type:
+/// `null` is refused (the document does not allow it), and only a missing
+/// field is `None`. Use with `#[serde(default)]`.
+fn given<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
 }

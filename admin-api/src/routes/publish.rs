@@ -15,7 +15,7 @@ use herald_protocol::{ErrorBody, ErrorCode, Topic};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::{Caller, parse_json, present, read_body};
+use super::{Caller, given, parse_json, present, read_body};
 use crate::AdminState;
 
 /// Most messages in one batch.
@@ -26,20 +26,24 @@ pub const MAX_BATCH: usize = 1000;
 #[serde(deny_unknown_fields)]
 pub struct PublishRequest {
     /// The topic; give this or `topics`.
+    #[serde(default, deserialize_with = "given")]
     #[schema(example = "news")]
     topic: Option<String>,
     /// Several topics, all validated before any is published.
+    #[serde(default, deserialize_with = "given")]
     topics: Option<Vec<String>>,
     /// Any JSON value, delivered as sent.
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Object)]
     data: Option<Box<RawValue>>,
-    /// Optional event name, 1–255 bytes, delivered as `event`.
+    /// Optional event name, 1–255 characters, delivered as `event`.
+    #[serde(default, deserialize_with = "given")]
     #[schema(example = "headline")]
     event: Option<String>,
-    /// Optional, 1–64 bytes: a repeat with the same key (per topic) within
-    /// `publish.idempotency_window` publishes nothing and answers the first
-    /// call's ids.
+    /// Optional, 1–64 characters: a repeat with the same key (per topic)
+    /// within `publish.idempotency_window` publishes nothing and answers the
+    /// first call's ids.
+    #[serde(default, deserialize_with = "given")]
     #[schema(example = "order-7781")]
     idempotency_key: Option<String>,
 }
@@ -62,13 +66,16 @@ pub struct PublishResponse {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchMessage {
+    #[serde(default, deserialize_with = "given")]
     #[schema(example = "stocks.AAPL")]
     topic: Option<String>,
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Object)]
     data: Option<Box<RawValue>>,
+    #[serde(default, deserialize_with = "given")]
     event: Option<String>,
     /// See the single publish.
+    #[serde(default, deserialize_with = "given")]
     idempotency_key: Option<String>,
 }
 
@@ -76,6 +83,7 @@ pub struct BatchMessage {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
+    #[serde(default, deserialize_with = "given")]
     messages: Option<Vec<BatchMessage>>,
 }
 
@@ -162,8 +170,13 @@ pub(super) async fn publish(
     let req: PublishRequest = parse_json(&bytes)?;
     let names = match (req.topic, req.topics) {
         (Some(t), None) => vec![t],
-        (None, Some(list)) if !list.is_empty() => list,
-        (None, Some(_)) => return Err(ApiError::new(ErrorCode::BadRequest, "'topics' is empty")),
+        (None, Some(list)) if !list.is_empty() && list.len() <= MAX_BATCH => list,
+        (None, Some(_)) => {
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                format!("'topics' holds 1 to {MAX_BATCH} topics"),
+            ));
+        }
         (Some(_), Some(_)) => {
             return Err(ApiError::new(
                 ErrorCode::BadRequest,

@@ -10,7 +10,7 @@ use herald_core::{Broker, NodeStats, Revocation};
 use herald_protocol::{ErrorBody, ErrorCode};
 use serde::{Deserialize, Serialize};
 
-use super::{parse_json, read_body};
+use super::{given, parse_json, read_body};
 use crate::AdminState;
 
 /// Whose sessions to close.
@@ -18,6 +18,7 @@ use crate::AdminState;
 #[serde(deny_unknown_fields)]
 pub struct DisconnectRequest {
     /// The token `sub`.
+    #[serde(default, deserialize_with = "given")]
     #[schema(example = "alice")]
     sub: Option<String>,
 }
@@ -61,17 +62,22 @@ pub(super) async fn disconnect(
 #[serde(deny_unknown_fields)]
 pub struct RevokeRequest {
     /// A token id (`jti` claim). Alone.
+    #[serde(default, deserialize_with = "given")]
     #[schema(example = "2b9c1f7e")]
     jti: Option<String>,
     /// A user (`sub` claim), with `issued_before`.
+    #[serde(default, deserialize_with = "given")]
     #[schema(example = "alice")]
     sub: Option<String>,
     /// Unix seconds: tokens of `sub` whose `iat` is earlier (or missing)
     /// are revoked.
+    #[serde(default, deserialize_with = "unix_seconds")]
     #[schema(example = 1767225600)]
     issued_before: Option<u64>,
     /// Unix seconds when the revocation may be forgotten: the expiry of the
-    /// latest token it covers. Default: 7 days from now; at most a year.
+    /// latest token it covers. Default: 7 days from now; kept at most a
+    /// year; one already past only closes the covered sessions.
+    #[serde(default, deserialize_with = "unix_seconds")]
     expire_at: Option<u64>,
 }
 
@@ -83,11 +89,33 @@ pub struct RevokeResponse {
     disconnected: usize,
 }
 
+/// A time in Unix seconds: a JSON integer from 0 to 2^53 − 1 (the range
+/// every JSON reader holds exactly, as the document says), written with or
+/// without a fraction of zero (`5`, `5.0`).
+fn unix_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    use serde::de::Error;
+    const MAX: u64 = (1 << 53) - 1;
+    let n = serde_json::Number::deserialize(d)?;
+    let v = match (n.as_u64(), n.as_f64()) {
+        (Some(v), _) => Some(v),
+        (None, Some(f)) if f.is_finite() && f >= 0.0 && f.fract() == 0.0 && f <= MAX as f64 => {
+            Some(f as u64)
+        }
+        _ => None,
+    };
+    match v {
+        Some(v) if v <= MAX => Ok(Some(v)),
+        _ => Err(D::Error::custom(format!(
+            "{n} is not a time in whole seconds from 0 to {MAX}"
+        ))),
+    }
+}
+
 /// How long a revocation is kept without `expire_at`.
 pub const DEFAULT_REVOCATION: u64 = 7 * 24 * 3600;
 /// The longest `expire_at` accepted, from now.
 pub const MAX_REVOCATION: u64 = 366 * 24 * 3600;
-/// Longest `jti` or `sub` accepted.
+/// Longest `jti` or `sub` accepted, in characters.
 const MAX_ID: usize = 256;
 
 /// Revoke tokens: matching sessions on every node are closed with 4003 and
@@ -113,13 +141,14 @@ pub(super) async fn revoke(
     let bytes = read_body(body, 16 * 1024).await?;
     let req: RevokeRequest = parse_json(&bytes)?;
     let bad = |m: &str| ApiError::new(ErrorCode::BadRequest, m);
-    let id_ok = |s: &str| !s.is_empty() && s.len() <= MAX_ID;
+    let id_ok = |s: &str| !s.is_empty() && s.chars().count() <= MAX_ID;
     let now = herald_core::now_ms() / 1000;
-    let until = match req.expire_at {
-        None => now + DEFAULT_REVOCATION,
-        Some(t) if t > now && t <= now + MAX_REVOCATION => t,
-        Some(_) => return Err(bad("'expire_at' must be in the future, and within a year")),
-    };
+    // An `expire_at` already past still closes the covered sessions; one
+    // more than a year ahead is kept a year.
+    let until = req
+        .expire_at
+        .unwrap_or(now + DEFAULT_REVOCATION)
+        .min(now + MAX_REVOCATION);
     let revocation = match (req.jti, req.sub, req.issued_before) {
         (Some(jti), None, None) if id_ok(&jti) => Revocation {
             jti: Some(jti),

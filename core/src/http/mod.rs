@@ -65,6 +65,15 @@ pub fn error_response(code: ErrorCode, message: impl Into<String>) -> Response {
     response
 }
 
+/// The answer to a method a route does not serve: 405 `method_not_allowed`
+/// (axum adds the route's `Allow` header). For `method_not_allowed_fallback`.
+pub async fn method_not_allowed() -> Response {
+    error_response(
+        ErrorCode::MethodNotAllowed,
+        "method not allowed on this route",
+    )
+}
+
 /// The credential of an `Authorization: Bearer <credential>` header.
 pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
     headers

@@ -32,6 +32,7 @@ pub fn health_routes(ready: Readiness) -> Router {
                 async move { readyz(&ready) }
             }),
         )
+        .method_not_allowed_fallback(super::method_not_allowed)
 }
 
 fn readyz(ready: &Readiness) -> Response {
@@ -51,23 +52,25 @@ pub fn metrics_route(
     metrics: Arc<Metrics>,
     broker_up: Arc<dyn Fn() -> bool + Send + Sync>,
 ) -> Router {
-    Router::new().route(
-        "/metrics",
-        get(move || {
-            let metrics = metrics.clone();
-            let broker_up = broker_up.clone();
-            async move {
-                metrics.broker_up.set(f64::from(u8::from(broker_up())));
-                (
-                    [(
-                        http::header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    )],
-                    metrics.render(),
-                )
-            }
-        }),
-    )
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                let broker_up = broker_up.clone();
+                async move {
+                    metrics.broker_up.set(f64::from(u8::from(broker_up())));
+                    (
+                        [(
+                            http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        metrics.render(),
+                    )
+                }
+            }),
+        )
+        .method_not_allowed_fallback(super::method_not_allowed)
 }
 
 /// A JSON 404 for paths nobody routes.

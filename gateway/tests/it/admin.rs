@@ -31,7 +31,10 @@ async fn every_route_needs_the_key() {
 
 #[tokio::test]
 async fn openapi_document_is_public_and_complete() {
-    let gw = TestGateway::spawn().await;
+    let gw = TestGateway::spawn_with(|c| {
+        c.presence.topics = herald_protocol::Permissions::parse(["chat.>"]).unwrap();
+    })
+    .await;
     let (status, doc) = http(gw.admin, "GET", "/v1/openapi.json", None, None).await;
     assert_eq!(status, 200);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
@@ -442,4 +445,45 @@ async fn metrics_pass_promtool() {
         out.status.success() && report.trim().is_empty(),
         "promtool: {report}"
     );
+}
+
+/// A method a route does not serve: 405 `method_not_allowed` with `Allow`
+/// naming the methods it does, key or no key; the node serves on.
+#[tokio::test]
+async fn wrong_methods_get_405_with_allow() {
+    let gw = TestGateway::spawn().await;
+    let mut routes: Vec<(String, &str)> = herald_admin_api::ROUTES
+        .iter()
+        .map(|r| (r.path.replace("{topic}", "news"), r.method))
+        .collect();
+    routes.extend(["/healthz", "/readyz", "/metrics"].map(|p| (p.to_owned(), "get")));
+    for (path, served) in &routes {
+        for method in ["GET", "POST", "PUT", "DELETE", "PATCH"] {
+            if method.eq_ignore_ascii_case(served) {
+                continue;
+            }
+            for key in [None, Some(ADMIN_KEY)] {
+                let (status, headers, body) = http_raw(gw.admin, method, path, key, None).await;
+                assert_eq!(status, 405, "{method} {path}");
+                let allow = headers
+                    .get("allow")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                assert!(
+                    allow
+                        .to_ascii_lowercase()
+                        .split(',')
+                        .any(|m| m.trim() == *served),
+                    "{method} {path}: Allow {allow:?}"
+                );
+                let body: Value = serde_json::from_slice(&body).unwrap();
+                assert_eq!(
+                    body["error"]["code"], "method_not_allowed",
+                    "{method} {path}"
+                );
+            }
+        }
+    }
+    let (status, _) = gw.admin("GET", "/v1/stats", None).await;
+    assert_eq!(status, 200);
 }

@@ -318,7 +318,9 @@ async fn revoked_tokens_are_closed_and_refused() {
         json!({"jti": "x", "sub": "alice"}),
         json!({"sub": "alice"}),
         json!({"issued_before": 5}),
-        json!({"jti": "x", "expire_at": 5}),
+        json!({"jti": "x", "expire_at": null}),
+        json!({"jti": "x", "expire_at": -1}),
+        json!({"jti": null}),
         json!({"jti": "x", "extra": 1}),
         json!({"jti": "x".repeat(300)}),
     ] {

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The OpenAPI document checked against the server by a fuzzer we did not
+# write (contract §8): schemathesis, every check, every phase, against a
+# gateway started here on loopback (memory broker, presence on chat.>), with
+# a valid admin key. Bounded by --max-time; exits non-zero on any mismatch.
+#
+#   scripts/schemathesis.sh            # 120 s of generated requests
+#   MAX_TIME=600 scripts/schemathesis.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BIN=${HERALD_BIN_DIR:-target/debug}
+MAX_TIME=${MAX_TIME:-120}
+KEY=schemathesis-admin-key
+WORK=$(mktemp -d)
+cleanup() {
+  [ -n "${GW:-}" ] && kill "$GW" 2>/dev/null
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PUBLIC=$(free_port)
+ADMIN=$(free_port)
+"$BIN/herald-gateway" --listen "127.0.0.1:$PUBLIC" --admin-listen "127.0.0.1:$ADMIN" \
+  --jwt-hs256-secret schemathesis-secret-0123456789 --admin-api-keys "$KEY" \
+  --presence-topics 'chat.>' --log-level warn >"$WORK/gateway.log" 2>&1 &
+GW=$!
+for _ in $(seq 200); do curl -sf "http://127.0.0.1:$ADMIN/readyz" >/dev/null && break; sleep 0.05; done
+
+# pip may put `st` where PATH does not look.
+ST=$(command -v st || echo "$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/st")
+cd "$WORK"
+"$ST" run "http://127.0.0.1:$ADMIN/v1/openapi.json" -H "Authorization: Bearer $KEY" \
+  --checks all --phases examples,coverage,fuzzing,stateful --max-time "$MAX_TIME" \
+  --workers 2 --no-color
