@@ -62,7 +62,7 @@ START=$(now)
   --duration "$HOLD" --url "$(IFS=,; echo "${URLS[*]}")" --admin "$ADMIN" \
   --admin-key "$KEY" --secret "$SECRET" >"$WORK/loadtest.log" 2>&1 &
 LT=$!
-PIDS+=($LT)
+PIDS+=("$LT")
 deadline=$(( $(date +%s) + 120 ))
 until [ "$(count)" -ge "$MEMBERS" ]; do
   [ "$(date +%s)" -lt "$deadline" ] || { echo "only $(count) of $MEMBERS members after 120 s" >&2; exit 1; }
