@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, then every test of every crate
 # (unit, property, integration; real sockets, real redis-server and Herald
-# processes), the Autobahn conformance cases, the OpenAPI fuzzer, the SDK
-# and browser tests and the deploy checks. Installs
+# processes), the Autobahn conformance cases, the OpenAPI fuzzer, a small
+# scale run (3 nodes), the SDK and browser tests and the deploy checks.
+# Installs
 # missing tools first (scripts/deps.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,5 +16,6 @@ cargo build --workspace --bins
 cargo nextest run --workspace --no-fail-fast
 scripts/autobahn.sh
 scripts/schemathesis.sh
+SMOKE=1 loadtest/scale.sh
 scripts/test-clients.sh
 scripts/test-deploy.sh

@@ -187,6 +187,12 @@ pub struct Metrics {
     /// Times this node's presence lapsed (it stopped reporting past
     /// `presence.timeout`) and its sessions joined again.
     pub presence_lapses: Counter,
+    /// Public connections accepted whose first request is not routed yet.
+    pub handshakes_pending: Level64,
+    /// Public connections refused on accept because too many were pending.
+    pub connections_shed: Counter,
+    /// `accept` calls that failed (out of file descriptors, say).
+    pub accept_errors: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -340,6 +346,22 @@ impl Metrics {
             "Times this node stopped reporting presence past presence.timeout (paused, cut off from Redis) and registered its sessions again.",
         );
 
+        describe(
+            Kind::Gauge,
+            "herald_handshakes_pending",
+            "Public connections accepted whose first request (the WebSocket handshake) is not routed yet: TLS and header reading in progress.",
+        );
+        describe(
+            Kind::Counter,
+            "herald_connections_shed_total",
+            "Public connections refused at accept (503 with Retry-After, or a close under TLS) because limits.max_pending_handshakes were pending.",
+        );
+        describe(
+            Kind::Counter,
+            "herald_accept_errors_total",
+            "Failed accept calls on the listeners (typically out of file descriptors).",
+        );
+
         let metrics = Metrics {
             connections: Level64::new(gauge("herald_connections", &[])),
             handshakes: HandshakeResult::ALL
@@ -386,6 +408,9 @@ impl Metrics {
                 })
                 .collect(),
             presence_lapses: counter("herald_presence_lapses_total", &[]),
+            handshakes_pending: Level64::new(gauge("herald_handshakes_pending", &[])),
+            connections_shed: counter("herald_connections_shed_total", &[]),
+            accept_errors: counter("herald_accept_errors_total", &[]),
             handle,
             recorder,
         };

@@ -202,6 +202,20 @@ fn dev_keys(config: &mut Config) -> Result<Vec<String>> {
     Ok(notes)
 }
 
+/// A listener on `addr` whose kernel accept queue holds `backlog`
+/// connections (the kernel caps it at `net.core.somaxconn`): a reconnect
+/// storm waits in it instead of being dropped.
+fn bind_with_backlog(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
 fn serve(sources: &Sources, dev: bool) -> Result<()> {
     let mut config = config::load(sources)?.config;
     let notes = if dev {
@@ -215,7 +229,8 @@ fn serve(sources: &Sources, dev: bool) -> Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let public = TcpListener::bind(config.listeners.listen).await.with_context(|| format!("cannot bind listen = {}", config.listeners.listen))?;
+        let public = bind_with_backlog(config.listeners.listen, config.listeners.backlog())
+            .with_context(|| format!("cannot bind listen = {}", config.listeners.listen))?;
         let admin = TcpListener::bind(config.listeners.admin_listen)
             .await
             .with_context(|| format!("cannot bind admin_listen = {}", config.listeners.admin_listen))?;

@@ -20,7 +20,7 @@ use axum::routing::get;
 use herald_admin_api::{AdminState, router as admin_router};
 use herald_core::Broker;
 use herald_core::http::ops::{self, Readiness};
-use herald_core::http::serve::Server;
+use herald_core::http::serve::{Admission, Server, Shed};
 use herald_protocol::CloseCode;
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
@@ -91,10 +91,24 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let mut server = Server::default();
+    let admission = Some(Admission::new(
+        node.config.limits.max_pending_handshakes,
+        node.metrics.clone(),
+    ));
     match node.tls.clone() {
-        None => server.serve(listeners.public, public_router(&node)),
-        Some(acceptor) => {
-            server.serve_with(listeners.public, public_router(&node), move |stream| {
+        None => server.serve_with(
+            listeners.public,
+            public_router(&node),
+            admission,
+            Shed::Respond,
+            |stream| async move { Some(stream) },
+        ),
+        Some(acceptor) => server.serve_with(
+            listeners.public,
+            public_router(&node),
+            admission,
+            Shed::Close,
+            move |stream| {
                 let acceptor = acceptor.clone();
                 async move {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
@@ -110,8 +124,8 @@ pub async fn run(
                         }
                     }
                 }
-            })
-        }
+            },
+        ),
     }
     server.serve(listeners.admin, admin_routes(&node));
 

@@ -49,7 +49,17 @@ impl Admin {
             .header("authorization", format!("Bearer {}", self.key))
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body)))?;
-        self.sender.ready().await?;
+        // The server closes a keep-alive connection that stays idle (its
+        // header read timeout), say while subscribers connect: connect again.
+        if self.sender.is_closed() || self.sender.ready().await.is_err() {
+            let (sender, conn) = hyper::client::conn::http1::handshake(
+                hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(self.addr).await?),
+            )
+            .await?;
+            tokio::spawn(conn);
+            self.sender = sender;
+            self.sender.ready().await?;
+        }
         let resp = self.sender.send_request(req).await?;
         let status = resp.status();
         let body = resp.into_body().collect().await?.to_bytes();

@@ -203,8 +203,22 @@ pub struct Report {
     pub seconds: f64,
     /// Connections opened (and, for `connect`, held).
     pub connections: u64,
-    /// Connection attempts that failed.
+    /// Connection attempts that failed (after their retries).
     pub connect_errors: u64,
+    /// Handshakes retried after a refusal (each retry counts).
+    #[serde(default)]
+    pub connect_retries: u64,
+    /// Time to open a connection (first attempt to `101`, retries included;
+    /// fanout).
+    #[serde(default)]
+    pub handshake: Option<LatencySummary>,
+    /// Raw handshake histogram pairs, for merging.
+    #[serde(default)]
+    pub handshake_pairs: Vec<(u64, u64)>,
+    /// Per event `(topic, seq, µs)`, the latency of its slowest recipient in
+    /// this process (fanout with `--last-recipient`), for merging.
+    #[serde(default)]
+    pub slowest: Vec<(u32, u64, u64)>,
     /// Events published (fanout).
     pub published: u64,
     /// Delivery accounting (fanout).
@@ -278,10 +292,18 @@ impl Report {
             ..Report::default()
         };
         let mut latency = Latency::default();
+        let mut handshake = Latency::default();
+        let mut slowest: std::collections::HashMap<(u32, u64), u64> = Default::default();
         for p in parts {
             out.seconds = out.seconds.max(p.seconds);
             out.connections += p.connections;
             out.connect_errors += p.connect_errors;
+            out.connect_retries += p.connect_retries;
+            handshake.merge(&Latency::from_pairs(&p.handshake_pairs));
+            for (topic, seq, us) in &p.slowest {
+                let e = slowest.entry((*topic, *seq)).or_default();
+                *e = (*e).max(*us);
+            }
             out.published += p.published;
             out.delivery.received += p.delivery.received;
             out.delivery.duplicated += p.delivery.duplicated;
@@ -307,13 +329,24 @@ impl Report {
         );
         out.latency = latency.summary();
         out.latency_pairs = latency.to_pairs();
-        // Last-recipient latency needs every subscriber's samples in one
-        // process; it is kept only when exactly one part measured it.
-        let measured: Vec<&LatencySummary> = parts
-            .iter()
-            .filter_map(|p| p.last_recipient.as_ref())
-            .collect();
-        out.last_recipient = (measured.len() == 1).then(|| *measured[0]);
+        if handshake.count() > 0 {
+            out.handshake = Some(handshake.summary());
+            out.handshake_pairs = handshake.to_pairs();
+        }
+        // An event's last recipient is the slowest over every process.
+        if !slowest.is_empty() {
+            let mut l = Latency::default();
+            for us in slowest.values() {
+                l.record(*us);
+            }
+            out.last_recipient = Some(l.summary());
+        } else {
+            let measured: Vec<&LatencySummary> = parts
+                .iter()
+                .filter_map(|p| p.last_recipient.as_ref())
+                .collect();
+            out.last_recipient = (measured.len() == 1).then(|| *measured[0]);
+        }
         out.deliveries_per_second = if out.seconds > 0.0 {
             out.delivery.received as f64 / out.seconds
         } else {
@@ -332,7 +365,10 @@ impl Report {
             ),
             (
                 "connections".into(),
-                format!("{} ({} failed)", self.connections, self.connect_errors),
+                format!(
+                    "{} ({} failed, {} retries)",
+                    self.connections, self.connect_errors, self.connect_retries
+                ),
             ),
             ("measured phase".into(), format!("{:.1} s", self.seconds)),
         ];
@@ -368,6 +404,19 @@ impl Report {
                 ms(l.max_us)
             ),
         ));
+        if let Some(l) = &self.handshake {
+            rows.push((
+                "connect (to 101, retries included) p50 / p90 / p99 / p99.9 / max".into(),
+                format!(
+                    "{} / {} / {} / {} / {} ms",
+                    ms(l.p50_us),
+                    ms(l.p90_us),
+                    ms(l.p99_us),
+                    ms(l.p999_us),
+                    ms(l.max_us)
+                ),
+            ));
+        }
         if let Some(l) = &self.last_recipient {
             rows.push((
                 "last recipient p50 / p90 / p99 / p99.9 / max".into(),

@@ -3,7 +3,7 @@
 //! The settings are also written into every report (secrets skipped), so a
 //! report says exactly how it was produced.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use anyhow::{Result, bail};
 use clap::{Parser, ValueEnum};
@@ -117,6 +117,14 @@ pub struct Settings {
     /// (fanout; 0 = unbounded) [default: connect 2000, churn 200, fanout 1000].
     #[arg(long)]
     pub rate: Option<u64>,
+    /// Connections opened per second, over all processes (fanout; connect
+    /// and churn use `--rate`); 0 = as fast as possible [default: 5000].
+    #[arg(long)]
+    pub connect_rate: Option<u64>,
+    /// Retries of a refused or failed handshake, after the server's
+    /// `Retry-After` (or a jittered backoff), as the SDK does.
+    #[arg(long, default_value_t = 5)]
+    pub retries: u32,
     /// Topics (fanout, churn).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub topics: u64,
@@ -138,6 +146,10 @@ pub struct Settings {
     /// Spread sockets over 127.0.0.2 … 127.0.0.(1+K).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=250))]
     pub sources: u8,
+    /// With `--sources`: the first source port (connection `i` uses
+    /// `port_base + i / sources`, or a kernel-chosen one past 65535).
+    #[arg(long, default_value_t = 10000)]
+    pub port_base: u16,
     /// Spread connections over P worker processes.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub processes: u16,
@@ -216,20 +228,39 @@ impl Settings {
         self.rate.unwrap_or(0)
     }
 
-    /// Worker processes.
-    pub fn processes(&self) -> usize {
-        usize::from(self.processes)
+    /// Connections per second while opening them, over all processes
+    /// (0 = as fast as possible).
+    pub fn connect_rate(&self) -> u64 {
+        match self.scenario {
+            Scenario::Fanout => self.connect_rate.unwrap_or(5000),
+            Scenario::Connect | Scenario::Churn => self.rate(),
+        }
     }
 
-    /// The source address for connection `i`.
-    pub fn source(&self, i: u64) -> Option<IpAddr> {
+    /// Worker processes (in a worker: how many there are in all, so rates
+    /// split over them add up to what was asked).
+    pub fn processes(&self) -> usize {
+        match self.worker {
+            Some((_, n)) => n,
+            None => usize::from(self.processes),
+        }
+    }
+
+    /// The source address (and port) of connection `i`: with `--sources K`,
+    /// 127.0.0.(2 + i mod K) and a port of the generator's own choosing
+    /// (`--port-base` + i / K). Choosing the port matters: left to the
+    /// kernel, every connect() searches the ports of its address for a free
+    /// 4-tuple, which at 100,000+ connections costs more CPU than the
+    /// gateways themselves; a bind to port 0 picks ports without the
+    /// destination and runs out.
+    pub fn source(&self, i: u64) -> Option<SocketAddr> {
         (self.sources > 1).then(|| {
-            IpAddr::V4(Ipv4Addr::new(
-                127,
-                0,
-                0,
-                2 + (i % u64::from(self.sources)) as u8,
-            ))
+            let k = u64::from(self.sources);
+            let port = u64::from(self.port_base) + i / k;
+            SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (i % k) as u8)),
+                u16::try_from(port).unwrap_or(0),
+            )
         })
     }
 
@@ -258,6 +289,12 @@ impl Settings {
             self.duration.to_string(),
             "--sources".into(),
             self.sources.to_string(),
+            "--retries".into(),
+            self.retries.to_string(),
+            "--port-base".into(),
+            self.port_base.to_string(),
+            "--connect-rate".into(),
+            self.connect_rate().to_string(),
             "--quiet".into(),
             "--worker".into(),
             format!("{index}/{of}"),
@@ -303,7 +340,13 @@ mod tests {
         assert_eq!((s.connections, s.topics, s.urls.len()), (10, 3, 2));
         assert_eq!(s.rate(), 1000, "fanout's default rate");
         assert_eq!(s.url(3).addr.port(), 2);
-        assert_eq!(s.source(5), Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3))));
+        assert_eq!(
+            s.source(5),
+            Some(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)),
+                10001
+            ))
+        );
         let mut w = s.clone();
         w.worker = Some((1, 3));
         assert_eq!(w.share(10), (3, 3));
@@ -316,5 +359,6 @@ mod tests {
         assert!(raw.admin.is_empty());
         let w = parse(&s.worker_args(1, 2).join(" ")).unwrap();
         assert_eq!((w.worker, w.topics, w.rate()), (Some((1, 2)), 3, 1000));
+        assert_eq!(w.processes(), 2, "a worker paces its share of the rate");
     }
 }

@@ -6,7 +6,7 @@
 //! the two numbers the generator needs rather than parsed as JSON, and pings
 //! are answered so idle connections survive the server's heartbeat.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::{Buf, BytesMut};
@@ -58,38 +58,126 @@ impl WsUrl {
     }
 }
 
+/// Longest wait for the TCP connection of one attempt.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A handshake that did not succeed, and when to try again.
+#[derive(Debug)]
+pub struct Refused {
+    /// What happened.
+    pub error: anyhow::Error,
+    /// The server's `Retry-After`, in seconds, when it sent one.
+    pub retry_after: Option<u64>,
+}
+
+/// Connects like [`connect`], retrying a refused or failed handshake up to
+/// `retries` times the way the SDK does: after the server's `Retry-After`
+/// when it gave one (503, 429), else after a jittered, doubling backoff
+/// from 250 ms (at most 5 s). Returns the connection and how many retries
+/// it took.
+///
+/// # Errors
+/// The last failure once the retries are spent.
+pub async fn connect_retrying(
+    url: &WsUrl,
+    source: Option<SocketAddr>,
+    retries: u32,
+) -> Result<(TcpStream, BytesMut, u32)> {
+    let mut attempt = 0;
+    loop {
+        match connect_once(url, source).await {
+            Ok((stream, buf)) => return Ok((stream, buf, attempt)),
+            Err(refused) if attempt < retries => {
+                let wait = match refused.retry_after {
+                    Some(secs) => std::time::Duration::from_secs(secs),
+                    None => {
+                        let ceiling = (250u64 << attempt.min(5)).min(5000);
+                        std::time::Duration::from_millis(ceiling / 2 + jitter(ceiling / 2))
+                    }
+                };
+                attempt += 1;
+                tokio::time::sleep(wait).await;
+            }
+            Err(refused) => return Err(refused.error),
+        }
+    }
+}
+
+/// A cheap pseudo-random number below `n` (backoff jitter; no crypto).
+fn jitter(n: u64) -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    if n == 0 {
+        return 0;
+    }
+    RandomState::new().hash_one(std::time::Instant::now()) % n
+}
+
 /// Opens a TCP connection from `source` (for spreading sockets over
 /// 127.0.0.x) and performs the opening handshake.
 ///
 /// # Errors
 /// Connection failures and non-101 answers.
-pub async fn connect(url: &WsUrl, source: Option<IpAddr>) -> Result<(TcpStream, BytesMut)> {
-    let socket = TcpSocket::new_v4()?;
-    if let Some(ip) = source {
-        socket.bind(SocketAddr::new(ip, 0))?;
+pub async fn connect(url: &WsUrl, source: Option<SocketAddr>) -> Result<(TcpStream, BytesMut)> {
+    connect_once(url, source).await.map_err(|r| r.error)
+}
+
+async fn connect_once(
+    url: &WsUrl,
+    source: Option<SocketAddr>,
+) -> std::result::Result<(TcpStream, BytesMut), Refused> {
+    let io = |e: std::io::Error| Refused {
+        error: e.into(),
+        retry_after: None,
+    };
+    let fail = |m: String| Refused {
+        error: anyhow!(m),
+        retry_after: None,
+    };
+    let socket = TcpSocket::new_v4().map_err(io)?;
+    if let Some(from) = source {
+        // A port still in TIME_WAIT from an earlier run may be reused.
+        socket.set_reuseaddr(true).map_err(io)?;
+        if socket.bind(from).is_err() {
+            // Taken (or port 0 past the range): let the kernel choose.
+            socket.bind(SocketAddr::new(from.ip(), 0)).map_err(io)?;
+        }
     }
-    let mut stream = socket.connect(url.addr).await?;
-    stream.set_nodelay(true)?;
+    // A SYN the server's kernel dropped (a full accept queue) is resent for
+    // about a minute before connect() gives up: give up sooner, and retry.
+    let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(url.addr))
+        .await
+        .map_err(|_| fail("connect timed out".to_owned()))?
+        .map_err(io)?;
+    stream.set_nodelay(true).map_err(io)?;
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: bG9hZHRlc3QtaGVyYWxkIQ==\r\n\r\n",
         url.path, url.host
     );
-    stream.write_all(request.as_bytes()).await?;
+    stream.write_all(request.as_bytes()).await.map_err(io)?;
     let mut buf = BytesMut::with_capacity(4096);
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).into_owned();
             buf.advance(end + 4);
             if !head.starts_with("HTTP/1.1 101") {
-                bail!("handshake refused: {}", head.lines().next().unwrap_or(""));
+                let retry_after = head.lines().find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.trim()
+                        .eq_ignore_ascii_case("retry-after")
+                        .then(|| v.trim().parse().ok())?
+                });
+                return Err(Refused {
+                    error: anyhow!("handshake refused: {}", head.lines().next().unwrap_or("")),
+                    retry_after,
+                });
             }
             return Ok((stream, buf));
         }
-        if stream.read_buf(&mut buf).await? == 0 {
-            bail!("closed during the handshake");
+        if stream.read_buf(&mut buf).await.map_err(io)? == 0 {
+            return Err(fail("closed during the handshake".to_owned()));
         }
         if buf.len() > 16 * 1024 {
-            bail!("handshake answer too long");
+            return Err(fail("handshake answer too long".to_owned()));
         }
     }
 }
@@ -232,6 +320,43 @@ mod tests {
         .unwrap();
         assert_eq!(seen, vec!["text hi", "ping 1", "close 4004"]);
         assert_eq!(&buf[..], &[0x81, 5, b'a'], "the partial frame stays");
+    }
+
+    /// A server that refuses the first handshake with 503 `Retry-After: 1`
+    /// and accepts the second: the client waits the second out and gets in.
+    #[tokio::test]
+    async fn a_refused_handshake_is_retried_after_retry_after() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            for answer in [
+                "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n",
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            ] {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                s.write_all(answer.as_bytes()).await.unwrap();
+                if answer.contains("503") {
+                    drop(s);
+                } else {
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
+        });
+        let url = WsUrl::parse(&format!("ws://{addr}/ws")).unwrap();
+        let t0 = std::time::Instant::now();
+        let (_, _, retries) = connect_retrying(&url, None, 3).await.unwrap();
+        assert_eq!(retries, 1);
+        assert!(
+            t0.elapsed() >= std::time::Duration::from_secs(1),
+            "waited Retry-After"
+        );
+        let refused = connect_once(&url, None).await;
+        assert!(
+            refused.is_err(),
+            "the server is gone: no retries asked, none made"
+        );
     }
 
     #[test]

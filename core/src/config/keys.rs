@@ -173,6 +173,12 @@ pub static KEYS: &[KeySpec] = &[
         "topics per connection",
     ),
     key(
+        "limits.max_pending_handshakes",
+        Kind::Count,
+        Some("1024"),
+        "public connections accepted but not yet handshaken beyond which new ones get a quick 503 (reconnect storms)",
+    ),
+    key(
         "limits.max_connections_per_user",
         Kind::Count,
         Some("0"),
@@ -249,6 +255,12 @@ pub static KEYS: &[KeySpec] = &[
         Kind::Duration,
         Some("30s"),
         "a member of a node that stopped reporting (crashed, cut off) leaves within this long",
+    ),
+    key(
+        "listen_backlog",
+        Kind::Count,
+        Some("0"),
+        "kernel accept queue of the public listener; 0 = the system maximum (net.core.somaxconn)",
     ),
     key(
         "compression",

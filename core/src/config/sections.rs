@@ -79,10 +79,29 @@ pub struct ListenersConfig {
     /// `test_echo_endpoint`: serve `/echo` (conformance tests only).
     #[serde(deserialize_with = "boolean")]
     pub test_echo_endpoint: bool,
+    /// `listen_backlog`: the public listener's accept queue; 0 = the
+    /// system maximum.
+    #[serde(deserialize_with = "count")]
+    pub listen_backlog: u32,
 }
 
 impl Section for ListenersConfig {
     const PATH: Option<&'static str> = None;
+}
+
+impl ListenersConfig {
+    /// The accept queue to ask for: `listen_backlog`, or the system's
+    /// maximum (`/proc/sys/net/core/somaxconn`; 4096 if unreadable), which
+    /// the kernel caps it to anyway.
+    pub fn backlog(&self) -> u32 {
+        if self.listen_backlog > 0 {
+            return self.listen_backlog;
+        }
+        std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(4096)
+    }
 }
 
 /// `[tls]`: TLS on the public listener.
@@ -559,6 +578,10 @@ pub struct LimitsConfig {
     /// Sessions of one `sub` across the cluster; 0 = no limit.
     #[serde(deserialize_with = "count")]
     pub max_connections_per_user: u32,
+    /// Public connections accepted but not yet handshaken before new ones
+    /// are shed.
+    #[serde(deserialize_with = "count")]
+    pub max_pending_handshakes: usize,
     /// Messages queued per client.
     #[serde(deserialize_with = "count")]
     pub client_queue: usize,
@@ -591,6 +614,10 @@ impl Section for LimitsConfig {
     fn check(&mut self, c: &Check<'_>) -> Result<(), ConfigError> {
         c.positive("limits.max_connections", self.max_connections == 0)?;
         c.positive("limits.max_subscriptions", self.max_subscriptions == 0)?;
+        c.positive(
+            "limits.max_pending_handshakes",
+            self.max_pending_handshakes == 0,
+        )?;
         c.positive("limits.client_queue", self.client_queue == 0)?;
         c.positive("limits.client_rate", self.client_rate == 0)?;
         c.positive("limits.client_burst", self.client_burst == 0)?;

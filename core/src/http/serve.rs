@@ -6,6 +6,8 @@
 //! listeners and lets every connection finish its in-flight request.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tracing::{Instrument, info_span};
 
@@ -19,8 +21,57 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
+use crate::Metrics;
+
 /// Longest a client may take to send a request's headers.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Load shedding for a listener (reconnect storms): a connection is
+/// *pending* from its accept until its first request reaches the router
+/// (its TLS handshake and header parsing are done). While `limit` are
+/// pending, the node is saturated, and a new connection is answered at
+/// once, before any TLS or parsing: a canned 503 `unavailable` with a
+/// spread `Retry-After` on a plain listener, a close on a TLS one. A quick
+/// refusal the client retries elsewhere or later beats a kernel accept
+/// queue that overflows and drops connections silently.
+#[derive(Clone)]
+pub struct Admission {
+    pending: Arc<AtomicUsize>,
+    limit: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Admission {
+    /// Sheds beyond `limit` pending connections, counting into `metrics`.
+    pub fn new(limit: usize, metrics: Arc<Metrics>) -> Admission {
+        Admission {
+            pending: Arc::new(AtomicUsize::new(0)),
+            limit,
+            metrics,
+        }
+    }
+
+    /// A pending slot, or `None` when saturated.
+    fn enter(&self) -> Option<Pending> {
+        let now = self.pending.fetch_add(1, Ordering::AcqRel);
+        if now >= self.limit {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        self.metrics.handshakes_pending.add(1);
+        Some(Pending(self.clone()))
+    }
+}
+
+/// A connection that has not had its first request routed yet.
+struct Pending(Admission);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::AcqRel);
+        self.0.metrics.handshakes_pending.add(-1);
+    }
+}
 
 /// The listeners of a process and their connections.
 pub struct Server {
@@ -48,13 +99,22 @@ impl Default for Server {
 impl Server {
     /// Serves `app` on `listener`, plain.
     pub fn serve(&mut self, listener: TcpListener, app: Router) {
-        self.serve_with(listener, app, |stream| async move { Some(stream) });
+        self.serve_with(listener, app, None, Shed::Respond, |stream| async move {
+            Some(stream)
+        });
     }
 
-    /// Serves `app` on `listener`, first passing each connection through
-    /// `wrap` (a TLS handshake, say); `None` drops the connection.
-    pub fn serve_with<W, Fut, S>(&mut self, listener: TcpListener, app: Router, wrap: W)
-    where
+    /// Serves `app` on `listener`, shedding load per `admission` (`shed`
+    /// says how), and first passing each connection through `wrap` (a TLS
+    /// handshake, say); `None` drops the connection.
+    pub fn serve_with<W, Fut, S>(
+        &mut self,
+        listener: TcpListener,
+        app: Router,
+        admission: Option<Admission>,
+        shed: Shed,
+        wrap: W,
+    ) where
         W: Fn(TcpStream) -> Fut + Clone + Send + 'static,
         Fut: Future<Output = Option<S>> + Send + 'static,
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -66,8 +126,15 @@ impl Server {
         let addr = listener
             .local_addr()
             .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+        let accept = Accept {
+            app,
+            wrap,
+            admission,
+            shed,
+            done,
+        };
         self.loops.push(tokio::spawn(
-            accept_loop(listener, app, wrap, stop, done).instrument(info_span!("accept", %addr)),
+            accept_loop(listener, accept, stop).instrument(info_span!("accept", %addr)),
         ));
     }
 
@@ -92,41 +159,123 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-async fn accept_loop<W, Fut, S>(
-    listener: TcpListener,
+/// How a saturated listener refuses a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shed {
+    /// A canned HTTP 503 with `Retry-After` (plain listeners).
+    Respond,
+    /// A close (TLS listeners: answering would need the TLS handshake the
+    /// shedding is meant to avoid).
+    Close,
+}
+
+/// What the accept loop hands each connection.
+struct Accept<W> {
     app: Router,
     wrap: W,
-    mut stop: watch::Receiver<bool>,
+    admission: Option<Admission>,
+    shed: Shed,
     done: mpsc::Sender<()>,
+}
+
+/// Most connections taken from the kernel's queue in one go before the
+/// loop yields: a burst is drained while the loop runs, not one connection
+/// per scheduling turn.
+const ACCEPT_BATCH: usize = 64;
+
+async fn accept_loop<W, Fut, S>(
+    listener: TcpListener,
+    accept: Accept<W>,
+    mut stop: watch::Receiver<bool>,
 ) where
     W: Fn(TcpStream) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = Option<S>> + Send + 'static,
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     loop {
-        let accepted = tokio::select! {
+        let first = tokio::select! {
             accepted = listener.accept() => accepted,
             () = stopped(&mut stop) => return,
         };
-        match accepted {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                debug!(%peer, "accepted");
-                let (app, stop, done, wrap) =
-                    (app.clone(), stop.clone(), done.clone(), wrap.clone());
-                tokio::spawn(async move {
-                    if let Some(io) = wrap(stream).await {
-                        serve_connection(io, app, stop, done).await;
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(accepted) = next.take() {
+            match accepted {
+                Ok((stream, _peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    handle(stream, &accept, &stop);
+                }
+                Err(e) => {
+                    if let Some(a) = &accept.admission {
+                        a.metrics.accept_errors.increment(1);
                     }
-                });
+                    // Typically EMFILE: back off briefly rather than spin.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    break;
+                }
             }
-            Err(e) => {
-                // Typically EMFILE: back off briefly rather than spin.
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            taken += 1;
+            if taken < ACCEPT_BATCH {
+                next = futures_util::FutureExt::now_or_never(listener.accept());
             }
         }
     }
+}
+
+/// Starts serving one accepted connection, or sheds it.
+fn handle<W, Fut, S>(stream: TcpStream, accept: &Accept<W>, stop: &watch::Receiver<bool>)
+where
+    W: Fn(TcpStream) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Option<S>> + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let pending = match &accept.admission {
+        None => None,
+        Some(a) => match a.enter() {
+            Some(p) => Some(p),
+            None => {
+                a.metrics.connections_shed.increment(1);
+                if accept.shed == Shed::Respond {
+                    tokio::spawn(refuse_overloaded(stream));
+                }
+                return;
+            }
+        },
+    };
+    let (app, stop, done, wrap) = (
+        accept.app.clone(),
+        stop.clone(),
+        accept.done.clone(),
+        accept.wrap.clone(),
+    );
+    tokio::spawn(async move {
+        if let Some(io) = wrap(stream).await {
+            serve_connection(io, app, stop, done, pending).await;
+        }
+    });
+}
+
+/// Answers a shed connection with a 503 and a spread `Retry-After`, without
+/// parsing its request: reads (and drops) what it sent for a moment so the
+/// close does not reset the answer away, then closes.
+async fn refuse_overloaded(mut stream: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = r#"{"error":{"code":"unavailable","message":"node is overloaded; retry later"}}"#;
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: {}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        super::retry_after(),
+        body.len()
+    );
+    let answer = async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
 }
 
 async fn serve_connection<S>(
@@ -134,10 +283,17 @@ async fn serve_connection<S>(
     app: Router,
     mut stop: watch::Receiver<bool>,
     _done: mpsc::Sender<()>,
+    pending: Option<Pending>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = TowerToHyperService::new(app);
+    // The connection stops being pending when its first request is routed.
+    let pending = std::sync::Mutex::new(pending);
+    let routed = TowerToHyperService::new(app);
+    let service = hyper::service::service_fn(move |req| {
+        drop(pending.lock().ok().and_then(|mut p| p.take()));
+        hyper::service::Service::call(&routed, req)
+    });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)

@@ -378,3 +378,39 @@ async fn handshake_counts_are_metrics() {
         "{text}"
     );
 }
+
+/// A saturated node (too many connections accepted but not yet handshaken)
+/// answers new ones at once with 503 and `Retry-After`, and recovers when
+/// the pending ones are gone.
+#[tokio::test]
+async fn a_saturated_node_sheds_with_503_and_recovers() {
+    let gw = TestGateway::spawn_with(|c| c.limits.max_pending_handshakes = 2).await;
+    // Two connections that never send their request stay pending.
+    let idle: Vec<tokio::net::TcpStream> = vec![
+        tokio::net::TcpStream::connect(gw.public).await.unwrap(),
+        tokio::net::TcpStream::connect(gw.public).await.unwrap(),
+    ];
+    eventually("both to be pending", async || {
+        gw.node.metrics.value("herald_handshakes_pending") == Some(2.0)
+    })
+    .await;
+    let url = format!("{}?token={}", gw.ws_url(), token("a", &["news"], &[]));
+    let (status, body) = refused(ws_request(&url)).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable");
+    let (status, head, _) = http_raw(gw.public, "GET", "/healthz", None, None).await;
+    assert_eq!(status, 503, "plain requests are shed too");
+    let retry: u64 = head["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=5).contains(&retry), "{retry}");
+    assert_eq!(
+        gw.node.metrics.value("herald_connections_shed_total"),
+        Some(2.0)
+    );
+    drop(idle);
+    eventually("the pending ones to be gone", async || {
+        gw.node.metrics.value("herald_handshakes_pending") == Some(0.0)
+    })
+    .await;
+    let mut client = gw.client("a", &["news"], &[]).await;
+    client.assert_alive().await;
+}

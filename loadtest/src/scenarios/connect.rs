@@ -38,12 +38,17 @@ async fn open_and_hold(
         let url = url_for(s, i, &query);
         let source = s.source(i);
         let (live, samples, mut stop) = (live.clone(), samples.clone(), stop.clone());
+        let retries = s.retries;
         handles.push(tokio::spawn(async move {
             let t0 = Instant::now();
-            let Ok((mut stream, mut buf)) = wsclient::connect(&url, source).await else {
+            let Ok((mut stream, mut buf, retried)) =
+                wsclient::connect_retrying(&url, source, retries).await
+            else {
                 live.failed.fetch_add(1, Relaxed);
+                live.retried.fetch_add(u64::from(retries), Relaxed);
                 return;
             };
+            live.retried.fetch_add(u64::from(retried), Relaxed);
             samples.flush(&mut vec![t0.elapsed().as_micros() as u64]);
             live.connected.fetch_add(1, Relaxed);
             // Hold: answer pings until told to stop or closed.
@@ -126,6 +131,7 @@ pub async fn connect(s: &Settings, live: Arc<Live>) -> Result<Report> {
         parts.push(Report {
             connections,
             connect_errors: live.failed.load(Relaxed),
+            connect_retries: live.retried.load(Relaxed),
             latency_pairs: latency.to_pairs(),
             ..Report::default()
         });
@@ -179,6 +185,7 @@ pub(super) async fn connect_worker(s: &Settings, live: Arc<Live>) -> Result<Repo
     Ok(Report {
         connections,
         connect_errors: live.failed.load(Relaxed),
+        connect_retries: live.retried.load(Relaxed),
         latency_pairs: latency.to_pairs(),
         ..Report::default()
     })

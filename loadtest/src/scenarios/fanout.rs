@@ -15,7 +15,7 @@ use super::publish::publish;
 use super::worker::{Worker, read_stop};
 use super::{Live, Samples, now_us, send, settle, subscribe, token_query, url_for};
 use crate::procstat;
-use crate::report::{Delivery, Latency, Report, Tracker};
+use crate::report::{Delivery, Report, Tracker};
 use crate::settings::{Settings, Target};
 use crate::wsclient::{self, Frame};
 
@@ -33,39 +33,53 @@ type Stop = watch::Receiver<Option<Arc<Vec<u64>>>>;
 
 /// Subscribes this process's share and reads until `stop` says what was
 /// published and everything arrived (or a grace period passed).
-async fn subscribe_share(
-    s: &Settings,
-    live: Arc<Live>,
-    stop: Stop,
-) -> (
+/// What a share of subscribers measured: delivery latency and handshake
+/// times.
+type Shared = (
     Vec<tokio::task::JoinHandle<Option<SubscriberDone>>>,
     Arc<Samples>,
-) {
+    Arc<Samples>,
+);
+
+async fn subscribe_share(s: &Settings, live: Arc<Live>, stop: Stop) -> Shared {
     let (first, count) = s.share(s.connections);
     let samples = Arc::new(Samples::default());
+    let handshakes = Arc::new(Samples::default());
     let query = token_query(s, "subscriber");
     let mut handles = Vec::with_capacity(count as usize);
     let herald = s.target == Target::Herald;
     let keep_each = s.last_recipient;
+    let retries = s.retries;
     let topics = if herald { s.topics as usize } else { 1 };
     let start = Instant::now();
-    let per_second = (s.rate().max(1000) as f64 / s.processes() as f64).max(1.0);
+    // This process's share of --connect-rate (0: as fast as possible).
+    let per_second = s.connect_rate() as f64 / s.processes() as f64;
     for j in 0..count {
         let i = first + j;
-        if j > 0 && j % 500 == 0 {
-            // Pace handshakes a little, so the server's accept queue keeps up.
-            let due = start + Duration::from_secs_f64(j as f64 / per_second.max(5000.0));
+        if per_second > 0.0 {
+            let due = start + Duration::from_secs_f64(j as f64 / per_second);
             tokio::time::sleep_until(due.into()).await;
         }
         let topic = (i % topics as u64) as usize;
         let url = url_for(s, i, &query);
         let source = s.source(i);
-        let (live, samples, mut stop) = (live.clone(), samples.clone(), stop.clone());
+        let (live, samples, handshakes, mut stop) = (
+            live.clone(),
+            samples.clone(),
+            handshakes.clone(),
+            stop.clone(),
+        );
         handles.push(tokio::spawn(async move {
-            let Ok((mut stream, mut buf)) = wsclient::connect(&url, source).await else {
+            let t0 = Instant::now();
+            let Ok((mut stream, mut buf, retried)) =
+                wsclient::connect_retrying(&url, source, retries).await
+            else {
                 live.failed.fetch_add(1, Relaxed);
+                live.retried.fetch_add(u64::from(retries), Relaxed);
                 return None;
             };
+            live.retried.fetch_add(u64::from(retried), Relaxed);
+            handshakes.flush(&mut vec![t0.elapsed().as_micros() as u64]);
             if herald && !subscribe(&mut stream, &mut buf, topic, Duration::from_secs(30)).await {
                 live.failed.fetch_add(1, Relaxed);
                 return None;
@@ -88,10 +102,17 @@ async fn subscribe_share(
                         break;
                     }
                 }
+                // Until publishing ends, a subscriber wakes only for data or
+                // the stop: a timer per subscriber per turn would cost the
+                // generator more than the gateway (190,000 of them).
+                let grace = grace_until.map_or(Duration::MAX, |u| {
+                    u.saturating_duration_since(Instant::now())
+                        .min(Duration::from_millis(200))
+                });
                 let read = tokio::select! {
                     read = stream.read_buf(&mut buf) => read,
                     _ = stop.changed() => continue,
-                    () = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                    () = tokio::time::sleep(grace), if grace_until.is_some() => continue,
                 };
                 if !matches!(read, Ok(n) if n > 0) {
                     break;
@@ -139,7 +160,7 @@ async fn subscribe_share(
             })
         }));
     }
-    (handles, samples)
+    (handles, samples, handshakes)
 }
 
 /// `fanout`.
@@ -160,7 +181,7 @@ pub async fn fanout(s: &Settings, live: Arc<Live>) -> Result<Report> {
         }
     } else {
         let share = subscribe_share(s, live.clone(), stop_rx).await;
-        settle(&live, s.connections, Duration::from_secs(60)).await;
+        settle(&live, s.connections, SETTLE).await;
         local = Some(share);
     }
     let start_us = now_us();
@@ -173,8 +194,12 @@ pub async fn fanout(s: &Settings, live: Arc<Live>) -> Result<Report> {
         published_per_topic: published.to_vec(),
         ..Report::default()
     }];
-    if let Some((handles, samples)) = local {
-        parts.push(collect_subscribers(s, handles, &samples, start_us).await);
+    if let Some((handles, samples, handshakes)) = local {
+        let mut r = collect_subscribers(s, handles, &samples, start_us).await;
+        r.handshake_pairs = handshakes.pairs();
+        r.connect_errors = live.failed.load(Relaxed);
+        r.connect_retries = live.retried.load(Relaxed);
+        parts.push(r);
     }
     for w in workers {
         parts.push(w.stop(Some(&published)).await?);
@@ -228,16 +253,15 @@ async fn collect_subscribers(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    let last_recipient = (!slowest.is_empty()).then(|| {
-        let mut l = Latency::default();
-        for us in slowest.values() {
-            l.record(*us);
-        }
-        l.summary()
-    });
+    // Shipped per event, so the parent takes the slowest over every
+    // process (the last recipient of the whole run).
+    let slowest = slowest
+        .into_iter()
+        .map(|((topic, seq), us)| (topic as u32, seq, us))
+        .collect();
     Report {
         connections,
-        last_recipient,
+        slowest,
         seconds: (last.saturating_sub(start_us)) as f64 / 1e6,
         delivery: Delivery {
             received,
@@ -254,9 +278,9 @@ async fn collect_subscribers(
 
 pub(super) async fn fanout_worker(s: &Settings, live: Arc<Live>) -> Result<Report> {
     let (stop_tx, stop_rx) = watch::channel(None);
-    let (handles, samples) = subscribe_share(s, live.clone(), stop_rx).await;
+    let (handles, samples, handshakes) = subscribe_share(s, live.clone(), stop_rx).await;
     let (_, count) = s.share(s.connections);
-    settle(&live, count, Duration::from_secs(60)).await;
+    settle(&live, count, SETTLE).await;
     println!("READY {}", live.connected.load(Relaxed));
     let start_us = now_us();
     let stop = read_stop().await?;
@@ -264,5 +288,11 @@ pub(super) async fn fanout_worker(s: &Settings, live: Arc<Live>) -> Result<Repor
     let _ = stop_tx.send(Some(Arc::new(published)));
     let mut r = collect_subscribers(s, handles, &samples, start_us).await;
     r.connect_errors = live.failed.load(Relaxed);
+    r.connect_retries = live.retried.load(Relaxed);
+    r.handshake_pairs = handshakes.pairs();
     Ok(r)
 }
+
+/// Longest wait for every connection of a share to be open and subscribed
+/// (a storm with retries after `Retry-After` takes a while).
+const SETTLE: Duration = Duration::from_secs(300);

@@ -42,8 +42,10 @@ pub use worker::worker;
 pub struct Live {
     /// Connections open.
     pub connected: AtomicU64,
-    /// Connection attempts that failed.
+    /// Connection attempts that failed (after their retries).
     pub failed: AtomicU64,
+    /// Handshakes retried after a refusal (each retry counts).
+    pub retried: AtomicU64,
     /// Events published.
     pub published: AtomicU64,
     /// Events received by subscribers.
@@ -90,6 +92,14 @@ impl Samples {
         for us in local.drain(..) {
             all.record(us);
         }
+    }
+
+    /// The histogram as `(value, count)` pairs, for a report.
+    fn pairs(&self) -> Vec<(u64, u64)> {
+        self.all
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .to_pairs()
     }
 }
 
