@@ -5,6 +5,9 @@
 //! digits) and shipped between processes as its recorded `(value, count)`
 //! pairs, so merging several processes' results gives exactly the histogram
 //! one process would have recorded.
+//!
+//! One file (about 700 lines with its tests) on purpose: the report's
+//! fields, how they merge and how they print change together.
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};

@@ -15,6 +15,7 @@
 //! Every refusal is one [`ConfigError`] naming the key and where its value
 //! came from.
 
+pub mod admin;
 pub mod keys;
 pub mod sections;
 pub mod sources;
@@ -26,11 +27,11 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+pub use admin::{AdminConfig, Scope, ScopedKey};
 pub use keys::{KEYS, KeySpec, Kind};
 pub use sections::{
-    AdminConfig, Durability, HeartbeatConfig, HistoryConfig, JwtConfig, LimitsConfig,
-    ListenersConfig, LogConfig, NodeConfig, PayloadLimits, PresenceConfig, PublishConfig,
-    RedisConfig, Scope, ScopedKey, TlsConfig,
+    Durability, HeartbeatConfig, HistoryConfig, JwtConfig, LimitsConfig, ListenersConfig,
+    LogConfig, NodeConfig, PayloadLimits, PresenceConfig, PublishConfig, RedisConfig, TlsConfig,
 };
 pub use sources::{DEFAULT_CONFIG_FILE, Layers, Sources};
 pub use value::{parse_duration, parse_size};

@@ -1,0 +1,336 @@
+//! Presence on Redis: members stored per topic, announced on the topic's
+//! channel, and removed within `presence.timeout` when their node stops
+//! reporting, without that node's help.
+//!
+//! **Layout.** A topic's members are one hash, `herald:{<topic>}:p`:
+//! session → `<incarnation>\n<member JSON>`, in the topic's slot. A join or
+//! a leave is one script on that hash (O(1)), which also publishes
+//! `+<member JSON>` or `-<member JSON>` on the topic's channel, so every node
+//! holding the topic hears it in order with its events. Reading a topic's
+//! members is one `HVALS`.
+//!
+//! **Incarnations.** A node does not renew its members one by one: it
+//! renews one *incarnation* (a random id) in the sorted set
+//! `herald:{herald-nodes}:presence:alive`, scored by its expiry on the Redis
+//! clock, every fifth of the timeout, for half of it. Each member carries
+//! the incarnation that stored it, and the node lists the topics it stored
+//! members in under `…:presence:topics:<incarnation>`. Any node (and
+//! `herald-admin`) claims expired incarnations (moved atomically to
+//! `…:presence:claimed`, so one sweeper works on each) and sweeps them:
+//! every listed topic loses the members of that incarnation, each with one
+//! `leave`. A member thus leaves at most ~0.7 × timeout after its node's
+//! last report; a report costs O(1) whatever the number of members.
+//!
+//! **Coming back.** An expired incarnation is never renewed. A node that
+//! was paused or cut off and comes back learns that its incarnation lapsed,
+//! takes a new one, and joins its still-open sessions again: members that
+//! were swept get a new `join`, members not yet swept are moved to the new
+//! incarnation silently (so the sweep leaves them alone). A leave removes a
+//! session whatever incarnation stored it, and announces only what it
+//! removed: no member is resurrected, none leaves twice.
+//!
+//! **Sessions per user.** With `limits.max_connections_per_user`, the same
+//! incarnations count each user's sessions: a hash per user (incarnation →
+//! sessions) beside the live set, so one script admits a session only if
+//! the live incarnations hold fewer than the limit, and drops the counts of
+//! dead ones as it goes. A node coming back counts its sessions again.
+//!
+//! **Order.** Joins and leaves go through one worker task in the order they
+//! were asked; a failed batch is retried (every script is idempotent) before
+//! anything after it, so a leave never overtakes its join. Joins queued
+//! beyond [`MAX_QUEUED_JOINS`] are refused; leaves are always queued (there
+//! is at most one per member).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use deadpool_redis::redis::{self, Value};
+use herald_protocol::{Member, Topic};
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+
+mod liveness;
+mod worker;
+
+use super::cluster;
+use super::commands::{Commands, Script, as_text};
+use super::scripts::script;
+use crate::broker::{BrokerError, NodeControl};
+use crate::metrics::Metrics;
+use worker::Worker;
+
+/// Joins waiting in the worker's queue beyond which new ones are refused.
+pub const MAX_QUEUED_JOINS: usize = 100_000;
+/// Joins and leaves sent to Redis in one batch.
+const BATCH: usize = 512;
+/// Incarnations one sweeper claims at a time.
+const CLAIM_AT_ONCE: usize = 16;
+/// How often the worker forgets topics where it holds no member any more.
+const PRUNE_PERIOD: Duration = Duration::from_secs(30);
+
+const ALIVE: &str = "herald:{herald-nodes}:presence:alive";
+const CLAIMED: &str = "herald:{herald-nodes}:presence:claimed";
+
+/// A user's session counts, by node incarnation (in the cluster-view slot,
+/// beside the live incarnations the admission reads).
+fn user_key(sub: &str) -> String {
+    format!("herald:{{herald-nodes}}:user:{sub}")
+}
+
+fn topics_key(incarnation: &str) -> String {
+    format!("herald:{{herald-nodes}}:presence:topics:{incarnation}")
+}
+
+/// A topic's member hash.
+pub fn members_key(topic: &Topic) -> String {
+    format!("herald:{{{topic}}}:p")
+}
+
+/// The presence (and per-user count) scripts.
+struct PresenceScripts {
+    join: Script,
+    leave: Script,
+    sweep: Script,
+    heartbeat: Script,
+    claim: Script,
+    admit: Script,
+    count: Script,
+}
+
+impl PresenceScripts {
+    fn new(cluster: bool) -> PresenceScripts {
+        let s = |body: &str| script(cluster, body.to_owned());
+        PresenceScripts {
+            join: s(include_str!("../lua/presence/join.lua")),
+            leave: s(include_str!("../lua/presence/leave.lua")),
+            sweep: s(include_str!("../lua/presence/sweep.lua")),
+            heartbeat: s(include_str!("../lua/presence/heartbeat.lua")),
+            claim: s(include_str!("../lua/presence/claim.lua")),
+            admit: s(include_str!("../lua/presence/admit.lua")),
+            count: s(include_str!("../lua/presence/count.lua")),
+        }
+    }
+}
+
+/// How often reports and sweeps run, and how long a report keeps an
+/// incarnation alive, for a given `presence.timeout`.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    period: Duration,
+    alive: Duration,
+    claim: Duration,
+}
+
+impl Timing {
+    fn new(timeout: Duration) -> Timing {
+        Timing {
+            period: timeout / 5,
+            alive: timeout / 2,
+            claim: timeout,
+        }
+    }
+}
+
+enum Op {
+    Join {
+        topic: Topic,
+        member: Member,
+        done: Option<oneshot::Sender<Result<(), BrokerError>>>,
+    },
+    Leave {
+        topic: Topic,
+        session: String,
+    },
+    /// One more session of `sub`, if the cluster holds fewer than `limit`.
+    Admit {
+        sub: Arc<str>,
+        limit: u32,
+        done: Option<oneshot::Sender<Result<bool, BrokerError>>>,
+    },
+    /// `delta` sessions of `sub` on this node (−1 when one ends).
+    Count {
+        sub: Arc<str>,
+        delta: i64,
+    },
+    /// The incarnation lapsed: take a new one and join every session again.
+    Lapsed,
+}
+
+/// What the worker, the reporter and the sweeper share.
+struct Shared {
+    commands: Arc<Commands>,
+    scripts: PresenceScripts,
+    node: Arc<OnceLock<Arc<dyn NodeControl>>>,
+    metrics: Arc<Metrics>,
+    timing: Timing,
+}
+
+/// The presence side of a Redis broker.
+pub struct Presence {
+    ops: mpsc::UnboundedSender<Op>,
+    queued_joins: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
+}
+
+impl Presence {
+    /// Starts the worker and the sweeper. Must be called inside a Tokio
+    /// runtime; both stop when the `Presence` is dropped.
+    pub fn start(
+        commands: Arc<Commands>,
+        node: Arc<OnceLock<Arc<dyn NodeControl>>>,
+        metrics: Arc<Metrics>,
+        timeout: Duration,
+    ) -> Presence {
+        let shared = Arc::new(Shared {
+            scripts: PresenceScripts::new(commands.is_cluster()),
+            commands,
+            node,
+            metrics,
+            timing: Timing::new(timeout),
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued_joins = Arc::new(AtomicUsize::new(0));
+        let worker = Worker::new(shared.clone(), rx, tx.downgrade(), queued_joins.clone());
+        tokio::spawn(worker.run().instrument(tracing::info_span!("presence")));
+        tokio::spawn(
+            liveness::sweeper(Arc::downgrade(&shared))
+                .instrument(tracing::info_span!("presence_sweep")),
+        );
+        Presence {
+            ops: tx,
+            queued_joins,
+            shared,
+        }
+    }
+
+    /// Queues a join; the returned future resolves once it is stored.
+    pub fn join(
+        &self,
+        topic: &Topic,
+        member: Member,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send + 'static {
+        let (done, answer) = oneshot::channel();
+        let queued = self.queued_joins.fetch_add(1, Ordering::AcqRel);
+        let refused = if queued >= MAX_QUEUED_JOINS {
+            Some("too many presence joins waiting for redis")
+        } else {
+            let op = Op::Join {
+                topic: topic.clone(),
+                member,
+                done: Some(done),
+            };
+            self.ops.send(op).err().map(|_| "presence worker stopped")
+        };
+        if refused.is_some() {
+            self.queued_joins.fetch_sub(1, Ordering::AcqRel);
+        }
+        async move {
+            if let Some(why) = refused {
+                return Err(BrokerError::Unavailable(why.to_owned()));
+            }
+            answer.await.unwrap_or_else(|_| {
+                Err(BrokerError::Unavailable(
+                    "presence worker stopped".to_owned(),
+                ))
+            })
+        }
+    }
+
+    /// Counts one more session of `sub` if the cluster holds fewer than
+    /// `limit`; the future says whether it was admitted.
+    pub fn admit(
+        &self,
+        sub: &str,
+        limit: u32,
+    ) -> impl Future<Output = Result<bool, BrokerError>> + Send + 'static {
+        let (done, answer) = oneshot::channel();
+        let op = Op::Admit {
+            sub: Arc::from(sub),
+            limit,
+            done: Some(done),
+        };
+        let sent = self.ops.send(op).is_ok();
+        async move {
+            if !sent {
+                return Err(BrokerError::Unavailable(
+                    "presence worker stopped".to_owned(),
+                ));
+            }
+            answer.await.unwrap_or_else(|_| {
+                Err(BrokerError::Unavailable(
+                    "presence worker stopped".to_owned(),
+                ))
+            })
+        }
+    }
+
+    /// Counts one session of `sub` fewer.
+    pub fn release(&self, sub: &str) {
+        let _ = self.ops.send(Op::Count {
+            sub: Arc::from(sub),
+            delta: -1,
+        });
+    }
+
+    /// Queues a leave.
+    pub fn leave(&self, topic: &Topic, session: &str) {
+        let op = Op::Leave {
+            topic: topic.clone(),
+            session: session.to_owned(),
+        };
+        // Only fails once the broker is gone, and then nobody is left to tell.
+        let _ = self.ops.send(op);
+    }
+
+    /// The members of `topic`, in one read.
+    ///
+    /// # Errors
+    /// When Redis cannot be read.
+    pub async fn members(&self, topic: &Topic) -> Result<Vec<Member>, BrokerError> {
+        let values: Vec<Value> = self
+            .shared
+            .commands
+            .query(redis::cmd("HVALS").arg(members_key(topic)))
+            .await?;
+        let mut members: Vec<Member> = values
+            .iter()
+            .filter_map(|v| parse_entry(&as_text(v)?))
+            .collect();
+        crate::broker::presence::sort(&mut members);
+        Ok(members)
+    }
+}
+
+/// A stored entry `<incarnation>\n<member JSON>` as its member.
+fn parse_entry(entry: &str) -> Option<Member> {
+    let (_, json) = entry.split_once('\n')?;
+    serde_json::from_str(json).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_parse_past_their_incarnation() {
+        let m = parse_entry("0a1b\n{\"sub\":\"a\",\"session\":\"s\",\"node\":\"n\",\"since\":5}")
+            .unwrap();
+        assert_eq!(
+            (m.sub.as_str(), m.session.as_str(), m.node.as_str(), m.since),
+            ("a", "s", "n", 5)
+        );
+        assert!(parse_entry("no newline").is_none());
+        assert!(parse_entry("x\nnot json").is_none());
+    }
+
+    #[test]
+    fn a_member_leaves_well_within_the_timeout() {
+        let t = Timing::new(Duration::from_secs(30));
+        // Dead right after a report: expires `alive` later, claimed within
+        // one more period.
+        assert!(t.alive + t.period < Duration::from_secs(30));
+        // A report may be late by more than a period without lapsing.
+        assert!(t.alive > t.period * 2);
+    }
+}

@@ -1,0 +1,372 @@
+//! The presence worker: every join, leave and per-user count of this node,
+//! stored in the order they were asked, and the node's incarnation (see the
+//! module documentation of [`super`]).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use deadpool_redis::redis::{self, Value};
+use herald_protocol::Topic;
+use tokio::sync::mpsc;
+use tracing::{Instrument, debug, info, warn};
+
+use super::liveness::reporter;
+use super::{ALIVE, BATCH, Op, PRUNE_PERIOD, Shared, cluster, members_key, topics_key, user_key};
+use crate::broker::redis::commands::ScriptCall;
+use crate::broker::redis::scripts::channel;
+use crate::broker::{BrokerError, LeaveCause};
+
+pub(super) struct Worker {
+    shared: Arc<Shared>,
+    ops: mpsc::UnboundedReceiver<Op>,
+    /// For the reporter to say the incarnation lapsed, in line with the ops.
+    lapsed: mpsc::WeakUnboundedSender<Op>,
+    queued_joins: Arc<AtomicUsize>,
+    incarnation: Option<String>,
+    /// Topics listed under the current incarnation.
+    indexed: HashSet<Topic>,
+}
+
+impl Worker {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        ops: mpsc::UnboundedReceiver<Op>,
+        lapsed: mpsc::WeakUnboundedSender<Op>,
+        queued_joins: Arc<AtomicUsize>,
+    ) -> Worker {
+        Worker {
+            shared,
+            ops,
+            lapsed,
+            queued_joins,
+            incarnation: None,
+            indexed: HashSet::new(),
+        }
+    }
+
+    pub(super) async fn run(mut self) {
+        let mut prune = tokio::time::interval(PRUNE_PERIOD);
+        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            tokio::select! {
+                n = self.ops.recv_many(&mut batch, BATCH) => {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                _ = prune.tick() => {
+                    self.prune().await;
+                    continue;
+                }
+            }
+            let lapsed = batch.iter().any(|op| matches!(op, Op::Lapsed));
+            batch.retain(|op| !matches!(op, Op::Lapsed));
+            if lapsed {
+                self.reincarnate().await;
+            }
+            self.apply(&mut batch).await;
+            batch.clear();
+        }
+        self.retire().await;
+    }
+
+    /// The current incarnation, registering one (and starting its reporter)
+    /// when there is none.
+    async fn incarnation(&mut self) -> Option<String> {
+        if let Some(inc) = &self.incarnation {
+            return Some(inc.clone());
+        }
+        let inc = crate::random_hex(8);
+        let register = self.shared.heartbeat_call(&inc, true);
+        let (commands, ops) = (&self.shared.commands, &self.ops);
+        retry(
+            "register presence",
+            || ops.is_closed(),
+            || commands.scripts(std::slice::from_ref(&register), None),
+        )
+        .await?;
+        tokio::spawn(
+            reporter(
+                Arc::downgrade(&self.shared),
+                inc.clone(),
+                self.lapsed.clone(),
+            )
+            .instrument(tracing::info_span!("presence_report")),
+        );
+        debug!(incarnation = %inc, "presence incarnation registered");
+        self.incarnation = Some(inc.clone());
+        Some(inc)
+    }
+
+    /// Stores `ops` in order, retrying until Redis takes them.
+    async fn apply(&mut self, ops: &mut [Op]) {
+        if ops.is_empty() {
+            return;
+        }
+        let Some(inc) = self.incarnation().await else {
+            return;
+        };
+        let new_topics: Vec<&Topic> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Join { topic, .. } if !self.indexed.contains(topic) => Some(topic),
+                _ => None,
+            })
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        if !new_topics.is_empty() {
+            let mut sadd = redis::cmd("SADD");
+            sadd.arg(topics_key(&inc));
+            for t in &new_topics {
+                sadd.arg(t.as_str());
+            }
+            let (commands, queue) = (&self.shared.commands, &self.ops);
+            let listed = retry(
+                "list presence topics",
+                || queue.is_closed(),
+                || commands.query::<()>(&sadd),
+            )
+            .await;
+            if listed.is_none() {
+                return;
+            }
+            self.indexed.extend(new_topics.into_iter().cloned());
+        }
+        let calls: Vec<ScriptCall> = ops
+            .iter()
+            .filter_map(|op| self.shared.call(op, &inc))
+            .collect();
+        let (commands, queue) = (&self.shared.commands, &self.ops);
+        let stored = retry(
+            "store presence changes",
+            || queue.is_closed(),
+            || commands.scripts_in_order(&calls),
+        )
+        .await;
+        let Some(values) = stored else {
+            return;
+        };
+        // `Lapsed` makes no call; every other op made one, in order.
+        let mut values = values.into_iter();
+        for op in ops.iter_mut() {
+            match op {
+                Op::Join { done, .. } => {
+                    values.next();
+                    self.queued_joins.fetch_sub(1, Ordering::AcqRel);
+                    if let Some(done) = done.take() {
+                        let _ = done.send(Ok(()));
+                    }
+                }
+                Op::Admit { done, .. } => {
+                    let admitted = matches!(values.next(), Some(Value::Int(1)));
+                    if let Some(done) = done.take() {
+                        let _ = done.send(Ok(admitted));
+                    }
+                }
+                Op::Leave { .. } | Op::Count { .. } => {
+                    values.next();
+                }
+                Op::Lapsed => {}
+            }
+        }
+    }
+
+    /// A new incarnation, and every open session's membership stored under
+    /// it.
+    async fn reincarnate(&mut self) {
+        self.incarnation = None;
+        self.indexed.clear();
+        let members = self
+            .shared
+            .node
+            .get()
+            .map(|n| n.members())
+            .unwrap_or_default();
+        warn!(
+            members = members.len(),
+            "this node's presence lapsed (paused or cut off from redis past presence.timeout): registering its sessions again"
+        );
+        self.shared.metrics.presence_lapses.increment(1);
+        let mut ops: Vec<Op> = members
+            .into_iter()
+            .map(|(topic, member)| Op::Join {
+                topic,
+                member,
+                done: None,
+            })
+            .collect();
+        // Sessions counted per user (limits.max_connections_per_user) are
+        // counted again under the new incarnation.
+        let users = self
+            .shared
+            .node
+            .get()
+            .map(|n| n.users())
+            .unwrap_or_default();
+        ops.extend(users.into_iter().map(|(sub, n)| Op::Count {
+            sub,
+            delta: i64::try_from(n).unwrap_or(i64::MAX),
+        }));
+        for chunk in ops.chunks_mut(BATCH) {
+            // Joins are counted as queued, like any other, by `apply`.
+            let joins = chunk
+                .iter()
+                .filter(|op| matches!(op, Op::Join { .. }))
+                .count();
+            self.queued_joins.fetch_add(joins, Ordering::AcqRel);
+            self.apply(chunk).await;
+        }
+    }
+
+    /// Forgets the listed topics where this node holds no member any more,
+    /// so a sweep of this incarnation stays as small as its membership.
+    async fn prune(&mut self) {
+        let (Some(inc), Some(node)) = (&self.incarnation, self.shared.node.get()) else {
+            return;
+        };
+        let held: HashSet<Topic> = node.members().into_iter().map(|(t, _)| t).collect();
+        let gone: Vec<Topic> = self
+            .indexed
+            .iter()
+            .filter(|t| !held.contains(*t))
+            .cloned()
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        let mut srem = redis::cmd("SREM");
+        srem.arg(topics_key(inc));
+        for t in &gone {
+            srem.arg(t.as_str());
+        }
+        if self.shared.commands.query::<()>(&srem).await.is_ok() {
+            for t in &gone {
+                self.indexed.remove(t);
+            }
+        }
+    }
+
+    /// When the broker is dropped (every queued change applied): the
+    /// incarnation ends, and whatever members it still had leave now rather
+    /// than at the timeout.
+    async fn retire(&mut self) {
+        let Some(inc) = self.incarnation.take() else {
+            return;
+        };
+        // Swept while still alive: should this fail, the incarnation
+        // expires and another process sweeps it.
+        if self
+            .shared
+            .sweep(&inc, LeaveCause::Disconnect)
+            .await
+            .is_ok()
+        {
+            let _: Result<(), BrokerError> = self
+                .shared
+                .commands
+                .query(redis::cmd("ZREM").arg(ALIVE).arg(&inc))
+                .await;
+        }
+    }
+}
+
+impl Shared {
+    fn call(&self, op: &Op, inc: &str) -> Option<ScriptCall> {
+        let verb = self.commands.publish_verb();
+        Some(match op {
+            Op::Join { topic, member, .. } => {
+                let json = serde_json::to_string(member).unwrap_or_default();
+                let ch = channel(topic);
+                ScriptCall::new(
+                    &self.scripts.join,
+                    cluster::slot(&ch),
+                    &[&members_key(topic)],
+                    &[
+                        member.session.as_bytes(),
+                        inc.as_bytes(),
+                        json.as_bytes(),
+                        &ch,
+                        verb.as_bytes(),
+                    ],
+                )
+            }
+            Op::Leave { topic, session } => {
+                let ch = channel(topic);
+                ScriptCall::new(
+                    &self.scripts.leave,
+                    cluster::slot(&ch),
+                    &[&members_key(topic)],
+                    &[session.as_bytes(), &ch, verb.as_bytes()],
+                )
+            }
+            Op::Admit { sub, limit, .. } => {
+                let limit = limit.to_string();
+                ScriptCall::new(
+                    &self.scripts.admit,
+                    cluster::slot(ALIVE.as_bytes()),
+                    &[&user_key(sub), ALIVE],
+                    &[inc.as_bytes(), limit.as_bytes()],
+                )
+            }
+            Op::Count { sub, delta } => {
+                let delta = delta.to_string();
+                ScriptCall::new(
+                    &self.scripts.count,
+                    cluster::slot(ALIVE.as_bytes()),
+                    &[&user_key(sub)],
+                    &[inc.as_bytes(), delta.as_bytes()],
+                )
+            }
+            Op::Lapsed => return None,
+        })
+    }
+
+    pub(super) fn heartbeat_call(&self, inc: &str, first: bool) -> ScriptCall {
+        let alive = self.timing.alive.as_millis().to_string();
+        ScriptCall::new(
+            &self.scripts.heartbeat,
+            cluster::slot(ALIVE.as_bytes()),
+            &[ALIVE],
+            &[
+                inc.as_bytes(),
+                alive.as_bytes(),
+                if first { b"1" } else { b"0" },
+            ],
+        )
+    }
+}
+
+/// Retries `attempt` with capped backoff until it succeeds, or gives up
+/// (`None`) once `stopped` says the broker is gone.
+async fn retry<T, F, Fut>(what: &str, stopped: impl Fn() -> bool, mut attempt: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, BrokerError>>,
+{
+    let mut backoff = cluster::Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+    let mut failures = 0u32;
+    loop {
+        match attempt().await {
+            Ok(v) => {
+                if failures > 0 {
+                    info!(failures, "{what}: redis took it");
+                }
+                return Some(v);
+            }
+            Err(e) => {
+                failures += 1;
+                if failures == 1 {
+                    warn!(error = %e, "{what}: failed; retrying");
+                }
+                if stopped() {
+                    return None;
+                }
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+}
