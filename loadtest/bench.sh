@@ -25,7 +25,11 @@ IDLE=${IDLE:-19000}
 SUBS=${SUBS:-10000}
 HOLD=${HOLD:-30}
 DUR=${DUR:-10}
-if [ -n "$QUICK" ]; then IDLE=2000; SUBS=1000; HOLD=5; DUR=3; fi
+# Issue 14's latency rows: "subscribers events/s" pairs, one topic.
+LAT_ROWS=${LAT_ROWS:-"5000 10,100 1000"}
+# ONLY=latency runs just those rows (each against Node ws as well).
+ONLY=${ONLY:-}
+if [ -n "$QUICK" ]; then IDLE=2000; SUBS=1000; HOLD=5; DUR=3; LAT_ROWS="1000 10,100 1000"; fi
 
 ulimit -n "$(ulimit -Hn)"
 cargo build --release -q -p herald-gateway -p herald-admin-api -p herald-loadtest
@@ -75,6 +79,24 @@ lt() { # $1 = name, rest = loadtest args
   $BIN/herald-loadtest "$@" --quiet --out "$OUT/$name" > /dev/null
 }
 
+# 0. Low-rate latency, Herald and Node ws side by side, a fresh server per
+#    row: one topic, 100-byte events, Herald publishing through the admin
+#    API one event per call, Node's publisher a WebSocket client; first
+#    recipient, median, p99 and the server's CPU per delivery.
+IFS=, read -ra lat_rows <<< "$LAT_ROWS"
+for row in "${lat_rows[@]}"; do
+  read -r n rate <<< "$row"
+  LAT=(--connections "$n" --rate "$rate" --batch 1 --publishers 1 --payload 60 --duration "$DUR" --sources 4 --last-recipient)
+  start_herald ""
+  lt "lat-$n-$rate-herald" fanout --secret "$SECRET" --admin-key "$KEY" --url "ws://127.0.0.1:$HPUB/ws" \
+    --admin "http://127.0.0.1:$HADM" "${LAT[@]}" --pid "$HP"
+  stop "$HP"
+  start_node
+  lt "lat-$n-$rate-node" fanout --target raw --url "ws://127.0.0.1:$NPORT/" "${LAT[@]}" --pid "$NP"
+  stop "$NP"
+done
+
+if [ "$ONLY" != latency ]; then
 # 1. Idle connections: memory and CPU per connection.
 start_herald ""
 lt idle-herald connect --secret "$SECRET" --url "ws://127.0.0.1:$HPUB/ws" --connections "$IDLE" \
@@ -134,15 +156,36 @@ lt redis-events fanout --secret "$SECRET" --admin-key "$KEY" --url "ws://127.0.0
 lt fanout-herald2 fanout --secret "$SECRET" --admin-key "$KEY" --url "ws://127.0.0.1:$U1/ws,ws://127.0.0.1:$U2/ws" \
   --admin "http://127.0.0.1:$APORT" "${FAN[@]}" --pid "$P1,$P2"
 stop "$AP"; stop "$P1"; stop "$P2"; stop "$RP"
+fi
 rm -rf "$NODEWS"
 
-python3 - "$OUT" "$NODE_VERSION" "$WS_VERSION" <<'PY'
+python3 - "$OUT" "$NODE_VERSION" "$WS_VERSION" "$LAT_ROWS" <<'PY'
 import json, os, sys, platform
-out, node, ws = sys.argv[1:4]
+out, node, ws, lat_rows = sys.argv[1:5]
 def r(name):
     return json.load(open(os.path.join(out, name, "report.json")))
 def ms(us): return f"{us/1000:.2f}"
+def cpu_per_delivery(rep):
+    before, after = rep.get("usage_before") or [], rep.get("usage_after") or []
+    if not before or not after or not rep["delivery"]["received"]:
+        return float("nan")
+    return (after[0]["cpu_ms"] - before[0]["cpu_ms"]) * 1000 / rep["delivery"]["received"]
+def lat(rep):
+    f, l = rep["first_recipient"], rep["latency"]
+    return f"{ms(f['p50_us'])} / {ms(l['p50_us'])} / {ms(l['p99_us'])}"
 rows = []
+for row in lat_rows.split(","):
+    n, rate = row.split()
+    h, nd = r(f"lat-{n}-{rate}-herald"), r(f"lat-{n}-{rate}-node")
+    rows.append((f"{n} subs, {rate} ev/s: first recipient p50 / p50 / p99 ms", lat(h), lat(nd),
+                 f"p50 {nd['latency']['p50_us']/max(h['latency']['p50_us'],1):.2f}x, p99 {nd['latency']['p99_us']/max(h['latency']['p99_us'],1):.2f}x"))
+    rows.append((f"{n} subs, {rate} ev/s: server CPU per delivery (µs), lost", f"{cpu_per_delivery(h):.2f}, {h['delivery']['lost']}", f"{cpu_per_delivery(nd):.2f}, {nd['delivery']['lost']}", ""))
+if not os.path.exists(os.path.join(out, "idle-herald")):
+    print(f"\nmachine: {os.cpu_count()} cores, {platform.platform()}; node {node}, ws {ws}\n")
+    print("| measure | Herald | Node ws | ratio |\n|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    sys.exit(0)
 ih, inode = r("idle-herald"), r("idle-node")
 ph, pn = ih["per_connection"], inode["per_connection"]
 rows.append(("idle RSS per connection (bytes)", f"{ph['rss_bytes']:.0f}", f"{pn['rss_bytes']:.0f}", f"{pn['rss_bytes']/max(ph['rss_bytes'],1):.1f}x less"))

@@ -15,6 +15,23 @@
 //!
 //! Replies to the client's own requests are not counted against the bound:
 //! they are limited by the client's rate limit instead.
+//!
+//! **Inline writes.** A plain TCP connection's socket is kept here (the
+//! session task reaches it through [`crate::ws::tcp::SharedTcp`]). When an
+//! event is pushed while nothing is queued and the task is not writing, and
+//! the hub's pace allows it (`crate::hub` pace: only while the node is not
+//! busy, where the queue's batching is worth more), the
+//! pusher writes the frame to the socket itself, under the outbox lock,
+//! with one non-blocking `write`: a quiet topic's event reaches the client
+//! without a task wake-up and a scheduling round per subscriber. Whatever
+//! the socket does not take at once (a full send buffer, a partial write,
+//! an error) is queued as before and the task is woken, so a slow client
+//! still costs the pusher one failed `write` and is bounded by the queue.
+//! Order holds because an inline write happens only when the queue is empty
+//! and the task holds nothing unwritten (`busy` is false), both checked and
+//! acted on under the lock. A partially written frame stays at the head of
+//! the queue with its offset (`started`) and is never discarded, so the
+//! stream is never cut mid-frame.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -22,7 +39,9 @@ use std::task::{Context, Waker};
 use std::time::Instant;
 
 use bytes::Bytes;
+use herald_core::Metrics;
 use herald_protocol::CloseCode;
+use tokio::net::TcpStream;
 
 /// One encoded frame waiting for the socket.
 #[derive(Debug, Clone)]
@@ -41,11 +60,39 @@ struct State {
     events: usize,
     close: Option<CloseCode>,
     waker: Option<Waker>,
+    /// The task took frames and may not have written them all yet.
+    busy: bool,
+    /// Bytes of `queue[0]` already written by an inline write (0: none).
+    started: u32,
+}
+
+impl State {
+    /// Discards the queue (its memory too), except a frame already started,
+    /// which must be finished before anything else is written; returns how
+    /// many events were discarded.
+    fn discard(&mut self) -> usize {
+        let head = if self.started > 0 {
+            self.queue.pop_front()
+        } else {
+            None
+        };
+        let mut events = self.events;
+        self.queue = VecDeque::new();
+        self.events = 0;
+        if let Some(head) = head {
+            events = events.saturating_sub(1);
+            self.events = 1;
+            self.queue.push_back(head);
+        }
+        events
+    }
 }
 
 /// What happened to a pushed event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushed {
+    /// Written to the socket at once (and counted as delivered).
+    Written,
     /// Queued.
     Queued,
     /// The queue overflowed: this many events were discarded and the
@@ -53,6 +100,17 @@ pub enum Pushed {
     Overflow(usize),
     /// The connection is closing; the event was not queued.
     Closed,
+}
+
+/// What [`Outbox::drain_replies`] leaves to write before a Close.
+#[derive(Debug)]
+pub struct Drained {
+    /// The frame already started (if `started` > 0), then the replies.
+    pub replies: Vec<Item>,
+    /// Bytes of `replies[0]` already written.
+    pub started: usize,
+    /// Events discarded.
+    pub events: usize,
 }
 
 /// A connection's outbound queue, shared by the hub and the connection task.
@@ -66,6 +124,8 @@ pub struct Outbox {
     pub deflate: Option<crate::ws::deflate::Deflate>,
     /// The session's current token, for revocations.
     pub token: crate::revocations::TokenStamp,
+    /// The socket of a plain TCP connection, for inline writes.
+    socket: Option<TcpStream>,
     limit: usize,
     state: Mutex<State>,
 }
@@ -78,6 +138,7 @@ impl Outbox {
             sub,
             deflate: None,
             token: crate::revocations::TokenStamp::new(None, None),
+            socket: None,
             limit,
             state: Mutex::new(State::default()),
         }
@@ -87,6 +148,18 @@ impl Outbox {
     pub fn with_deflate(mut self, deflate: Option<crate::ws::deflate::Deflate>) -> Outbox {
         self.deflate = deflate;
         self
+    }
+
+    /// Keeps the connection's socket here, so events can be written inline
+    /// (set before the outbox is shared).
+    pub fn with_socket(mut self, socket: TcpStream) -> Outbox {
+        self.socket = Some(socket);
+        self
+    }
+
+    /// The connection's socket, when it is plain TCP.
+    pub fn socket(&self) -> Option<&TcpStream> {
+        self.socket.as_ref()
     }
 
     /// The frame of a text message for this connection.
@@ -100,8 +173,16 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues an event frame, enforcing the slow-consumer bound.
-    pub fn push_event(&self, frame: &Bytes, received: Instant) -> Pushed {
+    /// Delivers an event frame: when `inline` (the hub's pace allows it),
+    /// written to the socket at once if nothing is ahead of it; queued
+    /// otherwise, enforcing the slow-consumer bound.
+    pub fn push_event(
+        &self,
+        frame: &Bytes,
+        received: Instant,
+        metrics: &Metrics,
+        inline: bool,
+    ) -> Pushed {
         let waker;
         let result;
         {
@@ -109,10 +190,28 @@ impl Outbox {
             if s.close.is_some() {
                 return Pushed::Closed;
             }
-            if s.events >= self.limit {
-                let dropped = s.events + 1;
-                s.queue = VecDeque::new();
-                s.events = 0;
+            let mut started = 0;
+            if inline
+                && let Some(socket) = &self.socket
+                && !s.busy
+                && s.queue.is_empty()
+            {
+                // An error or a full buffer: the task meets it again.
+                match socket.try_write(frame) {
+                    Ok(n) if n == frame.len() => {
+                        drop(s);
+                        metrics
+                            .deliver_latency
+                            .record(received.elapsed().as_secs_f64());
+                        metrics.delivered.increment(1);
+                        return Pushed::Written;
+                    }
+                    Ok(n) => started = u32::try_from(n).unwrap_or(0),
+                    Err(_) => {}
+                }
+            }
+            if s.events >= self.limit && started == 0 {
+                let dropped = s.discard() + 1;
                 s.close = Some(CloseCode::SlowConsumer);
                 result = Pushed::Overflow(dropped);
             } else {
@@ -121,6 +220,10 @@ impl Outbox {
                     received: Some(received),
                 });
                 s.events += 1;
+                if started > 0 {
+                    // The new head, cut by the socket.
+                    s.started = started;
+                }
                 result = Pushed::Queued;
             }
             waker = s.waker.take();
@@ -173,9 +276,7 @@ impl Outbox {
             return Pushed::Closed;
         }
         if s.queue.len() >= self.hard_limit() {
-            let dropped = s.events;
-            s.queue = VecDeque::new();
-            s.events = 0;
+            let dropped = s.discard();
             s.close = Some(CloseCode::SlowConsumer);
             return Pushed::Overflow(dropped);
         }
@@ -205,38 +306,61 @@ impl Outbox {
         self.lock().close
     }
 
-    /// Moves every queued frame into `into` (which should be empty), or
-    /// registers the task to be woken by the next push when there is none.
+    /// Moves every queued frame into `into` (which should be empty, and
+    /// everything taken before written), setting `offset` to the bytes of
+    /// its first frame already written; or, when there is none, registers
+    /// the task to be woken by the next push and allows inline writes again.
     /// Returns a close request if one is pending, without moving frames.
-    pub fn take(&self, into: &mut VecDeque<Item>, cx: &mut Context<'_>) -> Option<CloseCode> {
+    pub fn take(
+        &self,
+        into: &mut VecDeque<Item>,
+        offset: &mut usize,
+        cx: &mut Context<'_>,
+    ) -> Option<CloseCode> {
         let mut s = self.lock();
         if s.close.is_some() {
             return s.close;
         }
         if s.queue.is_empty() {
+            s.busy = false;
             if !s.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                 s.waker = Some(cx.waker().clone());
             }
         } else {
             std::mem::swap(&mut s.queue, into);
             s.events = 0;
+            s.busy = true;
+            *offset = std::mem::take(&mut s.started) as usize;
         }
         None
     }
 
-    /// Empties the queue: returns the replies in it and how many events were
+    /// Empties the queue: returns the replies in it (a frame already
+    /// started first, with its offset) and how many events were
     /// discarded. Used when closing, even after a close was requested.
-    pub fn drain_replies(&self) -> (Vec<Item>, usize) {
+    pub fn drain_replies(&self) -> Drained {
         let mut s = self.lock();
-        let queue = std::mem::take(&mut s.queue);
-        let events = std::mem::take(&mut s.events);
-        let replies = queue.into_iter().filter(|i| i.received.is_none()).collect();
-        (replies, events)
+        let started = std::mem::take(&mut s.started) as usize;
+        let mut queue = std::mem::take(&mut s.queue);
+        let mut events = std::mem::take(&mut s.events);
+        let head = if started > 0 { queue.pop_front() } else { None };
+        if head.is_some() {
+            events = events.saturating_sub(1);
+        }
+        let replies = head
+            .into_iter()
+            .chain(queue.into_iter().filter(|i| i.received.is_none()))
+            .collect();
+        Drained {
+            replies,
+            started,
+            events,
+        }
     }
 
     /// Discards whatever is queued, returning how many events that was.
     pub fn discard(&self) -> usize {
-        self.drain_replies().1
+        self.drain_replies().events
     }
 }
 
@@ -259,15 +383,16 @@ mod tests {
 
     #[test]
     fn overflow_discards_and_closes_with_4004() {
+        let m = Metrics::new("n");
         let o = Outbox::new(1, Arc::from("a"), 3);
         let now = Instant::now();
         for _ in 0..3 {
-            assert_eq!(o.push_event(&frame(), now), Pushed::Queued);
+            assert_eq!(o.push_event(&frame(), now, &m, true), Pushed::Queued);
         }
         o.push_reply(frame()); // replies do not count
-        assert_eq!(o.push_event(&frame(), now), Pushed::Overflow(4));
+        assert_eq!(o.push_event(&frame(), now, &m, true), Pushed::Overflow(4));
         assert_eq!(o.close_requested(), Some(CloseCode::SlowConsumer));
-        assert_eq!(o.push_event(&frame(), now), Pushed::Closed);
+        assert_eq!(o.push_event(&frame(), now, &m, true), Pushed::Closed);
         assert_eq!(o.discard(), 0, "the queue was freed at overflow");
     }
 
@@ -289,24 +414,116 @@ mod tests {
         let counter = Arc::new(Count(AtomicUsize::new(0)));
         let waker = Waker::from(counter.clone());
         let mut cx = Context::from_waker(&waker);
+        let m = Metrics::new("n");
         let o = Outbox::new(1, Arc::from("a"), 10);
         let mut into = VecDeque::new();
-        assert_eq!(o.take(&mut into, &mut cx), None);
+        assert_eq!(o.take(&mut into, &mut 0, &mut cx), None);
         assert!(into.is_empty());
-        o.push_event(&frame(), Instant::now());
-        o.push_event(&frame(), Instant::now());
+        o.push_event(&frame(), Instant::now(), &m, true);
+        o.push_event(&frame(), Instant::now(), &m, true);
         assert_eq!(
             counter.0.load(Ordering::SeqCst),
             1,
             "one wake per registration"
         );
-        o.take(&mut into, &mut cx);
+        o.take(&mut into, &mut 0, &mut cx);
         assert_eq!(into.len(), 2);
         assert!(o.close(CloseCode::Disconnected));
         assert!(!o.close(CloseCode::Restart), "first close wins");
         assert_eq!(
-            o.take(&mut VecDeque::new(), &mut cx),
+            o.take(&mut VecDeque::new(), &mut 0, &mut cx),
             Some(CloseCode::Disconnected)
         );
+    }
+
+    /// A connected pair: the server side in an outbox, the client side
+    /// returned to read from.
+    async fn socket_outbox(limit: usize) -> (Outbox, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        // Readiness is learnt from the reactor: wait for it once.
+        server.writable().await.unwrap();
+        let o = Outbox::new(1, Arc::from("a"), limit).with_socket(server);
+        (o, client)
+    }
+
+    async fn read_exactly(client: &mut tokio::net::TcpStream, n: usize) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let mut got = vec![0; n];
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            client.read_exact(&mut got),
+        )
+        .await
+        .expect("the bytes arrive within 10 s")
+        .unwrap();
+        got
+    }
+
+    #[tokio::test]
+    async fn a_quiet_connection_gets_events_written_inline_in_order() {
+        let m = Metrics::new("n");
+        let (o, mut client) = socket_outbox(10).await;
+        let now = Instant::now();
+        let (a, b) = (Bytes::from_static(b"first"), Bytes::from_static(b"second"));
+        assert_eq!(o.push_event(&a, now, &m, true), Pushed::Written);
+        assert_eq!(o.push_event(&b, now, &m, true), Pushed::Written);
+        assert_eq!(read_exactly(&mut client, 11).await, b"firstsecond");
+        // A reply queued by the task goes first: the next event waits behind it.
+        o.push_reply(Bytes::from_static(b"reply"));
+        assert_eq!(o.push_event(&a, now, &m, true), Pushed::Queued);
+        // While the task holds frames it took, nothing is written inline.
+        let counter = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(counter);
+        let mut cx = Context::from_waker(&waker);
+        let (mut into, mut offset) = (VecDeque::new(), 0);
+        o.take(&mut into, &mut offset, &mut cx);
+        assert_eq!((into.len(), offset), (2, 0));
+        assert_eq!(o.push_event(&b, now, &m, true), Pushed::Queued);
+        // Once everything taken was written and the queue is empty again,
+        // inline writes resume.
+        o.take(&mut VecDeque::new(), &mut offset, &mut cx);
+        o.take(&mut VecDeque::new(), &mut offset, &mut cx);
+        assert_eq!(o.push_event(&a, now, &m, true), Pushed::Written);
+    }
+
+    #[tokio::test]
+    async fn a_frame_cut_by_a_full_socket_is_finished_whole_and_never_discarded() {
+        let m = Metrics::new("n");
+        let (o, mut client) = socket_outbox(3).await;
+        let now = Instant::now();
+        // Frames larger than the socket buffers: the first is cut.
+        let frames: Vec<Bytes> = (0..4u8)
+            .map(|i| Bytes::from(vec![b'a' + i; 8 << 20]))
+            .collect();
+        assert_eq!(o.push_event(&frames[0], now, &m, true), Pushed::Queued);
+        let started = o.lock().started as usize;
+        assert!(started > 0, "the socket took part of the first frame");
+        assert_eq!(o.push_event(&frames[1], now, &m, true), Pushed::Queued);
+        assert_eq!(o.push_event(&frames[2], now, &m, true), Pushed::Queued);
+        // The overflow discards the queue but keeps the frame already started.
+        assert_eq!(o.push_event(&frames[3], now, &m, true), Pushed::Overflow(3));
+        let drained = o.drain_replies();
+        assert_eq!(drained.started, started);
+        assert_eq!(drained.replies.len(), 1);
+        // The rest of the cut frame follows the bytes already sent: the
+        // client sees one whole frame.
+        let rest = drained.replies[0].frame.slice(started..);
+        let reader = tokio::spawn(async move { read_exactly(&mut client, 8 << 20).await });
+        let socket = o.socket().unwrap();
+        let mut at = 0;
+        while at < rest.len() {
+            socket.writable().await.unwrap();
+            match socket.try_write(&rest[at..]) {
+                Ok(n) => at += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let got = reader.await.unwrap();
+        assert!(got.iter().all(|b| *b == b'a'), "one frame, whole, alone");
     }
 }

@@ -222,6 +222,10 @@ pub struct Report {
     /// this process (fanout with `--last-recipient`), for merging.
     #[serde(default)]
     pub slowest: Vec<(u32, u64, u64)>,
+    /// Per event `(topic, seq, µs)`, the latency of its fastest recipient
+    /// in this process, for merging.
+    #[serde(default)]
+    pub fastest: Vec<(u32, u64, u64)>,
     /// Events published (fanout).
     pub published: u64,
     /// Delivery accounting (fanout).
@@ -234,6 +238,10 @@ pub struct Report {
     /// `--last-recipient`).
     #[serde(default)]
     pub last_recipient: Option<LatencySummary>,
+    /// Per event, the latency of its first recipient (fanout with
+    /// `--last-recipient`): what the luckiest subscriber waits.
+    #[serde(default)]
+    pub first_recipient: Option<LatencySummary>,
     /// Raw histogram pairs, for merging.
     #[serde(default)]
     pub latency_pairs: Vec<(u64, u64)>,
@@ -297,6 +305,7 @@ impl Report {
         let mut latency = Latency::default();
         let mut handshake = Latency::default();
         let mut slowest: std::collections::HashMap<(u32, u64), u64> = Default::default();
+        let mut fastest: std::collections::HashMap<(u32, u64), u64> = Default::default();
         for p in parts {
             out.seconds = out.seconds.max(p.seconds);
             out.connections += p.connections;
@@ -306,6 +315,10 @@ impl Report {
             for (topic, seq, us) in &p.slowest {
                 let e = slowest.entry((*topic, *seq)).or_default();
                 *e = (*e).max(*us);
+            }
+            for (topic, seq, us) in &p.fastest {
+                let e = fastest.entry((*topic, *seq)).or_insert(u64::MAX);
+                *e = (*e).min(*us);
             }
             out.published += p.published;
             out.delivery.received += p.delivery.received;
@@ -336,20 +349,9 @@ impl Report {
             out.handshake = Some(handshake.summary());
             out.handshake_pairs = handshake.to_pairs();
         }
-        // An event's last recipient is the slowest over every process.
-        if !slowest.is_empty() {
-            let mut l = Latency::default();
-            for us in slowest.values() {
-                l.record(*us);
-            }
-            out.last_recipient = Some(l.summary());
-        } else {
-            let measured: Vec<&LatencySummary> = parts
-                .iter()
-                .filter_map(|p| p.last_recipient.as_ref())
-                .collect();
-            out.last_recipient = (measured.len() == 1).then(|| *measured[0]);
-        }
+        // An event's first and last recipients over every process.
+        out.first_recipient = per_event(&fastest, parts, |p| p.first_recipient.as_ref());
+        out.last_recipient = per_event(&slowest, parts, |p| p.last_recipient.as_ref());
         out.deliveries_per_second = if out.seconds > 0.0 {
             out.delivery.received as f64 / out.seconds
         } else {
@@ -398,39 +400,24 @@ impl Report {
         };
         rows.push((
             format!("{what} p50 / p90 / p99 / p99.9 / max"),
-            format!(
-                "{} / {} / {} / {} / {} ms",
-                ms(l.p50_us),
-                ms(l.p90_us),
-                ms(l.p99_us),
-                ms(l.p999_us),
-                ms(l.max_us)
-            ),
+            percentiles(l),
         ));
         if let Some(l) = &self.handshake {
             rows.push((
                 "connect (to 101, retries included) p50 / p90 / p99 / p99.9 / max".into(),
-                format!(
-                    "{} / {} / {} / {} / {} ms",
-                    ms(l.p50_us),
-                    ms(l.p90_us),
-                    ms(l.p99_us),
-                    ms(l.p999_us),
-                    ms(l.max_us)
-                ),
+                percentiles(l),
+            ));
+        }
+        if let Some(l) = &self.first_recipient {
+            rows.push((
+                "first recipient p50 / p90 / p99 / p99.9 / max".into(),
+                percentiles(l),
             ));
         }
         if let Some(l) = &self.last_recipient {
             rows.push((
                 "last recipient p50 / p90 / p99 / p99.9 / max".into(),
-                format!(
-                    "{} / {} / {} / {} / {} ms",
-                    ms(l.p50_us),
-                    ms(l.p90_us),
-                    ms(l.p99_us),
-                    ms(l.p999_us),
-                    ms(l.max_us)
-                ),
+                percentiles(l),
             ));
         }
         if let Some(pc) = &self.per_connection {
@@ -554,6 +541,36 @@ pub fn svg(report: &Report) -> String {
     out
 }
 
+/// `p50 / p90 / p99 / p99.9 / max` in milliseconds.
+fn percentiles(l: &LatencySummary) -> String {
+    format!(
+        "{} / {} / {} / {} / {} ms",
+        ms(l.p50_us),
+        ms(l.p90_us),
+        ms(l.p99_us),
+        ms(l.p999_us),
+        ms(l.max_us)
+    )
+}
+
+/// The summary of a per-event figure merged across processes, or the one
+/// process's own summary when none shipped per-event samples.
+fn per_event(
+    merged: &std::collections::HashMap<(u32, u64), u64>,
+    parts: &[Report],
+    own: impl Fn(&Report) -> Option<&LatencySummary>,
+) -> Option<LatencySummary> {
+    if merged.is_empty() {
+        let measured: Vec<&LatencySummary> = parts.iter().filter_map(own).collect();
+        return (measured.len() == 1).then(|| *measured[0]);
+    }
+    let mut l = Latency::default();
+    for us in merged.values() {
+        l.record(*us);
+    }
+    Some(l.summary())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -647,6 +664,34 @@ mod tests {
                 .markdown()
                 .contains("| lost / duplicated / out of order | 2 / 0 / 0")
         );
+    }
+
+    #[test]
+    fn first_and_last_recipients_span_every_process() {
+        // Two events seen by two worker processes: the first recipient of
+        // an event is the fastest over both, the last the slowest.
+        let part = |fastest: Vec<(u32, u64, u64)>, slowest: Vec<(u32, u64, u64)>| Report {
+            scenario: "fanout".into(),
+            fastest,
+            slowest,
+            ..Report::default()
+        };
+        let merged = Report::merge(&[
+            part(
+                vec![(0, 1, 300), (0, 2, 900)],
+                vec![(0, 1, 500), (0, 2, 950)],
+            ),
+            part(
+                vec![(0, 1, 200), (0, 2, 1000)],
+                vec![(0, 1, 700), (0, 2, 990)],
+            ),
+        ]);
+        let first = merged.first_recipient.expect("first recipients");
+        let last = merged.last_recipient.expect("last recipients");
+        assert_eq!((first.samples, last.samples), (2, 2));
+        assert!(first.max_us < 905 && first.max_us >= 895, "{first:?}");
+        assert!(last.max_us >= 985 && last.max_us < 1000, "{last:?}");
+        assert!(merged.markdown().contains("first recipient p50"));
     }
 
     #[test]

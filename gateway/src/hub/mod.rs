@@ -27,9 +27,11 @@
 //! replay and the held events are merged without gap or duplicate. Sessions
 //! that recover the same topic from the same `since` at about the same time
 //!
-//! Files: [`registry`] (topic entries, ordering, fan-out, gap catch-up) and
-//! [`recovery`] (replays with `since`, shared history reads).
+//! Files: [`registry`] (topic entries, ordering, fan-out, gap catch-up),
+//! [`recovery`] (replays with `since`, shared history reads) and [`pace`]
+//! (when a fan-out writes to sockets inline).
 
+mod pace;
 mod recovery;
 mod registry;
 
@@ -168,6 +170,7 @@ impl<B: Broker> Hub<B> {
                 last: None,
                 baseline: Baseline::Unknown,
                 catching_up: None,
+                last_fan_out: None,
             }
         });
         let feed = if hold {
@@ -386,7 +389,7 @@ mod tests {
     fn drain(outbox: &Outbox) -> Vec<serde_json::Value> {
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         let mut items = VecDeque::new();
-        outbox.take(&mut items, &mut cx);
+        outbox.take(&mut items, &mut 0, &mut cx);
         items
             .iter()
             .map(|i| {

@@ -82,7 +82,8 @@ impl<B: Broker> Hub<B> {
             let seen = last
                 .is_some_and(|l| l.epoch == event.position.epoch && event.position.seq <= l.seq);
             if !seen {
-                if let Pushed::Overflow(n) = outbox.push_event(&outbox.text_frame(&event.json), now)
+                if let Pushed::Overflow(n) =
+                    outbox.push_event(&outbox.text_frame(&event.json), now, &self.metrics, false)
                 {
                     self.metrics.dropped(DropReason::SlowConsumer, n as u64);
                 }

@@ -16,6 +16,7 @@ use herald_protocol::{CloseCode, Topic};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use super::pace::Pace;
 use super::{MAX_HELD, TOPIC_SHARDS, lock};
 use crate::outbox::{Outbox, Pushed};
 use crate::ws::codec::FrameCache;
@@ -94,6 +95,8 @@ pub(super) struct TopicEntry {
     pub(super) baseline: Baseline,
     /// While catching up from history: live events held back, in order.
     pub(super) catching_up: Option<Vec<Event>>,
+    /// When the topic's previous event was fanned out (see `pace`).
+    pub(super) last_fan_out: Option<Instant>,
 }
 
 pub(super) type TopicShard = Mutex<HashMap<Topic, TopicEntry>>;
@@ -112,6 +115,8 @@ pub struct Registry {
     metrics: Arc<Metrics>,
     pub(super) generation: AtomicU64,
     pub(super) catch_up: OnceLock<mpsc::UnboundedSender<CatchUp>>,
+    /// When events are written inline.
+    pace: Pace,
 }
 
 impl Registry {
@@ -125,6 +130,7 @@ impl Registry {
             metrics,
             generation: AtomicU64::new(1),
             catch_up: OnceLock::new(),
+            pace: Pace::new(),
         }
     }
 
@@ -171,6 +177,11 @@ impl Registry {
     /// subscriber of `entry`.
     fn fan_out(&self, entry: &mut TopicEntry, events: &[Event], received: Instant) {
         let mut overflowed = 0;
+        let inline = self.pace.inline(
+            received,
+            &mut entry.last_fan_out,
+            entry.subscribers.len() * events.len(),
+        );
         for event in events {
             // Encoded once per node (and per compression window in use).
             let mut frames = FrameCache::new(&event.json);
@@ -190,7 +201,10 @@ impl Registry {
                     Feed::Ahead(_) => sub.feed = Feed::Live,
                 }
                 let frame = frames.for_connection(sub.outbox.deflate);
-                if let Pushed::Overflow(n) = sub.outbox.push_event(frame, received) {
+                if let Pushed::Overflow(n) =
+                    sub.outbox
+                        .push_event(frame, received, &self.metrics, inline)
+                {
                     overflowed += n as u64;
                 }
             }
@@ -319,9 +333,14 @@ impl EventSink for Registry {
         let json = herald_core::broker::presence::frame(topic, change, member);
         let mut frames = FrameCache::new(&json);
         let mut overflowed = 0;
+        // Presence frames come in bursts (a node's members at once): queued.
+        let inline = false;
         for sub in entry.subscribers.values().filter(|s| s.presence) {
             let frame = frames.for_connection(sub.outbox.deflate);
-            if let Pushed::Overflow(n) = sub.outbox.push_event(frame, received) {
+            if let Pushed::Overflow(n) =
+                sub.outbox
+                    .push_event(frame, received, &self.metrics, inline)
+            {
                 overflowed += n as u64;
             }
         }

@@ -21,6 +21,7 @@ use herald_protocol::{
     ClientFrame, CloseCode, ErrorCode, PROTOCOL_VERSION, ServerFrame, Topic, parse_client_frame,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tracing::{Instrument, debug};
 
 use crate::auth::Claims;
@@ -29,6 +30,7 @@ use crate::outbox::{Outbox, Pushed};
 use crate::ws::codec::{self, Decoder, Message};
 use crate::ws::conn::{Conn, Step};
 use crate::ws::deflate::Deflate;
+use crate::ws::tcp::SharedTcp;
 use herald_core::Broker;
 use herald_core::metrics::DropReason;
 use limits::{Bucket, Strikes, Timers, expiry_times};
@@ -75,7 +77,26 @@ where
 {
     let (id, session_id) = start.node.next_session();
     let span = tracing::info_span!("conn", session = %session_id, sub = %start.claims.sub);
-    let opened = span.in_scope(|| open(io, &initial, start, id, &session_id));
+    let opened = span.in_scope(|| {
+        open(start, id, &session_id, |outbox, decoder| {
+            (Arc::new(outbox), Conn::new(io, decoder, &initial))
+        })
+    });
+    serve(opened).instrument(span)
+}
+
+/// [`run`] on a plain TCP socket, which is kept in the session's outbox so
+/// that the hub can write events to it inline ([`crate::outbox`]).
+pub fn run_tcp(io: TcpStream, initial: Bytes, start: Start) -> impl Future<Output = ()> {
+    let (id, session_id) = start.node.next_session();
+    let span = tracing::info_span!("conn", session = %session_id, sub = %start.claims.sub);
+    let opened = span.in_scope(|| {
+        open(start, id, &session_id, |outbox, decoder| {
+            let outbox = Arc::new(outbox.with_socket(io));
+            let shared = SharedTcp::new(outbox.clone());
+            (outbox, Conn::new(shared, decoder, &initial))
+        })
+    });
     serve(opened).instrument(span)
 }
 
@@ -87,9 +108,12 @@ struct Opened<S> {
     _permit: Permit,
 }
 
-fn open<S>(io: S, initial: &[u8], start: Start, id: u64, session_id: &str) -> Opened<S>
+/// Opens a session: its outbox (shared and given a connection by
+/// `attach`), its hub registration and its `welcome`.
+fn open<S, A>(start: Start, id: u64, session_id: &str, attach: A) -> Opened<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
+    A: FnOnce(Outbox, Decoder) -> (Arc<Outbox>, Conn<S>),
 {
     let Start {
         node,
@@ -101,11 +125,10 @@ where
     let config = &node.config;
     let decoder =
         Decoder::new(config.limits.max_message_size, false).with_deflate(deflate.is_some());
-    let conn = Conn::new(io, decoder, initial);
     let outbox =
         Outbox::new(id, claims.sub.clone(), config.limits.client_queue).with_deflate(deflate);
     outbox.token.set(token.jti.as_deref(), token.iat);
-    let outbox = Arc::new(outbox);
+    let (outbox, conn) = attach(outbox, decoder);
     node.hub.add_session(&outbox);
     debug!("session opened");
 

@@ -5,7 +5,10 @@
 //! - reads go into a per-thread buffer; only the bytes of an unfinished frame
 //!   are copied into the connection (and freed once the frame completes);
 //! - writes take the outbox's whole queue and hand it to the kernel with one
-//!   vectored write, straight from the shared event bytes (no copy);
+//!   vectored write, straight from the shared event bytes (no copy); on
+//!   plain TCP the hub also writes a quiet connection's events itself
+//!   ([`crate::outbox`], inline writes), and a frame it started is taken
+//!   back with its offset;
 //! - one task per connection, polled by a single `poll_step`, so there is no
 //!   reader/writer task pair and no channel between them.
 
@@ -122,7 +125,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
         loop {
             if self.writing.is_empty() {
-                if let Some(code) = outbox.take(&mut self.writing, cx) {
+                if let Some(code) = outbox.take(&mut self.writing, &mut self.offset, cx) {
                     return Poll::Ready(Step::Close(code));
                 }
                 if self.writing.is_empty() {
@@ -278,8 +281,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         metrics: &Metrics,
         deadline: Instant,
     ) {
-        let (replies, queued_events) = outbox.drain_replies();
-        let dropped = self.keep_replies(replies) + queued_events;
+        let drained = outbox.drain_replies();
+        // A frame the hub started writing inline is left only when nothing
+        // was taken since (the task writes nothing while it holds frames).
+        let started = if self.writing.is_empty() {
+            drained.started
+        } else {
+            0
+        };
+        let dropped = self.keep_replies(drained.replies) + drained.events;
+        if started > 0 {
+            self.offset = started;
+        }
         if dropped > 0 {
             metrics.dropped(DropReason::Closed, dropped as u64);
         }

@@ -11,6 +11,7 @@ pub mod conn;
 pub mod deflate;
 pub mod echo;
 pub mod handshake;
+pub mod tcp;
 
 use std::sync::Arc;
 
@@ -267,6 +268,15 @@ trait Job: Send + 'static {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
 
+    /// Runs on a plain TCP socket (the session keeps it where the hub can
+    /// write to it inline).
+    fn run_tcp(self, io: TcpStream, initial: Bytes) -> impl Future<Output = ()> + Send
+    where
+        Self: Sized,
+    {
+        self.run(io, initial)
+    }
+
     /// The upgrade failed: the job never runs.
     fn abandon(self);
 }
@@ -277,6 +287,10 @@ impl Job for crate::session::Start {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         crate::session::run(io, initial, self)
+    }
+
+    fn run_tcp(self, io: TcpStream, initial: Bytes) -> impl Future<Output = ()> + Send {
+        crate::session::run_tcp(io, initial, self)
     }
 
     fn abandon(self) {
@@ -304,7 +318,7 @@ fn spawn_upgraded<J: Job>(on_upgrade: hyper::upgrade::OnUpgrade, job: J) {
         // (the TLS one), whichever it is.
         let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
-                tokio::spawn(job.run(parts.io.into_inner(), parts.read_buf));
+                tokio::spawn(job.run_tcp(parts.io.into_inner(), parts.read_buf));
                 return;
             }
             Err(upgraded) => upgraded,

@@ -21,7 +21,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use herald_testkit::{Relay, TestCluster, TestRedis, TestReplicated, TestSentinels};
 use serde_json::{Value, json};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -54,6 +54,7 @@ fn follow(
     urls: Vec<String>,
     topics: Vec<String>,
     mut stop: watch::Receiver<bool>,
+    subscribed: mpsc::UnboundedSender<()>,
 ) -> JoinHandle<Seen> {
     tokio::spawn(async move {
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -122,6 +123,7 @@ fn follow(
                                 }
                             }
                             Some("subscribed") => {
+                                let _ = subscribed.send(());
                                 if let Some(r) = f["recovered"].as_object() {
                                     for (t, ok) in r {
                                         seen.recovered
@@ -144,6 +146,14 @@ fn follow(
             }
         }
     })
+}
+
+/// Waits (at most 30 s) for one more follower's `subscribed`.
+async fn await_subscribed(subscribed: &mut mpsc::UnboundedReceiver<()>) {
+    tokio::time::timeout(Duration::from_secs(30), subscribed.recv())
+        .await
+        .expect("a follower subscribes within 30 s")
+        .expect("followers are running");
 }
 
 /// Acknowledged publications: `(topic, n, id)` in acknowledgement order.
@@ -283,6 +293,7 @@ async fn scenario(url: &str, cluster: bool, durability: &str, fail: impl AsyncFn
     let (mut admin_proc, admin) = admin_proc_env(url, cluster, &env).await;
     let topics: Vec<String> = (0..3).map(|i| format!("ha.t{i}")).collect();
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (subscribed_tx, mut subscribed) = mpsc::unbounded_channel();
     let followers: Vec<JoinHandle<Seen>> = nodes
         .iter()
         .map(|n| {
@@ -290,11 +301,13 @@ async fn scenario(url: &str, cluster: bool, durability: &str, fail: impl AsyncFn
                 .chain(nodes.iter().map(|m| m.public))
                 .map(|a| format!("ws://{a}/ws"))
                 .collect();
-            follow(urls, topics.clone(), stop_rx.clone())
+            follow(urls, topics.clone(), stop_rx.clone(), subscribed_tx.clone())
         })
         .collect();
-    // Let every follower subscribe before the first event.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every follower subscribed before the first event.
+    for _ in &followers {
+        await_subscribed(&mut subscribed).await;
+    }
     let (progress_tx, mut progress) = watch::channel(0);
     let publisher = publish_steadily(admin, topics.clone(), 90, progress_tx);
     rounds_done(&mut progress, 30).await;
@@ -432,12 +445,14 @@ async fn a_silent_pubsub_path_is_detected_and_rebuilt() {
     let mut node = GatewayProc::start(&relay.url(), false, "n1").await;
     let topics = vec!["ha.silent".to_owned()];
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (subscribed_tx, mut subscribed) = mpsc::unbounded_channel();
     let follower = follow(
         vec![format!("ws://{}/ws", node.public)],
         topics.clone(),
         stop_rx,
+        subscribed_tx,
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    await_subscribed(&mut subscribed).await;
     relay.blackhole_pubsub(true);
     let started = tokio::time::Instant::now();
     eventually("the node to notice its pub/sub path is dead", async || {

@@ -232,12 +232,13 @@ async fn collect_subscribers(
     let mut unique = vec![0u64; topics];
     let (mut received, mut duplicated, mut out_of_order, mut connections, mut last) =
         (0, 0, 0, 0, start_us);
-    let mut slowest: HashMap<(usize, u64), u64> = HashMap::new();
+    // Per event: its fastest and slowest recipient in this process.
+    let mut extremes: HashMap<(usize, u64), (u64, u64)> = HashMap::new();
     for h in handles {
         if let Ok(Some(done)) = h.await {
             for (seq, us) in &done.each {
-                let e = slowest.entry((done.topic, *seq)).or_default();
-                *e = (*e).max(*us);
+                let e = extremes.entry((done.topic, *seq)).or_insert((u64::MAX, 0));
+                *e = (e.0.min(*us), e.1.max(*us));
             }
             connections += 1;
             subscribers[done.topic] += 1;
@@ -253,14 +254,15 @@ async fn collect_subscribers(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    // Shipped per event, so the parent takes the slowest over every
-    // process (the last recipient of the whole run).
-    let slowest = slowest
+    // Shipped per event, so the parent takes the fastest and the slowest
+    // over every process (the first and last recipients of the whole run).
+    let (fastest, slowest) = extremes
         .into_iter()
-        .map(|((topic, seq), us)| (topic as u32, seq, us))
-        .collect();
+        .map(|((topic, seq), (min, max))| ((topic as u32, seq, min), (topic as u32, seq, max)))
+        .unzip();
     Report {
         connections,
+        fastest,
         slowest,
         seconds: (last.saturating_sub(start_us)) as f64 / 1e6,
         delivery: Delivery {

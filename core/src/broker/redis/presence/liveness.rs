@@ -14,18 +14,24 @@ use crate::broker::redis::commands::{ScriptCall, as_text};
 use crate::broker::redis::scripts::channel;
 use crate::broker::{BrokerError, LeaveCause};
 
+/// The presence period and a ticker at it (late ticks delayed, not
+/// bunched), or `None` once the broker is gone.
+fn ticker(shared: &Weak<Shared>) -> Option<(std::time::Duration, tokio::time::Interval)> {
+    let period = shared.upgrade()?.timing.period;
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    Some((period, tick))
+}
+
 /// Renews incarnation `inc` until it lapses, then tells the worker.
 pub(super) async fn reporter(
     shared: Weak<Shared>,
     inc: String,
     worker: mpsc::WeakUnboundedSender<Op>,
 ) {
-    let period = match shared.upgrade() {
-        Some(s) => s.timing.period,
-        None => return,
+    let Some((period, mut tick)) = ticker(&shared) else {
+        return;
     };
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let Some(s) = shared.upgrade() else { return };
@@ -52,12 +58,9 @@ pub(super) async fn reporter(
 
 /// Claims lapsed incarnations and removes their members, every period.
 pub(super) async fn sweeper(shared: Weak<Shared>) {
-    let period = match shared.upgrade() {
-        Some(s) => s.timing.period,
-        None => return,
+    let Some((_, mut tick)) = ticker(&shared) else {
+        return;
     };
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let Some(s) = shared.upgrade() else { return };
