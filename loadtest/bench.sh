@@ -11,6 +11,10 @@
 #                                # measure the herald-gateway and herald-admin
 #                                # in DIR (another build, for a before/after
 #                                # comparison) with this tree's generator
+#   ONLY=latency loadtest/bench.sh
+#                                # just the low-rate latency rows (LAT_ROWS,
+#                                # "subscribers events/s" pairs), each with
+#                                # Node alongside
 #
 # Needs: cargo, redis-server, node + npm. Loopback only; every process it
 # starts is stopped when it exits.
