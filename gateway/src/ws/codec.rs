@@ -12,6 +12,10 @@
 //! so a bad message fails fast), binary data when not allowed (1008) and
 //! messages over the size limit (1009, refused from the frame header, before
 //! the payload is buffered).
+//!
+//! One file (about 650 lines, a third of them tests) on purpose: decoding and
+//! encoding share the frame layout, and the tests that cut input at every
+//! byte and pin every length encoding read best beside the code they check.
 
 use std::collections::VecDeque;
 
