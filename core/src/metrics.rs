@@ -435,6 +435,13 @@ impl Metrics {
         self.handshakes[result.index()].increment(1);
     }
 
+    /// Counts an event handed to a client's socket, `waited` after the node
+    /// received it (the session's writes and the hub's inline writes alike).
+    pub fn delivered(&self, waited: std::time::Duration) {
+        self.deliver_latency.record(waited.as_secs_f64());
+        self.delivered.increment(1);
+    }
+
     /// Counts dropped messages.
     pub fn dropped(&self, reason: DropReason, n: u64) {
         self.dropped[reason.index()].increment(n);

@@ -200,10 +200,7 @@ impl Outbox {
                 match socket.try_write(frame) {
                     Ok(n) if n == frame.len() => {
                         drop(s);
-                        metrics
-                            .deliver_latency
-                            .record(received.elapsed().as_secs_f64());
-                        metrics.delivered.increment(1);
+                        metrics.delivered(received.elapsed());
                         return Pushed::Written;
                     }
                     Ok(n) => started = u32::try_from(n).unwrap_or(0),

@@ -402,23 +402,17 @@ impl Report {
             format!("{what} p50 / p90 / p99 / p99.9 / max"),
             percentiles(l),
         ));
-        if let Some(l) = &self.handshake {
-            rows.push((
-                "connect (to 101, retries included) p50 / p90 / p99 / p99.9 / max".into(),
-                percentiles(l),
-            ));
-        }
-        if let Some(l) = &self.first_recipient {
-            rows.push((
-                "first recipient p50 / p90 / p99 / p99.9 / max".into(),
-                percentiles(l),
-            ));
-        }
-        if let Some(l) = &self.last_recipient {
-            rows.push((
-                "last recipient p50 / p90 / p99 / p99.9 / max".into(),
-                percentiles(l),
-            ));
+        for (label, l) in [
+            ("connect (to 101, retries included)", &self.handshake),
+            ("first recipient", &self.first_recipient),
+            ("last recipient", &self.last_recipient),
+        ] {
+            if let Some(l) = l {
+                rows.push((
+                    format!("{label} p50 / p90 / p99 / p99.9 / max"),
+                    percentiles(l),
+                ));
+            }
         }
         if let Some(pc) = &self.per_connection {
             rows.push((

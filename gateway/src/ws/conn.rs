@@ -215,7 +215,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
         }
         let now = Instant::now();
-        let mut delivered = 0;
         while let Some(front) = self.writing.front() {
             let left = front.frame.len() - self.offset;
             if written < left {
@@ -225,15 +224,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             written -= left;
             self.offset = 0;
             if let Some(received) = front.received {
-                metrics
-                    .deliver_latency
-                    .record(now.saturating_duration_since(received).as_secs_f64());
-                delivered += 1;
+                metrics.delivered(now.saturating_duration_since(received));
             }
             self.writing.pop_front();
-        }
-        if delivered > 0 {
-            metrics.delivered.increment(delivered);
         }
         if self.writing.is_empty() && self.writing.capacity() > 64 {
             self.writing = VecDeque::new();
