@@ -578,4 +578,34 @@ mod tests {
         }
         assert_eq!(a.close_requested(), Some(CloseCode::Restart));
     }
+
+    /// A failover fence reaching a node that has had no live event of the
+    /// topic yet: its sessions (positioned only by their `since`) are closed
+    /// with 1012 before the fenced epoch's first event can reach them, so
+    /// their clients recover from the old epoch and learn `recovered:false`.
+    #[tokio::test]
+    async fn a_fence_closes_sessions_before_the_new_epoch_reaches_them() {
+        use herald_core::EventSink;
+        let (hub, _, _) = setup();
+        let t = Topic::new("t").unwrap();
+        let a = Arc::new(Outbox::new(1, Arc::from("a"), 100));
+        hub.subscribe(&a, std::slice::from_ref(&t), |_| false)
+            .await
+            .unwrap();
+        drain(&a);
+        assert!(
+            lock(hub.registry().shard(&t))
+                .get(&t)
+                .unwrap()
+                .last
+                .is_none()
+        );
+        hub.registry().history_replaced(&t, 7);
+        hub.registry().deliver(&event(&t, 8, 1));
+        assert_eq!(a.close_requested(), Some(CloseCode::Restart));
+        assert!(
+            drain(&a).is_empty(),
+            "the new epoch's event is not delivered"
+        );
+    }
 }

@@ -379,8 +379,12 @@ impl EventSink for Registry {
             return;
         };
         // Sessions that followed the replaced epoch (or any: which one it
-        // was cannot be told) may have missed acknowledged events.
-        if entry.last.is_some() || entry.catching_up.is_some() {
+        // was cannot be told) may have missed acknowledged events. That
+        // includes sessions positioned only by their own `since` (recovered
+        // on a node that has had no live event of the topic yet): the fenced
+        // epoch's first event must not reach them, or their next `since`
+        // would be in the new epoch and the loss would go untold.
+        if !entry.subscribers.is_empty() || entry.last.is_some() || entry.catching_up.is_some() {
             debug!(topic = %topic, replaced = old, "history replaced after a redis failover");
             self.unrecoverable(topic, entry);
         }
