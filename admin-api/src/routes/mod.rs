@@ -307,7 +307,15 @@ async fn read_body(mut body: Body, limit: usize) -> Result<bytes::Bytes, ApiErro
     Ok(kept.freeze())
 }
 
+/// Every request body is a JSON object: serde would also read a struct
+/// from an array of its fields, which the document does not allow.
 fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "invalid JSON body: expected an object",
+        ));
+    }
     serde_json::from_slice(bytes)
         .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid JSON body: {e}")))
 }

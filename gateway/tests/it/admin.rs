@@ -52,6 +52,8 @@ async fn publish_validation() {
     let gw = TestGateway::spawn_with(|c| c.limits.max_message_size = 1024).await;
     let cases: Vec<(Option<String>, u16, &str)> = vec![
         (Some("not json".into()), 400, "bad_request"),
+        // A struct's fields as an array: serde would take it; the document does not.
+        (Some(json!(["news", 1]).to_string()), 400, "bad_request"),
         (Some(json!({"data": 1}).to_string()), 400, "bad_request"),
         (
             Some(json!({"topic": "news"}).to_string()),
