@@ -352,10 +352,10 @@ impl<B: Broker> Hub<B> {
 
 #[cfg(test)]
 mod tests {
-    use super::registry::{Order, order};
+    use super::registry::{CatchUp, Order, order};
     use super::*;
     use herald_core::config::HistoryConfig;
-    use herald_core::{Event, EventSink, Position};
+    use herald_core::{Event, EventSink, HistoryPage, Position};
     use herald_core::{MemoryBroker, Publication};
     use serde_json::value::RawValue;
     use std::collections::VecDeque;
@@ -417,10 +417,62 @@ mod tests {
         assert_eq!(order(l, Position { epoch: 7, seq: 2 }), Order::Duplicate);
         assert_eq!(order(l, Position { epoch: 7, seq: 8 }), Order::Gap(l));
         assert_eq!(order(l, Position { epoch: 8, seq: 1 }), Order::Next);
-        assert_eq!(
-            order(l, Position { epoch: 8, seq: 3 }),
-            Order::Gap(Some(Position { epoch: 8, seq: 0 }))
-        );
+        assert_eq!(order(l, Position { epoch: 8, seq: 3 }), Order::Gap(l));
+    }
+
+    /// A node that did not hear a new epoch's first event (it was
+    /// subscribing again after a Redis failover) meets the epoch at its
+    /// second: the catch-up starts from the old epoch, so a failover that
+    /// replaced it (and may have lost its tail) closes the sessions with
+    /// 1012, while a new epoch that replaced nothing is replayed from its
+    /// start.
+    #[tokio::test]
+    async fn a_new_epoch_met_past_its_start_is_checked_for_a_failover() {
+        for replaced in [Some(7), None] {
+            let (hub, _, _) = setup();
+            let t = Topic::new("t").unwrap();
+            let a = Arc::new(Outbox::new(1, Arc::from("a"), 100));
+            hub.subscribe(&a, std::slice::from_ref(&t), |_| false)
+                .await
+                .unwrap();
+            drain(&a);
+            let registry = hub.registry();
+            let last = Position { epoch: 7, seq: 5 };
+            let met = event(&t, 8, 2);
+            let Order::Gap(since) = order(Some(last), met.position) else {
+                panic!("a jump into a new epoch is a gap");
+            };
+            let generation = {
+                let mut shard = lock(registry.shard(&t));
+                let entry = shard.get_mut(&t).unwrap();
+                entry.last = Some(last);
+                entry.catching_up = Some(vec![met.clone()]);
+                entry.generation
+            };
+            // What history answers: `since` matched only in its own epoch.
+            let page = HistoryPage {
+                events: vec![event(&t, 8, 1), met],
+                recovered: since.is_some_and(|s| s.epoch == 8),
+                head: Some(Position { epoch: 8, seq: 2 }),
+                replaced,
+            };
+            let request = CatchUp {
+                topic: t.clone(),
+                generation,
+                since,
+            };
+            registry.finish_catch_up(&request, Ok(page));
+            match replaced {
+                Some(_) => {
+                    assert_eq!(a.close_requested(), Some(CloseCode::Restart));
+                    assert!(drain(&a).is_empty(), "nothing of the new epoch first");
+                }
+                None => {
+                    assert_eq!(a.close_requested(), None);
+                    assert_eq!(data(&drain(&a)), vec![1, 2], "the new epoch from its start");
+                }
+            }
+        }
     }
 
     #[tokio::test]

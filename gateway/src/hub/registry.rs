@@ -47,10 +47,12 @@ pub(super) fn order(last: Option<Position>, p: Position) -> Order {
         }
         // A new epoch: its history started over.
         Some(_) if p.seq == 1 => Order::Next,
-        Some(_) => Order::Gap(Some(Position {
-            epoch: p.epoch,
-            seq: 0,
-        })),
+        // Past a new epoch's start: catch up from the last event of the old
+        // one, so that the catch-up sees the epoch change and learns whether
+        // the new epoch replaced the old one after a failover (then the old
+        // epoch's tail may be lost, and the sessions are closed), which its
+        // first event would have said had this node heard it.
+        Some(l) => Order::Gap(Some(l)),
     }
 }
 

@@ -314,7 +314,21 @@ async fn scenario(url: &str, cluster: bool, durability: &str, fail: impl AsyncFn
     fail().await;
     let published = publisher.await.unwrap();
     stop_tx.send_replace(true);
-    if published.is_err() || std::env::var_os("HERALD_HA_LOGS").is_some() {
+    let mut clients = Vec::new();
+    if published.is_ok() {
+        for f in followers {
+            clients.push(f.await.unwrap());
+        }
+    }
+    // The verdict, with the services' logs when it fails.
+    let verdict = published.and_then(|acked| {
+        std::panic::catch_unwind(|| check(durability, &topics, &acked, &clients)).map_err(|e| {
+            e.downcast_ref::<String>()
+                .cloned()
+                .unwrap_or_else(|| "the check failed".to_owned())
+        })
+    });
+    if verdict.is_err() || std::env::var_os("HERALD_HA_LOGS").is_some() {
         admin_proc.signal("TERM");
         for line in admin_proc.drain_lines() {
             eprintln!("admin: {line}");
@@ -325,13 +339,14 @@ async fn scenario(url: &str, cluster: bool, durability: &str, fail: impl AsyncFn
                 eprintln!("n{}: {line}", i + 1);
             }
         }
+        for (i, c) in clients.iter().enumerate() {
+            eprintln!(
+                "client {i}: connects {}, closes {:?}, errors {:?}, recovered {:?}",
+                c.connects, c.closes, c.errors, c.recovered
+            );
+        }
     }
-    let acked = published.unwrap_or_else(|e| panic!("{e}"));
-    let mut clients = Vec::new();
-    for f in followers {
-        clients.push(f.await.unwrap());
-    }
-    check(durability, &topics, &acked, &clients);
+    verdict.unwrap_or_else(|e| panic!("{e}"));
 }
 
 async fn sentinel_failover(durability: &str) {
