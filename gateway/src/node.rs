@@ -131,6 +131,8 @@ impl Node {
             (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
             _ => None,
         };
+        // Process-wide: the last node made in a process decides.
+        crate::ws::uring::set_enabled(config.listeners.io_uring);
         let metrics = Metrics::new(&config.node.id);
         let registry = Arc::new(Registry::new(metrics.clone()));
         let settings = BrokerSettings {

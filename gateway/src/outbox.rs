@@ -22,7 +22,9 @@
 //! the hub's pace allows it (`crate::hub` pace: only while the node is not
 //! busy, where the queue's batching is worth more), the
 //! pusher writes the frame to the socket itself, under the outbox lock,
-//! with one non-blocking `write`: a quiet topic's event reaches the client
+//! with one non-blocking `write` (a fan-out sends to a batch of sockets at
+//! once, each outbox held by a [`Claim`] until its send has completed: see
+//! `crate::hub`'s inline writes): a quiet topic's event reaches the client
 //! without a task wake-up and a scheduling round per subscriber. Whatever
 //! the socket does not take at once (a full send buffer, a partial write,
 //! an error) is queued as before and the task is woken, so a slow client
@@ -34,7 +36,7 @@
 //! stream is never cut mid-frame.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::task::{Context, Waker};
 use std::time::Instant;
 
@@ -67,6 +69,12 @@ struct State {
 }
 
 impl State {
+    /// Whether an event can go straight to the socket: nothing queued, and
+    /// the task holds nothing it took and has not written.
+    fn writable_inline(&self) -> bool {
+        !self.busy && self.queue.is_empty()
+    }
+
     /// Discards the queue (its memory too), except a frame already started,
     /// which must be finished before anything else is written; returns how
     /// many events were discarded.
@@ -100,6 +108,47 @@ pub enum Pushed {
     Overflow(usize),
     /// The connection is closing; the event was not queued.
     Closed,
+}
+
+/// What [`Outbox::try_claim`] did.
+#[derive(Debug)]
+pub enum Claimed<'a> {
+    /// Locked, nothing ahead of the event: write it, then [`Claim::finish`].
+    Inline(Claim<'a>),
+    /// Settled at once (queued, overflowed, or the connection closing).
+    Done(Pushed),
+    /// Another thread holds the lock.
+    Contended,
+}
+
+/// An outbox locked for an inline write: nothing queued, the task not
+/// writing, the connection open. The lock is held until [`Claim::finish`],
+/// so nothing else writes to the socket meanwhile.
+#[derive(Debug)]
+pub struct Claim<'a> {
+    outbox: &'a Outbox,
+    socket: &'a TcpStream,
+    state: MutexGuard<'a, State>,
+}
+
+impl<'a> Claim<'a> {
+    /// The socket to write the event to.
+    pub fn socket(&self) -> &'a TcpStream {
+        self.socket
+    }
+
+    /// Ends the push after the socket took `written` bytes of `frame`: see
+    /// [`Outbox::push_event`].
+    pub fn finish(
+        self,
+        frame: &Bytes,
+        received: Instant,
+        written: usize,
+        metrics: &Metrics,
+    ) -> Pushed {
+        self.outbox
+            .settle(self.state, frame, received, written, metrics)
+    }
 }
 
 /// What [`Outbox::drain_replies`] leaves to write before a Close.
@@ -183,48 +232,82 @@ impl Outbox {
         metrics: &Metrics,
         inline: bool,
     ) -> Pushed {
-        let waker;
-        let result;
-        {
-            let mut s = self.lock();
-            if s.close.is_some() {
-                return Pushed::Closed;
-            }
-            let mut started = 0;
-            if inline
-                && let Some(socket) = &self.socket
-                && !s.busy
-                && s.queue.is_empty()
-            {
-                // An error or a full buffer: the task meets it again.
-                match socket.try_write(frame) {
-                    Ok(n) if n == frame.len() => {
-                        drop(s);
-                        metrics.delivered(received.elapsed());
-                        return Pushed::Written;
-                    }
-                    Ok(n) => started = u32::try_from(n).unwrap_or(0),
-                    Err(_) => {}
-                }
-            }
-            if s.events >= self.limit && started == 0 {
-                let dropped = s.discard() + 1;
-                s.close = Some(CloseCode::SlowConsumer);
-                result = Pushed::Overflow(dropped);
-            } else {
-                s.queue.push_back(Item {
-                    frame: frame.clone(),
-                    received: Some(received),
-                });
-                s.events += 1;
-                if started > 0 {
-                    // The new head, cut by the socket.
-                    s.started = started;
-                }
-                result = Pushed::Queued;
-            }
-            waker = s.waker.take();
+        let s = self.lock();
+        if s.close.is_some() {
+            return Pushed::Closed;
         }
+        let mut written = 0;
+        if inline
+            && let Some(socket) = &self.socket
+            && s.writable_inline()
+        {
+            // An error or a full buffer: the task meets it again.
+            written = socket.try_write(frame).unwrap_or(0);
+        }
+        self.settle(s, frame, received, written, metrics)
+    }
+
+    /// Locks the outbox for an inline write as part of a batch, without
+    /// waiting: [`Claimed::Contended`] when another thread holds the lock
+    /// (the caller must then release every claim it holds before it
+    /// [`push_event`](Outbox::push_event)s, so no two threads ever wait on
+    /// each other); the event queued (or refused) at once when it cannot be
+    /// written inline.
+    pub fn try_claim(&self, frame: &Bytes, received: Instant, metrics: &Metrics) -> Claimed<'_> {
+        let s = match self.state.try_lock() {
+            Ok(s) => s,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return Claimed::Contended,
+        };
+        if s.close.is_some() {
+            return Claimed::Done(Pushed::Closed);
+        }
+        match &self.socket {
+            Some(socket) if s.writable_inline() => Claimed::Inline(Claim {
+                outbox: self,
+                socket,
+                state: s,
+            }),
+            _ => Claimed::Done(self.settle(s, frame, received, 0, metrics)),
+        }
+    }
+
+    /// Ends a push under the lock: counts the event delivered when the
+    /// socket took all of `frame`, queues it otherwise (cut after `written`
+    /// bytes, if any), enforcing the slow-consumer bound, and wakes the
+    /// task.
+    fn settle(
+        &self,
+        mut s: MutexGuard<'_, State>,
+        frame: &Bytes,
+        received: Instant,
+        written: usize,
+        metrics: &Metrics,
+    ) -> Pushed {
+        if written > 0 && written >= frame.len() {
+            drop(s);
+            metrics.delivered(received.elapsed());
+            return Pushed::Written;
+        }
+        let started = u32::try_from(written).unwrap_or(0);
+        let result = if s.events >= self.limit && started == 0 {
+            let dropped = s.discard() + 1;
+            s.close = Some(CloseCode::SlowConsumer);
+            Pushed::Overflow(dropped)
+        } else {
+            s.queue.push_back(Item {
+                frame: frame.clone(),
+                received: Some(received),
+            });
+            s.events += 1;
+            if started > 0 {
+                // The new head, cut by the socket.
+                s.started = started;
+            }
+            Pushed::Queued
+        };
+        let waker = s.waker.take();
+        drop(s);
         if let Some(w) = waker {
             w.wake();
         }

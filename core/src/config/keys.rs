@@ -263,6 +263,12 @@ pub static KEYS: &[KeySpec] = &[
         "kernel accept queue of the public listener; 0 = the system maximum (net.core.somaxconn)",
     ),
     key(
+        "io_uring",
+        Kind::Bool,
+        Some("true"),
+        "on Linux, send a quiet topic's inline writes through io_uring (one system call per 64 sockets); false: one send per socket",
+    ),
+    key(
         "compression",
         Kind::Bool,
         Some("false"),

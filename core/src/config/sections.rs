@@ -79,6 +79,10 @@ pub struct ListenersConfig {
     /// system maximum.
     #[serde(deserialize_with = "count")]
     pub listen_backlog: u32,
+    /// `io_uring`: batch a fan-out's inline writes through io_uring where
+    /// the kernel offers it.
+    #[serde(deserialize_with = "boolean")]
+    pub io_uring: bool,
 }
 
 impl Section for ListenersConfig {

@@ -31,6 +31,7 @@
 //! [`recovery`] (replays with `since`, shared history reads) and [`pace`]
 //! (when a fan-out writes to sockets inline).
 
+mod inline;
 mod pace;
 mod recovery;
 mod registry;

@@ -1,10 +1,11 @@
 //! When the hub writes events to sockets inline and when it queues them.
 //!
-//! An inline write ([`crate::outbox::Outbox::push_event`]) saves a quiet
-//! connection a task wake-up and a scheduling round, which is what the
-//! first and the median recipient of a broadcast feel. But it is one
-//! `write` per event per subscriber, while the queue lets a busy connection
-//! take several events in one vectored write. Measured on a 2-core machine
+//! An inline write (the fan-out writing to the socket itself, 64 sockets
+//! per system call where `io_uring` is available: see `hub::inline`)
+//! saves a quiet connection a task wake-up and a scheduling round, which is
+//! what the first and the median recipient of a broadcast feel. But it is
+//! one send per event per subscriber, while the queue lets a busy
+//! connection take several events in one vectored write. Measured on a 2-core machine
 //! (docs/benchmarks.md): inline writes for every delivery cut server CPU per
 //! delivery at 50,000 deliveries/s by 13 %, and cut the maximum broadcast
 //! from 974,000 to 172,000 deliveries/s.

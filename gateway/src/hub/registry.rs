@@ -16,6 +16,7 @@ use herald_protocol::{CloseCode, Topic};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use super::inline::InlineWrites;
 use super::pace::Pace;
 use super::{MAX_HELD, TOPIC_SHARDS, lock};
 use crate::outbox::{Outbox, Pushed};
@@ -187,6 +188,7 @@ impl Registry {
         for event in events {
             // Encoded once per node (and per compression window in use).
             let mut frames = FrameCache::new(&event.json);
+            let mut writes = InlineWrites::new(received, &self.metrics);
             for sub in entry.subscribers.values_mut() {
                 match &mut sub.feed {
                     Feed::Live => {}
@@ -202,14 +204,17 @@ impl Registry {
                     }
                     Feed::Ahead(_) => sub.feed = Feed::Live,
                 }
+                let sub = &*sub;
                 let frame = frames.for_connection(sub.outbox.deflate);
-                if let Pushed::Overflow(n) =
-                    sub.outbox
-                        .push_event(frame, received, &self.metrics, inline)
+                if inline {
+                    writes.push(&sub.outbox, frame);
+                } else if let Pushed::Overflow(n) =
+                    sub.outbox.push_event(frame, received, &self.metrics, false)
                 {
                     overflowed += n as u64;
                 }
             }
+            overflowed += writes.finish();
             entry.last = Some(event.position);
         }
         if overflowed > 0 {

@@ -12,6 +12,7 @@ pub mod deflate;
 pub mod echo;
 pub mod handshake;
 pub mod tcp;
+pub mod uring;
 
 use std::sync::Arc;
 
