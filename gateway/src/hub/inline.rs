@@ -1,5 +1,6 @@
 //! A fan-out's inline writes, gathered [`BATCH`] subscribers at a time and
-//! sent in one submission ([`crate::ws::uring`]).
+//! sent in one submission ([`crate::ws::uring`]); the first subscriber's
+//! alone, so the first recipient waits for no batch.
 //!
 //! Each gathered subscriber's outbox stays locked ([`Claim`]) from the
 //! moment it is found writable until its write has completed and its
@@ -30,6 +31,9 @@ use crate::ws::uring::{self, BATCH};
 /// The claimed subscribers of one event's fan-out, not yet written.
 pub(super) struct InlineWrites<'a, 'm> {
     claims: SmallVec<[(Claim<'a>, Bytes); BATCH]>,
+    /// Claims gathered before a flush: 1 for the first (the first
+    /// recipient does not wait for 63 others), then [`BATCH`].
+    limit: usize,
     received: Instant,
     metrics: &'m Metrics,
     /// Events discarded by slow-consumer overflows meanwhile.
@@ -41,6 +45,7 @@ impl<'a, 'm> InlineWrites<'a, 'm> {
     pub(super) fn new(received: Instant, metrics: &'m Metrics) -> Self {
         InlineWrites {
             claims: SmallVec::new(),
+            limit: 1,
             received,
             metrics,
             overflowed: 0,
@@ -53,7 +58,7 @@ impl<'a, 'm> InlineWrites<'a, 'm> {
         match outbox.try_claim(frame, self.received, self.metrics) {
             Claimed::Inline(claim) => {
                 self.claims.push((claim, frame.clone()));
-                if self.claims.len() == BATCH {
+                if self.claims.len() >= self.limit {
                     self.flush();
                 }
             }
@@ -72,6 +77,7 @@ impl<'a, 'm> InlineWrites<'a, 'm> {
         if self.claims.is_empty() {
             return;
         }
+        self.limit = BATCH;
         let mut written = [0usize; BATCH];
         {
             let sends: SmallVec<[(&TcpStream, &[u8]); BATCH]> = self
