@@ -400,6 +400,16 @@ mod tests {
             .collect()
     }
 
+    /// A session subscribed to `t`, with nothing left queued.
+    async fn subscribed(hub: &Hub<MemoryBroker>, t: &Topic) -> Arc<Outbox> {
+        let a = Arc::new(Outbox::new(1, Arc::from("a"), 100));
+        hub.subscribe(&a, std::slice::from_ref(t), |_| false)
+            .await
+            .unwrap();
+        drain(&a);
+        a
+    }
+
     fn data(frames: &[serde_json::Value]) -> Vec<u64> {
         frames.iter().map(|f| f["data"].as_u64().unwrap()).collect()
     }
@@ -432,11 +442,7 @@ mod tests {
         for replaced in [Some(7), None] {
             let (hub, _, _) = setup();
             let t = Topic::new("t").unwrap();
-            let a = Arc::new(Outbox::new(1, Arc::from("a"), 100));
-            hub.subscribe(&a, std::slice::from_ref(&t), |_| false)
-                .await
-                .unwrap();
-            drain(&a);
+            let a = subscribed(&hub, &t).await;
             let registry = hub.registry();
             let last = Position { epoch: 7, seq: 5 };
             let met = event(&t, 8, 2);
@@ -641,11 +647,7 @@ mod tests {
         use herald_core::EventSink;
         let (hub, _, _) = setup();
         let t = Topic::new("t").unwrap();
-        let a = Arc::new(Outbox::new(1, Arc::from("a"), 100));
-        hub.subscribe(&a, std::slice::from_ref(&t), |_| false)
-            .await
-            .unwrap();
-        drain(&a);
+        let a = subscribed(&hub, &t).await;
         assert!(
             lock(hub.registry().shard(&t))
                 .get(&t)

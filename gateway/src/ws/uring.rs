@@ -64,8 +64,8 @@ pub fn write_each(sends: &[(&TcpStream, &[u8])], written: &mut [usize]) {
     }
 }
 
-/// Whether this thread writes through `io_uring` (after its first
-/// [`write_each`]); for tests and the startup log.
+/// Whether this thread writes through `io_uring` (known after its first
+/// [`write_each`]), for tests.
 pub fn in_use() -> bool {
     #[cfg(target_os = "linux")]
     return ring::in_use();
