@@ -264,7 +264,7 @@ impl<B: Broker> Hub<B> {
     /// Subscribes the session to `topic` (or keeps it subscribed) and replays
     /// the events after `since` before any live one; returns whether `since`
     /// could be recovered. When it could not, nothing is replayed and live
-    /// delivery starts.
+    /// delivery starts. [`Hub::hold`] then [`Hub::recover`].
     ///
     /// # Errors
     /// The broker's error when the subscription cannot go live; a session that
@@ -277,6 +277,27 @@ impl<B: Broker> Hub<B> {
         already: bool,
         sees: bool,
     ) -> Result<bool, BrokerError> {
+        self.hold(outbox, topic, already, sees).await?;
+        Ok(self.recover(outbox, topic, since).await)
+    }
+
+    /// The first half of a recovery: subscribes the session to `topic` (or
+    /// keeps it subscribed, `already`) with its live events of the topic
+    /// held back, and waits until the topic is live on the broker. Nothing
+    /// of the topic reaches the session until [`Hub::recover`] or
+    /// [`Hub::release`], so a request that fails on another topic can be
+    /// undone before the client has seen anything it asked for.
+    ///
+    /// # Errors
+    /// The broker's error; the session is then as before (not subscribed,
+    /// or subscribed and released).
+    pub async fn hold(
+        &self,
+        outbox: &Arc<Outbox>,
+        topic: &Topic,
+        already: bool,
+        sees: bool,
+    ) -> Result<(), BrokerError> {
         let (ready, created) = self.register(outbox, topic, true, sees);
         if let Err(e) = self.confirm(topic, ready, created).await {
             if already {
@@ -286,9 +307,15 @@ impl<B: Broker> Hub<B> {
             }
             return Err(e);
         }
+        Ok(())
+    }
+
+    /// The second half: replays history after `since` to a session
+    /// [`Hub::hold`] holds, then its held events, then lets live events
+    /// through; returns whether `since` could be recovered.
+    pub async fn recover(&self, outbox: &Arc<Outbox>, topic: &Topic, since: &str) -> bool {
         let page = self.history(topic, since).await;
-        let recovered = self.merge(outbox, topic, since, page);
-        Ok(recovered)
+        self.merge(outbox, topic, since, page)
     }
 
     /// Removes the session from `topics`; topics it did not have are ignored.
@@ -429,6 +456,23 @@ mod tests {
         assert_eq!(order(l, Position { epoch: 7, seq: 8 }), Order::Gap(l));
         assert_eq!(order(l, Position { epoch: 8, seq: 1 }), Order::Next);
         assert_eq!(order(l, Position { epoch: 8, seq: 3 }), Order::Gap(l));
+    }
+
+    /// A subscribe request with `since` holds each topic back until all of
+    /// them are live on the broker: a request that then fails lets nothing
+    /// through that its client would take as a position to recover from.
+    #[tokio::test]
+    async fn a_held_topic_lets_nothing_through_until_recovered_or_released() {
+        let (hub, broker, _) = setup();
+        let t = Topic::new("t").unwrap();
+        let a = Arc::new(Outbox::new(1, Arc::from("a"), 100));
+        hub.hold(&a, &t, false, false).await.unwrap();
+        broker.publish(vec![publication(&t, 1)]).await.unwrap();
+        assert!(drain(&a).is_empty(), "held back");
+        hub.release(&a, &t);
+        assert_eq!(data(&drain(&a)), vec![1], "released: what was held");
+        broker.publish(vec![publication(&t, 2)]).await.unwrap();
+        assert_eq!(data(&drain(&a)), vec![2], "then live");
     }
 
     /// A node that did not hear a new epoch's first event (it was

@@ -21,8 +21,8 @@ pub(super) type SharedRead = watch::Receiver<Option<Result<HistoryPage, BrokerEr
 
 impl<B: Broker> Hub<B> {
     /// Stops holding the session's live events of `topic`, delivering what
-    /// was held.
-    pub(super) fn release(&self, outbox: &Arc<Outbox>, topic: &Topic) {
+    /// was held (a [`Hub::hold`] undone).
+    pub fn release(&self, outbox: &Arc<Outbox>, topic: &Topic) {
         self.merge(
             outbox,
             topic,

@@ -90,25 +90,36 @@ impl Session {
         let hub = &self.node.hub;
         let sees = |t: &Topic| self.sees_presence(t);
         let failed = hub.subscribe(&self.outbox, &plain_new, sees).await.err();
-        let results = if failed.is_none() {
+        let outbox = &self.outbox;
+        // Recovering topics are held back until every topic of the request
+        // is live: a request that fails must not have let through events it
+        // would not report (the client would take their ids as its next
+        // `since` and never learn `recovered:false`).
+        let holds = if failed.is_none() {
             let held = &self.topics;
-            let outbox = &self.outbox;
-            futures_util::future::join_all(recovering.iter().map(|t| {
-                let from = since.get(t.as_str()).map_or("", String::as_str);
-                hub.subscribe_from(outbox, t, from, held.contains(*t), sees(t))
-            }))
+            futures_util::future::join_all(
+                recovering
+                    .iter()
+                    .map(|t| hub.hold(outbox, t, held.contains(*t), sees(t))),
+            )
             .await
         } else {
             Vec::new()
         };
-        let failed = failed.or_else(|| results.iter().find_map(|r| r.as_ref().err().cloned()));
+        let failed = failed.or_else(|| holds.iter().find_map(|r| r.as_ref().err().cloned()));
         let recovering_new: Vec<Topic> = recovering
             .iter()
             .filter(|t| !self.topics.contains(**t))
             .map(|t| (*t).clone())
             .collect();
         if let Some(e) = failed {
-            // All or nothing: drop whatever this request added.
+            // All or nothing: drop whatever this request added, and let
+            // through what it held back of topics the session had before.
+            for (t, hold) in recovering.iter().zip(&holds) {
+                if hold.is_ok() && self.topics.contains(*t) {
+                    hub.release(outbox, t);
+                }
+            }
             hub.unsubscribe(&self.outbox, plain_new.iter().chain(&recovering_new));
             self.leave_presence(plain_new.iter().chain(&recovering_new), None);
             debug!(error = %e, "subscribe failed in the broker");
@@ -120,10 +131,15 @@ impl Session {
             );
             return;
         }
+        let results = futures_util::future::join_all(recovering.iter().map(|t| {
+            let from = since.get(t.as_str()).map_or("", String::as_str);
+            hub.recover(outbox, t, from)
+        }))
+        .await;
         let recovered: BTreeMap<&str, bool> = recovering
             .iter()
             .zip(&results)
-            .map(|(t, r)| (t.as_str(), matches!(r, Ok(true))))
+            .map(|(t, r)| (t.as_str(), *r))
             .collect();
         let names: Vec<&str> = topics.iter().map(Topic::as_str).collect();
         self.reply(&ServerFrame::Subscribed {
