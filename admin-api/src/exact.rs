@@ -238,7 +238,7 @@ const STATUSES: &[(&str, &str, &str, &str)] = &[
         "/v1/topics/{topic}/presence",
         "get",
         "400",
-        "bad_request (the topic is not tracked for presence) or invalid_topic",
+        "bad_request (the topic is not tracked for presence, limit, cursor) or invalid_topic",
     ),
     ("/v1/disconnect", "post", "400", "bad_request"),
     ("/v1/disconnect", "post", "413", "too_large"),
@@ -320,7 +320,7 @@ fn fix_parameter(p: &mut Value, path: &str, presence_regex: Option<&str>) {
             }
             p["schema"] = schema;
         }
-        Some("since") => {
+        Some("since" | "cursor") => {
             p["in"] = json!("query");
             p["required"] = json!(false);
             p["schema"] = json!({"type": "string"});

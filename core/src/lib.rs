@@ -16,7 +16,8 @@ pub mod publication;
 pub use broker::memory::MemoryBroker;
 pub use broker::{
     AnyBroker, Backend, Broker, BrokerError, BrokerSettings, Change, Event, EventSink, HistoryPage,
-    LeaveCause, Member, NoSink, NodeControl, NodeStats, Position, Publication, Ready, Revocation,
+    LeaveCause, Member, MemberPage, NoSink, NodeControl, NodeStats, Position, Publication, Ready,
+    Revocation,
 };
 pub use config::{Config, ConfigError, Secret};
 pub use metrics::Metrics;

@@ -191,6 +191,9 @@ pub struct Metrics {
     pub handshakes_pending: Level64,
     /// Public connections refused on accept because too many were pending.
     pub connections_shed: Counter,
+    /// Pending connections closed to make room, because they waited longest
+    /// on their client (contract §10.8).
+    pub handshakes_evicted: Counter,
     /// `accept` calls that failed (out of file descriptors, say).
     pub accept_errors: Counter,
 }
@@ -354,7 +357,12 @@ impl Metrics {
         describe(
             Kind::Counter,
             "herald_connections_shed_total",
-            "Public connections refused at accept (503 with Retry-After, or a close under TLS) because limits.max_pending_handshakes were pending.",
+            "Public connections refused at accept (503 with Retry-After, or a close under TLS) because limits.max_pending_handshakes were pending, each being worked on.",
+        );
+        describe(
+            Kind::Counter,
+            "herald_handshakes_evicted_total",
+            "Pending public connections closed to make room for a new one, because they waited longest on their client without completing a request (idle sockets, slow-loris).",
         );
         describe(
             Kind::Counter,
@@ -410,6 +418,7 @@ impl Metrics {
             presence_lapses: counter("herald_presence_lapses_total", &[]),
             handshakes_pending: Level64::new(gauge("herald_handshakes_pending", &[])),
             connections_shed: counter("herald_connections_shed_total", &[]),
+            handshakes_evicted: counter("herald_handshakes_evicted_total", &[]),
             accept_errors: counter("herald_accept_errors_total", &[]),
             handle,
             recorder,

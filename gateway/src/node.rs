@@ -73,25 +73,17 @@ impl NodeControl for Control {
         self.0.upgrade().map_or(0, |node| node.hub.disconnect(sub))
     }
 
+    fn revocations_loaded(&self) {
+        if let Some(node) = self.0.upgrade() {
+            node.revocations.set_loaded();
+        }
+    }
+
     fn revoke(&self, revocation: &Revocation) -> usize {
         self.0.upgrade().map_or(0, |node| {
             node.revocations.add(revocation);
             node.hub.revoke(revocation)
         })
-    }
-
-    fn users(&self) -> Vec<(Arc<str>, usize)> {
-        let Some(node) = self.0.upgrade() else {
-            return Vec::new();
-        };
-        if node.config.limits.max_connections_per_user == 0 {
-            return Vec::new();
-        }
-        let mut counts: std::collections::HashMap<Arc<str>, usize> = Default::default();
-        for outbox in node.hub.all_sessions() {
-            *counts.entry(outbox.sub.clone()).or_default() += 1;
-        }
-        counts.into_iter().collect()
     }
 
     fn members(&self) -> Vec<(Topic, Member)> {

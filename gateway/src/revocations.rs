@@ -80,6 +80,9 @@ struct Records {
 #[derive(Default)]
 pub struct Revocations {
     records: RwLock<Records>,
+    /// Whether the stored list was applied at least once (contract §10.8):
+    /// until then the node admits no token.
+    loaded: std::sync::atomic::AtomicBool,
 }
 
 fn now_s() -> u64 {
@@ -111,6 +114,17 @@ impl Revocations {
             }
             _ => false,
         }
+    }
+
+    /// The stored list has been applied: tokens may be admitted.
+    pub fn set_loaded(&self) {
+        self.loaded
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether the stored list has been applied since the node started.
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Whether a token of `sub` with `jti` and `iat` is revoked now.

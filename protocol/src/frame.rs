@@ -79,8 +79,22 @@ pub enum ClientFrame<'a> {
         /// The fresh JWT.
         token: String,
     },
-    /// Ask who is present on a topic.
+    /// Ask who is present on a topic, a page at a time.
     Presence {
+        /// Echoed in the reply.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+        /// Topic name, unchecked.
+        topic: String,
+        /// Most members in the reply (1–1000, default 100), unchecked.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        limit: Option<u64>,
+        /// A previous reply's `next_cursor`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cursor: Option<String>,
+    },
+    /// Ask how many are present on a topic.
+    PresenceStats {
         /// Echoed in the reply.
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<String>,
@@ -104,7 +118,8 @@ impl ClientFrame<'_> {
             | ClientFrame::Publish { reference, .. }
             | ClientFrame::Ping { reference }
             | ClientFrame::Auth { reference, .. }
-            | ClientFrame::Presence { reference, .. } => reference.as_deref(),
+            | ClientFrame::Presence { reference, .. }
+            | ClientFrame::PresenceStats { reference, .. } => reference.as_deref(),
         }
     }
 }
@@ -136,6 +151,10 @@ struct RawFrame<'a> {
     token: Option<String>,
     #[serde(default)]
     since: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    limit: Option<u64>,
+    #[serde(default)]
+    cursor: Option<String>,
 }
 
 /// Treats a present `null` as present: only a missing field is missing.
@@ -220,6 +239,14 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame<'_>, FrameError> {
             topic: raw
                 .topic
                 .ok_or_else(|| missing(reference.clone(), "presence", "topic"))?,
+            limit: raw.limit,
+            cursor: raw.cursor,
+            reference,
+        }),
+        "presence_stats" => Ok(ClientFrame::PresenceStats {
+            topic: raw
+                .topic
+                .ok_or_else(|| missing(reference.clone(), "presence_stats", "topic"))?,
             reference,
         }),
         other => Err(FrameError {
@@ -254,6 +281,9 @@ pub enum ServerFrame<'a> {
         /// Per topic of `since`: whether the missed messages were replayed.
         #[serde(skip_serializing_if = "Option::is_none")]
         recovered: Option<&'a BTreeMap<&'a str, bool>>,
+        /// Per topic: where the client stands, a valid `since` (the last
+        /// event it was given, or the topic's position before any).
+        positions: &'a BTreeMap<&'a str, String>,
     },
     /// Reply to `unsubscribe`, or notice that a refreshed token lost topics.
     Unsubscribed {
@@ -305,15 +335,32 @@ pub enum ServerFrame<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         topic: Option<&'a str>,
     },
-    /// Reply to `presence`: the topic's members.
+    /// Reply to `presence`: a page of the topic's members.
     Presence {
         /// The client's ref.
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<&'a str>,
         /// The topic asked about.
         topic: &'a str,
-        /// Its members, oldest first.
+        /// At most the asked `limit` of its members.
         members: &'a [PublicMember<'a>],
+        /// Every member, across all pages.
+        count: u64,
+        /// Present when more members remain: the next request's `cursor`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        next_cursor: Option<&'a str>,
+    },
+    /// Reply to `presence_stats`.
+    PresenceStats {
+        /// The client's ref.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+        /// The topic asked about.
+        topic: &'a str,
+        /// Sessions present.
+        count: u64,
+        /// Distinct `sub`s among them.
+        users: u64,
     },
     /// A session joined a presence topic the client is subscribed to.
     Join {
@@ -436,6 +483,12 @@ mod tests {
             ClientFrame::Presence {
                 reference: Some("7".into()),
                 topic: "chat.room-1".into(),
+                limit: Some(10),
+                cursor: Some("3:s1".into()),
+            },
+            ClientFrame::PresenceStats {
+                reference: Some("8".into()),
+                topic: "chat.room-1".into(),
             },
         ];
         for frame in &frames {
@@ -462,10 +515,22 @@ mod tests {
             reference: Some("7"),
             topic: "chat.room-1",
             members: &[member.public()],
+            count: 1,
+            next_cursor: None,
         };
         assert_eq!(
             reply.to_json(),
-            r#"{"type":"presence","ref":"7","topic":"chat.room-1","members":[{"sub":"alice","session":"s1","since":1767222000123}]}"#
+            r#"{"type":"presence","ref":"7","topic":"chat.room-1","members":[{"sub":"alice","session":"s1","since":1767222000123}],"count":1}"#
+        );
+        let stats = ServerFrame::PresenceStats {
+            reference: Some("8"),
+            topic: "t",
+            count: 3,
+            users: 2,
+        };
+        assert_eq!(
+            stats.to_json(),
+            r#"{"type":"presence_stats","ref":"8","topic":"t","count":3,"users":2}"#
         );
         let join = ServerFrame::Join {
             topic: "chat.room-1",

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use crate::AdminState;
 
 /// `s` as a whole number, written `7` or `7.0` (an integer to JSON Schema).
-fn whole_number(s: &str) -> Option<usize> {
+pub(super) fn whole_number(s: &str) -> Option<usize> {
     s.parse::<usize>().ok().or_else(|| {
         let f: f64 = s.parse().ok()?;
         (f.is_finite() && f >= 0.0 && f.fract() == 0.0 && f <= 1e9).then_some(f as usize)

@@ -124,12 +124,13 @@ async fn require_key(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let method = request.method().as_str().to_ascii_lowercase();
-    let spec = request.extensions().get::<MatchedPath>().and_then(|p| {
-        ROUTES
-            .iter()
-            .find(|r| r.path == p.as_str() && r.method == method)
-    });
+    // The route is found by its path alone: each path has one scope, so
+    // every method the router serves on it (HEAD, which axum answers with
+    // the GET handler, included) is held to that scope (contract §10.8).
+    let spec = request
+        .extensions()
+        .get::<MatchedPath>()
+        .and_then(|p| ROUTES.iter().find(|r| r.path == p.as_str()));
     let route = spec.map_or("other", |r| r.path);
     let (name, response) = match bearer(request.headers()).map(|k| find_key(&state.keys, k)) {
         None => (

@@ -90,25 +90,45 @@ pub struct RevokeResponse {
 }
 
 /// A time in Unix seconds: a JSON integer from 0 to 2^53 − 1 (the range
-/// every JSON reader holds exactly, as the document says), written with or
-/// without a fraction of zero (`5`, `5.0`).
+/// every JSON reader holds exactly, as the document says), written as an
+/// integer, with a fraction of zeros (`5.0`) or with an exponent (`5e3`):
+/// JSON Schema's "integer" is any number whose value is whole.
 fn unix_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     use serde::de::Error;
-    const MAX: u64 = (1 << 53) - 1;
-    let n = serde_json::Number::deserialize(d)?;
-    let v = match (n.as_u64(), n.as_f64()) {
-        (Some(v), _) => Some(v),
-        (None, Some(f)) if f.is_finite() && f >= 0.0 && f.fract() == 0.0 && f <= MAX as f64 => {
-            Some(f as u64)
-        }
-        _ => None,
-    };
-    match v {
-        Some(v) if v <= MAX => Ok(Some(v)),
-        _ => Err(D::Error::custom(format!(
-            "{n} is not a time in whole seconds from 0 to {MAX}"
-        ))),
+    let raw = <&serde_json::value::RawValue>::deserialize(d)?;
+    whole_seconds(raw.get()).map(Some).ok_or_else(|| {
+        D::Error::custom(format!(
+            "{} is not a time in whole seconds from 0 to {MAX_SECONDS}",
+            raw.get()
+        ))
+    })
+}
+
+/// The largest time accepted: 2^53 − 1.
+const MAX_SECONDS: u64 = (1 << 53) - 1;
+
+/// The whole number a JSON number's text is, read exactly (serde_json's
+/// own float reading may be a unit off in the last place, which refused
+/// `2251799813685247.0`).
+fn whole_seconds(text: &str) -> Option<u64> {
+    let text = text.trim();
+    if let Ok(v) = text.parse::<u64>() {
+        return (v <= MAX_SECONDS).then_some(v);
     }
+    let mantissa = text.split(['e', 'E']).next().unwrap_or(text);
+    if !text.contains(['e', 'E']) {
+        // A fraction of zeros only: the integer part is the value.
+        let (int, frac) = mantissa.split_once('.')?;
+        if frac.is_empty() || !frac.bytes().all(|b| b == b'0') {
+            return None;
+        }
+        return int.parse::<u64>().ok().filter(|v| *v <= MAX_SECONDS);
+    }
+    // With an exponent: Rust's reading is correctly rounded, and within
+    // 2^53 every whole value is exact.
+    let f: f64 = text.parse().ok()?;
+    (f.is_finite() && (0.0..=MAX_SECONDS as f64).contains(&f) && f.fract() == 0.0)
+        .then_some(f as u64)
 }
 
 /// How long a revocation is kept without `expire_at`.
@@ -213,4 +233,38 @@ pub(super) async fn stats(
     nodes.sort_by(|a, b| a.node.cmp(&b.node));
     let connections = nodes.iter().map(|n| n.connections).sum();
     Ok(Json(StatsResponse { nodes, connections }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::whole_seconds;
+
+    #[test]
+    fn whole_seconds_are_read_exactly() {
+        assert_eq!(whole_seconds("5"), Some(5));
+        assert_eq!(whole_seconds("5.0"), Some(5));
+        assert_eq!(whole_seconds("5.000"), Some(5));
+        assert_eq!(
+            whole_seconds("2251799813685247.0"),
+            Some(2_251_799_813_685_247)
+        );
+        assert_eq!(
+            whole_seconds("9007199254740991"),
+            Some(9_007_199_254_740_991)
+        );
+        assert_eq!(whole_seconds("5e3"), Some(5000));
+        assert_eq!(whole_seconds("1.5e1"), Some(15));
+        for bad in [
+            "5.5",
+            "-1",
+            "9007199254740992",
+            "9007199254740992.0",
+            "1e300",
+            "0.5e0",
+            "5.",
+            "x",
+        ] {
+            assert_eq!(whole_seconds(bad), None, "{bad}");
+        }
+    }
 }

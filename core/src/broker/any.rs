@@ -14,8 +14,8 @@ use super::redis::RedisBroker;
 use crate::Metrics;
 
 use super::{
-    Broker, BrokerError, HistoryPage, Member, NodeControl, NodeStats, Position, Publication, Ready,
-    Revocation,
+    Broker, BrokerError, HistoryPage, Member, MemberPage, NodeControl, NodeStats, Position,
+    Publication, Ready, Revocation,
 };
 use futures_util::future::Either;
 use std::future::Future;
@@ -69,6 +69,13 @@ impl Broker for AnyBroker {
         match &self.backend {
             Backend::Memory(b) => b.unsubscribe(topic),
             Backend::Redis(b) => b.unsubscribe(topic),
+        }
+    }
+
+    async fn position(&self, topic: &Topic) -> Result<Position, BrokerError> {
+        match &self.backend {
+            Backend::Memory(b) => b.position(topic).await,
+            Backend::Redis(b) => b.position(topic).await,
         }
     }
 
@@ -155,10 +162,15 @@ impl Broker for AnyBroker {
         }
     }
 
-    async fn members(&self, topic: &Topic) -> Result<Vec<Member>, BrokerError> {
+    async fn members(
+        &self,
+        topic: &Topic,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<MemberPage, BrokerError> {
         match &self.backend {
-            Backend::Memory(b) => b.members(topic).await,
-            Backend::Redis(b) => b.members(topic).await,
+            Backend::Memory(b) => b.members(topic, cursor, limit).await,
+            Backend::Redis(b) => b.members(topic, cursor, limit).await,
         }
     }
 }

@@ -177,6 +177,8 @@ where
     concurrent_publishers_keep_one_order(broker.clone(), &sink).await;
     idempotent_publishes_happen_once(broker.clone(), &sink).await;
     presence_joins_and_leaves_once(&*broker, &sink).await;
+    presence_pages_cover_every_member(&*broker).await;
+    quiet_topics_have_positions(&*broker, &sink).await;
     node_control_is_reached(&*broker).await;
 }
 
@@ -204,12 +206,20 @@ async fn presence_joins_and_leaves_once<B: Broker>(broker: &B, sink: &Collecting
         .await
         .expect("a repeated join");
     broker.join(&topic, b.clone()).await.expect("join");
-    let members = broker.members(&topic).await.expect("members");
-    assert_eq!(
-        members,
-        vec![a.clone(), b.clone()],
-        "both, whole, in join order"
-    );
+    let page = broker.members(&topic, None, 10).await.expect("members");
+    let mut members = page.members.clone();
+    super::presence::sort(&mut members);
+    assert_eq!(members, vec![a.clone(), b.clone()], "both, whole");
+    assert_eq!((page.count, page.users, page.next_cursor), (2, 2, None));
+    // A second session of alice: one more session, no more users.
+    broker
+        .join(&topic, member("alice", "s9"))
+        .await
+        .expect("join");
+    let page = broker.members(&topic, None, 0).await.expect("counts");
+    assert_eq!((page.count, page.users), (3, 2), "counts only");
+    assert!(page.members.is_empty() && page.next_cursor.is_none());
+    broker.leave(&topic, "s9");
     broker.leave(&topic, "s1");
     broker.leave(&topic, "s1");
     broker.leave(&topic, "nobody");
@@ -230,6 +240,8 @@ async fn presence_joins_and_leaves_once<B: Broker>(broker: &B, sink: &Collecting
         vec![
             join("s1"),
             join("s2"),
+            join("s9"),
+            leave("s9"),
             leave("s1"),
             join("s3"),
             leave("s3"),
@@ -237,14 +249,9 @@ async fn presence_joins_and_leaves_once<B: Broker>(broker: &B, sink: &Collecting
         ],
         "each member joins once and leaves once, in order"
     );
-    let sessions: Vec<String> = broker
-        .members(&topic)
-        .await
-        .expect("members")
-        .into_iter()
-        .map(|m| m.session)
-        .collect();
+    let (sessions, count, users) = every_member(broker, &topic, 10).await;
     assert_eq!(sessions, vec!["s2", "s4"]);
+    assert_eq!((count, users), (2, 2));
     broker.leave(&topic, "s2");
     broker.leave(&topic, "s4");
     broker
@@ -252,15 +259,105 @@ async fn presence_joins_and_leaves_once<B: Broker>(broker: &B, sink: &Collecting
         .await
         .expect("join");
     sink.wait_for_change(&topic, &join("s5")).await;
-    let left: Vec<String> = broker
-        .members(&topic)
-        .await
-        .expect("members")
-        .into_iter()
-        .map(|m| m.session)
-        .collect();
+    let (left, _, _) = every_member(broker, &topic, 10).await;
     assert_eq!(left, vec!["s5"]);
     broker.leave(&topic, "s5");
+}
+
+/// Every member of `topic`, walked in pages of `limit` (sessions sorted,
+/// each once), and the counts of the first page.
+async fn every_member<B: Broker>(
+    broker: &B,
+    topic: &Topic,
+    limit: usize,
+) -> (Vec<String>, u64, u64) {
+    let mut sessions = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut counts = None;
+    for _ in 0..1000 {
+        let page = broker
+            .members(topic, cursor.as_deref(), limit)
+            .await
+            .expect("members");
+        assert!(
+            page.members.len() <= limit,
+            "a page holds at most its limit"
+        );
+        counts.get_or_insert((page.count, page.users));
+        sessions.extend(page.members.into_iter().map(|m| m.session));
+        cursor = page.next_cursor;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    assert!(cursor.is_none(), "the walk ends");
+    sessions.sort();
+    sessions.dedup();
+    let (count, users) = counts.unwrap_or_default();
+    (sessions, count, users)
+}
+
+async fn presence_pages_cover_every_member<B: Broker>(broker: &B) {
+    let topic = unique_topic("presence-pages");
+    subscribed(broker, &topic).await;
+    let mut want = Vec::new();
+    for i in 0..45 {
+        let session = format!("p{i:03}");
+        let sub = format!("user{}", i % 9);
+        broker
+            .join(&topic, member(&sub, &session))
+            .await
+            .expect("join");
+        want.push(session);
+    }
+    for limit in [1, 7, 100] {
+        let (sessions, count, users) = every_member(broker, &topic, limit).await;
+        assert_eq!(sessions, want, "pages of {limit} cover every member");
+        assert_eq!((count, users), (45, 9));
+    }
+    for session in &want {
+        broker.leave(&topic, session);
+    }
+    broker
+        .join(&topic, member("last", "z"))
+        .await
+        .expect("join");
+    let (sessions, count, users) = every_member(broker, &topic, 10).await;
+    assert_eq!((sessions, count, users), (vec!["z".to_owned()], 1, 1));
+    broker.leave(&topic, "z");
+}
+
+/// Contract §10.3: a topic with no event has a position (`<epoch>-0`),
+/// stable, and valid as `since`: everything published after it replays.
+async fn quiet_topics_have_positions<B: Broker>(broker: &B, sink: &CollectingSink) {
+    let topic = unique_topic("position");
+    subscribed(broker, &topic).await;
+    let start = broker.position(&topic).await.expect("position");
+    assert_eq!(start.seq, 0, "no event yet: {start}");
+    assert_eq!(broker.position(&topic).await.expect("position"), start);
+    let ids = broker
+        .publish((1..=3).map(|n| publication(&topic, n)).collect())
+        .await
+        .expect("publish");
+    assert_eq!(
+        ids[0],
+        Position {
+            epoch: start.epoch,
+            seq: 1
+        },
+        "the epoch goes on"
+    );
+    sink.wait_for(&topic, 3).await;
+    let page = broker
+        .history(&topic, Some(&start.to_string()), 10)
+        .await
+        .expect("history");
+    assert!(page.recovered, "a position is a valid since");
+    assert_eq!(
+        page.events.iter().map(n_of).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert_eq!(broker.position(&topic).await.expect("position"), ids[2]);
 }
 
 fn keyed(topic: &Topic, n: u64, key: &str) -> Publication {

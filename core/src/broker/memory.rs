@@ -7,17 +7,27 @@
 //! for microseconds, and never across an `.await`.
 //!
 //! A topic's history starts a new epoch when it is created: at the first
-//! publish after the process starts or after the history expired
-//! (`history.ttl` after the last publish). Ids from an older epoch are
-//! therefore never matched against new events.
+//! publish or position read after the process starts, or after the history
+//! expired (`history.ttl` after the last publish) while no session held the
+//! topic. Ids from an older epoch are therefore never matched against new
+//! events. A topic the hub holds ([`Broker::subscribe`] until
+//! [`Broker::unsubscribe`]) keeps its epoch and sequence when its events
+//! expire, so the positions its sessions were given stay valid `since`s.
 //!
 //! Presence members live in the same shards, by topic and session; a join
 //! or leave is stored and announced to the sink under the shard lock, so
 //! announcements follow the order of the changes. With one process there is
 //! no other node to outlive: members leave only by unsubscribing or
-//! disconnecting.
+//! disconnecting. Members are kept in session order, so a page of them
+//! starts after its cursor (the last session of the previous page) in
+//! O(log n + limit).
+//!
+//! **Locks.** A publish holds its shard's lock while it hands the event to
+//! the sink, which takes the hub's topic lock; the hub calls `subscribe` and
+//! `unsubscribe` under that topic lock. Those two therefore touch only the
+//! `held` set, a lock under which nothing else is ever taken.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
@@ -26,7 +36,7 @@ use tracing::Instrument;
 use herald_protocol::Topic;
 
 use super::{
-    Broker, BrokerError, BrokerSettings, Change, Event, EventSink, HistoryPage, Member,
+    Broker, BrokerError, BrokerSettings, Change, Event, EventSink, HistoryPage, Member, MemberPage,
     NodeControl, NodeStats, Position, Publication, Ready, Revocation,
 };
 use crate::config::HistoryConfig;
@@ -60,6 +70,22 @@ impl TopicLog {
     fn covers(&self, since: Position) -> bool {
         since.epoch == self.epoch && since.seq < self.next_seq && since.seq + 1 >= self.first_kept()
     }
+
+    /// The newest event's position, `<epoch>-0` before the first.
+    fn head(&self) -> Position {
+        Position {
+            epoch: self.epoch,
+            seq: self.next_seq - 1,
+        }
+    }
+}
+
+/// The presence of one topic: members by session (the paging order), and
+/// sessions per `sub`.
+#[derive(Default)]
+struct Present {
+    by_session: BTreeMap<String, Member>,
+    users: HashMap<String, u32>,
 }
 
 /// A fresh random epoch (never 0).
@@ -77,8 +103,44 @@ pub(crate) fn new_epoch() -> u32 {
 struct ShardState {
     logs: HashMap<Topic, TopicLog>,
     keys: HashMap<(Topic, String), (Position, Instant)>,
-    /// Topic → session → member.
-    members: HashMap<Topic, HashMap<String, Member>>,
+    /// Topic → its members.
+    members: HashMap<Topic, Present>,
+}
+
+impl ShardState {
+    /// `topic`'s log as it stands at `now`, if it has one: a log whose ttl
+    /// passed is dropped, unless `held`, when it only loses its events.
+    fn current(
+        &mut self,
+        topic: &Topic,
+        now: Instant,
+        ttl: Duration,
+        held: bool,
+    ) -> Option<&mut TopicLog> {
+        let expired = self
+            .logs
+            .get(topic)
+            .is_some_and(|log| now.duration_since(log.last_publish) > ttl);
+        if expired && !held {
+            self.logs.remove(topic);
+            return None;
+        }
+        let log = self.logs.get_mut(topic)?;
+        if expired {
+            log.ring.clear();
+        }
+        Some(log)
+    }
+
+    /// `topic`'s log, started (a new epoch) if it has none at `now`.
+    fn log(&mut self, topic: &Topic, now: Instant, ttl: Duration, held: bool) -> &mut TopicLog {
+        if self.current(topic, now, ttl, held).is_none() {
+            self.logs.insert(topic.clone(), TopicLog::new(now));
+        }
+        self.logs
+            .entry(topic.clone())
+            .or_insert_with(|| TopicLog::new(now))
+    }
 }
 
 type Shard = Mutex<ShardState>;
@@ -93,6 +155,8 @@ pub struct MemoryBroker {
     node: RwLock<Option<Arc<dyn NodeControl>>>,
     /// Sessions per user, for `limits.max_connections_per_user`.
     users: Mutex<HashMap<Arc<str>, u32>>,
+    /// Topics the hub holds (see the module documentation on locks).
+    held: Mutex<HashMap<Topic, usize>>,
 }
 
 impl MemoryBroker {
@@ -107,6 +171,7 @@ impl MemoryBroker {
             idempotency_window: settings.publish.idempotency_window,
             node: RwLock::new(None),
             users: Mutex::default(),
+            held: Mutex::default(),
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(
@@ -131,14 +196,29 @@ impl MemoryBroker {
         now.duration_since(log.last_publish) > self.history.ttl
     }
 
-    /// Drops the histories whose ttl has passed; returns how many.
+    /// Whether the hub holds `topic` (a leaf lock: see the module doc).
+    fn is_held(&self, topic: &Topic) -> bool {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(topic)
+    }
+
+    /// Drops the histories whose ttl has passed (only the events of those
+    /// the hub holds); returns how many were dropped.
     fn sweep_once(&self) -> usize {
         let now = Instant::now();
         let mut dropped = 0;
         for shard in self.shards.iter() {
             let mut st = Self::lock(shard);
             let before = st.logs.len();
-            st.logs.retain(|_, log| !self.expired(log, now));
+            st.logs.retain(|topic, log| {
+                if !self.expired(log, now) {
+                    return true;
+                }
+                log.ring.clear();
+                self.is_held(topic)
+            });
             dropped += before - st.logs.len();
             let window = self.idempotency_window;
             st.keys
@@ -186,16 +266,8 @@ impl Broker for MemoryBroker {
                     _ => {}
                 }
             }
-            let log = match st.logs.get_mut(&publication.topic) {
-                Some(log) if !self.expired(log, now) => log,
-                _ => {
-                    st.logs
-                        .insert(publication.topic.clone(), TopicLog::new(now));
-                    st.logs
-                        .get_mut(&publication.topic)
-                        .ok_or_else(|| BrokerError::Internal("topic log vanished".to_owned()))?
-                }
-            };
+            let held = self.is_held(&publication.topic);
+            let log = st.log(&publication.topic, now, self.history.ttl, held);
             let position = Position {
                 epoch: log.epoch,
                 seq: log.next_seq,
@@ -219,12 +291,33 @@ impl Broker for MemoryBroker {
         Ok(positions)
     }
 
-    fn subscribe(&self, _topic: &Topic) -> Ready {
-        // Every publish reaches the sink; the hub ignores topics nobody wants.
+    fn subscribe(&self, topic: &Topic) -> Ready {
+        // Every publish reaches the sink (the hub ignores topics nobody
+        // wants); a held topic keeps its epoch.
+        *self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(topic.clone())
+            .or_default() += 1;
         Ready::now()
     }
 
-    fn unsubscribe(&self, _topic: &Topic) {}
+    fn unsubscribe(&self, topic: &Topic) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = held.get_mut(topic) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(topic);
+            }
+        }
+    }
+
+    async fn position(&self, topic: &Topic) -> Result<Position, BrokerError> {
+        let held = self.is_held(topic);
+        let mut st = Self::lock(self.shard(topic));
+        Ok(st.log(topic, Instant::now(), self.history.ttl, held).head())
+    }
 
     async fn history(
         &self,
@@ -233,8 +326,9 @@ impl Broker for MemoryBroker {
         limit: usize,
     ) -> Result<HistoryPage, BrokerError> {
         let now = Instant::now();
-        let st = Self::lock(self.shard(topic));
-        let Some(log) = st.logs.get(topic).filter(|log| !self.expired(log, now)) else {
+        let held = self.is_held(topic);
+        let mut st = Self::lock(self.shard(topic));
+        let Some(log) = st.current(topic, now, self.history.ttl, held) else {
             return Ok(HistoryPage {
                 events: Vec::new(),
                 recovered: since.is_none(),
@@ -242,10 +336,7 @@ impl Broker for MemoryBroker {
                 replaced: None,
             });
         };
-        let head = Some(Position {
-            epoch: log.epoch,
-            seq: log.next_seq - 1,
-        });
+        let head = Some(log.head());
         let after = since.map(|s| Position::parse(s).filter(|p| log.covers(*p)));
         let (start_seq, recovered) = match after {
             None => (log.first_kept(), true),
@@ -267,6 +358,8 @@ impl Broker for MemoryBroker {
     }
 
     fn register_node(&self, node: Arc<dyn NodeControl>) {
+        // Revocations of a single node live in it: nothing to load.
+        node.revocations_loaded();
         *self.node.write().unwrap_or_else(|p| p.into_inner()) = Some(node);
     }
 
@@ -288,11 +381,12 @@ impl Broker for MemoryBroker {
         member: Member,
     ) -> impl Future<Output = Result<(), BrokerError>> + Send + 'static {
         let mut st = Self::lock(self.shard(topic));
-        let members = st.members.entry(topic.clone()).or_default();
-        if let std::collections::hash_map::Entry::Vacant(slot) =
-            members.entry(member.session.clone())
+        let present = st.members.entry(topic.clone()).or_default();
+        if let std::collections::btree_map::Entry::Vacant(slot) =
+            present.by_session.entry(member.session.clone())
         {
             self.sink.presence(topic, Change::Join, &member);
+            *present.users.entry(member.sub.clone()).or_default() += 1;
             slot.insert(member);
         }
         std::future::ready(Ok(()))
@@ -324,27 +418,47 @@ impl Broker for MemoryBroker {
 
     fn leave(&self, topic: &Topic, session: &str) {
         let mut st = Self::lock(self.shard(topic));
-        let Some(members) = st.members.get_mut(topic) else {
+        let Some(present) = st.members.get_mut(topic) else {
             return;
         };
-        if let Some(member) = members.remove(session) {
-            if members.is_empty() {
+        if let Some(member) = present.by_session.remove(session) {
+            if let Some(n) = present.users.get_mut(&member.sub) {
+                *n -= 1;
+                if *n == 0 {
+                    present.users.remove(&member.sub);
+                }
+            }
+            if present.by_session.is_empty() {
                 st.members.remove(topic);
             }
             self.sink.presence(topic, Change::Leave, &member);
         }
     }
 
-    async fn members(&self, topic: &Topic) -> Result<Vec<Member>, BrokerError> {
+    async fn members(
+        &self,
+        topic: &Topic,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<MemberPage, BrokerError> {
+        use std::ops::Bound::{Excluded, Unbounded};
         let st = Self::lock(self.shard(topic));
-        let mut members: Vec<Member> = st
-            .members
-            .get(topic)
-            .map(|m| m.values().cloned().collect())
-            .unwrap_or_default();
-        drop(st);
-        super::presence::sort(&mut members);
-        Ok(members)
+        let Some(present) = st.members.get(topic) else {
+            return Ok(MemberPage::default());
+        };
+        let after = cursor.map_or(Unbounded, |c| Excluded(c.to_owned()));
+        let mut rest = present.by_session.range((after, Unbounded));
+        let members: Vec<Member> = rest.by_ref().take(limit).map(|(_, m)| m.clone()).collect();
+        let next_cursor = match (rest.next(), members.last()) {
+            (Some(_), Some(last)) => Some(last.session.clone()),
+            _ => None,
+        };
+        Ok(MemberPage {
+            count: present.by_session.len() as u64,
+            users: present.users.len() as u64,
+            members,
+            next_cursor,
+        })
     }
 }
 

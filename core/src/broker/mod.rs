@@ -26,6 +26,11 @@
 //!   its position is the first one's. The check is atomic with the publish.
 //! - **Subscription.** The [`Ready`] returned by [`Broker::subscribe`]
 //!   resolves once events published afterwards are certain to reach the sink.
+//! - **Positions.** [`Broker::position`] gives every topic a position, also
+//!   one with no event yet (`<epoch>-0`, of an epoch the call starts if the
+//!   topic has none), and a position stays valid as `since` while any node
+//!   subscribes the topic: its epoch is kept (its events still expire
+//!   `history.ttl` after their publish), so a quiet topic recovers.
 //! - **Calls in order.** `subscribe` and `unsubscribe` take effect in the order
 //!   they are called; they do not block, so the hub can call them while holding
 //!   its own lock and thereby keep its view and the broker's in step.
@@ -171,6 +176,19 @@ pub struct HistoryPage {
     pub replaced: Option<u32>,
 }
 
+/// A page of a topic's presence (see [`Broker::members`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemberPage {
+    /// At most the page's limit.
+    pub members: Vec<Member>,
+    /// Sessions present on the topic.
+    pub count: u64,
+    /// Distinct `sub`s among them.
+    pub users: u64,
+    /// Where the next page starts, when members remain.
+    pub next_cursor: Option<String>,
+}
+
 /// Receives every event of the topics the node subscribed.
 pub trait EventSink: Send + Sync + 'static {
     /// Called once per event, in id order per topic. Must not block.
@@ -258,11 +276,11 @@ pub trait NodeControl: Send + Sync + 'static {
     fn members(&self) -> Vec<(Topic, Member)> {
         Vec::new()
     }
-    /// This node's sessions per user, for a broker that must count them
-    /// again (see [`NodeControl::members`]).
-    fn users(&self) -> Vec<(Arc<str>, usize)> {
-        Vec::new()
-    }
+    /// The revocations stored for the cluster have all been applied with
+    /// [`NodeControl::revoke`] (on start-up, before any token may be
+    /// admitted; contract §10.8). Called again after later syncs.
+    fn revocations_loaded(&self) {}
+
     /// Records `revocation` (handshakes and refreshes with a covered token
     /// are refused from now on) and closes the covered sessions with 4003;
     /// returns how many. Applying one twice changes nothing.
@@ -277,6 +295,10 @@ pub enum BrokerError {
     /// The backing store is unreachable; retrying later may work.
     #[error("broker unavailable: {0}")]
     Unavailable(String),
+    /// The request carried something the broker cannot use (a presence
+    /// cursor it never gave).
+    #[error("{0}")]
+    Invalid(String),
     /// Anything else; a bug or corrupt data.
     #[error("broker error: {0}")]
     Internal(String),
@@ -287,6 +309,7 @@ impl BrokerError {
     pub fn code(&self) -> ErrorCode {
         match self {
             BrokerError::Unavailable(_) => ErrorCode::Unavailable,
+            BrokerError::Invalid(_) => ErrorCode::BadRequest,
             BrokerError::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -366,6 +389,16 @@ pub trait Broker: Send + Sync + 'static {
     /// Stops delivering `topic`. Does not block.
     fn unsubscribe(&self, topic: &Topic);
 
+    /// The topic's current position: its newest event's, or `<epoch>-0`
+    /// when it has none, starting an epoch if it has none (contract
+    /// §10.3). A position read after [`Broker::subscribe`]'s [`Ready`]
+    /// resolved is one every later event follows.
+    ///
+    /// # Errors
+    /// `Unavailable` when the backing store cannot be reached.
+    fn position(&self, topic: &Topic)
+    -> impl Future<Output = Result<Position, BrokerError>> + Send;
+
     /// Reads up to `limit` events after `since` (from the oldest kept without it).
     ///
     /// # Errors
@@ -443,14 +476,21 @@ pub trait Broker: Send + Sync + 'static {
     /// it, retried until the store takes it.
     fn leave(&self, topic: &Topic, session: &str);
 
-    /// The members of `topic`, oldest first, in one read.
+    /// A page of at most `limit` members of `topic` after `cursor` (a
+    /// previous page's `next_cursor`; `None` from the start), with the
+    /// topic's counts. The cost is O(limit), whatever the topic's size
+    /// (contract §10.5); `limit` 0 reads the counts only. Pages cover every
+    /// member present throughout the walk; one that joined or left during
+    /// it may be listed or not.
     ///
     /// # Errors
     /// `Unavailable` when the store cannot be read.
     fn members(
         &self,
         topic: &Topic,
-    ) -> impl Future<Output = Result<Vec<Member>, BrokerError>> + Send;
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = Result<MemberPage, BrokerError>> + Send;
 }
 
 #[cfg(test)]

@@ -13,6 +13,40 @@
 use bytes::Bytes;
 use herald_protocol::{Member, ServerFrame, Topic};
 
+use super::{Broker, BrokerError, MemberPage};
+
+/// Most members one presence page holds (contract §10.5).
+pub const MAX_PAGE: usize = 1000;
+/// Members per page when the request names no `limit`.
+pub const DEFAULT_PAGE: usize = 100;
+
+/// A page of `topic`'s members (see [`Broker::members`]) whose rendering
+/// fits in `max` bytes (contract §10.5: no reply is larger than
+/// `limits.max_message_size`): while it does not, the page is read again
+/// with half the limit, so its `next_cursor` still follows the last member
+/// sent. A single member larger than `max` is sent alone.
+///
+/// # Errors
+/// The broker's.
+pub async fn page_within<B: Broker, R: AsRef<[u8]>>(
+    broker: &B,
+    topic: &Topic,
+    cursor: Option<&str>,
+    limit: usize,
+    max: usize,
+    render: impl Fn(&MemberPage) -> R,
+) -> Result<R, BrokerError> {
+    let mut limit = limit;
+    loop {
+        let page = broker.members(topic, cursor, limit).await?;
+        let rendered = render(&page);
+        if rendered.as_ref().len() <= max || page.members.len() <= 1 {
+            return Ok(rendered);
+        }
+        limit = page.members.len() / 2;
+    }
+}
+
 /// Why a member left, the `cause` label of `herald_presence_leaves_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaveCause {

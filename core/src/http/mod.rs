@@ -110,6 +110,8 @@ impl From<BrokerError> for ApiError {
     fn from(e: BrokerError) -> ApiError {
         let message = match &e {
             BrokerError::Unavailable(_) => "the broker is unavailable; retry later",
+            // Says what was wrong with the request; nothing internal.
+            BrokerError::Invalid(why) => return ApiError::new(e.code(), why.clone()),
             BrokerError::Internal(_) => "internal error",
         };
         tracing::warn!(error = %e, "request failed in the broker");

@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tracing::{Instrument, info_span};
 
@@ -26,50 +26,170 @@ use crate::Metrics;
 /// Longest a client may take to send a request's headers.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Load shedding for a listener (reconnect storms): a connection is
-/// *pending* from its accept until its first request reaches the router
-/// (its TLS handshake and header parsing are done). While `limit` are
-/// pending, the node is saturated, and a new connection is answered at
-/// once, before any TLS or parsing: a canned 503 `unavailable` with a
-/// spread `Retry-After` on a plain listener, a close on a TLS one. A quick
-/// refusal the client retries elsewhere or later beats a kernel accept
-/// queue that overflows and drops connections silently.
+/// Admission for a listener: a connection is *pending* from its accept
+/// until its first request reaches the router (its TLS handshake and header
+/// parsing are done), and at most `limit` are pending at once.
+///
+/// When a new connection finds the table full (contract §10.8):
+/// - if a pending connection is *waiting on its client* (its last read found
+///   nothing to read: a socket that never sends, a slow-loris), the one
+///   that has waited longest is closed to make room, so idle sockets can
+///   never keep a prompt client out;
+/// - otherwise the node is saturated for real (every pending connection is
+///   being worked on, a reconnect storm): the newcomer is answered at once,
+///   before any TLS or parsing: a canned 503 `unavailable` with a spread
+///   `Retry-After` on a plain listener, a close on a TLS one. A quick
+///   refusal the client retries elsewhere or later beats a kernel accept
+///   queue that overflows and drops connections silently.
 #[derive(Clone)]
 pub struct Admission {
-    pending: Arc<AtomicUsize>,
+    table: Arc<std::sync::Mutex<Table>>,
     limit: usize,
     metrics: Arc<Metrics>,
 }
 
+/// The pending connections, oldest first (by admission number).
+#[derive(Default)]
+struct Table {
+    next: u64,
+    slots: std::collections::BTreeMap<u64, Arc<Slot>>,
+}
+
+/// What the table knows of one pending connection.
+#[derive(Default)]
+struct Slot {
+    /// Its last read found nothing: it waits on its client.
+    waiting: AtomicBool,
+    /// Closes it.
+    evict: tokio::sync::Notify,
+}
+
 impl Admission {
-    /// Sheds beyond `limit` pending connections, counting into `metrics`.
+    /// At most `limit` pending connections, counting into `metrics`.
     pub fn new(limit: usize, metrics: Arc<Metrics>) -> Admission {
         Admission {
-            pending: Arc::new(AtomicUsize::new(0)),
+            table: Arc::default(),
             limit,
             metrics,
         }
     }
 
-    /// A pending slot, or `None` when saturated.
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A pending slot, making room by evicting the connection that has
+    /// waited longest on its client; `None` when saturated for real.
     fn enter(&self) -> Option<Pending> {
-        let now = self.pending.fetch_add(1, Ordering::AcqRel);
-        if now >= self.limit {
-            self.pending.fetch_sub(1, Ordering::AcqRel);
-            return None;
+        let mut table = self.table();
+        if table.slots.len() >= self.limit {
+            let idle = table
+                .slots
+                .iter()
+                .find(|(_, slot)| slot.waiting.load(Ordering::Acquire))
+                .map(|(n, _)| *n);
+            let slot = table.slots.remove(&idle?)?;
+            // The slot's connection ends, which drops its `Pending`.
+            slot.evict.notify_one();
+            self.metrics.handshakes_evicted.increment(1);
         }
+        let n = table.next;
+        table.next += 1;
+        let slot = Arc::new(Slot::default());
+        table.slots.insert(n, slot.clone());
+        drop(table);
         self.metrics.handshakes_pending.add(1);
-        Some(Pending(self.clone()))
+        Some(Pending {
+            admission: self.clone(),
+            n,
+            slot,
+        })
     }
 }
 
 /// A connection that has not had its first request routed yet.
-struct Pending(Admission);
+struct Pending {
+    admission: Admission,
+    n: u64,
+    slot: Arc<Slot>,
+}
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        self.0.pending.fetch_sub(1, Ordering::AcqRel);
-        self.0.metrics.handshakes_pending.add(-1);
+        self.admission.table().slots.remove(&self.n);
+        self.admission.metrics.handshakes_pending.add(-1);
+    }
+}
+
+/// A connection's socket, telling its admission slot (if it has one)
+/// whether its last read found nothing, that is, whether it waits on its
+/// client. Transparent otherwise; the gateway unwraps it to reach the
+/// `TcpStream` of an upgraded connection ([`Watched::into_inner`]).
+pub struct Watched<S> {
+    io: S,
+    slot: Option<Arc<Slot>>,
+}
+
+impl<S> Watched<S> {
+    /// The socket.
+    pub fn into_inner(self) -> S {
+        self.io
+    }
+
+    /// The socket, borrowed.
+    pub fn get_ref(&self) -> &S {
+        &self.io
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let result = std::pin::Pin::new(&mut this.io).poll_read(cx, buf);
+        if let Some(slot) = &this.slot {
+            slot.waiting.store(result.is_pending(), Ordering::Release);
+        }
+        result
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -115,7 +235,7 @@ impl Server {
         shed: Shed,
         wrap: W,
     ) where
-        W: Fn(TcpStream) -> Fut + Clone + Send + 'static,
+        W: Fn(Watched<TcpStream>) -> Fut + Clone + Send + 'static,
         Fut: Future<Output = Option<S>> + Send + 'static,
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -188,7 +308,7 @@ async fn accept_loop<W, Fut, S>(
     accept: Accept<W>,
     mut stop: watch::Receiver<bool>,
 ) where
-    W: Fn(TcpStream) -> Fut + Clone + Send + 'static,
+    W: Fn(Watched<TcpStream>) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = Option<S>> + Send + 'static,
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -226,7 +346,7 @@ async fn accept_loop<W, Fut, S>(
 /// Starts serving one accepted connection, or sheds it.
 fn handle<W, Fut, S>(stream: TcpStream, accept: &Accept<W>, stop: &watch::Receiver<bool>)
 where
-    W: Fn(TcpStream) -> Fut + Clone + Send + 'static,
+    W: Fn(Watched<TcpStream>) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = Option<S>> + Send + 'static,
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -249,9 +369,26 @@ where
         accept.done.clone(),
         accept.wrap.clone(),
     );
+    let slot = pending.as_ref().map(|p| p.slot.clone());
+    let watched = Watched {
+        io: stream,
+        slot: slot.clone(),
+    };
     tokio::spawn(async move {
-        if let Some(io) = wrap(stream).await {
-            serve_connection(io, app, stop, done, pending).await;
+        let evicted = async move {
+            match &slot {
+                Some(slot) => slot.evict.notified().await,
+                None => std::future::pending().await,
+            }
+        };
+        let serve = async move {
+            if let Some(io) = wrap(watched).await {
+                serve_connection(io, app, stop, done, pending).await;
+            }
+        };
+        tokio::select! {
+            () = serve => {}
+            () = evicted => debug!("closed a connection that waited longest on its client, to make room"),
         }
     });
 }
@@ -311,5 +448,44 @@ async fn serve_connection<S>(
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The admission rule of contract §10.8 without sockets: a full table
+    /// evicts the oldest connection waiting on its client, and sheds a
+    /// newcomer when every pending one is being worked on.
+    #[test]
+    fn a_full_table_evicts_the_oldest_idle_or_sheds() {
+        let admission = Admission::new(3, Metrics::new("n1"));
+        let pending: Vec<Pending> = (0..3).map(|_| admission.enter().unwrap()).collect();
+        // Busy (a TLS handshake or parsing in progress): real saturation.
+        assert!(admission.enter().is_none(), "shed");
+        // The second and third wait on their clients; the first is busy.
+        pending[1].slot.waiting.store(true, Ordering::Release);
+        pending[2].slot.waiting.store(true, Ordering::Release);
+        let fourth = admission.enter().expect("room made");
+        assert_eq!(fourth.n, 3);
+        assert!(
+            !admission.table().slots.contains_key(&1),
+            "the oldest idle one was evicted"
+        );
+        assert!(
+            admission.table().slots.contains_key(&0),
+            "the busy one stays"
+        );
+        let fifth = admission.enter().expect("room made again");
+        assert!(!admission.table().slots.contains_key(&2));
+        assert!(admission.enter().is_none(), "only busy ones are left: shed");
+        drop((pending, fourth, fifth));
+        assert!(admission.table().slots.is_empty());
+        assert_eq!(
+            admission.metrics.value("herald_handshakes_evicted_total"),
+            Some(2.0)
+        );
+        assert_eq!(admission.metrics.handshakes_pending.get(), 0);
     }
 }

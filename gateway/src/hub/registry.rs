@@ -57,17 +57,6 @@ pub(super) fn order(last: Option<Position>, p: Position) -> Order {
     }
 }
 
-/// Where a resync starts when no event arrived since the subscription.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Baseline {
-    /// Not read yet (or the read failed).
-    Unknown,
-    /// The topic had no history when the subscription went live.
-    Empty,
-    /// The topic's head when the subscription went live.
-    At(Position),
-}
-
 /// Where a subscriber stands relative to its topic's live stream.
 pub(super) enum Feed {
     /// It gets every live event.
@@ -92,10 +81,15 @@ pub(super) struct Subscriber {
 
 pub(super) struct TopicEntry {
     pub(super) subscribers: HashMap<u64, Subscriber>,
+    /// Resolves once the topic is live on the broker and positioned.
     pub(super) ready: Ready,
     pub(super) generation: u64,
+    /// The last event delivered; before any, the topic's position read
+    /// once its subscription was live. `None` only until then.
     pub(super) last: Option<Position>,
-    pub(super) baseline: Baseline,
+    /// The broker asked for a resync before the position was known: catch
+    /// up from the position as soon as it is.
+    pub(super) resync_pending: bool,
     /// While catching up from history: live events held back, in order.
     pub(super) catching_up: Option<Vec<Event>>,
     /// When the topic's previous event was fanned out (see `pace`).
@@ -261,6 +255,29 @@ impl Registry {
         }
     }
 
+    /// The topic's position is known (it was read once the subscription
+    /// was live): events up to it are not this node's to deliver, and every
+    /// later one is. Catches up at once if a resync came first.
+    pub(super) fn positioned(&self, topic: &Topic, generation: u64, position: Position) {
+        let mut shard = lock(self.shard(topic));
+        let Some(entry) = shard.get_mut(topic).filter(|e| e.generation == generation) else {
+            return;
+        };
+        if entry.last.is_none() {
+            entry.last = Some(position);
+        }
+        if std::mem::take(&mut entry.resync_pending) && entry.catching_up.is_none() {
+            let since = entry.last;
+            self.start_catch_up(topic, entry, since, Vec::new());
+        }
+    }
+
+    /// Where a session subscribed to `topic` now stands: the last event
+    /// the topic delivered, or its position before any (contract §10.3).
+    pub(super) fn position_of(&self, topic: &Topic) -> Option<Position> {
+        lock(self.shard(topic)).get(topic).and_then(|e| e.last)
+    }
+
     /// Completes a catch-up with what history returned.
     pub(super) fn finish_catch_up(
         &self,
@@ -286,21 +303,18 @@ impl Registry {
                 return;
             }
         };
-        let from_start =
-            |page: &HistoryPage| page.events.first().is_none_or(|e| e.position.seq == 1);
+        // Continuity must be proven, never assumed (contract §10.8): the
+        // node missed a stretch of the stream, so a history that is gone
+        // (Redis lost its data) or started a new epoch (lost data, or a
+        // failover fence) may have lost events of the old epoch published
+        // during that stretch, and only the same epoch, kept from `since`
+        // on, proves nothing is missing. (Subscribed topics keep their
+        // epoch while quiet: nodes keep it alive.)
         let complete = match (request.since, page.head) {
-            // No history at all: it was lost (Redis restarted empty) and
-            // nothing was published since, so nothing is missing from it.
-            (_, None) => true,
-            // A new epoch: complete if it is still kept from its first event.
-            // A new epoch: complete if it is kept from its first event,
-            // unless it replaced an epoch that may have lost acknowledged
-            // events (a failover): then what was missed is gone.
-            (Some(since), Some(head)) if head.epoch != since.epoch => {
-                page.replaced.is_none() && from_start(&page)
-            }
+            (_, None) => false,
+            (Some(since), Some(head)) if head.epoch != since.epoch => false,
             (Some(_), Some(_)) => page.recovered,
-            (None, Some(_)) => from_start(&page),
+            (None, Some(_)) => page.events.first().is_none_or(|e| e.position.seq == 1),
         };
         if !complete {
             self.unrecoverable(&request.topic, entry);
@@ -405,15 +419,13 @@ impl EventSink for Registry {
         if entry.catching_up.is_some() {
             return;
         }
-        let since = match (entry.last, entry.baseline) {
-            (Some(last), _) => Some(last),
-            (None, Baseline::At(p)) => Some(p),
-            (None, Baseline::Empty) => None,
-            (None, Baseline::Unknown) => {
-                debug!(topic = %topic, "resync before the baseline is known: nothing to catch up from");
-                return;
-            }
-        };
+        if entry.last.is_none() {
+            // Not positioned yet: catch up from the position once it is read.
+            debug!(topic = %topic, "resync before the position is known: catching up once it is");
+            entry.resync_pending = true;
+            return;
+        }
+        let since = entry.last;
         self.start_catch_up(topic, entry, since, Vec::new());
     }
 }

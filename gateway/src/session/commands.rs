@@ -11,7 +11,8 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
-use herald_core::{Broker, LeaveCause, Member, Publication};
+use herald_core::broker::presence;
+use herald_core::{Broker, BrokerError, LeaveCause, Member, MemberPage, Publication};
 use herald_protocol::{ErrorCode, ServerFrame, Topic};
 use serde_json::value::RawValue;
 use tracing::debug;
@@ -89,7 +90,10 @@ impl Session {
             .collect();
         let hub = &self.node.hub;
         let sees = |t: &Topic| self.sees_presence(t);
-        let failed = hub.subscribe(&self.outbox, &plain_new, sees).await.err();
+        let (plain_positions, failed) = match hub.subscribe(&self.outbox, &plain_new, sees).await {
+            Ok(positions) => (positions, None),
+            Err(e) => (Vec::new(), Some(e)),
+        };
         let outbox = &self.outbox;
         // Recovering topics are held back until every topic of the request
         // is live: a request that fails must not have let through events it
@@ -131,21 +135,34 @@ impl Session {
             );
             return;
         }
-        let results = futures_util::future::join_all(recovering.iter().map(|t| {
+        // One topic at a time: each replay takes at most half the queue
+        // room the ones before it left (contract §10.8).
+        let mut recovered: BTreeMap<&str, bool> = BTreeMap::new();
+        let mut positions: BTreeMap<&str, String> = BTreeMap::new();
+        for t in &recovering {
             let from = since.get(t.as_str()).map_or("", String::as_str);
-            hub.recover(outbox, t, from)
-        }))
-        .await;
-        let recovered: BTreeMap<&str, bool> = recovering
-            .iter()
-            .zip(&results)
-            .map(|(t, r)| (t.as_str(), *r))
-            .collect();
+            let (ok, at) = hub.recover(outbox, t, from).await;
+            recovered.insert(t.as_str(), ok);
+            positions.insert(t.as_str(), at.to_string());
+        }
+        for (t, at) in plain_new.iter().zip(&plain_positions) {
+            positions.insert(t.as_str(), at.to_string());
+        }
+        // Topics the session already held and did not recover: where the
+        // topic stands (everything after it reaches the session).
+        for t in &topics {
+            if !positions.contains_key(t.as_str()) {
+                if let Some(at) = hub.position_of(t) {
+                    positions.insert(t.as_str(), at.to_string());
+                }
+            }
+        }
         let names: Vec<&str> = topics.iter().map(Topic::as_str).collect();
         self.reply(&ServerFrame::Subscribed {
             reference,
             topics: &names,
             recovered: (!recovered.is_empty()).then_some(&recovered),
+            positions: &positions,
         });
         self.join_presence(plain_new.iter().chain(&recovering_new))
             .await;
@@ -214,38 +231,91 @@ impl Session {
         }
     }
 
-    pub(super) async fn presence(&self, reference: Option<&str>, name: &str) {
+    /// The topic of a `presence` or `presence_stats` request, if the
+    /// session may ask about it; otherwise the error is sent.
+    fn presence_topic(&self, reference: Option<&str>, name: &str) -> Option<Topic> {
         let topic = match herald_core::publication::topic(name) {
             Ok(t) => t,
-            Err(e) => return self.error(reference, e.code(), &e.to_string(), Some(name)),
+            Err(e) => {
+                self.error(reference, e.code(), &e.to_string(), Some(name));
+                return None;
+            }
         };
         if !self.node.config.presence.tracks(&topic) {
             let message = format!("{topic} is not tracked for presence (presence.topics)");
-            return self.error(reference, ErrorCode::BadRequest, &message, Some(name));
+            self.error(reference, ErrorCode::BadRequest, &message, Some(name));
+            return None;
         }
         if !self.claims.presence.allows(&topic) {
             let message = format!("not allowed to see who is present on {topic}");
-            return self.error(reference, ErrorCode::Forbidden, &message, Some(name));
+            self.error(reference, ErrorCode::Forbidden, &message, Some(name));
+            return None;
         }
-        match self.node.broker.members(&topic).await {
-            Ok(members) => {
-                let public: Vec<_> = members.iter().map(Member::public).collect();
-                self.reply(&ServerFrame::Presence {
-                    reference,
-                    topic: name,
-                    members: &public,
-                });
+        Some(topic)
+    }
+
+    /// A page of the topic's members (contract §10.5), never larger than
+    /// `limits.max_message_size`.
+    pub(super) async fn presence(
+        &self,
+        reference: Option<&str>,
+        name: &str,
+        limit: Option<u64>,
+        cursor: Option<&str>,
+    ) {
+        let Some(topic) = self.presence_topic(reference, name) else {
+            return;
+        };
+        let limit = match limit {
+            None => presence::DEFAULT_PAGE,
+            Some(n) if (1..=presence::MAX_PAGE as u64).contains(&n) => n as usize,
+            Some(_) => {
+                let message = format!("'limit' must be from 1 to {}", presence::MAX_PAGE);
+                return self.error(reference, ErrorCode::BadRequest, &message, Some(name));
             }
-            Err(e) => {
-                debug!(error = %e, "presence read failed in the broker");
-                self.error(
-                    reference,
-                    e.code(),
-                    "the broker is unavailable; retry later",
-                    Some(name),
-                );
+        };
+        let render = |page: &MemberPage| {
+            let public: Vec<_> = page.members.iter().map(Member::public).collect();
+            ServerFrame::Presence {
+                reference,
+                topic: name,
+                members: &public,
+                count: page.count,
+                next_cursor: page.next_cursor.as_deref(),
             }
+            .to_json()
+        };
+        let max = self.node.config.limits.max_message_size;
+        match presence::page_within(&*self.node.broker, &topic, cursor, limit, max, render).await {
+            Ok(frame) => self.push(self.outbox.text_frame(frame.as_bytes())),
+            Err(e) => self.broker_error(reference, &e, name),
         }
+    }
+
+    /// How many are present on the topic (contract §10.5).
+    pub(super) async fn presence_stats(&self, reference: Option<&str>, name: &str) {
+        let Some(topic) = self.presence_topic(reference, name) else {
+            return;
+        };
+        match self.node.broker.members(&topic, None, 0).await {
+            Ok(page) => self.reply(&ServerFrame::PresenceStats {
+                reference,
+                topic: name,
+                count: page.count,
+                users: page.users,
+            }),
+            Err(e) => self.broker_error(reference, &e, name),
+        }
+    }
+
+    /// A presence read the broker refused.
+    fn broker_error(&self, reference: Option<&str>, e: &BrokerError, name: &str) {
+        debug!(error = %e, "presence read failed in the broker");
+        let message = match e {
+            BrokerError::Invalid(why) => why.as_str(),
+            _ => "the broker is unavailable; retry later",
+        };
+        self.error(reference, e.code(), message, Some(name));
     }
 
     pub(super) fn unsubscribe(&mut self, reference: Option<&str>, names: &[String]) {

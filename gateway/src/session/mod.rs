@@ -381,8 +381,17 @@ impl Session {
                 reference: reference.as_deref(),
             }),
             ClientFrame::Auth { reference, token } => self.auth(reference.as_deref(), &token),
-            ClientFrame::Presence { reference, topic } => {
-                self.presence(reference.as_deref(), &topic).await;
+            ClientFrame::Presence {
+                reference,
+                topic,
+                limit,
+                cursor,
+            } => {
+                self.presence(reference.as_deref(), &topic, limit, cursor.as_deref())
+                    .await;
+            }
+            ClientFrame::PresenceStats { reference, topic } => {
+                self.presence_stats(reference.as_deref(), &topic).await;
             }
         }
     }

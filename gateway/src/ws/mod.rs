@@ -20,6 +20,7 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use herald_core::Broker;
+use herald_core::http::serve::Watched;
 use herald_core::http::{bearer, error_response};
 use herald_core::metrics::HandshakeResult;
 use herald_protocol::ErrorCode;
@@ -129,6 +130,17 @@ pub async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Respons
             message,
         );
     };
+    if !node.revocations.is_loaded() {
+        // Contract §10.8: a revoked token must never get in through a node
+        // that has not read the revocations yet (Redis unreachable at its
+        // start).
+        return refuse(
+            &node,
+            HandshakeResult::Unavailable,
+            ErrorCode::Unavailable,
+            "the node has not loaded the revocation list yet",
+        );
+    }
     if !origin_allowed(&node, &req) {
         return refuse(
             &node,
@@ -317,14 +329,15 @@ fn spawn_upgraded<J: Job>(on_upgrade: hyper::upgrade::OnUpgrade, job: J) {
         // A task of its own per stream type: a future holding all three
         // variants would cost every connection the size of the largest
         // (the TLS one), whichever it is.
-        let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        let upgraded = match upgraded.downcast::<TokioIo<Watched<TcpStream>>>() {
             Ok(parts) => {
-                tokio::spawn(job.run_tcp(parts.io.into_inner(), parts.read_buf));
+                let tcp = parts.io.into_inner().into_inner();
+                tokio::spawn(job.run_tcp(tcp, parts.read_buf));
                 return;
             }
             Err(upgraded) => upgraded,
         };
-        match upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() {
+        match upgraded.downcast::<TokioIo<TlsStream<Watched<TcpStream>>>>() {
             Ok(parts) => tokio::spawn(job.run(parts.io.into_inner(), parts.read_buf)),
             Err(upgraded) => tokio::spawn(job.run(TokioIo::new(upgraded), Bytes::new())),
         };

@@ -220,7 +220,7 @@ async fn disconnect_reaches_every_node() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_outage_503_then_delivery_resumes() {
+async fn redis_outage_503_then_a_lost_history_is_told() {
     let mut redis = TestRedis::start();
     let node = GatewayProc::start(&redis.url(), false, "n1").await;
     let mut c = node.client("alice", &["news"], &[]).await;
@@ -232,7 +232,9 @@ async fn redis_outage_503_then_delivery_resumes() {
     )
     .await;
     assert_eq!(status, 200);
-    assert_eq!(c.recv().await["data"], 1);
+    let first = c.recv().await;
+    assert_eq!(first["data"], 1);
+    let last = first["id"].clone();
 
     redis.kill();
     let (status, body) = post(
@@ -257,6 +259,15 @@ async fn redis_outage_503_then_delivery_resumes() {
 
     redis.restart();
     wait_ready(node.admin).await;
+    // Redis came back empty: whatever it had acknowledged and not yet sent
+    // this node before it died is gone, and nothing proves there was
+    // nothing. The session is told (1012) rather than left with a silent
+    // gap (contract §10.8), and its recovery says recovered:false.
+    assert_eq!(c.expect_close().await, 1012);
+    let mut c = node.client("alice", &["news"], &[]).await;
+    let (replayed, reply) = c.subscribe_since(&["news"], json!({"news": last})).await;
+    assert!(replayed.is_empty());
+    assert_eq!(reply["recovered"]["news"], false, "{reply}");
     let (status, body) = post(
         node.admin,
         "/v1/publish",
@@ -264,11 +275,7 @@ async fn redis_outage_503_then_delivery_resumes() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(
-        c.recv().await["data"],
-        3,
-        "the open session receives new events with no action"
-    );
+    assert_eq!(c.recv().await["data"], 3, "delivery resumes");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -166,6 +166,24 @@ async fn each_admin_key_may_do_only_what_its_scopes_say() {
             403,
         ),
         ("k-ticks-0123456789", "GET", "/v1/stats", None, 403),
+        // Every method of a route holds its scope (contract §10.8): HEAD,
+        // which axum answers with the GET handler, included.
+        ("k-ticks-0123456789", "HEAD", "/v1/stats", None, 403),
+        (
+            "k-ticks-0123456789",
+            "HEAD",
+            "/v1/topics/stocks.AAPL/history",
+            None,
+            403,
+        ),
+        (
+            "k-ticks-0123456789",
+            "HEAD",
+            "/v1/topics/room.a/presence",
+            None,
+            403,
+        ),
+        ("k-ops-0123456789", "HEAD", "/v1/stats", None, 200),
         (
             "k-ticks-0123456789",
             "GET",
@@ -226,7 +244,7 @@ async fn each_admin_key_may_do_only_what_its_scopes_say() {
     for (key, method, path, body, want) in cases {
         let (status, reply) = call(key, method, path, body.clone()).await;
         assert_eq!(status, want, "{key} {method} {path} {body:?}: {reply}");
-        if want == 403 {
+        if want == 403 && method != "HEAD" {
             assert_eq!(reply["error"]["code"], "forbidden", "{reply}");
             assert!(
                 !reply.to_string().contains(key),

@@ -379,7 +379,28 @@ impl Commands {
         calls: &[ScriptCall],
         wait: Option<Wait>,
     ) -> Result<Vec<Value>, BrokerError> {
-        self.run_scripts(calls, wait, false).await
+        let (values, confirmed) = self.run_scripts(calls, wait, false).await?;
+        match (wait, confirmed) {
+            (Some(w), false) => Err(BrokerError::Unavailable(format!(
+                "not confirmed by {} replicas within {:?}",
+                w.replicas, w.timeout
+            ))),
+            _ => Ok(values),
+        }
+    }
+
+    /// Like [`Commands::scripts`] with `WAIT`, but an unconfirmed write is
+    /// not an error: the replies come back with whether every slot's
+    /// replicas confirmed, so the caller can take back what they did not.
+    ///
+    /// # Errors
+    /// The first failure of any call.
+    pub async fn scripts_replicated(
+        &self,
+        calls: &[ScriptCall],
+        wait: Wait,
+    ) -> Result<(Vec<Value>, bool), BrokerError> {
+        self.run_scripts(calls, Some(wait), false).await
     }
 
     /// Like [`Commands::scripts`], for calls whose effects must happen in
@@ -391,15 +412,17 @@ impl Commands {
     /// # Errors
     /// The first failure of any call.
     pub async fn scripts_in_order(&self, calls: &[ScriptCall]) -> Result<Vec<Value>, BrokerError> {
-        self.run_scripts(calls, None, true).await
+        Ok(self.run_scripts(calls, None, true).await?.0)
     }
 
+    /// The replies in call order, and whether every slot's `WAIT` (if
+    /// any) was confirmed.
     async fn run_scripts(
         &self,
         calls: &[ScriptCall],
         wait: Option<Wait>,
         load: bool,
-    ) -> Result<Vec<Value>, BrokerError> {
+    ) -> Result<(Vec<Value>, bool), BrokerError> {
         let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
         for (i, call) in calls.iter().enumerate() {
             let slot = if self.cluster { call.slot } else { 0 };
@@ -412,16 +435,19 @@ impl Commands {
             self.bounded(self.script_group(*slot, members, calls, wait, load))
         });
         let mut out = vec![Value::Nil; calls.len()];
+        let mut confirmed = true;
         for (result, (_, members)) in futures_util::future::join_all(runs)
             .await
             .into_iter()
             .zip(&groups)
         {
-            for (value, i) in result?.into_iter().zip(members) {
+            let (values, group_confirmed) = result?;
+            confirmed &= group_confirmed;
+            for (value, i) in values.into_iter().zip(members) {
                 out[*i] = value;
             }
         }
-        Ok(out)
+        Ok((out, confirmed))
     }
 
     async fn script_group(
@@ -431,7 +457,7 @@ impl Commands {
         calls: &[ScriptCall],
         wait: Option<Wait>,
         load: bool,
-    ) -> Result<Vec<Value>, BrokerError> {
+    ) -> Result<(Vec<Value>, bool), BrokerError> {
         let failed = |e: redis::RedisError| broker_error(&e);
         let mut conn = self.connection().await?;
         let mut pipe = redis::pipe();
@@ -476,19 +502,14 @@ impl Commands {
                 }
             }
         }
-        if let Some(w) = wait {
-            let confirmed = match waited {
+        let confirmed = wait.is_none_or(|w| {
+            let n = match waited {
                 Some(Value::Int(n)) => u32::try_from(n).unwrap_or(0),
                 _ => 0,
             };
-            if confirmed < w.replicas {
-                return Err(BrokerError::Unavailable(format!(
-                    "confirmed by {confirmed} of {} replicas within {:?}",
-                    w.replicas, w.timeout
-                )));
-            }
-        }
-        Ok(values)
+            n >= w.replicas
+        });
+        Ok((values, confirmed))
     }
 }
 

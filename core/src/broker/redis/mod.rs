@@ -14,7 +14,11 @@
 //!   `history.size`) and a meta hash (`e` = epoch, `s` = last seq), both
 //!   expiring `history.ttl` after the last publish. When the meta hash is
 //!   missing (expired, or Redis lost its data) the next publish starts a new
-//!   random epoch, so old ids are never matched against new events.
+//!   random epoch, so old ids are never matched against new events. A
+//!   subscribe reads the topic's position (starting an epoch if it has
+//!   none), and every node keeps the meta hashes of the topics it
+//!   subscribes alive ([`keep_epochs`]), so a quiet topic's position stays
+//!   a valid `since`.
 //! - **Cluster view.** See [`view`]: node counts with a TTL, and requests
 //!   (disconnects) every node acts on.
 //!
@@ -46,8 +50,8 @@ use herald_protocol::Topic;
 use tracing::warn;
 
 use super::{
-    Broker, BrokerError, BrokerSettings, EventSink, HistoryPage, Member, NodeControl, NodeStats,
-    Position, Publication, Ready, Revocation,
+    Broker, BrokerError, BrokerSettings, EventSink, HistoryPage, Member, MemberPage, NodeControl,
+    NodeStats, Position, Publication, Ready, Revocation,
 };
 use crate::config::Durability;
 use crate::metrics::Metrics;
@@ -218,7 +222,44 @@ impl RedisBroker {
         tokio::spawn(
             health(Arc::downgrade(&broker)).instrument(tracing::info_span!("redis_health")),
         );
+        tokio::spawn(
+            keep_epochs(Arc::downgrade(&broker)).instrument(tracing::info_span!("keep_epochs")),
+        );
         broker
+    }
+
+    /// Reads `topic`'s history (see [`Broker::history`]); `positioning`:
+    /// the read of a subscribed topic's position (see
+    /// [`Scripts::history`](scripts::Scripts::history)).
+    async fn read(
+        &self,
+        topic: &Topic,
+        since: Option<&str>,
+        limit: usize,
+        positioning: bool,
+    ) -> Result<HistoryPage, BrokerError> {
+        let epoch = format!("{:08x}", super::memory::new_epoch());
+        let call = self.scripts.history(
+            topic,
+            since,
+            limit,
+            &self.settings,
+            &epoch,
+            self.commands.is_cluster(),
+            positioning,
+        );
+        let value = self
+            .commands
+            .scripts(std::slice::from_ref(&call), None)
+            .await?
+            .into_iter()
+            .next()
+            .unwrap_or(redis::Value::Nil);
+        let (page, fenced) = scripts::read_history(value, topic, since)?;
+        if let (true, Some(old)) = (fenced, page.replaced) {
+            self.fenced(topic, old);
+        }
+        Ok(page)
     }
 
     fn pubsub(&self) -> &PubSub {
@@ -249,6 +290,44 @@ impl RedisBroker {
     fn fenced(&self, topic: &Topic, old: u32) {
         self.metrics.fenced.increment(1);
         warn!(topic = %topic, replaced = %format!("{old:08x}"), "a new redis primary may lack acknowledged events: the topic's history starts a new epoch");
+    }
+}
+
+/// How often the epochs of subscribed topics are kept alive, for
+/// `history.ttl`: a few times per ttl, within bounds.
+fn keep_period(ttl: Duration) -> Duration {
+    (ttl / 3).clamp(Duration::from_secs(1), Duration::from_secs(300))
+}
+
+/// Keeps the epoch (meta hash) of every topic this node subscribes alive,
+/// so the positions its sessions were given stay valid `since`s however
+/// quiet the topic (contract §10.3). Best effort: a round that fails is
+/// tried again next period, long before the ttl runs out.
+async fn keep_epochs(broker: Weak<RedisBroker>) {
+    let period = match broker.upgrade() {
+        Some(b) => keep_period(b.settings.history.ttl),
+        None => return,
+    };
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(b) = broker.upgrade() else { return };
+        let Some(pubsub) = b.pubsub.get() else {
+            continue;
+        };
+        let topics = pubsub.topics().await;
+        if topics.is_empty() {
+            continue;
+        }
+        let calls = b.scripts.touch(&topics, b.settings.history.ttl);
+        for chunk in calls.chunks(64) {
+            if let Err(e) = b.commands.scripts(chunk, None).await {
+                tracing::debug!(error = %e, "cannot keep the epochs of subscribed topics this round");
+                break;
+            }
+        }
     }
 }
 
@@ -311,6 +390,7 @@ async fn health(broker: Weak<RedisBroker>) {
                 revocations_seen = sync_revocations(&b.commands, node, revocations_seen).await;
                 if revocations_seen.is_some() {
                     b.revocations_synced.store(true, Ordering::Release);
+                    node.revocations_loaded();
                 }
             }
         }
@@ -335,32 +415,60 @@ impl Broker for RedisBroker {
             })
             .collect();
         let publish = &self.settings.publish;
-        let wait = (publish.durability == Durability::Replicated).then_some(Wait {
-            replicas: publish.min_replicas,
-            timeout: publish.replication_timeout,
-        });
-        let values = self.commands.scripts(&calls, wait).await?;
+        let (values, confirmed) = match publish.durability {
+            Durability::Leader => (self.commands.scripts(&calls, None).await?, true),
+            Durability::Replicated => {
+                let wait = Wait {
+                    replicas: publish.min_replicas,
+                    timeout: publish.replication_timeout,
+                };
+                self.commands.scripts_replicated(&calls, wait).await?
+            }
+        };
         let mut positions = vec![Position { epoch: 0, seq: 0 }; batch.len()];
-        let mut confirms = Vec::new();
+        let mut published = Vec::with_capacity(runs.len());
         for ((topic, members), value) in runs.iter().zip(values) {
-            let published = scripts::read_publish(value, members, &mut positions)?;
-            if let Some(old) = published.replaced {
+            let run = scripts::read_publish(value, members, &mut positions)?;
+            if let Some(old) = run.replaced {
                 self.fenced(topic, old);
             }
-            if wait.is_some() {
-                confirms.push(self.scripts.confirm(
-                    topic,
-                    verb,
-                    &published.epoch,
-                    published.last,
-                    &self.settings.history,
-                ));
+            published.push(run);
+        }
+        if publish.durability == Durability::Leader {
+            return Ok(positions);
+        }
+        let history = &self.settings.history;
+        if !confirmed {
+            // Refused: take the events back (contract §10.8), unless another
+            // publisher's confirmation already made them visible.
+            let rollbacks: Vec<_> = runs
+                .iter()
+                .zip(&published)
+                .map(|((topic, members), run)| {
+                    let events: Vec<&Publication> = members.iter().map(|i| &batch[*i]).collect();
+                    let ids: Vec<Position> = members.iter().map(|i| positions[*i]).collect();
+                    self.scripts.rollback(topic, &events, &ids, run, history)
+                })
+                .collect();
+            let visible = self.commands.scripts(&rollbacks, None).await?;
+            if !visible.iter().all(|v| matches!(v, redis::Value::Int(1))) {
+                return Err(BrokerError::Unavailable(format!(
+                    "not confirmed by {} replicas within {:?}",
+                    publish.min_replicas, publish.replication_timeout
+                )));
             }
+            return Ok(positions);
         }
-        if !confirms.is_empty() {
-            // The replicas have the events: make them visible, and deliver.
-            self.commands.scripts(&confirms, None).await?;
-        }
+        // The replicas have the events: make them visible, and deliver.
+        let confirms: Vec<_> = runs
+            .iter()
+            .zip(&published)
+            .map(|((topic, _), run)| {
+                self.scripts
+                    .confirm(topic, verb, &run.epoch, run.last, history)
+            })
+            .collect();
+        self.commands.scripts(&confirms, None).await?;
         Ok(positions)
     }
 
@@ -375,33 +483,19 @@ impl Broker for RedisBroker {
         self.pubsub().unsubscribe(channel(topic));
     }
 
+    async fn position(&self, topic: &Topic) -> Result<Position, BrokerError> {
+        self.read(topic, None, 0, true).await?.head.ok_or_else(|| {
+            BrokerError::Internal("the history script gave a topic no position".to_owned())
+        })
+    }
+
     async fn history(
         &self,
         topic: &Topic,
         since: Option<&str>,
         limit: usize,
     ) -> Result<HistoryPage, BrokerError> {
-        let epoch = format!("{:08x}", super::memory::new_epoch());
-        let call = self.scripts.history(
-            topic,
-            since,
-            limit,
-            &self.settings,
-            &epoch,
-            self.commands.is_cluster(),
-        );
-        let value = self
-            .commands
-            .scripts(std::slice::from_ref(&call), None)
-            .await?
-            .into_iter()
-            .next()
-            .unwrap_or(redis::Value::Nil);
-        let (page, fenced) = scripts::read_history(value, topic, since)?;
-        if let (true, Some(old)) = (fenced, page.replaced) {
-            self.fenced(topic, old);
-        }
-        Ok(page)
+        self.read(topic, since, limit, false).await
     }
 
     fn is_up(&self) -> bool {
@@ -453,7 +547,12 @@ impl Broker for RedisBroker {
         self.presence.release(sub);
     }
 
-    async fn members(&self, topic: &Topic) -> Result<Vec<Member>, BrokerError> {
-        self.presence.members(topic).await
+    async fn members(
+        &self,
+        topic: &Topic,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<MemberPage, BrokerError> {
+        self.presence.members(topic, cursor, limit).await
     }
 }

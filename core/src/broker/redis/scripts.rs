@@ -32,6 +32,12 @@ fn meta_key(topic: &Topic) -> String {
     format!("herald:{{{topic}}}:m")
 }
 
+/// Events refused under `replicated` durability, waiting to be taken back
+/// (see `lua/rollback.lua`).
+fn refused_key(topic: &Topic) -> String {
+    format!("herald:{{{topic}}}:r")
+}
+
 /// The fence check every topic script starts with (see the file).
 const FENCE_LUA: &str = include_str!("lua/fence.lua");
 
@@ -45,7 +51,12 @@ pub struct Scripts {
     publish: Script,
     confirm: Script,
     history: Script,
+    touch: Script,
+    rollback: Script,
 }
+
+/// Topics whose epochs one `touch` call keeps alive.
+pub const TOUCH_CHUNK: usize = 256;
 
 /// A script for a Redis Cluster (`cluster`) or a single primary.
 ///
@@ -71,6 +82,8 @@ impl Scripts {
             publish: script(cluster, with_fence(include_str!("lua/publish.lua"))),
             confirm: script(cluster, include_str!("lua/confirm.lua").to_owned()),
             history: script(cluster, with_fence(include_str!("lua/history.lua"))),
+            touch: script(cluster, include_str!("lua/touch.lua").to_owned()),
+            rollback: script(cluster, include_str!("lua/rollback.lua").to_owned()),
         }
     }
 }
@@ -96,6 +109,9 @@ pub struct Published {
     pub epoch: String,
     /// The topic's last seq after the call.
     pub last: u64,
+    /// The seq of the call's first new event (0: every event was a repeat
+    /// of an idempotency key already seen).
+    pub first_new: u64,
 }
 
 /// The frame of an event before and after its id, which Redis fills in.
@@ -196,12 +212,87 @@ impl Scripts {
         ScriptCall::new(
             &self.confirm,
             cluster::slot(&channel),
-            &[&stream_key(topic), &meta_key(topic)],
+            &[&stream_key(topic), &meta_key(topic), &refused_key(topic)],
             &args,
         )
     }
 
-    /// The call reading up to `limit` events of `topic` after `since`.
+    /// The call taking back the new events of a publish of `run` (whose
+    /// events got `positions`) when its replicas did not confirm it (see
+    /// `lua/rollback.lua`).
+    pub fn rollback(
+        &self,
+        topic: &Topic,
+        run: &[&Publication],
+        positions: &[Position],
+        published: &Published,
+        history: &HistoryConfig,
+    ) -> ScriptCall {
+        let (first, last) = (published.first_new.to_string(), published.last.to_string());
+        let ttl = history.ttl.as_millis().to_string();
+        // New events took consecutive seqs from `first_new`, in run order;
+        // a repeated key answered an older id instead (also one new in this
+        // very run: its seq is then not above the last one counted).
+        let mut counted = published.first_new.saturating_sub(1);
+        let records: Vec<String> = run
+            .iter()
+            .zip(positions)
+            .filter(|(_, p)| {
+                let new = published.first_new > 0
+                    && p.seq > counted
+                    && format!("{:08x}", p.epoch) == published.epoch;
+                if new {
+                    counted = p.seq;
+                }
+                new
+            })
+            .map(|(e, _)| {
+                e.idempotency_key
+                    .as_deref()
+                    .map_or_else(String::new, |k| idempotency_key(topic, k))
+            })
+            .collect();
+        let mut args: Vec<&[u8]> = vec![
+            published.epoch.as_bytes(),
+            first.as_bytes(),
+            last.as_bytes(),
+            ttl.as_bytes(),
+        ];
+        args.extend(records.iter().map(String::as_bytes));
+        ScriptCall::new(
+            &self.rollback,
+            cluster::slot(&channel(topic)),
+            &[&stream_key(topic), &meta_key(topic), &refused_key(topic)],
+            &args,
+        )
+    }
+
+    /// The calls keeping the epochs of `topics` alive for `ttl`: one per
+    /// slot and [`TOUCH_CHUNK`] topics.
+    pub fn touch(&self, topics: &[Topic], ttl: std::time::Duration) -> Vec<ScriptCall> {
+        let ttl = ttl.as_millis().to_string();
+        let mut by_slot: std::collections::BTreeMap<u16, Vec<String>> = Default::default();
+        for t in topics {
+            by_slot
+                .entry(cluster::slot(&channel(t)))
+                .or_default()
+                .push(meta_key(t));
+        }
+        let mut calls = Vec::new();
+        for (slot, keys) in by_slot {
+            for chunk in keys.chunks(TOUCH_CHUNK) {
+                let keys: Vec<&str> = chunk.iter().map(String::as_str).collect();
+                calls.push(ScriptCall::new(&self.touch, slot, &keys, &[ttl.as_bytes()]));
+            }
+        }
+        calls
+    }
+
+    /// The call reading up to `limit` events of `topic` after `since`;
+    /// `positioning`: the read of a subscribed topic's position, which
+    /// starts an epoch when it has none and keeps it alive (see
+    /// `lua/history.lua`).
+    #[allow(clippy::too_many_arguments, reason = "one call's arguments, named")]
     pub fn history(
         &self,
         topic: &Topic,
@@ -210,6 +301,7 @@ impl Scripts {
         settings: &BrokerSettings,
         epoch: &str,
         clustered: bool,
+        positioning: bool,
     ) -> ScriptCall {
         let (since_epoch, since_seq) = match since.map(Position::parse) {
             None => (String::new(), String::from("-1")),
@@ -219,7 +311,7 @@ impl Scripts {
         };
         let limit = limit.to_string();
         let ttl = settings.history.ttl.as_millis().to_string();
-        let args: [&[u8]; 7] = [
+        let args: [&[u8]; 8] = [
             since_epoch.as_bytes(),
             since_seq.as_bytes(),
             limit.as_bytes(),
@@ -227,6 +319,7 @@ impl Scripts {
             epoch.as_bytes(),
             ttl.as_bytes(),
             if clustered { b"1" } else { b"0" },
+            if positioning { b"1" } else { b"0" },
         ];
         ScriptCall::new(
             &self.history,
@@ -256,7 +349,8 @@ pub fn read_publish(
             )));
         }
     };
-    let [ids, replaced, epoch, last] = <[Value; 4]>::try_from(parts).map_err(|_| bad())?;
+    let [ids, replaced, epoch, last, first_new] =
+        <[Value; 5]>::try_from(parts).map_err(|_| bad())?;
     let Value::Array(ids) = ids else {
         return Err(bad());
     };
@@ -275,6 +369,9 @@ pub fn read_publish(
             .and_then(|r| u32::from_str_radix(&r, 16).ok()),
         epoch: as_text(&epoch).ok_or_else(bad)?,
         last: as_text(&last)
+            .and_then(|l| l.parse().ok())
+            .ok_or_else(bad)?,
+        first_new: as_text(&first_new)
             .and_then(|l| l.parse().ok())
             .ok_or_else(bad)?,
     })

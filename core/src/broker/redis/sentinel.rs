@@ -6,10 +6,13 @@
 //! sentinels and the master group; the credentials are the data nodes'.
 //!
 //! A watcher task keeps the current primary in a `watch` channel that the
-//! command pool and the pub/sub connections read. It asks the sentinels
-//! (`SENTINEL get-master-addr-by-name`), then connects to the address they
-//! give and checks `ROLE`: an address that is not a primary is never used,
-//! so nothing is written to a replica even while sentinels disagree. It
+//! command pool and the pub/sub connections read. It asks every sentinel
+//! at once (`SENTINEL get-master-addr-by-name`), then tries the addresses
+//! they give, the one most of them name first, and checks `ROLE`: an
+//! address that is down or not a primary is skipped and never used, so
+//! nothing is written to a replica even while sentinels disagree, and a
+//! stale sentinel (cut off while the others promoted a replica) cannot
+//! hide the new primary. It
 //! re-asks when a sentinel publishes `+switch-master`, when a user of the
 //! primary reports trouble ([`Sentinel::refresh`]), and every
 //! [`RESOLVE_PERIOD`] regardless, in case no announcement reached it.
@@ -135,36 +138,51 @@ impl Sentinel {
     }
 
     /// The primary the sentinels name, checked with `ROLE`.
+    ///
+    /// Every sentinel is asked at once (each wait bounded by the
+    /// transport's timeout), and the addresses they name are tried in
+    /// order of how many name them, ties in the URL's order: a sentinel
+    /// that is unreachable, does not know the master, or names an address
+    /// that is down or not a primary (a sentinel cut off from the others
+    /// still names the primary that died) is skipped, so one stale
+    /// sentinel listed first cannot hide the primary the others promoted
+    /// (contract §10.8).
     async fn resolve(&self) -> Result<Endpoint, TransportError> {
+        let asks = self.sentinels.iter().map(|sentinel| async move {
+            let args = [
+                b"SENTINEL".as_slice(),
+                b"get-master-addr-by-name",
+                self.master.as_bytes(),
+            ];
+            (sentinel, command(sentinel, &args).await)
+        });
         let mut last = TransportError::Unexpected("SENTINEL get-master-addr-by-name");
-        for sentinel in &self.sentinels {
-            let reply = match command(
-                sentinel,
-                &[
-                    b"SENTINEL".as_slice(),
-                    b"get-master-addr-by-name",
-                    self.master.as_bytes(),
-                ],
-            )
-            .await
-            {
-                Ok(reply) => reply,
+        let mut named = Vec::with_capacity(self.sentinels.len());
+        for (sentinel, reply) in futures_util::future::join_all(asks).await {
+            match reply {
+                Ok(reply) => match host_port(&reply) {
+                    Some(addr) => named.push(addr),
+                    None => debug!(sentinel = %sentinel.addr, "sentinel does not know the master"),
+                },
                 Err(e) => {
                     debug!(sentinel = %sentinel.addr, error = %e, "sentinel unreachable");
                     last = e;
-                    continue;
                 }
-            };
-            let Some(addr) = host_port(&reply) else {
-                debug!(sentinel = %sentinel.addr, "sentinel does not know the master");
-                continue;
-            };
-            let candidate = self.template.at(&addr);
-            if is_primary(&candidate).await? {
-                return Ok(candidate);
             }
-            debug!(addr = %addr, "the address sentinels name is not a primary (yet)");
-            last = TransportError::Unexpected("ROLE: not a primary");
+        }
+        for addr in by_votes(named) {
+            let candidate = self.template.at(&addr);
+            match is_primary(&candidate).await {
+                Ok(true) => return Ok(candidate),
+                Ok(false) => {
+                    debug!(addr = %addr, "the address a sentinel names is not a primary (yet)");
+                    last = TransportError::Unexpected("ROLE: not a primary");
+                }
+                Err(e) => {
+                    debug!(addr = %addr, error = %e, "the address a sentinel names is down");
+                    last = e;
+                }
+            }
         }
         Err(last)
     }
@@ -200,6 +218,21 @@ impl Sentinel {
         }
         None
     }
+}
+
+/// The distinct addresses of `named` (one per answering sentinel), most
+/// named first; ties keep the order of their first mention.
+fn by_votes(named: Vec<String>) -> Vec<String> {
+    let mut tally: Vec<(String, usize)> = Vec::new();
+    for addr in named {
+        match tally.iter_mut().find(|(a, _)| *a == addr) {
+            Some((_, n)) => *n += 1,
+            None => tally.push((addr, 1)),
+        }
+    }
+    // A stable sort: equal counts stay in first-mention order.
+    tally.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    tally.into_iter().map(|(a, _)| a).collect()
 }
 
 /// `[host, port]` as `host:port`.
@@ -298,6 +331,23 @@ mod tests {
         ] {
             assert!(parse_url(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_address_most_sentinels_name_is_tried_first() {
+        let v = |s: &[&str]| s.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
+        // A stale sentinel listed first names the dead primary; the two
+        // others name the promoted replica.
+        assert_eq!(
+            by_votes(v(&["old:1", "new:2", "new:2"])),
+            v(&["new:2", "old:1"])
+        );
+        assert_eq!(
+            by_votes(v(&["a:1", "b:2"])),
+            v(&["a:1", "b:2"]),
+            "ties: URL order"
+        );
+        assert!(by_votes(Vec::new()).is_empty());
     }
 
     #[test]

@@ -3,11 +3,17 @@
 --
 -- KEYS: stream, meta. ARGV: 1 since epoch ('' = from the oldest kept),
 -- 2 since seq, 3 limit, 4 leader or replicated, 5 epoch candidate, 6 ttl ms,
--- 7 '1' under Redis Cluster.
+-- 7 '1' under Redis Cluster, 8 '1' to read a position: a topic with no
+-- epoch starts one (its position is <epoch>-0), and the meta hash is kept
+-- at least ttl from now (a subscribed topic keeps its epoch).
 -- Returns {recovered 0/1, epoch or '', flat seq/frame list, last visible
 -- seq, epoch this one replaced or '', 1 when this read started the epoch}.
-if redis.call('EXISTS', KEYS[2]) == 0 then return {0, '', {}, 0, '', 0} end
+local positioning = ARGV[8] == '1'
+if not positioning and redis.call('EXISTS', KEYS[2]) == 0 then return {0, '', {}, 0, '', 0} end
 local epoch, last, visible, replaced = fence(KEYS[2], KEYS[1], ARGV[5], ARGV[4], ARGV[6], ARGV[7])
+if positioning and redis.call('PTTL', KEYS[2]) < tonumber(ARGV[6]) then
+  redis.call('PEXPIRE', KEYS[2], ARGV[6])
+end
 local first = visible + 1
 local head = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
 if #head > 0 then first = tonumber(string.match(head[1][1], '-(%d+)$')) end

@@ -8,9 +8,10 @@
 -- triple: the frame is prefix .. id .. suffix; key index 0 = no key, else
 -- its KEYS index.
 --
--- Returns {ids, replaced epoch or '', epoch, last seq}. With replicated the
--- events are not published here: the confirm script publishes them once
--- the replicas have them.
+-- Returns {ids, replaced epoch or '', epoch, last seq, first new seq or 0}.
+-- With replicated the events are not published here: the confirm script
+-- publishes them once the replicas have them (or the rollback script takes
+-- them back when the replicas did not confirm them in time).
 local clustered = '0'
 if ARGV[2] == 'SPUBLISH' then clustered = '1' end
 local epoch, last, visible, replaced = fence(KEYS[2], KEYS[1], ARGV[5], ARGV[6], ARGV[4], clustered)
@@ -19,6 +20,7 @@ local size = tonumber(ARGV[3])
 local keep = size > 0 or ARGV[6] == 'replicated'
 local n = (#ARGV - 7) / 3
 local ids, parts = {}, {}
+local first_new = 0
 for i = 0, n - 1 do
   local k = tonumber(ARGV[10 + 3 * i])
   local prior = false
@@ -27,6 +29,7 @@ for i = 0, n - 1 do
     ids[i + 1] = prior
   else
     last = last + 1
+    if first_new == 0 then first_new = last end
     local id = epoch .. '-' .. last
     local frame = ARGV[8 + 3 * i] .. id .. ARGV[9 + 3 * i]
     if keep then redis.call('XADD', KEYS[1], '0-' .. last, 'f', frame) end
@@ -49,4 +52,4 @@ if #parts > 0 then
 end
 if keep then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
-return {ids, replaced or '', epoch, last}
+return {ids, replaced or '', epoch, last, first_new}

@@ -9,7 +9,9 @@ use herald_protocol::Topic;
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
-use super::{ALIVE, BATCH, CLAIM_AT_ONCE, CLAIMED, Op, Shared, cluster, members_key, topics_key};
+use super::{
+    ALIVE, BATCH, CLAIM_AT_ONCE, CLAIMED, Op, Shared, cluster, members_key, topics_key, users_key,
+};
 use crate::broker::redis::commands::{ScriptCall, as_text};
 use crate::broker::redis::scripts::channel;
 use crate::broker::{BrokerError, LeaveCause};
@@ -112,7 +114,7 @@ impl Shared {
                 ScriptCall::new(
                     &self.scripts.sweep,
                     cluster::slot(&ch),
-                    &[&members_key(&topic)],
+                    &[&members_key(&topic), &users_key(&topic)],
                     &[inc.as_bytes(), &ch, verb.as_bytes()],
                 )
             })

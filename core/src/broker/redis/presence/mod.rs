@@ -33,7 +33,10 @@
 //! incarnations count each user's sessions: a hash per user (incarnation →
 //! sessions) beside the live set, so one script admits a session only if
 //! the live incarnations hold fewer than the limit, and drops the counts of
-//! dead ones as it goes. A node coming back counts its sessions again.
+//! dead ones as it goes. A node writes its own count as an absolute value
+//! from what it knows (never an increment), so a write retried after a
+//! timeout that had in fact run cannot count a session twice and lock its
+//! user out. A node coming back writes its counts again.
 //!
 //! **Order.** Joins and leaves go through one worker task in the order they
 //! were asked; a failed batch is retried (every script is idempotent) before
@@ -45,7 +48,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use deadpool_redis::redis::{self, Value};
+use deadpool_redis::redis::Value;
 use herald_protocol::{Member, Topic};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
@@ -56,7 +59,7 @@ mod worker;
 use super::cluster;
 use super::commands::{Commands, Script, as_text};
 use super::scripts::script;
-use crate::broker::{BrokerError, NodeControl};
+use crate::broker::{BrokerError, MemberPage, NodeControl};
 use crate::metrics::Metrics;
 use worker::Worker;
 
@@ -87,6 +90,12 @@ pub fn members_key(topic: &Topic) -> String {
     format!("herald:{{{topic}}}:p")
 }
 
+/// A topic's sessions per user (sub → count), kept by the same scripts that
+/// store its members, so `users` costs one `HLEN`.
+pub fn users_key(topic: &Topic) -> String {
+    format!("herald:{{{topic}}}:pu")
+}
+
 /// The presence (and per-user count) scripts.
 struct PresenceScripts {
     join: Script,
@@ -94,8 +103,8 @@ struct PresenceScripts {
     sweep: Script,
     heartbeat: Script,
     claim: Script,
-    admit: Script,
-    count: Script,
+    users: Script,
+    members: Script,
 }
 
 impl PresenceScripts {
@@ -107,8 +116,8 @@ impl PresenceScripts {
             sweep: s(include_str!("../lua/presence/sweep.lua")),
             heartbeat: s(include_str!("../lua/presence/heartbeat.lua")),
             claim: s(include_str!("../lua/presence/claim.lua")),
-            admit: s(include_str!("../lua/presence/admit.lua")),
-            count: s(include_str!("../lua/presence/count.lua")),
+            users: s(include_str!("../lua/presence/users.lua")),
+            members: s(include_str!("../lua/presence/members.lua")),
         }
     }
 }
@@ -148,10 +157,11 @@ enum Op {
         limit: u32,
         done: Option<oneshot::Sender<Result<bool, BrokerError>>>,
     },
-    /// `delta` sessions of `sub` on this node (−1 when one ends).
+    /// `ended` sessions of `sub` on this node ended (0: rewrite its count,
+    /// under a new incarnation).
     Count {
         sub: Arc<str>,
-        delta: i64,
+        ended: u64,
     },
     /// The incarnation lapsed: take a new one and join every session again.
     Lapsed,
@@ -269,7 +279,7 @@ impl Presence {
     pub fn release(&self, sub: &str) {
         let _ = self.ops.send(Op::Count {
             sub: Arc::from(sub),
-            delta: -1,
+            ended: 1,
         });
     }
 
@@ -283,29 +293,72 @@ impl Presence {
         let _ = self.ops.send(op);
     }
 
-    /// The members of `topic`, in one read.
+    /// A page of `topic`'s members and its counts (see
+    /// [`Broker::members`](crate::Broker::members)); the cursor is
+    /// `<HSCAN cursor>:<last session listed>` (see
+    /// `lua/presence/members.lua`).
     ///
     /// # Errors
-    /// When Redis cannot be read.
-    pub async fn members(&self, topic: &Topic) -> Result<Vec<Member>, BrokerError> {
-        let values: Vec<Value> = self
+    /// When Redis cannot be read, or `cursor` is not one this gave.
+    pub async fn members(
+        &self,
+        topic: &Topic,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<MemberPage, BrokerError> {
+        let (scan, after) = match cursor {
+            None => ("0", ""),
+            Some(c) => c
+                .split_once(':')
+                .filter(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                .ok_or_else(|| BrokerError::Invalid("not a presence cursor".to_owned()))?,
+        };
+        let limit_arg = limit.to_string();
+        let ch = super::scripts::channel(topic);
+        let call = super::commands::ScriptCall::new(
+            &self.shared.scripts.members,
+            cluster::slot(&ch),
+            &[&members_key(topic), &users_key(topic)],
+            &[scan.as_bytes(), after.as_bytes(), limit_arg.as_bytes()],
+        );
+        let value = self
             .shared
             .commands
-            .query(redis::cmd("HVALS").arg(members_key(topic)))
-            .await?;
-        let mut members: Vec<Member> = values
-            .iter()
-            .filter_map(|v| parse_entry(&as_text(v)?))
-            .collect();
-        crate::broker::presence::sort(&mut members);
-        Ok(members)
+            .scripts(std::slice::from_ref(&call), None)
+            .await?
+            .into_iter()
+            .next()
+            .unwrap_or(Value::Nil);
+        read_members(value)
     }
 }
 
-/// A stored entry `<incarnation>\n<member JSON>` as its member.
-fn parse_entry(entry: &str) -> Option<Member> {
-    let (_, json) = entry.split_once('\n')?;
-    serde_json::from_str(json).ok()
+/// The members script's reply as a page.
+fn read_members(value: Value) -> Result<MemberPage, BrokerError> {
+    let bad = || BrokerError::Internal("unexpected reply from the members script".to_owned());
+    let Value::Array(parts) = value else {
+        return Err(bad());
+    };
+    let [count, users, members, next, last] = <[Value; 5]>::try_from(parts).map_err(|_| bad())?;
+    let number = |v: &Value| match v {
+        Value::Int(n) => u64::try_from(*n).map_err(|_| bad()),
+        _ => Err(bad()),
+    };
+    let Value::Array(members) = members else {
+        return Err(bad());
+    };
+    let members: Vec<Member> = members
+        .iter()
+        .filter_map(|v| serde_json::from_str(&as_text(v)?).ok())
+        .collect();
+    let next = as_text(&next).unwrap_or_default();
+    Ok(MemberPage {
+        count: number(&count)?,
+        users: number(&users)?,
+        members,
+        next_cursor: (!next.is_empty())
+            .then(|| format!("{next}:{}", as_text(&last).unwrap_or_default())),
+    })
 }
 
 #[cfg(test)]
@@ -313,15 +366,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn entries_parse_past_their_incarnation() {
-        let m = parse_entry("0a1b\n{\"sub\":\"a\",\"session\":\"s\",\"node\":\"n\",\"since\":5}")
-            .unwrap();
-        assert_eq!(
-            (m.sub.as_str(), m.session.as_str(), m.node.as_str(), m.since),
-            ("a", "s", "n", 5)
-        );
-        assert!(parse_entry("no newline").is_none());
-        assert!(parse_entry("x\nnot json").is_none());
+    fn a_members_reply_reads_as_a_page() {
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let page = read_members(Value::Array(vec![
+            Value::Int(3),
+            Value::Int(2),
+            Value::Array(vec![
+                bulk("{\"sub\":\"a\",\"session\":\"s1\",\"node\":\"n\",\"since\":5}"),
+                bulk("not json"),
+            ]),
+            bulk("17"),
+            bulk("s1"),
+        ]))
+        .unwrap();
+        assert_eq!((page.count, page.users), (3, 2));
+        assert_eq!(page.members.len(), 1, "an unreadable entry is skipped");
+        assert_eq!(page.members[0].session, "s1");
+        assert_eq!(page.next_cursor.as_deref(), Some("17:s1"));
+        let done = read_members(Value::Array(vec![
+            Value::Int(0),
+            Value::Int(0),
+            Value::Array(vec![]),
+            bulk(""),
+            bulk(""),
+        ]))
+        .unwrap();
+        assert!(done.next_cursor.is_none());
+        assert!(read_members(Value::Nil).is_err());
     }
 
     #[test]

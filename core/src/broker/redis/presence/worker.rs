@@ -2,7 +2,7 @@
 //! stored in the order they were asked, and the node's incarnation (see the
 //! module documentation of [`super`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -13,7 +13,9 @@ use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info, warn};
 
 use super::liveness::reporter;
-use super::{ALIVE, BATCH, Op, PRUNE_PERIOD, Shared, cluster, members_key, topics_key, user_key};
+use super::{
+    ALIVE, BATCH, Op, PRUNE_PERIOD, Shared, cluster, members_key, topics_key, user_key, users_key,
+};
 use crate::broker::redis::commands::ScriptCall;
 use crate::broker::redis::scripts::channel;
 use crate::broker::{BrokerError, LeaveCause};
@@ -27,6 +29,43 @@ pub(super) struct Worker {
     incarnation: Option<String>,
     /// Topics listed under the current incarnation.
     indexed: HashSet<Topic>,
+    /// This node's admitted sessions per user, the truth its counts in
+    /// Redis are written from (absolute, so a retried write cannot drift).
+    users: HashMap<Arc<str>, u64>,
+}
+
+/// The per-user count changes of one batch for one user, in the order the
+/// batch first mentions them.
+struct Tally {
+    sub: Arc<str>,
+    limit: u32,
+    ended: u64,
+    asking: u64,
+}
+
+fn tallies(ops: &[Op]) -> Vec<Tally> {
+    let mut out: Vec<Tally> = Vec::new();
+    for op in ops {
+        let (sub, limit, ended, asking) = match op {
+            Op::Admit { sub, limit, .. } => (sub, *limit, 0, 1),
+            Op::Count { sub, ended } => (sub, 0, *ended, 0),
+            _ => continue,
+        };
+        match out.iter_mut().find(|t| t.sub == *sub) {
+            Some(t) => {
+                t.limit = t.limit.max(limit);
+                t.ended += ended;
+                t.asking += asking;
+            }
+            None => out.push(Tally {
+                sub: sub.clone(),
+                limit,
+                ended,
+                asking,
+            }),
+        }
+    }
+    out
 }
 
 impl Worker {
@@ -43,6 +82,7 @@ impl Worker {
             queued_joins,
             incarnation: None,
             indexed: HashSet::new(),
+            users: HashMap::new(),
         }
     }
 
@@ -136,10 +176,18 @@ impl Worker {
             }
             self.indexed.extend(new_topics.into_iter().cloned());
         }
-        let calls: Vec<ScriptCall> = ops
+        let mut calls: Vec<ScriptCall> = ops
             .iter()
             .filter_map(|op| self.shared.call(op, &inc))
             .collect();
+        let presence_calls = calls.len();
+        // Per-user counts: one absolute write per user (see
+        // `lua/presence/users.lua`), so retrying the batch cannot drift.
+        let tallies = tallies(ops);
+        calls.extend(tallies.iter().map(|t| {
+            let own = self.users.get(&t.sub).copied().unwrap_or(0);
+            self.shared.users_call(&inc, t, own)
+        }));
         let (commands, queue) = (&self.shared.commands, &self.ops);
         let stored = retry(
             "store presence changes",
@@ -150,27 +198,42 @@ impl Worker {
         let Some(values) = stored else {
             return;
         };
-        // `Lapsed` makes no call; every other op made one, in order.
-        let mut values = values.into_iter();
+        let mut admitted: HashMap<Arc<str>, u64> = HashMap::new();
+        for (t, value) in tallies.iter().zip(values.iter().skip(presence_calls)) {
+            let n = match value {
+                Value::Int(n) => u64::try_from(*n).unwrap_or(0),
+                _ => 0,
+            };
+            let own = self.users.get(&t.sub).copied().unwrap_or(0);
+            let now = own.saturating_sub(t.ended) + n;
+            if now == 0 {
+                self.users.remove(&t.sub);
+            } else {
+                self.users.insert(t.sub.clone(), now);
+            }
+            admitted.insert(t.sub.clone(), n);
+        }
         for op in ops.iter_mut() {
             match op {
                 Op::Join { done, .. } => {
-                    values.next();
                     self.queued_joins.fetch_sub(1, Ordering::AcqRel);
                     if let Some(done) = done.take() {
                         let _ = done.send(Ok(()));
                     }
                 }
-                Op::Admit { done, .. } => {
-                    let admitted = matches!(values.next(), Some(Value::Int(1)));
+                Op::Admit { sub, done, .. } => {
+                    // The first sessions of a user in the batch get its room.
+                    let left = admitted.get_mut(sub);
+                    let yes = left.is_some_and(|n| {
+                        let yes = *n > 0;
+                        *n = n.saturating_sub(1);
+                        yes
+                    });
                     if let Some(done) = done.take() {
-                        let _ = done.send(Ok(admitted));
+                        let _ = done.send(Ok(yes));
                     }
                 }
-                Op::Leave { .. } | Op::Count { .. } => {
-                    values.next();
-                }
-                Op::Lapsed => {}
+                Op::Leave { .. } | Op::Count { .. } | Op::Lapsed => {}
             }
         }
     }
@@ -200,16 +263,10 @@ impl Worker {
             })
             .collect();
         // Sessions counted per user (limits.max_connections_per_user) are
-        // counted again under the new incarnation.
-        let users = self
-            .shared
-            .node
-            .get()
-            .map(|n| n.users())
-            .unwrap_or_default();
-        ops.extend(users.into_iter().map(|(sub, n)| Op::Count {
-            sub,
-            delta: i64::try_from(n).unwrap_or(i64::MAX),
+        // written again under the new incarnation, from this node's truth.
+        ops.extend(self.users.keys().map(|sub| Op::Count {
+            sub: sub.clone(),
+            ended: 0,
         }));
         for chunk in ops.chunks_mut(BATCH) {
             // Joins are counted as queued, like any other, by `apply`.
@@ -284,13 +341,14 @@ impl Shared {
                 ScriptCall::new(
                     &self.scripts.join,
                     cluster::slot(&ch),
-                    &[&members_key(topic)],
+                    &[&members_key(topic), &users_key(topic)],
                     &[
                         member.session.as_bytes(),
                         inc.as_bytes(),
                         json.as_bytes(),
                         &ch,
                         verb.as_bytes(),
+                        member.sub.as_bytes(),
                     ],
                 )
             }
@@ -299,30 +357,36 @@ impl Shared {
                 ScriptCall::new(
                     &self.scripts.leave,
                     cluster::slot(&ch),
-                    &[&members_key(topic)],
+                    &[&members_key(topic), &users_key(topic)],
                     &[session.as_bytes(), &ch, verb.as_bytes()],
                 )
             }
-            Op::Admit { sub, limit, .. } => {
-                let limit = limit.to_string();
-                ScriptCall::new(
-                    &self.scripts.admit,
-                    cluster::slot(ALIVE.as_bytes()),
-                    &[&user_key(sub), ALIVE],
-                    &[inc.as_bytes(), limit.as_bytes()],
-                )
-            }
-            Op::Count { sub, delta } => {
-                let delta = delta.to_string();
-                ScriptCall::new(
-                    &self.scripts.count,
-                    cluster::slot(ALIVE.as_bytes()),
-                    &[&user_key(sub)],
-                    &[inc.as_bytes(), delta.as_bytes()],
-                )
-            }
+            Op::Admit { .. } | Op::Count { .. } => return None,
             Op::Lapsed => return None,
         })
+    }
+
+    /// The absolute write of one user's count on this node (see
+    /// `lua/presence/users.lua`); `own` is the count before the batch.
+    fn users_call(&self, inc: &str, t: &Tally, own: u64) -> ScriptCall {
+        let (limit, own, ended, asking) = (
+            t.limit.to_string(),
+            own.to_string(),
+            t.ended.to_string(),
+            t.asking.to_string(),
+        );
+        ScriptCall::new(
+            &self.scripts.users,
+            cluster::slot(ALIVE.as_bytes()),
+            &[&user_key(&t.sub), ALIVE],
+            &[
+                inc.as_bytes(),
+                limit.as_bytes(),
+                own.as_bytes(),
+                ended.as_bytes(),
+                asking.as_bytes(),
+            ],
+        )
     }
 
     pub(super) fn heartbeat_call(&self, inc: &str, first: bool) -> ScriptCall {

@@ -118,6 +118,8 @@ pub(crate) enum RouterCmd {
         target: Target,
         ready: Vec<ReadySender>,
     },
+    /// The topics wanted now.
+    Topics(tokio::sync::oneshot::Sender<Vec<Topic>>),
     /// A connection came up or went down.
     State {
         conn: usize,
@@ -173,6 +175,15 @@ impl PubSub {
     /// Unsubscribes `channel`.
     pub fn unsubscribe(&self, channel: Bytes) {
         let _ = self.tx.send(RouterCmd::Unsubscribe { channel });
+    }
+
+    /// The topics subscribed (wanted) now; empty once the router stopped.
+    pub async fn topics(&self) -> Vec<Topic> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.tx.send(RouterCmd::Topics(tx)).is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
     }
 
     /// Whether every connection is up and has proven its path.

@@ -215,6 +215,18 @@ impl Router {
                 }
                 true
             }
+            RouterCmd::Topics(answer) => {
+                let topics = self
+                    .wanted
+                    .values()
+                    .filter_map(|(target, _)| match target {
+                        Target::Topic(t) => Some(t.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                let _ = answer.send(topics);
+                false
+            }
             RouterCmd::State { conn, up } => {
                 if let Some(Some(handle)) = self.conns.get_mut(conn) {
                     handle.up = up;

@@ -1,8 +1,9 @@
 -- Makes a session a member of a topic's presence.
 --
--- KEYS: the topic's member hash (session -> "<incarnation>\n<member JSON>").
+-- KEYS: 1 the topic's member hash (session -> "<incarnation>\n<member
+-- JSON>"), 2 its sessions per user (sub -> count).
 -- ARGV: 1 session, 2 the joining node's incarnation, 3 member JSON,
--- 4 the topic's channel, 5 PUBLISH or SPUBLISH.
+-- 4 the topic's channel, 5 PUBLISH or SPUBLISH, 6 the member's sub.
 --
 -- A session already present keeps its entry (and its join time) and is
 -- moved to the caller's incarnation, without an announcement: its node
@@ -18,5 +19,6 @@ if cur then
   return 0
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '\n' .. ARGV[3])
+redis.call('HINCRBY', KEYS[2], ARGV[6], 1)
 redis.call(ARGV[5], ARGV[4], '+' .. ARGV[3])
 return 1
