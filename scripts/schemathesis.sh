@@ -5,7 +5,8 @@
 # a valid admin key. Exits non-zero on any mismatch.
 #
 # Deterministic: a fixed seed, a fixed number of examples per operation and
-# no example database, so the README's test command passes or fails the
+# no example database (implied by --generation-deterministic), so the
+# README's test command passes or fails the
 # same way on every run. Long random runs are scripts/fuzz-api.sh; what
 # they find becomes a fixed case here or in the Rust tests.
 #
@@ -16,13 +17,12 @@ cd "$(dirname "$0")/.."
 
 BIN=${HERALD_BIN_DIR:-target/debug}
 SEED=${SEED:-20261207}
-MAX_EXAMPLES=${MAX_EXAMPLES:-60}
+MAX_EXAMPLES=${MAX_EXAMPLES:-300}
 # Random runs (scripts/fuzz-api.sh) pass RANDOM_RUN=1 with a time budget.
 if [ "${RANDOM_RUN:-0}" = 1 ]; then
   BUDGET=(--max-time "${MAX_TIME:-600}" --seed "$SEED")
 else
-  BUDGET=(--max-examples "$MAX_EXAMPLES" --seed "$SEED" --generation-deterministic
-    --generation-database none)
+  BUDGET=(--max-examples "$MAX_EXAMPLES" --seed "$SEED" --generation-deterministic)
 fi
 KEY=schemathesis-admin-key
 WORK=$(mktemp -d)

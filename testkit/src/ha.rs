@@ -317,3 +317,91 @@ impl Drop for Relay {
         let _ = TcpStream::connect(("127.0.0.1", self.port));
     }
 }
+
+/// A sentinel cut off from the others: it answers like a sentinel but
+/// still names the primary it last knew, whatever happened since. Stands in
+/// for a partitioned `redis-sentinel` (which cannot be made stale on
+/// purpose and deterministically on one machine).
+pub struct StaleSentinel {
+    /// Where it listens.
+    pub port: u16,
+    stopped: Arc<AtomicBool>,
+}
+
+impl StaleSentinel {
+    /// A sentinel naming `127.0.0.1:<primary_port>` as the primary of
+    /// [`MASTER_NAME`] forever.
+    pub fn start(primary_port: u16) -> StaleSentinel {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stopped = Arc::new(AtomicBool::new(false));
+        let stop = stopped.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if stop.load(Ordering::Acquire) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                std::thread::spawn(move || answer_as_sentinel(client, primary_port));
+            }
+        });
+        StaleSentinel { port, stopped }
+    }
+
+    /// `127.0.0.1:<port>`, for a sentinel URL.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for StaleSentinel {
+    fn drop(&mut self) {
+        self.stopped.store(true, Ordering::Release);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// Reads RESP commands (arrays of bulk strings) and answers the few a
+/// client of sentinels sends.
+fn answer_as_sentinel(mut client: TcpStream, primary_port: u16) {
+    let mut reader = std::io::BufReader::new(client.try_clone().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if std::io::BufRead::read_line(&mut reader, &mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let Some(n) = line.trim().strip_prefix('*').and_then(|n| n.parse::<usize>().ok()) else {
+            return;
+        };
+        let mut args = Vec::with_capacity(n);
+        for _ in 0..n {
+            line.clear();
+            if std::io::BufRead::read_line(&mut reader, &mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            let len: usize = line.trim().trim_start_matches('$').parse().unwrap_or(0);
+            let mut arg = vec![0u8; len + 2];
+            if reader.read_exact(&mut arg).is_err() {
+                return;
+            }
+            arg.truncate(len);
+            args.push(String::from_utf8_lossy(&arg).to_ascii_uppercase());
+        }
+        let reply = match args.first().map(String::as_str) {
+            Some("SENTINEL") => {
+                let port = primary_port.to_string();
+                format!("*2\r\n$9\r\n127.0.0.1\r\n${}\r\n{port}\r\n", port.len())
+            }
+            Some("SUBSCRIBE") => {
+                let ch = args.get(1).cloned().unwrap_or_default().to_ascii_lowercase();
+                format!("*3\r\n$9\r\nsubscribe\r\n${}\r\n{ch}\r\n:1\r\n", ch.len())
+            }
+            Some("PING") => "+PONG\r\n".to_owned(),
+            _ => "-ERR unknown command\r\n".to_owned(),
+        };
+        if client.write_all(reply.as_bytes()).is_err() {
+            return;
+        }
+    }
+}

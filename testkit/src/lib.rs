@@ -8,7 +8,7 @@
 
 mod ha;
 
-pub use ha::{MASTER_NAME, Relay, TestReplicated, TestSentinels};
+pub use ha::{MASTER_NAME, Relay, StaleSentinel, TestReplicated, TestSentinels};
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};

@@ -79,7 +79,20 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// What a recovery did (see [`Hub::recover`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Recovered {
+    /// Whether everything after `since` was replayed.
+    pub recovered: bool,
+    /// Where the session stands: the last event it was given, or the
+    /// topic's.
+    pub position: Position,
+    /// Events replayed.
+    pub replayed: usize,
+}
+
 /// The registry plus the broker it keeps in step, plus the session index.
+
 pub struct Hub<B> {
     registry: Arc<Registry>,
     broker: Arc<B>,
@@ -317,8 +330,9 @@ impl<B: Broker> Hub<B> {
         already: bool,
         sees: bool,
     ) -> Result<(bool, Position), BrokerError> {
-        self.hold(outbox, topic, already, sees).await?;
-        Ok(self.recover(outbox, topic, since).await)
+                self.hold(outbox, topic, already, sees).await?;
+        let r = self.recover(outbox, topic, since, usize::MAX).await;
+        Ok((r.recovered, r.position))
     }
 
     /// The first half of a recovery: subscribes the session to `topic` (or
@@ -350,19 +364,21 @@ impl<B: Broker> Hub<B> {
         Ok(())
     }
 
-    /// The second half: replays history after `since` to a session
+        /// The second half: replays history after `since` to a session
     /// [`Hub::hold`] holds, then its held events, then lets live events
-    /// through; returns whether `since` could be recovered and where the
-    /// session then stands. The replay takes at most half the room left in
-    /// the session's queue (`limits.client_queue`): a longer one is not
-    /// read, and the topic answers `recovered:false` (contract §10.8).
+    /// through; returns whether `since` could be recovered, where the
+    /// session then stands, and how many events were replayed. The replay
+    /// takes at most `allowed` events (and half the room left in the
+    /// session's queue): a longer one is not read, and the topic answers
+    /// `recovered:false` (contract §10.8).
     pub async fn recover(
         &self,
         outbox: &Arc<Outbox>,
         topic: &Topic,
         since: &str,
-    ) -> (bool, Position) {
-        let allowed = outbox.room() / 2;
+        allowed: usize,
+    ) -> Recovered {
+        let allowed = allowed.min(outbox.room() / 2);
         let page = self.history(topic, since, allowed + 1).await;
         self.merge(outbox, topic, since, page, allowed)
     }

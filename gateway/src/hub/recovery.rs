@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::registry::{CatchUp, Feed, Registry};
-use super::{CATCH_UP_PATIENCE, COALESCE_WINDOW, HISTORY_TIMEOUT, Hub, lock};
+use super::{CATCH_UP_PATIENCE, COALESCE_WINDOW, HISTORY_TIMEOUT, Hub, Recovered, lock};
 use crate::outbox::{Outbox, Pushed};
 
 pub(super) type SharedRead = watch::Receiver<Option<Result<HistoryPage, BrokerError>>>;
@@ -42,11 +42,9 @@ impl<B: Broker> Hub<B> {
         );
     }
 
-    /// Replays `page` (if it holds at most `allowed` events) to the
+        /// Replays `page` (if it holds at most `allowed` events) to the
     /// session, then its held live events past the replay, then lets live
-    /// events through; all under the topic's lock. Returns whether `since`
-    /// was recovered and where the session then stands: the last event it
-    /// was given, or the topic's.
+    /// events through; all under the topic's lock.
     pub(super) fn merge(
         &self,
         outbox: &Arc<Outbox>,
@@ -54,14 +52,19 @@ impl<B: Broker> Hub<B> {
         since: &str,
         page: Result<HistoryPage, BrokerError>,
         allowed: usize,
-    ) -> (bool, Position) {
+    ) -> Recovered {
+        let nothing = |position| Recovered {
+            recovered: false,
+            position,
+            replayed: 0,
+        };
         let mut shard = lock(self.registry.shard(topic));
         let Some(entry) = shard.get_mut(topic) else {
-            return (false, Position { epoch: 0, seq: 0 });
+            return nothing(Position { epoch: 0, seq: 0 });
         };
         let head = entry.last;
         let Some(sub) = entry.subscribers.get_mut(&outbox.id) else {
-            return (false, head.unwrap_or(Position { epoch: 0, seq: 0 }));
+            return nothing(head.unwrap_or(Position { epoch: 0, seq: 0 }));
         };
         let held = match std::mem::replace(&mut sub.feed, Feed::Live) {
             Feed::Holding(held) => held,
@@ -115,10 +118,15 @@ impl<B: Broker> Hub<B> {
             (Some(l), Some(h)) if l.epoch == h.epoch => l.max(h),
             (Some(l), None) => l,
             (_, Some(h)) => h,
-            (None, None) => Position { epoch: 0, seq: 0 },
+                        (None, None) => Position { epoch: 0, seq: 0 },
         };
-        (recovered, at)
+        Recovered {
+            recovered,
+            position: at,
+            replayed: replay.len(),
+        }
     }
+
 
     /// Reads up to `limit` events after `since` (at most `history.size`),
     /// sharing the read with every session that asks for the same page

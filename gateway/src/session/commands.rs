@@ -135,16 +135,19 @@ impl Session {
             );
             return;
         }
-        // One topic at a time: each replay takes at most half the queue
-        // room the ones before it left (contract §10.8).
+                // One topic at a time, from one budget: a request never has more
+        // than `limits.client_queue` events replayed (contract §10.8).
+        let mut budget = self.node.config.limits.client_queue;
         let mut recovered: BTreeMap<&str, bool> = BTreeMap::new();
         let mut positions: BTreeMap<&str, String> = BTreeMap::new();
         for t in &recovering {
             let from = since.get(t.as_str()).map_or("", String::as_str);
-            let (ok, at) = hub.recover(outbox, t, from).await;
-            recovered.insert(t.as_str(), ok);
-            positions.insert(t.as_str(), at.to_string());
+            let r = hub.recover(outbox, t, from, budget).await;
+            budget = budget.saturating_sub(r.replayed);
+            recovered.insert(t.as_str(), r.recovered);
+            positions.insert(t.as_str(), r.position.to_string());
         }
+
         for (t, at) in plain_new.iter().zip(&plain_positions) {
             positions.insert(t.as_str(), at.to_string());
         }

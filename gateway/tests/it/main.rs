@@ -5,6 +5,7 @@
 mod admin;
 mod cluster;
 mod common;
+mod compound;
 mod compression;
 mod frames;
 mod ha;
