@@ -371,7 +371,11 @@ fn answer_as_sentinel(mut client: TcpStream, primary_port: u16) {
         if std::io::BufRead::read_line(&mut reader, &mut line).unwrap_or(0) == 0 {
             return;
         }
-        let Some(n) = line.trim().strip_prefix('*').and_then(|n| n.parse::<usize>().ok()) else {
+        let Some(n) = line
+            .trim()
+            .strip_prefix('*')
+            .and_then(|n| n.parse::<usize>().ok())
+        else {
             return;
         };
         let mut args = Vec::with_capacity(n);
@@ -394,7 +398,11 @@ fn answer_as_sentinel(mut client: TcpStream, primary_port: u16) {
                 format!("*2\r\n$9\r\n127.0.0.1\r\n${}\r\n{port}\r\n", port.len())
             }
             Some("SUBSCRIBE") => {
-                let ch = args.get(1).cloned().unwrap_or_default().to_ascii_lowercase();
+                let ch = args
+                    .get(1)
+                    .cloned()
+                    .unwrap_or_default()
+                    .to_ascii_lowercase();
                 format!("*3\r\n$9\r\nsubscribe\r\n${}\r\n{ch}\r\n:1\r\n", ch.len())
             }
             Some("PING") => "+PONG\r\n".to_owned(),

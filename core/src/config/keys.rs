@@ -176,8 +176,7 @@ pub static KEYS: &[KeySpec] = &[
         "limits.max_pending_handshakes",
         Kind::Count,
         Some("1024"),
-                "public connections accepted but not yet handshaken; when full, the one waiting longest on its client is closed to make room, or, if all are being worked on, a new one gets a quick 503 (reconnect storms)",
-
+        "public connections accepted but not yet handshaken; when full, the one waiting longest on its client is closed to make room, or, if all are being worked on, a new one gets a quick 503 (reconnect storms)",
     ),
     key(
         "limits.max_connections_per_user",

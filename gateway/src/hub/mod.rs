@@ -92,7 +92,6 @@ pub struct Recovered {
 }
 
 /// The registry plus the broker it keeps in step, plus the session index.
-
 pub struct Hub<B> {
     registry: Arc<Registry>,
     broker: Arc<B>,
@@ -330,7 +329,7 @@ impl<B: Broker> Hub<B> {
         already: bool,
         sees: bool,
     ) -> Result<(bool, Position), BrokerError> {
-                self.hold(outbox, topic, already, sees).await?;
+        self.hold(outbox, topic, already, sees).await?;
         let r = self.recover(outbox, topic, since, usize::MAX).await;
         Ok((r.recovered, r.position))
     }
@@ -364,7 +363,7 @@ impl<B: Broker> Hub<B> {
         Ok(())
     }
 
-        /// The second half: replays history after `since` to a session
+    /// The second half: replays history after `since` to a session
     /// [`Hub::hold`] holds, then its held events, then lets live events
     /// through; returns whether `since` could be recovered, where the
     /// session then stands, and how many events were replayed. The replay

@@ -42,7 +42,7 @@ impl<B: Broker> Hub<B> {
         );
     }
 
-        /// Replays `page` (if it holds at most `allowed` events) to the
+    /// Replays `page` (if it holds at most `allowed` events) to the
     /// session, then its held live events past the replay, then lets live
     /// events through; all under the topic's lock.
     pub(super) fn merge(
@@ -118,7 +118,7 @@ impl<B: Broker> Hub<B> {
             (Some(l), Some(h)) if l.epoch == h.epoch => l.max(h),
             (Some(l), None) => l,
             (_, Some(h)) => h,
-                        (None, None) => Position { epoch: 0, seq: 0 },
+            (None, None) => Position { epoch: 0, seq: 0 },
         };
         Recovered {
             recovered,
@@ -126,7 +126,6 @@ impl<B: Broker> Hub<B> {
             replayed: replay.len(),
         }
     }
-
 
     /// Reads up to `limit` events after `since` (at most `history.size`),
     /// sharing the read with every session that asks for the same page

@@ -135,7 +135,7 @@ impl Session {
             );
             return;
         }
-                // One topic at a time, from one budget: a request never has more
+        // One topic at a time, from one budget: a request never has more
         // than `limits.client_queue` events replayed (contract §10.8).
         let mut budget = self.node.config.limits.client_queue;
         let mut recovered: BTreeMap<&str, bool> = BTreeMap::new();

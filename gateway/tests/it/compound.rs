@@ -73,7 +73,13 @@ async fn a_write_stall_then_a_pubsub_blip_is_never_a_silent_gap() {
     let reply = subscribe_patiently(&mut client, "cf.fresh").await;
     let position = reply["positions"]["cf.fresh"].as_str().unwrap().to_owned();
     assert!(position.ends_with("-0"), "a fresh topic: {reply}");
-    let publish = |n: u64| post(admin, "/v1/publish", json!({"topic": "cf.fresh", "data": n}));
+    let publish = |n: u64| {
+        post(
+            admin,
+            "/v1/publish",
+            json!({"topic": "cf.fresh", "data": n}),
+        )
+    };
     assert_eq!(publish(1).await.0, 200);
     assert_eq!(messages(&mut client, 1).await, Ok(vec![json!(1)]));
     // The blip: nothing reaches the node's pub/sub connection meanwhile.
@@ -103,9 +109,11 @@ async fn a_stale_sentinel_listed_first_does_not_hide_the_new_primary() {
     let old = group.servers[0].port;
     let sentinels = TestSentinels::start(old, 1);
     let stale = StaleSentinel::start(old);
-    let url = sentinels
-        .url()
-        .replacen("redis+sentinel://", &format!("redis+sentinel://{},", stale.host()), 1);
+    let url = sentinels.url().replacen(
+        "redis+sentinel://",
+        &format!("redis+sentinel://{},", stale.host()),
+        1,
+    );
     let node = GatewayProc::start(&url, false, "n1").await;
     let body = json!({"topic": "cf.sentinel", "data": 1});
     assert_eq!(post(node.admin, "/v1/publish", body.clone()).await.0, 200);
@@ -157,7 +165,7 @@ async fn a_node_admits_no_token_before_it_loaded_the_revocations() {
     let relay = Relay::start(herald_testkit::free_port(false));
     let (_node, public, _) = unready_node(&relay.url(), &[]);
     let url = format!("ws://{public}/ws");
-        for token in [revoked.as_str(), &token("alice", &["news"], &[])] {
+    for token in [revoked.as_str(), &token("alice", &["news"], &[])] {
         let request = ws_request(&format!("{url}?token={token}"));
         let (status, body) = refused(request).await;
         assert_eq!(status, 503, "{body}");
@@ -185,7 +193,7 @@ async fn a_retried_admission_does_not_count_a_session_twice() {
     let env = [("HERALD_LIMITS__MAX_CONNECTIONS_PER_USER", "2")];
     let node = GatewayProc::start_env(&redis.url(), false, "n1", &env).await;
     redis.cli(&["CLIENT", "PAUSE", "6500", "WRITE"]);
-        // Admitted after ADMIT_WAIT (fail-open); the count is stored once the
+    // Admitted after ADMIT_WAIT (fail-open); the count is stored once the
     // pause ends, by the timed-out call and its retry.
     let first = node.client("alice", &["news"], &[]).await;
     eventually("the count to be stored", async || {
@@ -231,7 +239,10 @@ async fn a_thousand_silent_sockets_do_not_lock_clients_out() {
     })
     .await;
     for _ in 0..3 {
-        gw.client("alice", &["news"], &[]).await.assert_alive().await;
+        gw.client("alice", &["news"], &[])
+            .await
+            .assert_alive()
+            .await;
     }
     assert!(gw.node.metrics.value("herald_handshakes_evicted_total") >= Some(3.0));
     drop(idle);
@@ -254,9 +265,7 @@ async fn refused_replicated_publishes_never_surface() {
     let (_admin_proc, admin) = admin_proc_env(&url, false, &env).await;
     let mut client = node.client("u", &["cf.repl"], &[]).await;
     client.subscribe(&["cf.repl"]).await;
-        let number = |args: &[&str]| -> u64 {
-        group.servers[0].cli(args).trim().parse().unwrap_or(0)
-    };
+    let number = |args: &[&str]| -> u64 { group.servers[0].cli(args).trim().parse().unwrap_or(0) };
     let keys_before = number(&["DBSIZE"]);
     group.servers[1].pause();
     let data = "x".repeat(4096);
@@ -268,15 +277,22 @@ async fn refused_replicated_publishes_never_surface() {
         .buffer_unordered(8)
         .collect()
         .await;
-        assert!(statuses.iter().all(|s| *s == 503), "{statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 503), "{statuses:?}");
     // The topic's history and keys do not grow (Redis's own replication
     // buffer for the stalled replica is bounded by its output buffer
     // limits, not by Herald).
-    assert_eq!(number(&["XLEN", "herald:{cf.repl}:h"]), 0, "nothing refused is kept");
+    assert_eq!(
+        number(&["XLEN", "herald:{cf.repl}:h"]),
+        0,
+        "nothing refused is kept"
+    );
     let bytes = number(&["MEMORY", "USAGE", "herald:{cf.repl}:h"]);
     assert!(bytes < 16 * 1024, "the stream holds {bytes} bytes");
     let keys = number(&["DBSIZE"]);
-    assert!(keys <= keys_before + 2, "{keys_before} keys then {keys}: no idempotency record kept");
+    assert!(
+        keys <= keys_before + 2,
+        "{keys_before} keys then {keys}: no idempotency record kept"
+    );
 
     group.servers[1].resume();
     let retry = json!({"topic": "cf.repl", "data": "again", "idempotency_key": "k7"});
@@ -289,9 +305,15 @@ async fn refused_replicated_publishes_never_surface() {
         assert!(tokio::time::Instant::now() < deadline, "never confirmed");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(post(admin, "/v1/publish", retry).await.1["results"][0]["id"], id);
+    assert_eq!(
+        post(admin, "/v1/publish", retry).await.1["results"][0]["id"],
+        id
+    );
     let event = client.recv().await;
-    assert_eq!((event["data"].clone(), event["id"].clone()), (json!("again"), id));
+    assert_eq!(
+        (event["data"].clone(), event["id"].clone()),
+        (json!("again"), id)
+    );
     client.expect_silence(Duration::from_millis(500)).await;
 }
 
@@ -324,8 +346,109 @@ async fn replays_to_many_topics_stay_within_the_queue() {
     let recovered = reply["recovered"].as_object().unwrap();
     let whole = recovered.values().filter(|v| **v == json!(true)).count();
     assert!(whole > 0 && whole < 256, "some fit, some do not: {whole}");
-    assert_eq!(replayed.len(), whole * 29, "each recovered topic is replayed whole");
+    assert_eq!(
+        replayed.len(),
+        whole * 29,
+        "each recovered topic is replayed whole"
+    );
     for t in &topics {
         assert!(reply["positions"][t].is_string(), "{t} is positioned");
     }
+}
+
+/// Issue 21's presence bounds: a topic with 50,000 members (stored
+/// directly in Redis, as 50,000 sessions would) is read a page at a time,
+/// each frame and each admin reply within `limits.max_message_size`, and
+/// the pages cover every member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_presence_is_read_in_bounded_pages() {
+    let redis = TestRedis::start();
+    let env = [("HERALD_PRESENCE__TOPICS", "big.>")];
+    let node = GatewayProc::start_env(&redis.url(), false, "n1", &env).await;
+    // 50,000 members of 5,000 users, as the join script stores them.
+    let fill = r#"
+        for i = 1, 50000 do
+          local sub = 'user-' .. (i % 5000)
+          local json = cjson.encode({sub = sub, session = 's' .. i, node = 'n9', since = 1767222000000 + i})
+          redis.call('HSET', KEYS[1], 's' .. i, 'inc\n' .. json)
+          redis.call('HINCRBY', KEYS[2], sub, 1)
+        end
+        return 1"#;
+    redis.cli(&[
+        "EVAL",
+        fill,
+        "2",
+        "herald:{big.room}:p",
+        "herald:{big.room}:pu",
+    ]);
+    let claims = json!({"sub": "watcher", "exp": now_secs() + 3600, "topics": ["big.>"], "presence": ["big.>"]});
+    let mut client =
+        Client::connect(&format!("ws://{}/ws", node.public), &token_with(claims)).await;
+    let stats = client
+        .call(json!({"type": "presence_stats", "topic": "big.room"}))
+        .await;
+    assert_eq!(
+        (stats["count"].clone(), stats["users"].clone()),
+        (json!(50000), json!(5000)),
+        "{stats}"
+    );
+    let mut seen = std::collections::HashSet::new();
+    let mut cursor = Value::Null;
+    let mut pages = 0;
+    loop {
+        let mut ask = json!({"type": "presence", "topic": "big.room", "limit": 1000});
+        if !cursor.is_null() {
+            ask["cursor"] = cursor.clone();
+        }
+        let r = client.request(ask).await;
+        let frame = client.ws().next().await.unwrap().unwrap();
+        let text = frame.into_text().unwrap();
+        assert!(text.len() <= 64 * 1024, "a frame of {} bytes", text.len());
+        let page: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(page["ref"], json!(r), "{page}");
+        assert_eq!(page["count"], 50000);
+        let members = page["members"].as_array().unwrap();
+        assert!(!members.is_empty() && members.len() <= 1000);
+        seen.extend(
+            members
+                .iter()
+                .map(|m| m["session"].as_str().unwrap().to_owned()),
+        );
+        pages += 1;
+        assert!(pages < 1000, "the walk ends");
+        cursor = page["next_cursor"].clone();
+        if cursor.is_null() {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 50000, "every member, in {pages} pages");
+    let (status, _, body) = http_raw(
+        node.admin,
+        "GET",
+        "/v1/topics/big.room/presence?limit=1000",
+        Some(ADMIN_KEY),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        body.len() <= 64 * 1024,
+        "an admin reply of {} bytes",
+        body.len()
+    );
+    let page: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (page["count"].clone(), page["users"].clone()),
+        (json!(50000), json!(5000))
+    );
+    assert!(page["next_cursor"].is_string());
+    let bad = client
+        .call(json!({"type": "presence", "topic": "big.room", "cursor": "nonsense"}))
+        .await;
+    assert_eq!(
+        (bad["type"].clone(), bad["code"].clone()),
+        (json!("error"), json!("bad_request")),
+        "{bad}"
+    );
+    client.assert_alive().await;
 }

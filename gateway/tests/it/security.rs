@@ -340,7 +340,7 @@ async fn revoked_tokens_are_closed_and_refused() {
         json!({"jti": "x", "expire_at": -1}),
         json!({"jti": null}),
         json!({"jti": "x", "extra": 1}),
-                json!({"jti": "x".repeat(300)}),
+        json!({"jti": "x".repeat(300)}),
         json!({"sub": "x", "issued_before": 2.5}),
     ] {
         let (status, reply) = gw.admin("POST", "/v1/revoke", Some(bad.clone())).await;
@@ -356,12 +356,18 @@ async fn revoked_tokens_are_closed_and_refused() {
         r#"{"sub":"zed","issued_before":2251799813685247.0}"#,
         r#"{"sub":"zed","issued_before":5e3}"#,
     ] {
-        let (status, reply) = http(gw.admin, "POST", "/v1/revoke", Some(ADMIN_KEY), Some(body.to_owned())).await;
+        let (status, reply) = http(
+            gw.admin,
+            "POST",
+            "/v1/revoke",
+            Some(ADMIN_KEY),
+            Some(body.to_owned()),
+        )
+        .await;
         assert_eq!(status, 200, "{body}: {reply}");
     }
     bob.assert_alive().await;
 }
-
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocations_reach_every_node_and_survive_a_restart() {
