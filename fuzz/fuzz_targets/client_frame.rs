@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 
-use herald_gateway::ws::codec::{Decoder, Message};
+use herald_gateway::wire::codec::{Decoder, Message};
 use libfuzzer_sys::fuzz_target;
 
 const MAX: usize = 4096;

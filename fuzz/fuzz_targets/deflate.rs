@@ -2,7 +2,7 @@
 //! returns more than the limit.
 #![no_main]
 
-use herald_gateway::ws::deflate::{compress, decompress};
+use herald_gateway::wire::deflate::{compress, decompress};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

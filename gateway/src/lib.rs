@@ -2,11 +2,14 @@
 //! subscriptions, the admin API and metrics, in one process.
 //!
 //! The data path, one module per step: [`server`] accepts connections,
-//! [`ws`] performs the handshake and frames the socket, [`session`] speaks
-//! the protocol of one client, [`hub`] maps topics to local sessions and
-//! fans events out through each session's [`outbox`]; the broker
-//! ([`herald_core::AnyBroker`]) carries events between publishers and nodes. [`node`] holds what they share;
-//! [`revocations`] the tokens it refuses.
+//! [`ws`] performs the HTTP side of the upgrade, [`session`] runs one
+//! client's socket and speaks its protocol, [`hub`] maps topics to local
+//! sessions and fans events out through each session's [`outbox`], and
+//! [`wire`] frames bytes (codec, compression, batched sends); the broker
+//! ([`herald_core::AnyBroker`]) carries events between publishers and
+//! nodes. [`node`] holds what they share; [`revocations`] the tokens it
+//! refuses. Layers import downwards only: `ws` → `session` → `hub` →
+//! `outbox` → `wire`.
 
 #![recursion_limit = "256"]
 
@@ -19,6 +22,7 @@ pub mod revocations;
 pub mod server;
 pub mod session;
 pub mod tls;
+pub mod wire;
 pub mod ws;
 
 pub use node::Node;

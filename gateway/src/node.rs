@@ -124,7 +124,7 @@ impl Node {
             _ => None,
         };
         // Process-wide: the last node made in a process decides.
-        crate::ws::uring::set_enabled(config.listeners.io_uring);
+        crate::wire::uring::set_enabled(config.listeners.io_uring);
         let metrics = Metrics::new(&config.node.id);
         let registry = Arc::new(Registry::new(metrics.clone()));
         let settings = BrokerSettings {

@@ -17,7 +17,7 @@
 //! they are limited by the client's rate limit instead.
 //!
 //! **Inline writes.** A plain TCP connection's socket is kept here (the
-//! session task reaches it through [`crate::ws::tcp::SharedTcp`]). When an
+//! session task reaches it through [`crate::session::tcp::SharedTcp`]). When an
 //! event is pushed while nothing is queued and the task is not writing, and
 //! the hub's pace allows it (`crate::hub` pace: only while the node is not
 //! busy, where the queue's batching is worth more), the
@@ -170,7 +170,7 @@ pub struct Outbox {
     /// The token's `sub`, for disconnects by user.
     pub sub: Arc<str>,
     /// permessage-deflate, when the connection negotiated it.
-    pub deflate: Option<crate::ws::deflate::Deflate>,
+    pub deflate: Option<crate::wire::deflate::Deflate>,
     /// The session's current token, for revocations.
     pub token: crate::revocations::TokenStamp,
     /// The socket of a plain TCP connection, for inline writes.
@@ -194,7 +194,7 @@ impl Outbox {
     }
 
     /// Marks the connection as compressing (set before the outbox is shared).
-    pub fn with_deflate(mut self, deflate: Option<crate::ws::deflate::Deflate>) -> Outbox {
+    pub fn with_deflate(mut self, deflate: Option<crate::wire::deflate::Deflate>) -> Outbox {
         self.deflate = deflate;
         self
     }
@@ -213,7 +213,7 @@ impl Outbox {
 
     /// The frame of a text message for this connection.
     pub fn text_frame(&self, payload: &[u8]) -> bytes::Bytes {
-        crate::ws::codec::text_frame_for(payload, self.deflate)
+        crate::wire::codec::text_frame_for(payload, self.deflate)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

@@ -1,5 +1,5 @@
 //! A fan-out's inline writes, gathered [`BATCH`] subscribers at a time and
-//! sent in one submission ([`crate::ws::uring`]); the first subscriber's
+//! sent in one submission ([`crate::wire::uring`]); the first subscriber's
 //! alone, so the first recipient waits for no batch.
 //!
 //! Each gathered subscriber's outbox stays locked ([`Claim`]) from the
@@ -26,7 +26,7 @@ use smallvec::SmallVec;
 use tokio::net::TcpStream;
 
 use crate::outbox::{Claim, Claimed, Outbox, Pushed};
-use crate::ws::uring::{self, BATCH};
+use crate::wire::uring::{self, BATCH};
 
 /// The claimed subscribers of one event's fan-out, not yet written.
 pub(super) struct InlineWrites<'a, 'm> {

@@ -20,7 +20,7 @@ use super::inline::InlineWrites;
 use super::pace::Pace;
 use super::{MAX_HELD, TOPIC_SHARDS, lock};
 use crate::outbox::{Outbox, Pushed};
-use crate::ws::codec::FrameCache;
+use crate::wire::codec::FrameCache;
 
 /// What the next event means for a topic that last delivered `last`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

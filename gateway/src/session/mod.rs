@@ -10,7 +10,9 @@
 //! strikes, timers).
 
 mod commands;
+pub mod conn;
 mod limits;
+pub mod tcp;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -27,10 +29,10 @@ use tracing::{Instrument, debug};
 use crate::auth::Claims;
 use crate::node::{Node, Permit};
 use crate::outbox::{Outbox, Pushed};
-use crate::ws::codec::{self, Decoder, Message};
-use crate::ws::conn::{Conn, Step};
-use crate::ws::deflate::Deflate;
-use crate::ws::tcp::SharedTcp;
+use crate::wire::codec::{self, Decoder, Message};
+use crate::session::conn::{Conn, Step};
+use crate::wire::deflate::Deflate;
+use crate::session::tcp::SharedTcp;
 use herald_core::Broker;
 use herald_core::metrics::DropReason;
 use limits::{Bucket, Strikes, Timers, expiry_times};

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::codec::{self, Decoder, Message};
-use super::conn::{Conn, Step};
-use super::deflate::Deflate;
+use crate::wire::codec::{self, Decoder, Message};
+use crate::session::conn::{Conn, Step};
+use crate::wire::deflate::Deflate;
 use crate::node::{Node, Permit};
 use crate::outbox::Outbox;
 

@@ -6,13 +6,8 @@
 //! exists. The checks run cheapest first: headers, capacity and draining,
 //! origin, and only then the token signature.
 
-pub mod codec;
-pub mod conn;
-pub mod deflate;
 pub mod echo;
 pub mod handshake;
-pub mod tcp;
-pub mod uring;
 
 use std::sync::Arc;
 
@@ -249,9 +244,9 @@ async fn admit_user(node: &Node, sub: &str) -> bool {
 }
 
 /// permessage-deflate, when configured and offered acceptably.
-fn negotiate(node: &Node, req: &Request) -> Option<(deflate::Deflate, String)> {
+fn negotiate(node: &Node, req: &Request) -> Option<(crate::wire::deflate::Deflate, String)> {
     if node.config.listeners.compression {
-        deflate::negotiate(req.headers())
+        crate::wire::deflate::negotiate(req.headers())
     } else {
         None
     }

@@ -3,7 +3,7 @@
 //! and the 99th-percentile socket of a round wait for their byte at the
 //! reader: as one `send(2)` per socket, as the same sends split over two
 //! threads, and as sends submitted together through `io_uring`. The
-//! measured reason for `gateway/src/ws/uring.rs`, and the floor a gateway's
+//! measured reason for `gateway/src/wire/uring.rs`, and the floor a gateway's
 //! fan-out latency is compared with (docs/benchmarks.md).
 //!
 //!     cargo run --release --manifest-path loadtest/sendbench/Cargo.toml -- [sockets] [rounds] [batch]

@@ -27,7 +27,7 @@ use herald_protocol::CloseCode;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Sleep;
 
-use super::codec::{Decoder, Message, close_frame};
+use crate::wire::codec::{Decoder, Message, close_frame};
 use crate::outbox::{Item, Outbox};
 
 /// Bytes read per `read` call, into the per-thread buffer.
