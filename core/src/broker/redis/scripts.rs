@@ -228,7 +228,20 @@ impl Scripts {
         published: &Published,
         history: &HistoryConfig,
     ) -> ScriptCall {
-        let (first, last) = (published.first_new.to_string(), published.last.to_string());
+                let epoch = |p: &Position| format!("{:08x}", p.epoch) == published.epoch;
+        // With no new event, the repeats' ids: visible ones mean the
+        // publish had succeeded before.
+        let last = if published.first_new > 0 {
+            published.last
+        } else {
+            positions
+                .iter()
+                .filter(|p| epoch(p))
+                .map(|p| p.seq)
+                .max()
+                .unwrap_or(u64::MAX)
+        };
+        let (first, last) = (published.first_new.to_string(), last.to_string());
         let ttl = history.ttl.as_millis().to_string();
         // New events took consecutive seqs from `first_new`, in run order;
         // a repeated key answered an older id instead (also one new in this
@@ -238,9 +251,7 @@ impl Scripts {
             .iter()
             .zip(positions)
             .filter(|(_, p)| {
-                let new = published.first_new > 0
-                    && p.seq > counted
-                    && format!("{:08x}", p.epoch) == published.epoch;
+                                let new = published.first_new > 0 && p.seq > counted && epoch(p);
                 if new {
                     counted = p.seq;
                 }

@@ -4,8 +4,9 @@
 --
 -- KEYS: 1 stream, 2 meta, 3 refused hash (<epoch>-<seq> -> the event's
 -- idempotency record, or ''). ARGV: 1 epoch, 2 the call's first new seq
--- (0: it added none), 3 its last seq, 4 ttl ms, then per new event its
--- idempotency record's key, or ''.
+-- (0: it added none, every event repeated a key seen before), 3 its last
+-- seq (with no new event: the highest seq its repeats answered), 4 ttl ms,
+-- then per new event its idempotency record's key, or ''.
 --
 -- The call's events are marked refused; then the refused events at the
 -- top of the stream are taken back (entry deleted, its idempotency record
@@ -22,8 +23,8 @@ local m = redis.call('HMGET', KEYS[2], 'e', 'w', 's')
 if m[1] ~= ARGV[1] then return 0 end
 local w, s = tonumber(m[2]) or 0, tonumber(m[3]) or 0
 local first, last = tonumber(ARGV[2]), tonumber(ARGV[3])
-if first == 0 then return 0 end
 if last <= w then return 1 end
+if first == 0 then return 0 end
 for seq = first, last do
   redis.call('HSET', KEYS[3], ARGV[1] .. '-' .. seq, ARGV[4 + seq - first + 1] or '')
 end
