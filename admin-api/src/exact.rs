@@ -94,15 +94,25 @@ fn common_errors(responses: &mut serde_json::Map<String, Value>) {
     );
 }
 
+/// Standard base64 with its padding (the server also takes it unpadded).
+const BASE64: &str = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$";
+
+/// Exactly one of `data` and `data_b64` (contract §10.2).
+fn one_payload() -> Value {
+    json!([{"required": ["data"]}, {"required": ["data_b64"]}])
+}
+
 fn one_publish(target: (&str, Value)) -> Value {
     let (field, schema) = target;
     json!({
         "type": "object",
         "additionalProperties": false,
-        "required": [field, "data"],
+        "required": [field],
+        "oneOf": one_payload(),
         "properties": {
             field: schema,
-            "data": {"description": "Any JSON value (arrays and objects at most limits.max_json_depth deep), delivered as sent"},
+            "data": {"description": "Any JSON value (arrays and objects at most limits.max_json_depth deep), delivered as sent; give this or data_b64"},
+            "data_b64": {"type": "string", "pattern": BASE64, "description": "Bytes as standard base64 (at most limits.max_message_size once decoded), stored and delivered as bytes; give this or data"},
             "event": {"$ref": "#/components/schemas/Event"},
             "idempotency_key": {"$ref": "#/components/schemas/IdempotencyKey"},
         },
@@ -181,13 +191,15 @@ fn schemas() -> Vec<(&'static str, Value)> {
             "Message",
             json!({
                 "type": "object",
-                "required": ["type", "topic", "id", "data", "ts"],
+                "required": ["type", "topic", "id", "ts"],
+                "oneOf": one_payload(),
                 "properties": {
                     "type": {"type": "string", "enum": ["message"]},
                     "topic": {"type": "string"},
                     "id": {"type": "string"},
                     "event": {"type": "string"},
-                    "data": {},
+                    "data": {"description": "A JSON payload"},
+                    "data_b64": {"type": "string", "description": "A byte payload, standard base64"},
                     "ts": {"type": "integer", "minimum": 0},
                 },
             }),
@@ -353,8 +365,12 @@ mod tests {
                 .is_none()
         );
         let publish = &with["components"]["schemas"]["PublishRequest"]["oneOf"];
-        assert_eq!(publish[0]["required"], json!(["topic", "data"]));
-        assert_eq!(publish[1]["required"], json!(["topics", "data"]));
+        assert_eq!(publish[0]["required"], json!(["topic"]));
+        assert_eq!(publish[1]["required"], json!(["topics"]));
+        // Exactly one payload: `data` or `data_b64` (contract §10.2).
+        let payload = json!([{"required": ["data"]}, {"required": ["data_b64"]}]);
+        assert_eq!(publish[0]["oneOf"], payload);
+        assert_eq!(with["components"]["schemas"]["Message"]["oneOf"], payload);
         let history = &with["paths"]["/v1/topics/{topic}/history"]["get"];
         for p in history["parameters"].as_array().unwrap() {
             let want = if p["name"] == "topic" {

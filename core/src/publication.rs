@@ -10,8 +10,7 @@
 //! the depth is measured by one pass over the bytes with no recursion, so a
 //! hostile payload costs its length and nothing more.
 
-use herald_protocol::{ErrorCode, Topic, TopicError};
-use serde_json::value::RawValue;
+use herald_protocol::{ErrorCode, Payload, Topic, TopicError};
 
 /// Longest `event` name, in characters (what JSON Schema counts, so the
 /// OpenAPI document can state the limit exactly).
@@ -30,7 +29,8 @@ pub enum PublishError {
         /// What is wrong with it.
         reason: TopicError,
     },
-    /// `data` is larger than `limits.max_message_size`.
+    /// `data` (or the decoded bytes of `data_b64`) is larger than
+    /// `limits.max_message_size`.
     #[error("'data' is {size} bytes, more than limits.max_message_size ({max})")]
     TooLarge {
         /// Its size.
@@ -84,27 +84,29 @@ impl PublicationRules {
         topic(name)
     }
 
-    /// Checks `data`, `event` and `idempotency_key`.
+    /// Checks `data`, `event` and `idempotency_key`. Bytes are never
+    /// inspected: only their decoded size counts (contract §10.2).
     ///
     /// # Errors
     /// The first rule broken, in the module's order.
     pub fn check(
         &self,
-        data: &RawValue,
+        data: &Payload<'_>,
         event: Option<&str>,
         idempotency_key: Option<&str>,
     ) -> Result<(), PublishError> {
-        let text = data.get();
-        if text.len() > self.max_data {
+        if data.size() > self.max_data {
             return Err(PublishError::TooLarge {
-                size: text.len(),
+                size: data.size(),
                 max: self.max_data,
             });
         }
-        if json_depth_exceeds(text.as_bytes(), self.max_depth) {
-            return Err(PublishError::TooDeep {
-                max: self.max_depth,
-            });
+        if let Some(json) = data.json() {
+            if json_depth_exceeds(json.get().as_bytes(), self.max_depth) {
+                return Err(PublishError::TooDeep {
+                    max: self.max_depth,
+                });
+            }
         }
         if event.is_some_and(|e| e.is_empty() || e.chars().count() > MAX_EVENT_LEN) {
             return Err(PublishError::BadEvent);
@@ -168,8 +170,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn raw(s: &str) -> Box<RawValue> {
-        RawValue::from_string(s.to_owned()).unwrap()
+    fn raw(s: &str) -> Payload<'static> {
+        Payload::Json(std::borrow::Cow::Owned(
+            serde_json::value::RawValue::from_string(s.to_owned()).unwrap(),
+        ))
     }
 
     fn depth_of(v: &serde_json::Value) -> usize {
@@ -203,6 +207,13 @@ mod tests {
         assert_eq!(
             rules.check(&raw("[[[1]]]"), None, None),
             Err(PublishError::TooDeep { max: 2 })
+        );
+        // Bytes: their decoded size counts; they are never inspected.
+        let bytes = |n: usize| Payload::Bytes(std::borrow::Cow::Owned(vec![b'['; n]));
+        assert!(rules.check(&bytes(16), None, None).is_ok());
+        assert_eq!(
+            rules.check(&bytes(17), None, None),
+            Err(PublishError::TooLarge { size: 17, max: 16 })
         );
         assert_eq!(
             rules.check(&raw("1"), Some(""), None),

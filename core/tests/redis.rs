@@ -109,7 +109,7 @@ async fn outage_fails_publishes_then_resubscribes() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let seen = sink.wait_for(&topic, 2).await;
-    let last: serde_json::Value = serde_json::from_slice(&seen.last().unwrap().json).unwrap();
+    let last: serde_json::Value = serde_json::from_slice(&seen.last().unwrap().record).unwrap();
     assert_eq!(last["data"]["n"], 3);
     // Redis came back empty: a new epoch.
     assert_ne!(seen[0].position.epoch, seen.last().unwrap().position.epoch);
@@ -267,7 +267,7 @@ async fn refusals_are_taken_back(
         .await
         .iter()
         .map(|e| {
-            serde_json::from_slice::<serde_json::Value>(&e.json).unwrap()["data"]["n"]
+            serde_json::from_slice::<serde_json::Value>(&e.record).unwrap()["data"]["n"]
                 .as_u64()
                 .unwrap()
         })

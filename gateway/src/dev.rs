@@ -17,9 +17,10 @@ use axum::routing::get;
 use axum::{Json, Router};
 use herald_core::http::error_response;
 use herald_core::{Broker, Publication};
-use herald_protocol::{ErrorCode, Topic};
+use herald_protocol::{ErrorCode, Payload, Topic};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use std::borrow::Cow;
 use tracing::warn;
 
 use crate::auth::TokenRequest;
@@ -27,6 +28,10 @@ use crate::node::Node;
 
 /// Symbols the demo feed ticks.
 pub const SYMBOLS: [&str; 4] = ["AAPL", "MSFT", "GOOG", "AMZN"];
+
+/// The demo feed's byte payloads: every second, event `ticks`, 16 bytes,
+/// the prices of [`SYMBOLS`] in order as IEEE-754 float32, big-endian.
+pub const BINARY_TICKS: &str = "ticks.bin";
 
 const DEMO_PAGE: &str = include_str!("demo.html");
 const SDK: &str = include_str!("assets/herald.js");
@@ -68,6 +73,7 @@ async fn token(State(node): State<Arc<Node>>, Query(q): Query<TokenQuery>) -> Re
             "alerts".into(),
             "stocks.*".into(),
             "chat.>".into(),
+            BINARY_TICKS.into(),
         ],
         publish: vec!["chat.>".into()],
         presence: vec!["chat.>".into()],
@@ -164,6 +170,18 @@ pub async fn feed(node: Arc<Node>) {
                     ..Publication::new(topic, data)
                 });
             }
+        }
+        // A byte payload (contract §10.2): the four prices as big-endian
+        // float32s, 16 bytes.
+        if let Ok(topic) = Topic::new(BINARY_TICKS) {
+            let bytes: Vec<u8> = prices
+                .iter()
+                .flat_map(|p| (*p as f32).to_be_bytes())
+                .collect();
+            batch.push(Publication {
+                event: Some("ticks".into()),
+                ..Publication::of(topic, Payload::Bytes(Cow::Owned(bytes)))
+            });
         }
         if let Err(e) = node.broker.publish(batch).await {
             warn!(error = %e, "demo feed publish failed");

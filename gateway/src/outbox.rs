@@ -171,6 +171,8 @@ pub struct Outbox {
     pub sub: Arc<str>,
     /// permessage-deflate, when the connection negotiated it.
     pub deflate: Option<crate::wire::deflate::Deflate>,
+    /// JSON text or MessagePack frames (the protocol it negotiated).
+    pub encoding: crate::wire::codec::Encoding,
     /// The session's current token, for revocations.
     pub token: crate::revocations::TokenStamp,
     /// The socket of a plain TCP connection, for inline writes.
@@ -186,6 +188,7 @@ impl Outbox {
             id,
             sub,
             deflate: None,
+            encoding: crate::wire::codec::Encoding::Json,
             token: crate::revocations::TokenStamp::new(None, None),
             socket: None,
             limit,
@@ -196,6 +199,12 @@ impl Outbox {
     /// Marks the connection as compressing (set before the outbox is shared).
     pub fn with_deflate(mut self, deflate: Option<crate::wire::deflate::Deflate>) -> Outbox {
         self.deflate = deflate;
+        self
+    }
+
+    /// Sets the connection's encoding (before the outbox is shared).
+    pub fn with_encoding(mut self, encoding: crate::wire::codec::Encoding) -> Outbox {
+        self.encoding = encoding;
         self
     }
 
@@ -211,9 +220,18 @@ impl Outbox {
         self.socket.as_ref()
     }
 
-    /// The frame of a text message for this connection.
-    pub fn text_frame(&self, payload: &[u8]) -> bytes::Bytes {
-        crate::wire::codec::text_frame_for(payload, self.deflate)
+    /// The frame of a server message for this connection, from its JSON
+    /// text (replies: events go through [`Outbox::event_frame`] or the
+    /// hub's shared frames).
+    pub fn reply_frame(&self, json: &[u8]) -> bytes::Bytes {
+        self.encoding.reply_frame(json, self.deflate)
+    }
+
+    /// The frame of an event's record for this connection alone (a replay).
+    pub fn event_frame(&self, record: &[u8]) -> bytes::Bytes {
+        crate::wire::codec::FrameCache::new(record)
+            .for_connection(self.encoding, self.deflate)
+            .clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

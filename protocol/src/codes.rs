@@ -132,7 +132,11 @@ pub enum CloseCode {
     Normal = 1000,
     /// The peer broke RFC 6455 framing (bad opcode, unmasked frame, …).
     ProtocolError = 1002,
-    /// Invalid UTF-8 in a text frame.
+    /// A frame of the wrong kind for the negotiated protocol (contract
+    /// §10.1): text on MessagePack, binary on JSON protocol 2.
+    UnsupportedData = 1003,
+    /// Invalid UTF-8 in a text frame, or a MessagePack frame that is not
+    /// one valid map.
     InvalidPayload = 1007,
     /// Rate limit exceeded repeatedly, or a binary frame.
     PolicyViolation = 1008,
@@ -150,13 +154,17 @@ pub enum CloseCode {
     Disconnected = 4003,
     /// Slow consumer: the client's queue overflowed.
     SlowConsumer = 4004,
+    /// Refused at `connect` (the token in the first frame, contract §10.4);
+    /// the close reason is the refusal's error code.
+    ConnectRefused = 4005,
 }
 
 impl CloseCode {
     /// Every code, for metrics that are labelled by code.
-    pub const ALL: [CloseCode; 11] = [
+    pub const ALL: [CloseCode; 13] = [
         CloseCode::Normal,
         CloseCode::ProtocolError,
+        CloseCode::UnsupportedData,
         CloseCode::InvalidPayload,
         CloseCode::PolicyViolation,
         CloseCode::TooBig,
@@ -166,6 +174,7 @@ impl CloseCode {
         CloseCode::HeartbeatTimeout,
         CloseCode::Disconnected,
         CloseCode::SlowConsumer,
+        CloseCode::ConnectRefused,
     ];
 
     /// The numeric code.
@@ -178,7 +187,8 @@ impl CloseCode {
         match self {
             CloseCode::Normal => "normal closure",
             CloseCode::ProtocolError => "protocol error",
-            CloseCode::InvalidPayload => "invalid utf-8",
+            CloseCode::UnsupportedData => "wrong frame kind for the protocol",
+            CloseCode::InvalidPayload => "invalid payload",
             CloseCode::PolicyViolation => "policy violation",
             CloseCode::TooBig => "message too big",
             CloseCode::InternalError => "internal error",
@@ -187,6 +197,7 @@ impl CloseCode {
             CloseCode::HeartbeatTimeout => "heartbeat timeout",
             CloseCode::Disconnected => "disconnected",
             CloseCode::SlowConsumer => "slow consumer",
+            CloseCode::ConnectRefused => "unauthorized",
         }
     }
 

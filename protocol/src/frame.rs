@@ -21,6 +21,7 @@ use serde_json::value::RawValue;
 
 use crate::codes::ErrorCode;
 use crate::presence::PublicMember;
+use crate::record::{MessageFrame, Payload};
 
 /// Protocol version announced in `welcome`.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -59,11 +60,18 @@ pub enum ClientFrame<'a> {
         reference: Option<String>,
         /// Topic name, unchecked.
         topic: String,
-        /// Raw JSON payload.
-        data: &'a RawValue,
+        /// The payload: `data` (JSON) or `data_b64` (bytes).
+        #[serde(flatten)]
+        data: Payload<'a>,
         /// Optional event name.
         #[serde(skip_serializing_if = "Option::is_none")]
         event: Option<String>,
+    },
+    /// Authenticates a connection that gave no token in its handshake:
+    /// its first frame, and only then (contract §10.4).
+    Connect {
+        /// The JWT.
+        token: String,
     },
     /// Application-level ping.
     Ping {
@@ -120,6 +128,7 @@ impl ClientFrame<'_> {
             | ClientFrame::Auth { reference, .. }
             | ClientFrame::Presence { reference, .. }
             | ClientFrame::PresenceStats { reference, .. } => reference.as_deref(),
+            ClientFrame::Connect { .. } => None,
         }
     }
 }
@@ -145,6 +154,8 @@ struct RawFrame<'a> {
     topic: Option<String>,
     #[serde(default, borrow, deserialize_with = "present")]
     data: Option<&'a RawValue>,
+    #[serde(default)]
+    data_b64: Option<String>,
     #[serde(default)]
     event: Option<String>,
     #[serde(default)]
@@ -172,6 +183,34 @@ fn missing(reference: Option<String>, kind: &str, field: &str) -> FrameError {
     FrameError {
         reference,
         message: format!("{kind} needs a '{field}' field"),
+    }
+}
+
+/// Standard base64, read leniently: padding optional, and unused bits of
+/// the last symbol ignored (what an encoder elsewhere may leave there).
+const BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
+/// A publish's payload: exactly one of `data` and `data_b64` (contract
+/// §10.2), the latter standard base64.
+///
+/// # Errors
+/// What is wrong, for a `bad_request`.
+pub fn payload<'a>(
+    data: Option<&'a RawValue>,
+    b64: Option<String>,
+) -> Result<Payload<'a>, &'static str> {
+    match (data, b64) {
+        (Some(data), None) => Ok(Payload::Json(std::borrow::Cow::Borrowed(data))),
+        (None, Some(b64)) => base64::Engine::decode(&BASE64, b64)
+            .map(|b| Payload::Bytes(std::borrow::Cow::Owned(b)))
+            .map_err(|_| "'data_b64' is not standard base64"),
+        (Some(_), Some(_)) => Err("publish takes 'data' or 'data_b64', not both"),
+        (None, None) => Err("publish needs a 'data' or 'data_b64' field"),
     }
 }
 
@@ -222,11 +261,17 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame<'_>, FrameError> {
             topic: raw
                 .topic
                 .ok_or_else(|| missing(reference.clone(), "publish", "topic"))?,
-            data: raw
-                .data
-                .ok_or_else(|| missing(reference.clone(), "publish", "data"))?,
+            data: payload(raw.data, raw.data_b64).map_err(|message| FrameError {
+                reference: reference.clone(),
+                message: message.to_owned(),
+            })?,
             event: raw.event,
             reference,
+        }),
+        "connect" => Ok(ClientFrame::Connect {
+            token: raw
+                .token
+                .ok_or_else(|| missing(reference.clone(), "connect", "token"))?,
         }),
         "ping" => Ok(ClientFrame::Ping { reference }),
         "auth" => Ok(ClientFrame::Auth {
@@ -393,42 +438,6 @@ impl ServerFrame<'_> {
     }
 }
 
-/// The body of a `message` frame, also the element of the admin history API.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct MessageFrame<'a> {
-    /// The topic.
-    pub topic: &'a str,
-    /// The opaque, per-topic increasing id.
-    pub id: &'a str,
-    /// The publisher's event name, if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub event: Option<&'a str>,
-    /// The payload, as the publisher sent it.
-    pub data: &'a RawValue,
-    /// Publish time in milliseconds since the Unix epoch.
-    pub ts: u64,
-}
-
-impl MessageFrame<'_> {
-    /// The complete `{"type":"message",…}` frame as JSON text.
-    pub fn to_json(&self) -> String {
-        ServerFrame::Message(*self).to_json()
-    }
-
-    /// The frame as the text before and after its id (`self.id` is
-    /// ignored), for a publisher whose ids are assigned elsewhere (inside
-    /// Redis): `before + id + after` is exactly [`MessageFrame::to_json`].
-    pub fn around_id(&self) -> (String, String) {
-        // '#' is in no topic and in neither fixed field before the id, so
-        // its first occurrence is the id's place.
-        let json = MessageFrame { id: "#", ..*self }.to_json();
-        match json.split_once('#') {
-            Some((before, after)) => (before.to_owned(), after.to_owned()),
-            None => (json, String::new()),
-        }
-    }
-}
-
 /// What a client matches a server frame by: its type, `ref`, topic, id and
 /// error code, borrowed from the text where possible. Every other field
 /// (`data`, `topics`, …) is skipped, not parsed.
@@ -476,9 +485,16 @@ mod tests {
             ClientFrame::Publish {
                 reference: None,
                 topic: "chat.a".into(),
-                data: &data,
+                data: Payload::Json(std::borrow::Cow::Borrowed(&data)),
                 event: Some("line".into()),
             },
+            ClientFrame::Publish {
+                reference: Some("b".into()),
+                topic: "ticks.bin".into(),
+                data: Payload::Bytes(std::borrow::Cow::Borrowed(&[0, 1, 2][..])),
+                event: None,
+            },
+            ClientFrame::Connect { token: "t".into() },
             ClientFrame::Ping { reference: None },
             ClientFrame::Presence {
                 reference: Some("7".into()),
@@ -497,7 +513,7 @@ mod tests {
             assert_eq!(back.to_json(), json);
         }
         assert_eq!(
-            frames[2].to_json(),
+            frames[4].to_json(),
             r#"{"type":"ping"}"#,
             "absent fields are left out"
         );
@@ -556,20 +572,6 @@ mod tests {
     }
 
     #[test]
-    fn a_frame_around_its_id() {
-        let data = RawValue::from_string(r##"{"note":"#1 of \"#\""}"##.to_owned()).unwrap();
-        let frame = MessageFrame {
-            topic: "chat.a:b@c",
-            id: "0000000a-7",
-            event: Some("#tag"),
-            data: &data,
-            ts: 9,
-        };
-        let (before, after) = frame.around_id();
-        assert_eq!(format!("{before}0000000a-7{after}"), frame.to_json());
-    }
-
-    #[test]
     fn server_frame_heads() {
         let h = ServerFrameHead::parse(
             br#"{"type":"error","ref":"1","code":"forbidden","message":"m","topic":"a.b"}"#,
@@ -613,7 +615,7 @@ mod tests {
                 topic, data, event, ..
             } => {
                 assert_eq!(topic, "chat.room-1");
-                assert_eq!(data.get(), r#"{"text":"hi"}"#);
+                assert_eq!(data.json().unwrap().get(), r#"{"text":"hi"}"#);
                 assert_eq!(event, None);
             }
             other => panic!("{other:?}"),
@@ -630,9 +632,31 @@ mod tests {
     }
 
     #[test]
+    fn a_publish_carries_exactly_one_payload() {
+        let f = parse_client_frame(r#"{"type":"publish","topic":"a","data_b64":"AAEC"}"#).unwrap();
+        assert!(
+            matches!(f, ClientFrame::Publish { data: Payload::Bytes(ref b), .. } if b[..] == [0, 1, 2])
+        );
+        for bad in [
+            r#"{"type":"publish","ref":"1","topic":"a","data":1,"data_b64":"AAEC"}"#,
+            r#"{"type":"publish","ref":"1","topic":"a"}"#,
+            r#"{"type":"publish","ref":"1","topic":"a","data_b64":"not base64!"}"#,
+        ] {
+            let e = parse_client_frame(bad).unwrap_err();
+            assert_eq!(e.reference.as_deref(), Some("1"), "{bad}");
+            assert!(e.message.contains("data"), "{bad}: {}", e.message);
+        }
+        let c = parse_client_frame(r#"{"type":"connect","token":"t"}"#).unwrap();
+        assert!(matches!(c, ClientFrame::Connect { ref token } if token == "t"));
+        assert!(parse_client_frame(r#"{"type":"connect"}"#).is_err());
+    }
+
+    #[test]
     fn null_data_is_present() {
         let f = parse_client_frame(r#"{"type":"publish","topic":"a","data":null}"#).unwrap();
-        assert!(matches!(f, ClientFrame::Publish { data, .. } if data.get() == "null"));
+        assert!(
+            matches!(f, ClientFrame::Publish { data, .. } if data.json().unwrap().get() == "null")
+        );
     }
 
     #[test]

@@ -8,14 +8,17 @@
 mod codes;
 mod error_body;
 mod frame;
+pub mod msgpack;
 mod presence;
+pub mod record;
 mod topic;
 
 pub use codes::{CloseCode, ErrorCode};
 pub use error_body::{ErrorBody, ErrorDetail};
 pub use frame::{
-    ClientFrame, FrameError, MessageFrame, PROTOCOL_VERSION, ServerFrame, ServerFrameHead,
-    parse_client_frame,
+    ClientFrame, FrameError, PROTOCOL_VERSION, ServerFrame, ServerFrameHead, parse_client_frame,
+    payload,
 };
 pub use presence::{Member, PublicMember};
+pub use record::{MessageFrame, Payload};
 pub use topic::{MAX_TOPIC_LEN, Permissions, Topic, TopicError, TopicPattern};

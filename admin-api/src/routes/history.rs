@@ -83,15 +83,26 @@ pub(super) async fn history(
         .broker
         .history(&topic, q.since.as_deref(), limit)
         .await?;
-    // The messages are already JSON; splice them rather than re-serialize.
-    let mut body =
-        Vec::with_capacity(page.events.iter().map(|e| e.json.len() + 1).sum::<usize>() + 40);
+    // The messages are already JSON (a byte payload's with `data_b64`):
+    // splice them rather than re-serialize.
+    let mut body = Vec::with_capacity(
+        page.events
+            .iter()
+            .map(|e| e.record.len() + 1)
+            .sum::<usize>()
+            + 40,
+    );
     body.extend_from_slice(b"{\"messages\":[");
-    for (i, e) in page.events.iter().enumerate() {
+    for (i, frame) in page
+        .events
+        .iter()
+        .filter_map(|e| e.json_frame())
+        .enumerate()
+    {
         if i > 0 {
             body.push(b',');
         }
-        body.extend_from_slice(&e.json);
+        body.extend_from_slice(&frame);
     }
     body.extend_from_slice(format!("],\"recovered\":{}}}", page.recovered).as_bytes());
     Ok(([(http::header::CONTENT_TYPE, "application/json")], body).into_response())

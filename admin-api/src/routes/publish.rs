@@ -11,7 +11,7 @@ use axum::body::Body;
 use axum::extract::{Extension, State};
 use herald_core::http::ApiError;
 use herald_core::{Broker, Publication, PublishError};
-use herald_protocol::{ErrorBody, ErrorCode, Topic};
+use herald_protocol::{ErrorBody, ErrorCode, Payload, Topic};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -32,10 +32,14 @@ pub struct PublishRequest {
     /// Several topics, all validated before any is published.
     #[serde(default, deserialize_with = "given")]
     topics: Option<Vec<String>>,
-    /// Any JSON value, delivered as sent.
+    /// Any JSON value, delivered as sent; give this or `data_b64`.
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Object)]
     data: Option<Box<RawValue>>,
+    /// Bytes, as standard base64; give this or `data`. Stored and delivered
+    /// as bytes (`data_b64` to JSON clients, a `bin` to MessagePack ones).
+    #[serde(default, deserialize_with = "given")]
+    data_b64: Option<String>,
     /// Optional event name, 1–255 characters, delivered as `event`.
     #[serde(default, deserialize_with = "given")]
     #[schema(example = "headline")]
@@ -72,6 +76,9 @@ pub struct BatchMessage {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Object)]
     data: Option<Box<RawValue>>,
+    /// See the single publish.
+    #[serde(default, deserialize_with = "given")]
+    data_b64: Option<String>,
     #[serde(default, deserialize_with = "given")]
     event: Option<String>,
     /// See the single publish.
@@ -92,9 +99,9 @@ fn refused(e: &PublishError, what: &str) -> ApiError {
     ApiError::new(e.code(), format!("{what}{e}"))
 }
 
-/// One message's `data`, `event` and `idempotency_key`, checked.
+/// One message's payload, `event` and `idempotency_key`, checked.
 struct Checked {
-    data: Box<RawValue>,
+    data: Payload<'static>,
     event: Option<String>,
     idempotency_key: Option<String>,
 }
@@ -102,13 +109,14 @@ struct Checked {
 impl Checked {
     fn new(
         state: &AdminState,
-        data: Option<Box<RawValue>>,
+        (data, data_b64): (Option<Box<RawValue>>, Option<String>),
         event: Option<String>,
         idempotency_key: Option<String>,
         what: &str,
     ) -> Result<Checked, ApiError> {
-        let data = data
-            .ok_or_else(|| ApiError::new(ErrorCode::BadRequest, format!("{what}missing 'data'")))?;
+        let data = herald_protocol::payload(data.as_deref(), data_b64)
+            .map_err(|why| ApiError::new(ErrorCode::BadRequest, format!("{what}{why}")))?
+            .into_owned();
         state
             .rules
             .check(&data, event.as_deref(), idempotency_key.as_deref())
@@ -199,7 +207,13 @@ pub(super) async fn publish(
             topics.push(t);
         }
     }
-    let checked = Checked::new(&state, req.data, req.event, req.idempotency_key, "")?;
+    let checked = Checked::new(
+        &state,
+        (req.data, req.data_b64),
+        req.event,
+        req.idempotency_key,
+        "",
+    )?;
     let batch = topics
         .into_iter()
         .map(|topic| checked.publication(topic))
@@ -249,7 +263,13 @@ pub(super) async fn publish_batch(
         })?;
         let topic = state.rules.topic(&name).map_err(|e| refused(&e, &what))?;
         caller.check_publish(&topic, &what)?;
-        let checked = Checked::new(&state, m.data, m.event, m.idempotency_key, &what)?;
+        let checked = Checked::new(
+            &state,
+            (m.data, m.data_b64),
+            m.event,
+            m.idempotency_key,
+            &what,
+        )?;
         batch.push(checked.publication(topic));
     }
     run_publish(&state, batch).await

@@ -136,7 +136,7 @@ fn unique_topic(name: &str) -> Topic {
 }
 
 fn n_of(event: &Event) -> u64 {
-    let v: serde_json::Value = serde_json::from_slice(&event.json).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_slice(&event.record).unwrap_or_default();
     v["data"]["n"].as_u64().unwrap_or(u64::MAX)
 }
 
@@ -179,6 +179,7 @@ where
     presence_joins_and_leaves_once(&*broker, &sink).await;
     presence_pages_cover_every_member(&*broker).await;
     quiet_topics_have_positions(&*broker, &sink).await;
+    byte_payloads_stay_bytes(&*broker, &sink).await;
     node_control_is_reached(&*broker).await;
 }
 
@@ -327,6 +328,43 @@ async fn presence_pages_cover_every_member<B: Broker>(broker: &B) {
     broker.leave(&topic, "z");
 }
 
+/// Contract §10.2: a byte payload is stored and delivered as the bytes
+/// published (zeros and the record's own marker byte included), in order
+/// with JSON events, and reaches JSON readers as `data_b64`.
+async fn byte_payloads_stay_bytes<B: Broker>(broker: &B, sink: &CollectingSink) {
+    use herald_protocol::record::{Record, json_frame};
+    let topic = unique_topic("bytes");
+    subscribed(broker, &topic).await;
+    let bytes: Vec<u8> = vec![0, 1, 0, 255, b'{', b'\n', 0];
+    let mut p = Publication::of(
+        topic.clone(),
+        herald_protocol::Payload::Bytes(std::borrow::Cow::Owned(bytes.clone())),
+    );
+    p.event = Some("blob".to_owned());
+    let ids = broker
+        .publish(vec![publication(&topic, 1), p])
+        .await
+        .expect("publish");
+    let seen = sink.wait_for(&topic, 2).await;
+    let Some(Record::Binary { bytes: got, .. }) = Record::parse(&seen[1].record) else {
+        panic!("a byte record");
+    };
+    assert_eq!(got, &bytes[..], "delivered as published");
+    let page = broker
+        .history(&topic, Some(&ids[0].to_string()), 10)
+        .await
+        .expect("history");
+    assert_eq!(page.events.len(), 1);
+    assert_eq!(page.events[0].record, seen[1].record, "stored as delivered");
+    let frame: serde_json::Value =
+        serde_json::from_slice(&json_frame(&page.events[0].record).expect("a record"))
+            .expect("JSON");
+    assert_eq!(frame["data_b64"], "AAEA/3sKAA==");
+    assert_eq!(frame["event"], "blob");
+    assert_eq!(frame["id"], ids[1].to_string());
+    assert!(frame.get("data").is_none());
+}
+
 /// Contract §10.3: a topic with no event has a position (`<epoch>-0`),
 /// stable, and valid as `since`: everything published after it replays.
 async fn quiet_topics_have_positions<B: Broker>(broker: &B, sink: &CollectingSink) {
@@ -471,7 +509,7 @@ async fn batch_order_and_frame_shape<B: Broker>(broker: &B, sink: &CollectingSin
         "batch order within a topic"
     );
     let seen = sink.wait_for(&a, 2).await;
-    let frame: serde_json::Value = serde_json::from_slice(&seen[0].json).expect("frame is JSON");
+    let frame: serde_json::Value = serde_json::from_slice(&seen[0].record).expect("frame is JSON");
     assert_eq!(frame["type"], "message");
     assert_eq!(frame["topic"], a.as_str());
     assert_eq!(frame["id"], positions[0].to_string());
@@ -482,7 +520,7 @@ async fn batch_order_and_frame_shape<B: Broker>(broker: &B, sink: &CollectingSin
             .as_u64()
             .is_some_and(|ts| ts > 1_600_000_000_000)
     );
-    let second: serde_json::Value = serde_json::from_slice(&seen[1].json).expect("frame is JSON");
+    let second: serde_json::Value = serde_json::from_slice(&seen[1].record).expect("frame is JSON");
     assert!(
         second.get("event").is_none(),
         "event must be absent when not set"

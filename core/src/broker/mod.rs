@@ -53,7 +53,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use herald_protocol::{ErrorCode, MessageFrame, Topic};
+use herald_protocol::{ErrorCode, Payload, Topic};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::watch;
@@ -65,8 +65,8 @@ pub struct Publication {
     pub topic: Topic,
     /// Optional event name.
     pub event: Option<String>,
-    /// The payload, already valid JSON.
-    pub data: Box<RawValue>,
+    /// The payload: JSON (already valid) or bytes.
+    pub data: Payload<'static>,
     /// When set, a publication to the same topic with the same key within
     /// `publish.idempotency_window` is not published again: the broker
     /// answers the first one's position (contract §8).
@@ -74,8 +74,14 @@ pub struct Publication {
 }
 
 impl Publication {
-    /// A publication of `data` to `topic`, without event name or key.
+    /// A publication of JSON `data` to `topic`, without event name or key.
     pub fn new(topic: Topic, data: Box<RawValue>) -> Publication {
+        Publication::of(topic, Payload::Json(std::borrow::Cow::Owned(data)))
+    }
+
+    /// A publication of `data` (JSON or bytes) to `topic`, without event
+    /// name or key.
+    pub fn of(topic: Topic, data: Payload<'static>) -> Publication {
         Publication {
             topic,
             event: None,
@@ -126,35 +132,42 @@ impl fmt::Display for Position {
     }
 }
 
-/// An event as the broker hands it to nodes: its position and its complete
-/// `{"type":"message",…}` JSON, rendered once by whoever accepted it.
+/// An event as the broker hands it to nodes: its position and its record
+/// (its complete `message` frame, or a byte payload's envelope; see
+/// [`herald_protocol::record`]), rendered once by whoever accepted it.
 #[derive(Debug, Clone)]
 pub struct Event {
     /// The topic.
     pub topic: Topic,
     /// Its id.
     pub position: Position,
-    /// The message frame as JSON text.
-    pub json: Bytes,
+    /// Its record.
+    pub record: Bytes,
 }
 
 impl Event {
-    /// Renders the message frame of an accepted publication.
+    /// Renders the record of an accepted publication.
     pub fn render(publication: &Publication, position: Position, ts_ms: u64) -> Event {
         let id = position.to_string();
-        let json = MessageFrame {
-            topic: publication.topic.as_str(),
-            id: &id,
-            event: publication.event.as_deref(),
-            data: &publication.data,
-            ts: ts_ms,
-        }
-        .to_json();
+        let record = herald_protocol::record::render(
+            publication.topic.as_str(),
+            &id,
+            publication.event.as_deref(),
+            &publication.data,
+            ts_ms,
+        );
         Event {
             topic: publication.topic.clone(),
             position,
-            json: Bytes::from(json),
+            record: Bytes::from(record),
         }
+    }
+
+    /// The `message` frame JSON connections receive (see
+    /// [`herald_protocol::record::json_frame`]); `None` for a record Herald
+    /// did not write.
+    pub fn json_frame(&self) -> Option<std::borrow::Cow<'_, [u8]>> {
+        herald_protocol::record::json_frame(&self.record)
     }
 }
 

@@ -143,6 +143,12 @@ pub static KEYS: &[KeySpec] = &[
         "named admin keys with scopes: [[admin.keys]] name, key, scopes (publish, history, presence, stats, disconnect, revoke), topics (publish patterns)",
     ),
     key(
+        "auth.connect_timeout",
+        Kind::Duration,
+        Some("5s"),
+        "how long a connection that gave no token may take to send its connect frame (then 4005)",
+    ),
+    key(
         "heartbeat.interval",
         Kind::Duration,
         Some("25s"),

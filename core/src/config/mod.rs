@@ -30,8 +30,9 @@ use serde::Deserialize;
 pub use admin::{AdminConfig, Scope, ScopedKey};
 pub use keys::{KEYS, KeySpec, Kind};
 pub use sections::{
-    Durability, HeartbeatConfig, HistoryConfig, JwtConfig, LimitsConfig, ListenersConfig,
-    LogConfig, NodeConfig, PayloadLimits, PresenceConfig, PublishConfig, RedisConfig, TlsConfig,
+    AuthConfig, Durability, HeartbeatConfig, HistoryConfig, JwtConfig, LimitsConfig,
+    ListenersConfig, LogConfig, NodeConfig, PayloadLimits, PresenceConfig, PublishConfig,
+    RedisConfig, TlsConfig,
 };
 pub use sources::{DEFAULT_CONFIG_FILE, Layers, Sources};
 pub use value::{parse_duration, parse_size};
@@ -141,6 +142,8 @@ pub struct Config {
     pub redis: RedisConfig,
     /// `[jwt]`.
     pub jwt: JwtConfig,
+    /// `[auth]`.
+    pub auth: AuthConfig,
     /// `[admin]`.
     pub admin: AdminConfig,
     /// `[heartbeat]`.
@@ -243,6 +246,7 @@ pub fn load(sources: &Sources) -> Result<Loaded, ConfigError> {
         tls: read(&layers)?,
         redis: read(&layers)?,
         jwt: read(&layers)?,
+        auth: read(&layers)?,
         admin: read(&layers)?,
         heartbeat: read(&layers)?,
         limits: read(&layers)?,

@@ -342,6 +342,23 @@ impl Section for JwtConfig {
     }
 }
 
+/// `[auth]`: how a connection authenticates besides its handshake.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct AuthConfig {
+    /// How long a connection that gave no token may take to send its
+    /// `connect` frame (contract §10.4).
+    #[serde(deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+}
+
+impl Section for AuthConfig {
+    const PATH: Option<&'static str> = Some("auth");
+
+    fn check(&mut self, c: &Check<'_>) -> Result<(), ConfigError> {
+        c.positive("auth.connect_timeout", self.connect_timeout.is_zero())
+    }
+}
+
 /// `[heartbeat]`: connection liveness.
 #[derive(Debug, Clone, Copy, Deserialize)]
 pub struct HeartbeatConfig {

@@ -93,16 +93,19 @@ impl<B: Broker> Hub<B> {
         };
         let now = std::time::Instant::now();
         for event in &replay {
-            let _ = outbox.push_replay(outbox.text_frame(&event.json), now);
+            let _ = outbox.push_replay(outbox.event_frame(&event.record), now);
             last = Some(event.position);
         }
         for event in &held {
             let seen = last
                 .is_some_and(|l| l.epoch == event.position.epoch && event.position.seq <= l.seq);
             if !seen {
-                if let Pushed::Overflow(n) =
-                    outbox.push_event(&outbox.text_frame(&event.json), now, &self.metrics, false)
-                {
+                if let Pushed::Overflow(n) = outbox.push_event(
+                    &outbox.event_frame(&event.record),
+                    now,
+                    &self.metrics,
+                    false,
+                ) {
                     self.metrics.dropped(DropReason::SlowConsumer, n as u64);
                 }
                 last = Some(event.position);

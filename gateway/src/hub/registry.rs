@@ -181,7 +181,7 @@ impl Registry {
         );
         for event in events {
             // Encoded once per node (and per compression window in use).
-            let mut frames = FrameCache::new(&event.json);
+            let mut frames = FrameCache::new(&event.record);
             let mut writes = InlineWrites::new(received, &self.metrics);
             for sub in entry.subscribers.values_mut() {
                 match &mut sub.feed {
@@ -199,7 +199,7 @@ impl Registry {
                     Feed::Ahead(_) => sub.feed = Feed::Live,
                 }
                 let sub = &*sub;
-                let frame = frames.for_connection(sub.outbox.deflate);
+                let frame = frames.for_connection(sub.outbox.encoding, sub.outbox.deflate);
                 if inline {
                     writes.push(&sub.outbox, frame);
                 } else if let Pushed::Overflow(n) =
@@ -357,7 +357,7 @@ impl EventSink for Registry {
         // Presence frames come in bursts (a node's members at once): queued.
         let inline = false;
         for sub in entry.subscribers.values().filter(|s| s.presence) {
-            let frame = frames.for_connection(sub.outbox.deflate);
+            let frame = frames.for_connection(sub.outbox.encoding, sub.outbox.deflate);
             if let Pushed::Overflow(n) =
                 sub.outbox
                     .push_event(frame, received, &self.metrics, inline)

@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 
 use herald_core::broker::presence;
 use herald_core::{Broker, BrokerError, LeaveCause, Member, MemberPage, Publication};
-use herald_protocol::{ErrorCode, ServerFrame, Topic};
-use serde_json::value::RawValue;
+use herald_protocol::{ErrorCode, Payload, ServerFrame, Topic};
 use tracing::debug;
 
 use super::Session;
@@ -290,7 +289,7 @@ impl Session {
         };
         let max = self.node.config.limits.max_message_size;
         match presence::page_within(&*self.node.broker, &topic, cursor, limit, max, render).await {
-            Ok(frame) => self.push(self.outbox.text_frame(frame.as_bytes())),
+            Ok(frame) => self.push(self.outbox.reply_frame(frame.as_bytes())),
             Err(e) => self.broker_error(reference, &e, name),
         }
     }
@@ -343,7 +342,7 @@ impl Session {
         &mut self,
         reference: Option<&str>,
         name: &str,
-        data: &RawValue,
+        data: Payload<'_>,
         event: Option<String>,
     ) {
         let rules = self.node.config.limits.publication_rules();
@@ -356,12 +355,12 @@ impl Session {
             self.error(reference, ErrorCode::Forbidden, &message, Some(name));
             return;
         }
-        if let Err(e) = rules.check(data, event.as_deref(), None) {
+        if let Err(e) = rules.check(&data, event.as_deref(), None) {
             return self.error(reference, e.code(), &e.to_string(), Some(name));
         }
         let publication = Publication {
             event,
-            ..Publication::new(topic, data.to_owned())
+            ..Publication::of(topic, data.into_owned())
         };
         match self.node.broker.publish(vec![publication]).await {
             Ok(positions) => {

@@ -27,8 +27,8 @@ use herald_protocol::CloseCode;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Sleep;
 
-use crate::wire::codec::{Decoder, Message, close_frame};
 use crate::outbox::{Item, Outbox};
+use crate::wire::codec::{Decoder, Message, close_frame};
 
 /// Bytes read per `read` call, into the per-thread buffer.
 const READ_CHUNK: usize = 16 * 1024;

@@ -19,8 +19,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use herald_protocol::msgpack::MsgpackError;
 use herald_protocol::{
-    ClientFrame, CloseCode, ErrorCode, PROTOCOL_VERSION, ServerFrame, Topic, parse_client_frame,
+    ClientFrame, CloseCode, ErrorCode, FrameError, PROTOCOL_VERSION, ServerFrame, Topic,
+    parse_client_frame,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -29,10 +31,10 @@ use tracing::{Instrument, debug};
 use crate::auth::Claims;
 use crate::node::{Node, Permit};
 use crate::outbox::{Outbox, Pushed};
-use crate::wire::codec::{self, Decoder, Message};
 use crate::session::conn::{Conn, Step};
-use crate::wire::deflate::Deflate;
 use crate::session::tcp::SharedTcp;
+use crate::wire::codec::{self, Decoder, Encoding, Message};
+use crate::wire::deflate::Deflate;
 use herald_core::Broker;
 use herald_core::metrics::DropReason;
 use limits::{Bucket, Strikes, Timers, expiry_times};
@@ -50,6 +52,51 @@ struct Session {
     strikes: Strikes,
 }
 
+/// The protocol a connection negotiated with `Sec-WebSocket-Protocol`
+/// (contract §10.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// No name (or none the server knows): protocol 1, JSON text.
+    #[default]
+    V1,
+    /// `herald.v2.json`.
+    V2Json,
+    /// `herald.v2.msgpack`.
+    V2Msgpack,
+}
+
+impl Protocol {
+    /// The protocol of a client offering `names` (the values of its
+    /// `Sec-WebSocket-Protocol` headers, comma-separated), and the name to
+    /// echo: the first name the server knows.
+    pub fn negotiate<'a>(names: impl Iterator<Item = &'a str>) -> (Protocol, Option<&'static str>) {
+        for name in names.flat_map(|v| v.split(',')).map(str::trim) {
+            match name {
+                "herald.v2.json" => return (Protocol::V2Json, Some("herald.v2.json")),
+                "herald.v2.msgpack" => return (Protocol::V2Msgpack, Some("herald.v2.msgpack")),
+                _ => {}
+            }
+        }
+        (Protocol::V1, None)
+    }
+
+    /// The version `welcome` announces.
+    pub fn version(self) -> u32 {
+        match self {
+            Protocol::V1 => PROTOCOL_VERSION,
+            Protocol::V2Json | Protocol::V2Msgpack => 2,
+        }
+    }
+
+    /// How its frames are encoded.
+    pub fn encoding(self) -> Encoding {
+        match self {
+            Protocol::V1 | Protocol::V2Json => Encoding::Json,
+            Protocol::V2Msgpack => Encoding::Msgpack,
+        }
+    }
+}
+
 /// What a session starts with once its handshake was accepted.
 pub struct Start {
     /// The node.
@@ -60,6 +107,8 @@ pub struct Start {
     pub token: crate::auth::TokenId,
     /// permessage-deflate, when negotiated.
     pub deflate: Option<Deflate>,
+    /// The protocol negotiated.
+    pub protocol: Protocol,
     /// Its connection slot, released when the session ends.
     pub permit: Permit,
 }
@@ -122,13 +171,17 @@ where
         claims,
         token,
         deflate,
+        protocol,
         permit,
     } = start;
     let config = &node.config;
-    let decoder =
-        Decoder::new(config.limits.max_message_size, false).with_deflate(deflate.is_some());
-    let outbox =
-        Outbox::new(id, claims.sub.clone(), config.limits.client_queue).with_deflate(deflate);
+    // Protocol 1 refuses binary frames in the decoder (1008); protocol 2
+    // lets them through and the session checks their kind (1003).
+    let decoder = Decoder::new(config.limits.max_message_size, protocol != Protocol::V1)
+        .with_deflate(deflate.is_some());
+    let outbox = Outbox::new(id, claims.sub.clone(), config.limits.client_queue)
+        .with_deflate(deflate)
+        .with_encoding(protocol.encoding());
     outbox.token.set(token.jti.as_deref(), token.iat);
     let (outbox, conn) = attach(outbox, decoder);
     node.hub.add_session(&outbox);
@@ -154,7 +207,7 @@ where
         session: session_id,
         node: &node.config.node.id,
         heartbeat_ms: u64::try_from(config.heartbeat.interval.as_millis()).unwrap_or(u64::MAX),
-        protocol: PROTOCOL_VERSION,
+        protocol: protocol.version(),
     });
     Opened {
         conn,
@@ -259,7 +312,7 @@ impl Session {
     }
 
     fn reply(&self, frame: &ServerFrame<'_>) {
-        self.push(self.outbox.text_frame(frame.to_json().as_bytes()));
+        self.push(self.outbox.reply_frame(frame.to_json().as_bytes()));
     }
 
     fn error(&self, reference: Option<&str>, code: ErrorCode, message: &str, topic: Option<&str>) {
@@ -308,34 +361,67 @@ impl Session {
         &mut self,
         conn: &mut Conn<S>,
     ) -> Option<End> {
+        let encoding = self.outbox.encoding;
         while let Some(message) = conn.inbox.pop_front() {
-            match message {
-                Message::Text(text) => {
-                    if let Err(code) = self.on_text(&text).await {
+            match (message, encoding) {
+                // Boxed: a request's handling is far larger than an idle
+                // session's state, and requests are rare (rate-limited).
+                (Message::Text(text), Encoding::Json) => {
+                    if let Err(code) = Box::pin(self.on_text(&text)).await {
                         return Some(End::Close(code));
                     }
                 }
-                // The decoder refuses binary frames (1008) before they get here.
-                Message::Binary(_) => return Some(End::Close(CloseCode::PolicyViolation)),
-                Message::Ping(payload) => self.push(codec::pong_frame(&payload)),
-                Message::Pong => {}
-                Message::Close(code) => return Some(End::PeerClosed(code)),
+                (Message::Binary(bytes), Encoding::Msgpack) => {
+                    if let Err(code) = Box::pin(self.on_msgpack(&bytes)).await {
+                        return Some(End::Close(code));
+                    }
+                }
+                // The wrong kind for the protocol (contract §10.1); protocol
+                // 1's decoder refuses binary frames (1008) before this.
+                (Message::Text(_) | Message::Binary(_), _) => {
+                    return Some(End::Close(CloseCode::UnsupportedData));
+                }
+                (Message::Ping(payload), _) => self.push(codec::pong_frame(&payload)),
+                (Message::Pong, _) => {}
+                (Message::Close(code), _) => return Some(End::PeerClosed(code)),
             }
         }
         None
+    }
+
+    /// A MessagePack frame: read as the JSON text of the same frame
+    /// (contract §10.1; see [`herald_protocol::msgpack`]).
+    async fn on_msgpack(&mut self, bytes: &[u8]) -> Result<(), CloseCode> {
+        match herald_protocol::msgpack::client_frame_to_json(bytes) {
+            Ok(text) => self.on_frame(parse_client_frame(&text)).await,
+            Err(MsgpackError::Invalid) => Err(CloseCode::InvalidPayload),
+            Err(MsgpackError::Refused { reference, message }) => {
+                self.on_frame(Err(FrameError { reference, message })).await
+            }
+        }
     }
 
     async fn on_text(&mut self, text: &[u8]) -> Result<(), CloseCode> {
         let Ok(text) = std::str::from_utf8(text) else {
             return Err(CloseCode::InvalidPayload);
         };
+        self.on_frame(parse_client_frame(text)).await
+    }
+
+    /// One client frame, read (or refused, with its `ref` if it had one):
+    /// rate-limited first, then handled; a close code ends the session.
+    async fn on_frame(
+        &mut self,
+        frame: Result<ClientFrame<'_>, FrameError>,
+    ) -> Result<(), CloseCode> {
         let now = Instant::now();
         if !self.bucket.take(now) {
-            let reference = parse_client_frame(text)
-                .ok()
-                .and_then(|f| f.reference().map(str::to_owned));
+            let reference = match &frame {
+                Ok(f) => f.reference(),
+                Err(e) => e.reference.as_deref(),
+            };
             self.error(
-                reference.as_deref(),
+                reference,
                 ErrorCode::RateLimited,
                 "rate limit exceeded",
                 None,
@@ -346,14 +432,14 @@ impl Session {
                 Ok(())
             };
         }
-        match parse_client_frame(text) {
+        match frame {
             Err(e) => self.error(
                 e.reference.as_deref(),
                 ErrorCode::BadRequest,
                 &e.message,
                 None,
             ),
-            Ok(frame) => Box::pin(self.dispatch(frame)).await,
+            Ok(frame) => self.dispatch(frame).await,
         }
         Ok(())
     }
@@ -395,6 +481,14 @@ impl Session {
             ClientFrame::PresenceStats { reference, topic } => {
                 self.presence_stats(reference.as_deref(), &topic).await;
             }
+            // Only a connection that gave no token may send it, and only as
+            // its first frame, which never reaches a session.
+            ClientFrame::Connect { .. } => self.error(
+                None,
+                ErrorCode::BadRequest,
+                "'connect' is only the first frame of a connection that gave no token",
+                None,
+            ),
         }
     }
 }
@@ -425,6 +519,7 @@ mod footprint {
             },
             token: crate::auth::TokenId::default(),
             deflate: None,
+            protocol: Protocol::V2Msgpack,
             permit: node.try_reserve().unwrap(),
         };
         let addr = listener.local_addr().unwrap();

@@ -130,6 +130,21 @@ impl Decoder {
         Ok(pos)
     }
 
+    /// Decodes the frame at the front of `input` (pushing its message to
+    /// `out` if it completes one) and returns the bytes it took; `None`
+    /// when `input` holds no complete frame. For a reader that must stop
+    /// after one message (a connection's `connect` frame).
+    ///
+    /// # Errors
+    /// The close code to send.
+    pub fn decode_next(
+        &mut self,
+        input: &[u8],
+        out: &mut VecDeque<Message>,
+    ) -> Result<Option<usize>, DecodeError> {
+        self.decode_frame(input, out)
+    }
+
     /// Decodes one frame; `None` when `input` holds no complete frame.
     fn decode_frame(
         &mut self,
@@ -366,46 +381,108 @@ pub fn frame_for(opcode: u8, payload: &[u8], deflate: Option<Deflate>) -> Bytes 
     }
 }
 
-/// The frames of one text message for every kind of connection, each encoded
-/// on first need and then shared: plain, and compressed per window size (in
-/// practice one). This is how an event is encoded once per node.
+/// How a connection's frames are encoded: JSON text (protocol 1 and
+/// `herald.v2.json`) or MessagePack in binary frames (`herald.v2.msgpack`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Encoding {
+    /// JSON text frames.
+    #[default]
+    Json,
+    /// MessagePack binary frames.
+    Msgpack,
+}
+
+impl Encoding {
+    /// The frame of a server message for a connection with this encoding
+    /// and `deflate`, from its JSON text (a reply, never an event: events
+    /// go through [`FrameCache`]).
+    pub fn reply_frame(self, json: &[u8], deflate: Option<Deflate>) -> Bytes {
+        match self {
+            Encoding::Json => frame_for(OP_TEXT, json, deflate),
+            Encoding::Msgpack => {
+                let packed = herald_protocol::msgpack::from_json(json).unwrap_or_default();
+                frame_for(OP_BINARY, &packed, deflate)
+            }
+        }
+    }
+}
+
+/// The frames of one event (or presence change) for every kind of
+/// connection, each encoded on first need and then shared: per encoding
+/// (JSON text, MessagePack), plain and compressed per window size (in
+/// practice one). This is how an event is encoded once per node and
+/// encoding. The common case, a JSON record to plain JSON connections,
+/// allocates one frame and nothing else.
 pub struct FrameCache<'a> {
-    payload: &'a [u8],
-    plain: Option<Bytes>,
-    packed: Vec<(u8, Bytes)>,
+    record: &'a [u8],
+    plain_json: Option<Bytes>,
+    /// Every other (encoding, window bits or 0 for plain) frame.
+    others: Vec<(Encoding, u8, Bytes)>,
+    /// The payloads rendered from the record, for other encodings or a
+    /// byte payload.
+    json: Option<std::borrow::Cow<'a, [u8]>>,
+    msgpack: Option<Vec<u8>>,
 }
 
 impl<'a> FrameCache<'a> {
-    /// Nothing encoded yet.
-    pub fn new(payload: &'a [u8]) -> FrameCache<'a> {
+    /// Nothing encoded yet; `record` as [`herald_protocol::record`] says.
+    pub fn new(record: &'a [u8]) -> FrameCache<'a> {
         FrameCache {
-            payload,
-            plain: None,
-            packed: Vec::new(),
+            record,
+            plain_json: None,
+            others: Vec::new(),
+            json: None,
+            msgpack: None,
         }
     }
 
-    /// The frame for a connection with `deflate`.
-    pub fn for_connection(&mut self, deflate: Option<Deflate>) -> &Bytes {
-        match deflate {
-            Some(d) if self.payload.len() >= deflate::COMPRESS_MIN => {
-                match self
-                    .packed
-                    .iter()
-                    .position(|(bits, _)| *bits == d.window_bits)
-                {
-                    Some(i) => &self.packed[i].1,
-                    None => {
-                        let frame = compressed_frame(OP_TEXT, self.payload, d.window_bits);
-                        self.packed.push((d.window_bits, frame));
-                        &self.packed[self.packed.len() - 1].1
-                    }
-                }
-            }
-            _ => self
-                .plain
-                .get_or_insert_with(|| frame(OP_TEXT, self.payload)),
+    fn payload(&mut self, encoding: Encoding) -> &[u8] {
+        match encoding {
+            Encoding::Json => self.json.get_or_insert_with(|| {
+                herald_protocol::record::json_frame(self.record)
+                    .unwrap_or(std::borrow::Cow::Borrowed(self.record))
+            }),
+            Encoding::Msgpack => self.msgpack.get_or_insert_with(|| {
+                herald_protocol::msgpack::message(self.record).unwrap_or_default()
+            }),
         }
+    }
+
+    /// The frame for a connection with `encoding` and `deflate`.
+    pub fn for_connection(&mut self, encoding: Encoding, deflate: Option<Deflate>) -> &Bytes {
+        let opcode = match encoding {
+            Encoding::Json => OP_TEXT,
+            Encoding::Msgpack => OP_BINARY,
+        };
+        let bits = match deflate {
+            Some(d) if self.payload(encoding).len() >= deflate::COMPRESS_MIN => d.window_bits,
+            _ => 0,
+        };
+        if encoding == Encoding::Json && bits == 0 {
+            if self.plain_json.is_none() {
+                let frame = frame(opcode, self.payload(encoding));
+                self.plain_json = Some(frame);
+            }
+            return self.plain_json.get_or_insert_with(Bytes::new);
+        }
+        let i = match self
+            .others
+            .iter()
+            .position(|(e, b, _)| *e == encoding && *b == bits)
+        {
+            Some(i) => i,
+            None => {
+                let payload = self.payload(encoding);
+                let frame = if bits == 0 {
+                    frame(opcode, payload)
+                } else {
+                    compressed_frame(opcode, payload, bits)
+                };
+                self.others.push((encoding, bits, frame));
+                self.others.len() - 1
+            }
+        };
+        &self.others[i].2
     }
 }
 

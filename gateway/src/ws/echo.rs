@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::wire::codec::{self, Decoder, Message};
-use crate::session::conn::{Conn, Step};
-use crate::wire::deflate::Deflate;
 use crate::node::{Node, Permit};
 use crate::outbox::Outbox;
+use crate::session::conn::{Conn, Step};
+use crate::wire::codec::{self, Decoder, Message};
+use crate::wire::deflate::Deflate;
 
 /// An echo connection waiting for its socket.
 pub(crate) struct EchoJob {
@@ -55,7 +55,7 @@ where
                     while let Some(message) = conn.inbox.pop_front() {
                         match message {
                             Message::Text(t) => {
-                                let _ = outbox.push_reply(outbox.text_frame(&t));
+                                let _ = outbox.push_reply(outbox.reply_frame(&t));
                             }
                             Message::Binary(b) => {
                                 let _ = outbox.push_reply(codec::frame_for(

@@ -4,8 +4,12 @@
 //! Every refusal happens here, as a plain HTTP response with the contract's
 //! JSON body, before anything is upgraded and before any per-session state
 //! exists. The checks run cheapest first: headers, capacity and draining,
-//! origin, and only then the token signature.
+//! the revocation list loaded, origin, and only then the token
+//! ([`connect::authenticate`]). A handshake without a token is upgraded and
+//! authenticates with its first frame ([`connect`]). The protocol is the
+//! first name of `Sec-WebSocket-Protocol` the server knows, echoed back.
 
+pub mod connect;
 pub mod echo;
 pub mod handshake;
 
@@ -25,8 +29,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tracing::debug;
 
-use crate::auth::AuthError;
 use crate::node::Node;
+use crate::session::Protocol;
 use handshake::NotUpgrade;
 
 fn refuse(node: &Node, result: HandshakeResult, code: ErrorCode, message: &str) -> Response {
@@ -144,45 +148,7 @@ pub async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Respons
             "origin not allowed",
         );
     }
-    let Some(token) = token_of(&req) else {
-        return refuse(
-            &node,
-            HandshakeResult::Unauthorized,
-            ErrorCode::Unauthorized,
-            "no token: send 'Authorization: Bearer <jwt>' or ?token=<jwt>",
-        );
-    };
-    let (claims, id) = match node.verifier.verify_token(&token) {
-        Ok(verified) => verified,
-        Err(e @ AuthError::Expired) => {
-            return refuse(
-                &node,
-                HandshakeResult::TokenExpired,
-                e.code(),
-                &e.to_string(),
-            );
-        }
-        Err(e) => {
-            return refuse(
-                &node,
-                HandshakeResult::Unauthorized,
-                e.code(),
-                &e.to_string(),
-            );
-        }
-    };
-    drop(token);
-    if node
-        .revocations
-        .is_revoked(&claims.sub, id.jti.as_deref(), id.iat)
-    {
-        return refuse(
-            &node,
-            HandshakeResult::Unauthorized,
-            ErrorCode::Unauthorized,
-            "token revoked",
-        );
-    }
+    let token = token_of(&req);
     let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
         return refuse(
             &node,
@@ -191,56 +157,48 @@ pub async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Respons
             "connection cannot be upgraded",
         );
     };
-    if !admit_user(&node, &claims.sub).await {
-        let limit = node.config.limits.max_connections_per_user;
-        return refuse(
-            &node,
-            HandshakeResult::TooManyConnections,
-            ErrorCode::TooManyConnections,
-            &format!("this user already holds {limit} sessions (limits.max_connections_per_user)"),
-        );
-    }
-    node.metrics.handshake(HandshakeResult::Accepted);
+    let offered = req
+        .headers()
+        .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    let (protocol, chosen) = Protocol::negotiate(offered);
     let deflate = negotiate(&node, &req);
-    let response = switching_protocols(&accept, deflate.as_ref().map(|(_, h)| h.as_str()));
-    let deflate = deflate.map(|(d, _)| d);
+    let extensions = deflate.as_ref().map(|(_, h)| h.as_str());
+    let Some(token) = token else {
+        // No token in the handshake: the first frame must bring one
+        // (contract §10.4). Nothing is sent before it.
+        let response = switching_protocols(&accept, extensions, chosen);
+        spawn_upgraded(
+            on_upgrade,
+            connect::ConnectJob {
+                node,
+                deflate: deflate.map(|(d, _)| d),
+                protocol,
+                permit,
+            },
+        );
+        return response;
+    };
+    let (claims, id) = match connect::authenticate(&node, &token).await {
+        Ok(admitted) => admitted,
+        Err(r) => return error_response(r.code, &r.message),
+    };
+    drop(token);
+    node.metrics.handshake(HandshakeResult::Accepted);
+    let response = switching_protocols(&accept, extensions, chosen);
     spawn_upgraded(
         on_upgrade,
         crate::session::Start {
             node,
             claims,
             token: id,
-            deflate,
+            deflate: deflate.map(|(d, _)| d),
+            protocol,
             permit,
         },
     );
     response
-}
-
-/// How long a handshake waits for the cluster-wide count of the user's
-/// sessions before admitting it anyway.
-const ADMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Whether `sub` may open one more session (`limits.max_connections_per_user`,
-/// counted across the cluster by the broker). Fails open: when the count
-/// cannot be had within [`ADMIT_WAIT`] (Redis down or slow), the session is
-/// admitted, and the limit is approximate until Redis answers again.
-async fn admit_user(node: &Node, sub: &str) -> bool {
-    let limit = node.config.limits.max_connections_per_user;
-    if limit == 0 {
-        return true;
-    }
-    match tokio::time::timeout(ADMIT_WAIT, node.broker.admit(sub, limit)).await {
-        Ok(Ok(admitted)) => admitted,
-        Ok(Err(e)) => {
-            debug!(error = %e, "per-user count unavailable: admitting");
-            true
-        }
-        Err(_) => {
-            debug!("per-user count too slow: admitting");
-            true
-        }
-    }
 }
 
 /// permessage-deflate, when configured and offered acceptably.
@@ -252,7 +210,11 @@ fn negotiate(node: &Node, req: &Request) -> Option<(crate::wire::deflate::Deflat
     }
 }
 
-fn switching_protocols(accept: &str, extensions: Option<&str>) -> Response {
+fn switching_protocols(
+    accept: &str,
+    extensions: Option<&str>,
+    protocol: Option<&'static str>,
+) -> Response {
     let mut response = (
         http::StatusCode::SWITCHING_PROTOCOLS,
         [
@@ -267,11 +229,17 @@ fn switching_protocols(accept: &str, extensions: Option<&str>) -> Response {
             .headers_mut()
             .insert(http::header::SEC_WEBSOCKET_EXTENSIONS, ext);
     }
+    if let Some(name) = protocol {
+        response.headers_mut().insert(
+            http::header::SEC_WEBSOCKET_PROTOCOL,
+            http::HeaderValue::from_static(name),
+        );
+    }
     response
 }
 
 /// What runs on a socket once it is upgraded.
-trait Job: Send + 'static {
+pub(crate) trait Job: Send + 'static {
     fn run<S>(self, io: S, initial: Bytes) -> impl Future<Output = ()> + Send
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
@@ -355,7 +323,7 @@ pub async fn echo(State(node): State<Arc<Node>>, mut req: Request) -> Response {
         return error_response(ErrorCode::BadRequest, "connection cannot be upgraded");
     };
     let deflate = negotiate(&node, &req);
-    let response = switching_protocols(&accept, deflate.as_ref().map(|(_, h)| h.as_str()));
+    let response = switching_protocols(&accept, deflate.as_ref().map(|(_, h)| h.as_str()), None);
     spawn_upgraded(
         on_upgrade,
         echo::EchoJob {

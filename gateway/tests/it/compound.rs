@@ -305,7 +305,7 @@ async fn refused_replicated_publishes_never_surface() {
         assert!(tokio::time::Instant::now() < deadline, "never confirmed");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-        // A repeat answers the same id, even when its own wait for the
+    // A repeat answers the same id, even when its own wait for the
     // replica misses (the event is visible already).
     assert_eq!(
         post(admin, "/v1/publish", retry).await.1["results"][0]["id"],

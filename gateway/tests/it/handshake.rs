@@ -1,8 +1,10 @@
 //! Contract §4: every handshake refusal, with its status and code, and the
 //! node serving others afterwards.
 
+use futures_util::StreamExt;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::json;
+use tokio_tungstenite::tungstenite;
 
 use crate::common::*;
 use std::time::Duration;
@@ -46,6 +48,7 @@ async fn unauthorized_rows() {
     let gw = TestGateway::spawn_with(|c| {
         c.jwt.issuer = Some("https://issuer.example".into());
         c.jwt.audience = Some("herald".into());
+        c.auth.connect_timeout = Duration::from_millis(300);
     })
     .await;
     let url = gw.ws_url();
@@ -59,8 +62,20 @@ async fn unauthorized_rows() {
         c
     };
 
-    // No token at all.
-    assert_refused(ws_request(&url), 401, "unauthorized").await;
+    // No token at all: upgraded, for the token in the first frame
+    // (contract §10.4); none in time is 4005 `unauthorized`.
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap();
+    match ws.next().await {
+        Some(Ok(tungstenite::Message::Close(Some(f)))) => {
+            assert_eq!(
+                (u16::from(f.code), f.reason.as_str()),
+                (4005, "unauthorized")
+            );
+        }
+        other => panic!("expected close 4005, got {other:?}"),
+    }
     // Malformed.
     assert_refused(
         ws_request(&format!("{url}?token=not.a.jwt")),
@@ -367,7 +382,12 @@ async fn jwks_keys_are_looked_up_by_kid() {
 async fn handshake_counts_are_metrics() {
     let gw = TestGateway::spawn().await;
     gw.client("alice", &[], &[]).await;
-    assert_refused(ws_request(&gw.ws_url()), 401, "unauthorized").await;
+    assert_refused(
+        ws_request(&format!("{}?token=not.a.jwt", gw.ws_url())),
+        401,
+        "unauthorized",
+    )
+    .await;
     let (_, body) = http(gw.admin, "GET", "/metrics", None, None).await;
     let text = body.as_str().unwrap();
     assert!(

@@ -13,6 +13,7 @@ mod handshake;
 mod limits;
 mod presence;
 mod process;
+mod protocol2;
 mod recovery;
 mod security;
 mod timing;

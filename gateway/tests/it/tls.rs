@@ -76,7 +76,7 @@ async fn refusals_and_plain_clients() {
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .unwrap();
-    let url = format!("wss://localhost:{}/ws", gw.public.port());
+    let url = format!("wss://localhost:{}/ws?token=not.a.jwt", gw.public.port());
     match tokio_tungstenite::client_async(url, tls).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status().as_u16(), 401),
         other => panic!("expected a 401, got {other:?}"),

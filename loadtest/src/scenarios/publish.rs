@@ -221,7 +221,7 @@ async fn publisher(
                         Target::Herald => ClientFrame::Publish {
                             reference: None,
                             topic: topic_name(*topic),
-                            data: &data,
+                            data: herald_protocol::Payload::Json(std::borrow::Cow::Borrowed(&data)),
                             event: None,
                         }
                         .to_json(),

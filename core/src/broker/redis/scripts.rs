@@ -9,7 +9,7 @@
 
 use bytes::Bytes;
 use deadpool_redis::redis::Value;
-use herald_protocol::{MessageFrame, Topic};
+use herald_protocol::Topic;
 
 use super::cluster;
 use super::commands::{Script, ScriptCall, as_text};
@@ -114,16 +114,9 @@ pub struct Published {
     pub first_new: u64,
 }
 
-/// The frame of an event before and after its id, which Redis fills in.
-fn frame_parts(p: &Publication, ts: u64) -> (String, String) {
-    MessageFrame {
-        topic: p.topic.as_str(),
-        id: "",
-        event: p.event.as_deref(),
-        data: &p.data,
-        ts,
-    }
-    .around_id()
+/// The record of an event before and after its id, which Redis fills in.
+fn frame_parts(p: &Publication, ts: u64) -> (Vec<u8>, Vec<u8>) {
+    herald_protocol::record::around_id(p.topic.as_str(), p.event.as_deref(), &p.data, ts)
 }
 
 /// A batch split into runs of one topic's events, in request order: one
@@ -162,7 +155,7 @@ impl Scripts {
         let window = settings.publish.idempotency_window.as_millis().to_string();
         let channel = channel(topic);
         let mut keys = vec![stream_key(topic), meta_key(topic)];
-        let mut parts: Vec<(String, String, String)> = Vec::with_capacity(run.len());
+        let mut parts: Vec<(Vec<u8>, Vec<u8>, String)> = Vec::with_capacity(run.len());
         for p in run {
             let (prefix, suffix) = frame_parts(p, ts);
             let index = match &p.idempotency_key {
@@ -184,7 +177,7 @@ impl Scripts {
             window.as_bytes(),
         ];
         for (prefix, suffix, index) in &parts {
-            args.extend([prefix.as_bytes(), suffix.as_bytes(), index.as_bytes()]);
+            args.extend([prefix.as_slice(), suffix.as_slice(), index.as_bytes()]);
         }
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         ScriptCall::new(&self.publish, cluster::slot(&channel), &keys, &args)
@@ -228,7 +221,7 @@ impl Scripts {
         published: &Published,
         history: &HistoryConfig,
     ) -> ScriptCall {
-                let epoch = |p: &Position| format!("{:08x}", p.epoch) == published.epoch;
+        let epoch = |p: &Position| format!("{:08x}", p.epoch) == published.epoch;
         // With no new event, the repeats' ids: visible ones mean the
         // publish had succeeded before.
         let last = if published.first_new > 0 {
@@ -251,7 +244,7 @@ impl Scripts {
             .iter()
             .zip(positions)
             .filter(|(_, p)| {
-                                let new = published.first_new > 0 && p.seq > counted && epoch(p);
+                let new = published.first_new > 0 && p.seq > counted && epoch(p);
                 if new {
                     counted = p.seq;
                 }
@@ -436,7 +429,7 @@ pub fn read_history(
         events.push(Event {
             topic: topic.clone(),
             position: Position { epoch, seq },
-            json: Bytes::from(json.clone()),
+            record: Bytes::from(json.clone()),
         });
     }
     let page = HistoryPage {

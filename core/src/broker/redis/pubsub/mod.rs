@@ -240,7 +240,7 @@ pub fn decode(topic: &Topic, payload: &Bytes) -> Option<Decoded> {
         events.push(Event {
             topic: topic.clone(),
             position,
-            json: payload.slice(start..end),
+            record: payload.slice(start..end),
         });
         at = end;
     }
@@ -283,14 +283,14 @@ mod tests {
         let events = decoded.events;
         assert_eq!(events.len(), 2);
         assert_eq!(events[0].position, Position { epoch: 10, seq: 7 });
-        assert_eq!(&events[0].json[..], b"{\"type\":\"message\"}");
+        assert_eq!(&events[0].record[..], b"{\"type\":\"message\"}");
         assert_eq!(
-            events[0].json.as_ptr(),
+            events[0].record.as_ptr(),
             payload[14..].as_ptr(),
             "a slice, not a copy"
         );
         assert_eq!(events[1].position.seq, 8);
-        assert_eq!(&events[1].json[..], b"{}");
+        assert_eq!(&events[1].record[..], b"{}");
         for bad in [
             &b"no newline"[..],
             b"bad 2\n{}",
