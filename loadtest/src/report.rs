@@ -158,6 +158,10 @@ pub struct Delivery {
     pub duplicated: u64,
     /// Events received after a newer one of the same topic.
     pub out_of_order: u64,
+    /// Payload bytes of the frames that carried an event (WebSocket
+    /// headers not counted).
+    #[serde(default)]
+    pub received_bytes: u64,
 }
 
 impl Delivery {
@@ -180,6 +184,7 @@ impl Delivery {
             lost: expected.saturating_sub(got),
             duplicated,
             out_of_order,
+            received_bytes: 0,
         }
     }
 }
@@ -324,6 +329,7 @@ impl Report {
             out.delivery.received += p.delivery.received;
             out.delivery.duplicated += p.delivery.duplicated;
             out.delivery.out_of_order += p.delivery.out_of_order;
+            out.delivery.received_bytes += p.delivery.received_bytes;
             latency.merge(&Latency::from_pairs(&p.latency_pairs));
             add_vec(&mut out.published_per_topic, &p.published_per_topic);
             add_vec(&mut out.subscribers_per_topic, &p.subscribers_per_topic);
@@ -335,14 +341,17 @@ impl Report {
                 *a += b;
             }
         }
-        out.delivery = Delivery::account(
-            &out.published_per_topic,
-            &out.subscribers_per_topic,
-            &out.unique_per_topic,
-            out.delivery.received,
-            out.delivery.duplicated,
-            out.delivery.out_of_order,
-        );
+        out.delivery = Delivery {
+            received_bytes: out.delivery.received_bytes,
+            ..Delivery::account(
+                &out.published_per_topic,
+                &out.subscribers_per_topic,
+                &out.unique_per_topic,
+                out.delivery.received,
+                out.delivery.duplicated,
+                out.delivery.out_of_order,
+            )
+        };
         out.latency = latency.summary();
         out.latency_pairs = latency.to_pairs();
         if handshake.count() > 0 {
@@ -384,6 +393,12 @@ impl Report {
                 format!("{:.0}", self.deliveries_per_second),
             ));
             let d = &self.delivery;
+            if d.received > 0 && d.received_bytes > 0 {
+                rows.push((
+                    "bytes per delivery (payload)".into(),
+                    format!("{:.1}", d.received_bytes as f64 / d.received as f64),
+                ));
+            }
             rows.push((
                 "lost / duplicated / out of order".into(),
                 format!(

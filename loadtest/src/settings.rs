@@ -60,6 +60,26 @@ impl Target {
     }
 }
 
+/// The protocol Herald subscribers speak (contract §10.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Protocol 1: JSON text frames.
+    Json,
+    /// Protocol 2, `herald.v2.msgpack`: MessagePack binary frames.
+    Msgpack,
+}
+
+impl Protocol {
+    /// Its name in reports and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Json => "json",
+            Protocol::Msgpack => "msgpack",
+        }
+    }
+}
+
 /// How events are published to Herald.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -85,6 +105,10 @@ pub struct Settings {
     /// counts, and the publisher is a WebSocket client.
     #[arg(long, value_enum, default_value = "herald")]
     pub target: Target,
+    /// The protocol subscribers speak (herald target): json (protocol 1)
+    /// or msgpack (herald.v2.msgpack).
+    #[arg(long, value_enum, default_value = "json")]
+    pub protocol: Protocol,
     /// ws://ip:port/path, used round-robin.
     #[arg(
         long = "url",
@@ -212,10 +236,12 @@ impl Settings {
         if self.admin.is_empty() && self.target == Target::Herald {
             self.admin = vec!["http://127.0.0.1:8081".into()];
         }
+        let protocol = (self.target == Target::Herald && self.protocol == Protocol::Msgpack)
+            .then_some("herald.v2.msgpack");
         self.urls = self
             .url_text
             .iter()
-            .map(|u| WsUrl::parse(u))
+            .map(|u| WsUrl::parse(u).map(|u| WsUrl { protocol, ..u }))
             .collect::<Result<_>>()?;
         if self.target == Target::Herald && self.secret.is_empty() {
             bail!("--secret is needed to mint tokens for Herald");
@@ -275,6 +301,8 @@ impl Settings {
             self.scenario.name().to_owned(),
             "--target".into(),
             self.target.name().into(),
+            "--protocol".into(),
+            self.protocol.name().into(),
             "--url".into(),
             self.url_text.join(","),
             "--secret".into(),

@@ -22,6 +22,8 @@ pub struct WsUrl {
     pub host: String,
     /// Path and query.
     pub path: String,
+    /// `Sec-WebSocket-Protocol` to ask for, if any.
+    pub protocol: Option<&'static str>,
 }
 
 impl WsUrl {
@@ -45,6 +47,7 @@ impl WsUrl {
             addr,
             host,
             path: path.to_owned(),
+            protocol: None,
         })
     }
 
@@ -150,8 +153,12 @@ async fn connect_once(
         .map_err(io)?;
     stream.set_nodelay(true).map_err(io)?;
     let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: bG9hZHRlc3QtaGVyYWxkIQ==\r\n\r\n",
-        url.path, url.host
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: bG9hZHRlc3QtaGVyYWxkIQ==\r\n{}\r\n",
+        url.path,
+        url.host,
+        url.protocol
+            .map(|p| format!("Sec-WebSocket-Protocol: {p}\r\n"))
+            .unwrap_or_default()
     );
     stream.write_all(request.as_bytes()).await.map_err(io)?;
     let mut buf = BytesMut::with_capacity(4096);
@@ -185,6 +192,11 @@ async fn connect_once(
 /// A masked client text frame.
 pub fn text_frame(payload: &[u8]) -> Vec<u8> {
     frame(0x1, payload)
+}
+
+/// A masked client binary frame.
+pub fn binary_frame(payload: &[u8]) -> Vec<u8> {
+    frame(0x2, payload)
 }
 
 /// A masked client pong answering `payload`.
@@ -227,7 +239,9 @@ pub enum Frame<'a> {
     Ping(&'a [u8]),
     /// The server's close, with its code.
     Close(u16),
-    /// Anything else (pong, binary, continuation).
+    /// A binary message (MessagePack).
+    Binary(&'a [u8]),
+    /// Anything else (pong, continuation).
     Other,
 }
 
@@ -263,6 +277,7 @@ pub fn parse<F: FnMut(Frame<'_>)>(buf: &mut BytesMut, mut each: F) -> Result<()>
             let payload = &buf[header..header + len];
             match b0 & 0x0f {
                 0x1 => each(Frame::Text(payload)),
+                0x2 => each(Frame::Binary(payload)),
                 0x9 => each(Frame::Ping(payload)),
                 0x8 => each(Frame::Close(if len >= 2 {
                     u16::from_be_bytes([payload[0], payload[1]])
@@ -273,6 +288,30 @@ pub fn parse<F: FnMut(Frame<'_>)>(buf: &mut BytesMut, mut each: F) -> Result<()>
             }
         }
         buf.advance(header + len);
+    }
+}
+
+/// Finds the unsigned integer after the string `key` in a MessagePack
+/// map, without decoding the rest: the generator's `t` and `s` come first
+/// in the event's `data`, after only ASCII strings (type, topic, id), so
+/// the first match is theirs.
+pub fn scan_msgpack_u64(payload: &[u8], key: &[u8]) -> Option<u64> {
+    let mut pattern = Vec::with_capacity(key.len() + 1);
+    pattern.push(0xa0 | u8::try_from(key.len()).ok().filter(|n| *n < 32)?);
+    pattern.extend_from_slice(key);
+    let at = payload.windows(pattern.len()).position(|w| w == pattern)? + pattern.len();
+    let rest = payload.get(at..)?;
+    let be = |n: usize| -> Option<u64> {
+        let b = rest.get(1..=n)?;
+        Some(b.iter().fold(0u64, |acc, x| (acc << 8) | u64::from(*x)))
+    };
+    match *rest.first()? {
+        b @ 0x00..=0x7f => Some(u64::from(b)),
+        0xcc => be(1),
+        0xcd => be(2),
+        0xce => be(4),
+        0xcf => be(8),
+        _ => None,
     }
 }
 
@@ -306,19 +345,20 @@ mod tests {
     fn parses_consecutive_and_partial_frames() {
         let mut buf = BytesMut::new();
         buf.extend_from_slice(&[
-            0x81, 2, b'h', b'i', 0x89, 1, b'p', 0x88, 2, 0x0f, 0xa4, 0x81, 5, b'a',
+            0x81, 2, b'h', b'i', 0x82, 1, 0xc0, 0x89, 1, b'p', 0x88, 2, 0x0f, 0xa4, 0x81, 5, b'a',
         ]);
         let mut seen = Vec::new();
         parse(&mut buf, |f| {
             seen.push(match f {
                 Frame::Text(t) => format!("text {}", String::from_utf8_lossy(t)),
+                Frame::Binary(b) => format!("binary {}", b.len()),
                 Frame::Ping(p) => format!("ping {}", p.len()),
                 Frame::Close(c) => format!("close {c}"),
                 Frame::Other => "other".into(),
             })
         })
         .unwrap();
-        assert_eq!(seen, vec!["text hi", "ping 1", "close 4004"]);
+        assert_eq!(seen, vec!["text hi", "binary 1", "ping 1", "close 4004"]);
         assert_eq!(&buf[..], &[0x81, 5, b'a'], "the partial frame stays");
     }
 
@@ -357,6 +397,27 @@ mod tests {
             refused.is_err(),
             "the server is gone: no retries asked, none made"
         );
+    }
+
+    #[test]
+    fn scans_msgpack_numbers() {
+        let record = herald_protocol::record::render(
+            "lt.0",
+            "0000000a-7",
+            None,
+            &herald_protocol::Payload::Json(std::borrow::Cow::Owned(
+                serde_json::value::RawValue::from_string(
+                    r#"{"t":1796600000123456,"s":300,"k":0,"p":"xx"}"#.to_owned(),
+                )
+                .unwrap(),
+            )),
+            1_796_600_000_123,
+        );
+        let packed = herald_protocol::msgpack::message(&record).unwrap();
+        assert_eq!(scan_msgpack_u64(&packed, b"t"), Some(1_796_600_000_123_456));
+        assert_eq!(scan_msgpack_u64(&packed, b"s"), Some(300));
+        assert_eq!(scan_msgpack_u64(&packed, b"k"), Some(0));
+        assert_eq!(scan_msgpack_u64(&packed, b"q"), None);
     }
 
     #[test]

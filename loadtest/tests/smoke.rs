@@ -107,6 +107,53 @@ fn fanout_via_admin_and_client_loses_nothing() {
     }
 }
 
+/// Subscribers on protocol 2's MessagePack encoding: nothing lost, and the
+/// report carries the bytes per delivery (smaller than JSON's).
+#[test]
+fn fanout_over_msgpack_loses_nothing_in_fewer_bytes() {
+    let (_p, public, admin) = gateway();
+    let mut bytes = Vec::new();
+    for protocol in ["json", "msgpack"] {
+        let r = loadtest(&s(&[
+            "fanout",
+            "--secret",
+            SECRET,
+            "--admin-key",
+            "k",
+            "--url",
+            &format!("ws://{public}/ws"),
+            "--admin",
+            &format!("http://{admin}"),
+            "--connections",
+            "20",
+            "--topics",
+            "2",
+            "--rate",
+            "500",
+            "--duration",
+            "1",
+            "--processes",
+            "2",
+            "--protocol",
+            protocol,
+        ]));
+        let d = &r["delivery"];
+        assert_eq!(
+            (d["lost"].as_u64(), d["duplicated"].as_u64()),
+            (Some(0), Some(0)),
+            "{protocol}: {d}"
+        );
+        assert!(d["received"].as_u64().unwrap() > 0);
+        bytes.push(d["received_bytes"].as_f64().unwrap() / d["received"].as_f64().unwrap());
+    }
+    assert!(
+        bytes[1] < bytes[0],
+        "msgpack {} bytes against json {}",
+        bytes[1],
+        bytes[0]
+    );
+}
+
 #[test]
 fn fanout_over_worker_processes_merges() {
     let (_p, public, admin) = gateway();

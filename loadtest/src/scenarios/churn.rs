@@ -32,6 +32,7 @@ pub async fn churn(s: &Settings, live: Arc<Live>) -> Result<Report> {
         let url = url_for(s, i, &query);
         let source = s.source(i);
         let herald = s.target == Target::Herald;
+        let msgpack = s.protocol == crate::settings::Protocol::Msgpack;
         let topic = i % s.topics;
         let linger = Duration::from_millis(s.linger_ms);
         let (live, samples, completed) = (live.clone(), samples.clone(), completed.clone());
@@ -47,6 +48,7 @@ pub async fn churn(s: &Settings, live: Arc<Live>) -> Result<Report> {
                     &mut buf,
                     topic as usize,
                     Duration::from_secs(10),
+                    msgpack,
                 )
                 .await
             {

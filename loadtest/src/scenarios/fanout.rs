@@ -23,6 +23,8 @@ struct SubscriberDone {
     topic: usize,
     tracker: Tracker,
     received: u64,
+    /// Payload bytes of the frames that carried an event.
+    bytes: u64,
     last_us: u64,
     /// `(seq, latency µs)` of every event, with `--last-recipient`.
     each: Vec<(u64, u64)>,
@@ -48,6 +50,7 @@ async fn subscribe_share(s: &Settings, live: Arc<Live>, stop: Stop) -> Shared {
     let query = token_query(s, "subscriber");
     let mut handles = Vec::with_capacity(count as usize);
     let herald = s.target == Target::Herald;
+    let msgpack = herald && s.protocol == crate::settings::Protocol::Msgpack;
     let keep_each = s.last_recipient;
     let retries = s.retries;
     let topics = if herald { s.topics as usize } else { 1 };
@@ -80,7 +83,16 @@ async fn subscribe_share(s: &Settings, live: Arc<Live>, stop: Stop) -> Shared {
             };
             live.retried.fetch_add(u64::from(retried), Relaxed);
             handshakes.flush(&mut vec![t0.elapsed().as_micros() as u64]);
-            if herald && !subscribe(&mut stream, &mut buf, topic, Duration::from_secs(30)).await {
+            if herald
+                && !subscribe(
+                    &mut stream,
+                    &mut buf,
+                    topic,
+                    Duration::from_secs(30),
+                    msgpack,
+                )
+                .await
+            {
                 live.failed.fetch_add(1, Relaxed);
                 return None;
             }
@@ -88,6 +100,7 @@ async fn subscribe_share(s: &Settings, live: Arc<Live>, stop: Stop) -> Shared {
             let mut tracker = Tracker::default();
             let mut each = Vec::new();
             let mut received = 0u64;
+            let mut bytes = 0u64;
             let mut local = Vec::with_capacity(512);
             let mut last_us = 0;
             let mut grace_until: Option<Instant> = None;
@@ -120,25 +133,44 @@ async fn subscribe_share(s: &Settings, live: Arc<Live>, stop: Stop) -> Shared {
                 let now = now_us();
                 let mut pongs = Vec::new();
                 let mut closed = false;
-                let _ = wsclient::parse(&mut buf, |f| match f {
-                    Frame::Text(t) => {
-                        if let (Some(sent), Some(seq)) = (
-                            wsclient::scan_u64(t, b"\"t\":"),
-                            wsclient::scan_u64(t, b"\"s\":"),
-                        ) {
-                            received += 1;
-                            tracker.observe(seq);
-                            local.push(now.saturating_sub(sent));
-                            if keep_each {
-                                each.push((seq, now.saturating_sub(sent)));
-                            }
-                            last_us = now;
+                let _ = wsclient::parse(&mut buf, |f| {
+                    let (payload, numbers) = match f {
+                        Frame::Text(t) => (
+                            t,
+                            (
+                                wsclient::scan_u64(t, b"\"t\":"),
+                                wsclient::scan_u64(t, b"\"s\":"),
+                            ),
+                        ),
+                        Frame::Binary(b) => (
+                            b,
+                            (
+                                wsclient::scan_msgpack_u64(b, b"t"),
+                                wsclient::scan_msgpack_u64(b, b"s"),
+                            ),
+                        ),
+                        Frame::Ping(p) => {
+                            pongs.push(wsclient::pong_frame(p));
+                            return;
                         }
+                        Frame::Close(_) => {
+                            closed = true;
+                            return;
+                        }
+                        Frame::Other => return,
+                    };
+                    if let (Some(sent), Some(seq)) = numbers {
+                        received += 1;
+                        bytes += payload.len() as u64;
+                        tracker.observe(seq);
+                        local.push(now.saturating_sub(sent));
+                        if keep_each {
+                            each.push((seq, now.saturating_sub(sent)));
+                        }
+                        last_us = now;
                     }
-                    Frame::Ping(p) => pongs.push(wsclient::pong_frame(p)),
-                    Frame::Close(_) => closed = true,
-                    Frame::Other => {}
                 });
+
                 live.delivered.fetch_add(local.len() as u64, Relaxed);
                 if local.len() >= 512 {
                     samples.flush(&mut local);
@@ -155,6 +187,7 @@ async fn subscribe_share(s: &Settings, live: Arc<Live>, stop: Stop) -> Shared {
                 topic,
                 tracker,
                 received,
+                bytes,
                 last_us,
                 each,
             })
@@ -232,6 +265,7 @@ async fn collect_subscribers(
     let mut unique = vec![0u64; topics];
     let (mut received, mut duplicated, mut out_of_order, mut connections, mut last) =
         (0, 0, 0, 0, start_us);
+    let mut bytes = 0;
     // Per event: its fastest and slowest recipient in this process.
     let mut extremes: HashMap<(usize, u64), (u64, u64)> = HashMap::new();
     for h in handles {
@@ -244,6 +278,7 @@ async fn collect_subscribers(
             subscribers[done.topic] += 1;
             unique[done.topic] += done.tracker.unique;
             received += done.received;
+            bytes += done.bytes;
             duplicated += done.tracker.duplicated;
             out_of_order += done.tracker.out_of_order;
             last = last.max(done.last_us);
@@ -269,6 +304,7 @@ async fn collect_subscribers(
             received,
             duplicated,
             out_of_order,
+            received_bytes: bytes,
             ..Delivery::default()
         },
         latency_pairs: latency.to_pairs(),

@@ -115,13 +115,21 @@ async fn subscribe(
     buf: &mut bytes::BytesMut,
     topic: usize,
     wait: Duration,
+    msgpack: bool,
 ) -> bool {
     let frame = ClientFrame::Subscribe {
         reference: Some("s".to_owned()),
         topics: vec![topic_name(topic)],
         since: BTreeMap::new(),
+    }
+    .to_json();
+    let frame = if msgpack {
+        let packed = herald_protocol::msgpack::from_json(frame.as_bytes()).unwrap_or_default();
+        wsclient::binary_frame(&packed)
+    } else {
+        wsclient::text_frame(frame.as_bytes())
     };
-    send(stream, &wsclient::text_frame(frame.to_json().as_bytes())).await;
+    send(stream, &frame).await;
     let mut confirmed = false;
     while !confirmed {
         match tokio::time::timeout(wait, stream.read_buf(buf)).await {
@@ -129,9 +137,19 @@ async fn subscribe(
             _ => return false,
         }
         let _ = wsclient::parse(buf, |f| {
-            if let Frame::Text(t) = f {
-                confirmed |= ServerFrameHead::parse(t)
-                    .is_some_and(|h| h.kind == "subscribed" && h.reference.as_deref() == Some("s"));
+            let is_reply = |t: &[u8]| {
+                ServerFrameHead::parse(t)
+                    .is_some_and(|h| h.kind == "subscribed" && h.reference.as_deref() == Some("s"))
+            };
+            match f {
+                Frame::Text(t) => confirmed |= is_reply(t),
+                // Any MessagePack map reads as JSON this way (not a hot path).
+                Frame::Binary(b) => {
+                    if let Ok(json) = herald_protocol::msgpack::client_frame_to_json(b) {
+                        confirmed |= is_reply(json.as_bytes());
+                    }
+                }
+                _ => {}
             }
         });
     }
