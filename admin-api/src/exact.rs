@@ -172,7 +172,7 @@ fn schemas() -> Vec<(&'static str, Value)> {
                         "type": "object",
                         "additionalProperties": false,
                         "required": ["jti"],
-                        "properties": {"jti": id("The token id (`jti` claim)"), "expire_at": int("Unix seconds when the revocation may be forgotten; default 7 days from now, at most a year")},
+                        "properties": {"jti": id("The token id (`jti` claim)"), "expire_at": int("Unix seconds when the revocation may be forgotten; it is kept at least jwt.max_lifetime (default 7 days) from now, and at most a year")},
                     },
                     {
                         "type": "object",
@@ -181,7 +181,7 @@ fn schemas() -> Vec<(&'static str, Value)> {
                         "properties": {
                             "sub": id("The user (`sub` claim)"),
                             "issued_before": int("Unix seconds: tokens of `sub` with an earlier (or no) `iat` are revoked"),
-                            "expire_at": int("Unix seconds when the revocation may be forgotten; default 7 days from now, at most a year"),
+                            "expire_at": int("Unix seconds when the revocation may be forgotten; it is kept at least jwt.max_lifetime (default 7 days) from now, and at most a year"),
                         },
                     },
                 ],

@@ -38,6 +38,9 @@ pub struct AdminState {
     pub presence: Arc<Permissions>,
     /// `herald_admin_requests_total{key,route,status}`.
     pub requests: Arc<routes::RequestCounters>,
+    /// `jwt.max_lifetime`: a revocation is kept at least this long, so it
+    /// outlives every token it covers.
+    pub max_lifetime: std::time::Duration,
 }
 
 impl AdminState {
@@ -63,7 +66,14 @@ impl AdminState {
             rules,
             metrics,
             presence: Arc::new(Permissions::default()),
+            max_lifetime: std::time::Duration::from_secs(7 * 86_400),
         }
+    }
+
+    /// Keeps revocations at least `max_lifetime` (`jwt.max_lifetime`).
+    pub fn with_max_lifetime(mut self, max_lifetime: std::time::Duration) -> AdminState {
+        self.max_lifetime = max_lifetime;
+        self
     }
 
     /// Serves the members of topics matching `topics` (`presence.topics`).

@@ -113,7 +113,8 @@ fn run(sources: &Sources) -> Result<()> {
             config.payload.publication_rules(),
             metrics.clone(),
         )
-        .with_presence(config.presence.topics.clone());
+        .with_presence(config.presence.topics.clone())
+        .with_max_lifetime(config.max_lifetime);
         let app = router(state)
             .merge(ops::health_routes(ready))
             .merge(ops::metrics_route(metrics, {

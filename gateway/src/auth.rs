@@ -101,6 +101,7 @@ pub struct Verifier {
     issuer: Option<String>,
     audience: Option<String>,
     leeway: Duration,
+    max_lifetime: Duration,
 }
 
 fn read(path: &Path, setting: &'static str) -> Result<Vec<u8>, KeyError> {
@@ -206,6 +207,7 @@ impl Verifier {
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
             leeway: config.leeway,
+            max_lifetime: config.max_lifetime,
         })
     }
 
@@ -263,7 +265,7 @@ impl Verifier {
         for key in candidates {
             tried = true;
             match jsonwebtoken::decode::<RawClaims>(token, &key.key, &self.validation(key.alg)) {
-                Ok(data) => return claims(data.claims),
+                Ok(data) => return claims(data.claims, self.max_lifetime),
                 Err(e) => {
                     use jsonwebtoken::errors::ErrorKind;
                     match e.kind() {
@@ -293,9 +295,18 @@ fn unauthorized(message: &str) -> AuthError {
     AuthError::Unauthorized(message.to_owned())
 }
 
-fn claims(raw: RawClaims) -> Result<(Claims, TokenId), AuthError> {
+fn claims(raw: RawClaims, max_lifetime: Duration) -> Result<(Claims, TokenId), AuthError> {
     if raw.sub.is_empty() {
         return Err(unauthorized("'sub' is empty"));
+    }
+    // Contract §10.9: a token may not outlive the revocations that could
+    // cover it (kept jwt.max_lifetime at least).
+    let start = raw.iat.unwrap_or_else(|| herald_core::now_ms() / 1000);
+    if raw.exp.saturating_sub(start) > max_lifetime.as_secs() {
+        return Err(unauthorized(&format!(
+            "the token lives longer than jwt.max_lifetime ({}s)",
+            max_lifetime.as_secs()
+        )));
     }
     let parse = |name: &str, list: &[String]| {
         Permissions::parse(list.iter().map(String::as_str))
@@ -323,6 +334,7 @@ pub struct Signer {
     key: EncodingKey,
     issuer: Option<String>,
     audience: Option<String>,
+    max_lifetime: Duration,
 }
 
 /// What to put in a minted token.
@@ -373,6 +385,7 @@ impl Signer {
             key: EncodingKey::from_secret(secret.expose().as_bytes()),
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
+            max_lifetime: config.max_lifetime,
         })
     }
 
@@ -402,14 +415,26 @@ impl Signer {
             key,
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
+            max_lifetime: config.max_lifetime,
         })
     }
 
     /// Mints a token.
     ///
     /// # Errors
-    /// When signing fails (a key of the wrong kind).
+    /// When `req.ttl` exceeds `jwt.max_lifetime` (the token would be
+    /// refused), or signing fails (a key of the wrong kind).
     pub fn mint(&self, req: &TokenRequest) -> Result<String, KeyError> {
+        if req.ttl > self.max_lifetime {
+            return Err(KeyError {
+                setting: "jwt.max_lifetime",
+                message: format!(
+                    "a token living {}s would be refused: jwt.max_lifetime is {}s",
+                    req.ttl.as_secs(),
+                    self.max_lifetime.as_secs()
+                ),
+            });
+        }
         let now = herald_core::now_ms() / 1000;
         let claims = MintedClaims {
             sub: &req.sub,
@@ -441,6 +466,7 @@ mod tests {
             issuer: None,
             audience: None,
             leeway: Duration::from_secs(0),
+            max_lifetime: Duration::from_secs(7 * 86_400),
         }
     }
 
@@ -452,6 +478,34 @@ mod tests {
             presence: vec!["chat.*".into()],
             ttl: Duration::from_secs(ttl),
         }
+    }
+
+    /// Contract §10.9: a token may live at most `jwt.max_lifetime`, from
+    /// its `iat` (from now without one); both edges.
+    #[test]
+    fn a_token_may_not_outlive_max_lifetime() {
+        let c = config();
+        let verifier = Verifier::new(&c).unwrap();
+        let key = EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef");
+        let now = herald_core::now_ms() / 1000;
+        let week = 7 * 86_400;
+        let sign = |claims: serde_json::Value| {
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap()
+        };
+        let at_edge = sign(serde_json::json!({"sub": "a", "iat": now - 10, "exp": now - 10 + week}));
+        assert!(verifier.verify(&at_edge).is_ok(), "exactly max_lifetime");
+        let over = sign(serde_json::json!({"sub": "a", "iat": now - 10, "exp": now - 10 + week + 1}));
+        assert!(
+            matches!(verifier.verify(&over), Err(AuthError::Unauthorized(ref m)) if m.contains("max_lifetime")),
+            "one second more"
+        );
+        let no_iat = sign(serde_json::json!({"sub": "a", "exp": now + week + 60}));
+        assert!(verifier.verify(&no_iat).is_err(), "without iat: from now");
+        let no_iat_ok = sign(serde_json::json!({"sub": "a", "exp": now + week - 60}));
+        assert!(verifier.verify(&no_iat_ok).is_ok());
+        let signer = Signer::hs256(&c).unwrap();
+        assert!(signer.mint(&request(week)).is_ok());
+        assert!(signer.mint(&request(week + 1)).is_err(), "refused before signing");
     }
 
     #[test]

@@ -66,7 +66,8 @@ pub fn admin_routes(node: &Arc<Node>) -> Router {
         node.config.limits.publication_rules(),
         node.metrics.clone(),
     )
-    .with_presence(node.config.presence.topics.clone());
+    .with_presence(node.config.presence.topics.clone())
+    .with_max_lifetime(node.config.jwt.max_lifetime);
     admin_router(state)
         .merge(ops::health_routes(readiness(node)))
         .merge(ops::metrics_route(node.metrics.clone(), {

@@ -75,8 +75,9 @@ pub struct RevokeRequest {
     #[schema(example = 1767225600)]
     issued_before: Option<u64>,
     /// Unix seconds when the revocation may be forgotten: the expiry of the
-    /// latest token it covers. Default: 7 days from now; kept at most a
-    /// year; one already past only closes the covered sessions.
+    /// latest token it covers. Kept at least `jwt.max_lifetime` (7 days by
+    /// default) from now whatever it says, so it outlives every token it
+    /// covers (none may live longer); kept at most a year.
     #[serde(default, deserialize_with = "unix_seconds")]
     expire_at: Option<u64>,
 }
@@ -131,8 +132,18 @@ fn whole_seconds(text: &str) -> Option<u64> {
         .then_some(f as u64)
 }
 
-/// How long a revocation is kept without `expire_at`.
-pub const DEFAULT_REVOCATION: u64 = 7 * 24 * 3600;
+/// When a revocation made at `now` may be forgotten: at least
+/// `max_lifetime` from now (every token it covers has expired by then),
+/// later with a later `expire_at`, but at most a year (or `max_lifetime`
+/// if that is longer).
+fn kept_until(now: u64, expire_at: Option<u64>, max_lifetime: u64) -> u64 {
+    let floor = now + max_lifetime;
+    expire_at
+        .unwrap_or(0)
+        .max(floor)
+        .min(floor.max(now + MAX_REVOCATION))
+}
+
 /// The longest `expire_at` accepted, from now.
 pub const MAX_REVOCATION: u64 = 366 * 24 * 3600;
 /// Longest `jti` or `sub` accepted, in characters.
@@ -163,12 +174,10 @@ pub(super) async fn revoke(
     let bad = |m: &str| ApiError::new(ErrorCode::BadRequest, m);
     let id_ok = |s: &str| !s.is_empty() && s.chars().count() <= MAX_ID;
     let now = herald_core::now_ms() / 1000;
-    // An `expire_at` already past still closes the covered sessions; one
-    // more than a year ahead is kept a year.
-    let until = req
-        .expire_at
-        .unwrap_or(now + DEFAULT_REVOCATION)
-        .min(now + MAX_REVOCATION);
+    // Kept at least jwt.max_lifetime, so it outlives every token it covers
+    // (contract §10.9); longer with a later `expire_at`, at most a year (or
+    // max_lifetime, if that is longer).
+    let until = kept_until(now, req.expire_at, state.max_lifetime.as_secs());
     let revocation = match (req.jti, req.sub, req.issued_before) {
         (Some(jti), None, None) if id_ok(&jti) => Revocation {
             jti: Some(jti),
@@ -238,6 +247,20 @@ pub(super) async fn stats(
 #[cfg(test)]
 mod tests {
     use super::whole_seconds;
+
+    /// Contract §10.9: a revocation outlives every token it covers.
+    #[test]
+    fn revocations_are_kept_at_least_max_lifetime() {
+        use super::{MAX_REVOCATION, kept_until};
+        let (now, week) = (1_000_000, 7 * 86_400);
+        assert_eq!(kept_until(now, None, week), now + week);
+        assert_eq!(kept_until(now, Some(now + 60), week), now + week, "an earlier expire_at");
+        assert_eq!(kept_until(now, Some(now - 60), week), now + week, "one already past");
+        assert_eq!(kept_until(now, Some(now + week + 1), week), now + week + 1, "later");
+        assert_eq!(kept_until(now, Some(u64::MAX / 2), week), now + MAX_REVOCATION, "a year at most");
+        let long = 2 * MAX_REVOCATION;
+        assert_eq!(kept_until(now, None, long), now + long, "or max_lifetime");
+    }
 
     #[test]
     fn whole_seconds_are_read_exactly() {

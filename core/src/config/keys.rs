@@ -132,6 +132,12 @@ pub static KEYS: &[KeySpec] = &[
         Some("30s"),
         "clock skew allowed on exp and nbf",
     ),
+    key(
+        "jwt.max_lifetime",
+        Kind::Duration,
+        Some("7d"),
+        "longest a token may live (exp after iat, or after now without iat); revocations are kept at least this long",
+    ),
     secret(
         "admin.api_keys",
         Kind::List,

@@ -178,6 +178,8 @@ pub struct AdminServiceConfig {
     pub history: HistoryConfig,
     /// `[publish]`.
     pub publish: PublishConfig,
+    /// `jwt.max_lifetime`: how long a revocation is kept at least.
+    pub max_lifetime: std::time::Duration,
     /// `[presence]`.
     pub presence: PresenceConfig,
     /// `log_level`, `log_format`.
@@ -274,6 +276,10 @@ pub fn load_admin_service(sources: &Sources) -> Result<AdminServiceConfig, Confi
         payload: read(&layers)?,
         history: read(&layers)?,
         publish: read(&layers)?,
+        max_lifetime: {
+            let jwt: JwtConfig = read(&layers)?;
+            jwt.max_lifetime
+        },
         presence: read(&layers)?,
         log: read(&layers)?,
     })

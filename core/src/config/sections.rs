@@ -318,6 +318,10 @@ pub struct JwtConfig {
     /// Allowed clock skew.
     #[serde(deserialize_with = "duration")]
     pub leeway: Duration,
+    /// Longest a token may live: a longer one is refused, and a revocation
+    /// is kept at least this long, so it outlives every token it covers.
+    #[serde(deserialize_with = "duration")]
+    pub max_lifetime: Duration,
 }
 
 impl JwtConfig {
@@ -338,6 +342,7 @@ impl Section for JwtConfig {
         {
             return Err(c.invalid("jwt.hs256_secret", "must be at least 16 bytes"));
         }
+        c.positive("jwt.max_lifetime", self.max_lifetime.is_zero())?;
         Ok(())
     }
 }

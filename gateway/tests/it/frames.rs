@@ -446,6 +446,19 @@ async fn auth_refresh() {
     let expired = token_with(json!({"sub": "alice", "exp": now_secs() - 3600}));
     let reply = c.call(json!({"type": "auth", "token": expired})).await;
     assert_eq!(reply["code"], "unauthorized", "{reply}");
+    // One that lives longer than jwt.max_lifetime (7 days): unauthorized,
+    // in `auth` as at the handshake (contract §10.9).
+    let forever = json!({"sub": "alice", "iat": now_secs(), "exp": now_secs() + 8 * 86_400});
+    let reply = c
+        .call(json!({"type": "auth", "token": token_with(forever.clone())}))
+        .await;
+    assert_eq!(reply["code"], "unauthorized", "{reply}");
+    assert_refused(
+        ws_request(&format!("{}?token={}", gw.ws_url(), token_with(forever))),
+        401,
+        "unauthorized",
+    )
+    .await;
 
     // A fresh token that drops `alerts`.
     let fresh = claims("alice", &["news"], &[]);
