@@ -3,9 +3,12 @@
 //!
 //! Only for trying Herald on a laptop: `/dev/token` hands a token to anyone
 //! who asks, so these routes exist only when `--dev` is given.
-//! `assets/herald.js` is the build of `clients/js` (`tsc`), committed so the
-//! binary embeds it; a test of `scripts/test-clients.sh` checks that it equals
-//! a fresh build.
+//! `assets/herald.js` and `assets/msgpack.js` (the MessagePack codec the SDK
+//! loads only when a page asks for `protocol: 'msgpack'`) are the build of
+//! `clients/js` (`npm run gateway-asset`, esbuild), committed so the binary
+//! embeds them; a test of `scripts/test-clients.sh` checks that they equal a
+//! fresh build. The demo feed publishes JSON ticks, news and alerts, and a
+//! byte payload ([`BINARY_TICKS`]) the demo page shows over MessagePack.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,21 +38,23 @@ pub const BINARY_TICKS: &str = "ticks.bin";
 
 const DEMO_PAGE: &str = include_str!("demo.html");
 const SDK: &str = include_str!("assets/herald.js");
+const MSGPACK: &str = include_str!("assets/msgpack.js");
 
-/// `/`, `/herald.js` and `/dev/token`.
+/// `/`, `/herald.js`, `/msgpack.js` and `/dev/token`.
 pub fn routes(node: Arc<Node>) -> Router {
     Router::new()
         .route("/", get(|| async { Html(DEMO_PAGE) }))
-        .route("/herald.js", get(sdk))
+        .route("/herald.js", get(|| async { script(SDK) }))
+        .route("/msgpack.js", get(|| async { script(MSGPACK) }))
         .route("/dev/token", get(token))
         .with_state(node)
 }
 
 /// The client SDK, as an ES module for the demo page's `import`.
-async fn sdk() -> impl IntoResponse {
+fn script(body: &'static str) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
-        SDK,
+        body,
     )
 }
 

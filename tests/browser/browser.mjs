@@ -1,9 +1,10 @@
-// Headless Chromium (Debian's package) for the demo-page tests, and helpers
-// that read the page. The demo page is the one embedded in the gateway of
-// this checkout, so these tests run target/debug (or $HERALD_DEMO_BIN_DIR),
-// never $HERALD_BIN_DIR.
-import { mkdirSync } from 'node:fs';
-import { join } from 'node:path';
+// Headless Chromium (Debian's package) for the browser tests, helpers that
+// read the demo page, and a static server for pages of the tests' own. The
+// demo page is the one embedded in the gateway of this checkout, so its
+// tests run target/debug (or $HERALD_DEMO_BIN_DIR), never $HERALD_BIN_DIR.
+import { mkdirSync, readFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import { extname, join } from 'node:path';
 import { chromium } from 'playwright-core';
 import { root } from '../support/processes.mjs';
 
@@ -53,4 +54,25 @@ export async function screenshot(page, name) {
   const path = join(root, 'target', name);
   await page.screenshot({ path, fullPage: true });
   return path;
+}
+
+const TYPES = { '.html': 'text/html; charset=utf-8', '.js': 'text/javascript; charset=utf-8', '.map': 'application/json' };
+
+/**
+ * Serves `routes` (path -> file path or { body }) on a free loopback port;
+ * anything else is 404. Every request's path is kept in `server.requests`.
+ * Resolves with the server, its `url` set; `server.close()` stops it.
+ */
+export async function serveFiles(routes) {
+  const requests = [];
+  const server = createServer((req, res) => {
+    const path = new URL(req.url, 'http://x').pathname;
+    requests.push(path);
+    const route = routes[path];
+    if (!route) return res.writeHead(404).end();
+    const body = typeof route === 'string' ? readFileSync(route) : route.body;
+    res.writeHead(200, { 'content-type': TYPES[extname(typeof route === 'string' ? route : path) || '.html'] ?? 'application/octet-stream' }).end(body);
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return Object.assign(server, { requests, url: `http://127.0.0.1:${server.address().port}` });
 }

@@ -1,9 +1,11 @@
 // The --dev demo page in headless Chromium, one gateway with compression:
-// the page (built on the SDK served at /herald.js) fetches a token, connects
-// and shows the feed (ticks with their charts, news, alerts); an admin
-// publish shows up; a chat line typed in one page appears in another; the
-// browser's own WebSocket negotiated permessage-deflate; after a restart of
-// the gateway the page reconnects and notes each topic it could not recover.
+// the page (built on the SDK served at /herald.js, speaking protocol 2 in
+// MessagePack with the codec from /msgpack.js) fetches a token, connects and
+// shows the feed (ticks with their charts, the 16-byte binary ticks decoded,
+// news, alerts); an admin publish shows up; a chat line typed in one page
+// appears in another; the browser's own WebSocket negotiated
+// permessage-deflate and herald.v2.msgpack; after a restart of the gateway
+// the page reconnects and notes each topic it could not recover.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startGateway, publish, stopAll, deadline } from '../support/processes.mjs';
@@ -25,11 +27,13 @@ describe('the demo page on one gateway', { timeout: 120_000 }, () => {
     await stopAll();
   });
 
-  it('serves the SDK bundle as JavaScript', async () => {
-    const res = await fetch(`${gateway.url}/herald.js`);
-    assert.equal(res.status, 200);
-    assert.match(res.headers.get('content-type'), /^text\/javascript/);
-    assert.match(await res.text(), /export class Herald/);
+  it('serves the SDK and its MessagePack module as JavaScript', async () => {
+    for (const [path, exported] of [['/herald.js', 'Herald'], ['/msgpack.js', 'decode']]) {
+      const res = await fetch(`${gateway.url}${path}`);
+      assert.equal(res.status, 200, path);
+      assert.match(res.headers.get('content-type'), /^text\/javascript/, path);
+      assert.match(await res.text(), new RegExp(`export \\{[^}]*\\b${exported}\\b`), `${path} exports ${exported}`);
+    }
   });
 
   it('shows the feed, admin publishes and chat between two pages', async () => {
@@ -43,6 +47,20 @@ describe('the demo page on one gateway', { timeout: 120_000 }, () => {
 
     const extensions = await a.evaluate(() => window.herald.socket.extensions);
     assert.match(extensions, /permessage-deflate/, 'the browser negotiated compression');
+    assert.equal(await a.evaluate(() => window.herald.socket.protocol), 'herald.v2.msgpack');
+    assert.equal(await a.evaluate(() => window.herald.connection.protocol), 2);
+
+    // Binary ticks: the page shows the 16 bytes and the four float32 prices it decoded from them.
+    await a.waitForFunction(() => document.querySelectorAll('#ticks tr').length === 4 && /^16 bytes:/.test(document.getElementById('ticks-bytes').textContent), null, { timeout: 10_000 });
+    const ticks = await a.evaluate(() => ({
+      bytes: document.getElementById('ticks-bytes').textContent,
+      rows: [...document.querySelectorAll('#ticks tr')].map((r) => [r.cells[0].textContent, r.cells[2].textContent]),
+    }));
+    const hex = ticks.bytes.replace(/^16 bytes: /, '').split(' ');
+    assert.equal(hex.length, 16, ticks.bytes);
+    const view = new DataView(Uint8Array.from(hex, (h) => parseInt(h, 16)).buffer);
+    assert.deepEqual(ticks.rows, ['AAPL', 'MSFT', 'GOOG', 'AMZN'].map((s, i) => [s, view.getFloat32(i * 4, false).toFixed(2)]), 'big-endian float32s, in order');
+    await a.waitForFunction(() => document.querySelector('#ticks svg.spark polyline').getAttribute('points').split(' ').length >= 3, null, { timeout: 20_000 });
 
     const title = `from the browser test ${Date.now()}`;
     await publish(gateway.adminUrl, { topic: 'news', data: { title } });
@@ -83,9 +101,9 @@ describe('the demo page on one gateway', { timeout: 120_000 }, () => {
     await gateway.stop('SIGTERM');
     gateway = await startGateway({ port: gateway.port, adminPort: gateway.adminPort, dev: true, bin: demoBinDir, args: ['--compression'] });
     await page.waitForFunction((s) => window.herald.state === 'connected' && window.herald.connection.session !== s, before, { timeout: 20_000 });
-    await page.waitForFunction(() => document.querySelectorAll('#notes .gap').length >= 7, null, { timeout: 10_000 });
+    await page.waitForFunction(() => document.querySelectorAll('#notes .gap').length >= 8, null, { timeout: 10_000 });
     const noted = await page.evaluate(() => [...document.querySelectorAll('#notes .gap')].map((n) => n.dataset.topic).sort());
-    assert.deepEqual(noted, ['alerts', 'chat.lobby', 'news', 'stocks.AAPL', 'stocks.AMZN', 'stocks.GOOG', 'stocks.MSFT']);
+    assert.deepEqual(noted, ['alerts', 'chat.lobby', 'news', 'stocks.AAPL', 'stocks.AMZN', 'stocks.GOOG', 'stocks.MSFT', 'ticks.bin']);
     // Live events flow again on the new node.
     await say(page, 'after the restart');
     await seesChat(page, 'after the restart');

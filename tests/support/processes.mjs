@@ -5,6 +5,7 @@
 //
 // Binaries come from $HERALD_BIN_DIR (default: target/debug of this checkout).
 import { spawn, execFile } from 'node:child_process';
+import { createHmac } from 'node:crypto';
 import { createServer, connect } from 'node:net';
 import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -250,6 +251,16 @@ export function mintToken({ sub = 'tester', topics = 'news,alerts,stocks.*,chat.
       else resolve(stdout.trim());
     });
   });
+}
+
+/**
+ * An HS256 JWT signed in-process (no herald-gateway needed): for tokens the
+ * CLI will not mint, such as expired ones or ones signed with another key.
+ */
+export function signToken(claims, secret = SECRET) {
+  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+  const body = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64(claims)}`;
+  return `${body}.${createHmac('sha256', secret).update(body).digest('base64url')}`;
 }
 
 /** POST /v1/publish; resolves with the results. */

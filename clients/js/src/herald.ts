@@ -1,245 +1,61 @@
 /**
- * Herald client SDK: one WebSocket to a Herald gateway, kept alive across
- * node loss, deploys and token expiry.
+ * Herald client SDK: one WebSocket to a Herald gateway, speaking protocol 2
+ * (JSON or MessagePack), kept alive across node loss, deploys and token
+ * expiry.
  *
- * Invariants, each kept in one place below:
- * - Every wanted topic is resubscribed on every `welcome`, with `since` = the
- *   last id seen on it, so events published while disconnected arrive in
- *   order before live ones (`onSubscribed` reports `recovered` per topic).
- * - A handler never sees the same event id twice (`deliver`).
- * - A reconnect waits as the close code says (`closeAction`, `retry`), and
- *   a protocol fault (1002/1007/1008/1009) is not retried in a loop.
+ * Invariants, each kept in one place:
+ * - Every wanted topic is resubscribed on every `welcome`, with `since` =
+ *   its position (the last id received, or the `positions[topic]` of its
+ *   last `subscribed`), so events published while disconnected arrive in
+ *   order before live ones, on quiet topics too; a listener never sees the
+ *   same event id twice (both in topics.ts).
+ * - The token goes in the first frame (`connect`) unless `tokenIn: "query"`;
+ *   no other frame is sent before `welcome`.
+ * - A reconnect waits as the close code says (`closeAction`, `retry`); a
+ *   protocol fault (1002/1003/1007/1008/1009), or a token refused at connect
+ *   (4005 `unauthorized`/`token_expired`, HTTP 401), is not retried in a
+ *   loop, and a refused token is replaced before the next attempt.
  * - No frame for `heartbeat_ms` x 2 means a dead path: the socket is dropped
  *   and a new one opened (`checkWatchdog`); after `heartbeat_ms` of silence
  *   an application `ping` asks the server for a frame.
+ * - The MessagePack module is imported only when `protocol: "msgpack"` asks
+ *   for it (`loadCodec`).
  *
  * The wire protocol is docs/protocol.md; the API is docs/clients.md.
  * @module
  */
 
+import { asBytes, jsonCodec, msgpackCodec, type Codec, type Frame } from "./codec.js";
+import { DEFAULT_BACKOFF, backoffDelay, closeAction, handshakeAction, parseRetryAfter, tokenExpiry, type CloseAction } from "./policy.js";
+import { Emitter, Subscription, type SubscriptionHost } from "./subscription.js";
+import { Topics } from "./topics.js";
+import {
+  HeraldError,
+  type BackoffOptions,
+  type Clock,
+  type ConnectionState,
+  type HeraldEvents,
+  type HeraldOptions,
+  type Message,
+  type PresencePage,
+  type PresenceStats,
+  type Published,
+  type StateChange,
+  type SubscribeOptions,
+  type TokenPlacement,
+  type WebSocketConstructor,
+  type WebSocketLike,
+} from "./types.js";
+
+export * from "./types.js";
+export { Subscription } from "./subscription.js";
+export { DEFAULT_BACKOFF, backoffDelay, closeAction, handshakeAction, parseRetryAfter, tokenExpiry, type CloseAction } from "./policy.js";
+
 /** The protocol version this SDK speaks (`welcome.protocol`). */
-export const PROTOCOL_VERSION = 1;
-
-/** `closed` before `connect()` and after `close()` or a final close code. */
-export type ConnectionState = "closed" | "connecting" | "connected" | "reconnecting";
-
-/** An event on a topic, as published. */
-export interface Message<T = unknown> {
-  topic: string;
-  /** Opaque cursor: never parse or compare it. */
-  id: string;
-  event?: string;
-  data: T;
-  /** Publish time, ms since the Unix epoch. */
-  ts: number;
-}
-
-/** The gateway's acknowledgement of `publish`. */
-export interface Published {
-  topic: string;
-  id: string;
-}
-
-/** One session present on a topic. */
-export interface Member {
-  sub: string;
-  session: string;
-  /** When it joined, ms since the Unix epoch. */
-  since: number;
-}
-
-/** A member came (`join`) or went (`leave`) on a subscribed presence topic. */
-export interface PresenceChange {
-  type: "join" | "leave";
-  topic: string;
-  sub: string;
-  session: string;
-}
-
-/** Payload of the `state` event. */
-export interface StateChange {
-  state: ConnectionState;
-  /** `connected`: the gateway node and session (from `welcome`). */
-  node?: string;
-  session?: string;
-  /** The close code and reason that ended the previous connection, if any. */
-  code?: number;
-  reason?: string;
-  /** `reconnecting`: how long until the next attempt. */
-  delayMs?: number;
-}
-
-/**
- * Payload of the `recovered` event, once per topic resubscribed after a
- * reconnect. `recovered: false`: events may have been missed and cannot be
- * replayed; reload the topic's state from your backend.
- */
-export interface Recovered {
-  topic: string;
-  recovered: boolean;
-}
-
-/** The events of {@link Herald.on}. */
-export interface HeraldEvents {
-  state: StateChange;
-  /** The gateway confirmed `topic` (on every connection): events published from now on arrive. */
-  subscribed: { topic: string };
-  message: Message;
-  error: HeraldError;
-  recovered: Recovered;
-  token_expiring: { exp: number };
-  presence: PresenceChange;
-}
-
-/**
- * An error from the gateway (`code` is the protocol's error code) or from
- * the SDK: `disconnected` (the connection dropped before the reply: the
- * outcome is unknown), `closed`, `timeout`, `token_provider`, `connect`,
- * `token_expired`, `stopped` (a close code that forbids reconnecting, see
- * `closeCode`), `protocol_fault`, `revoked` (a refreshed token no longer
- * permits `topic`), `handler` (a topic handler threw; see `cause`).
- */
-export class HeraldError extends Error {
-  override name = "HeraldError";
-  readonly code: string;
-  readonly topic?: string;
-  readonly closeCode?: number;
-
-  constructor(code: string, message: string, extra: { topic?: string; closeCode?: number; cause?: unknown } = {}) {
-    super(message, { cause: extra.cause });
-    this.code = code;
-    this.topic = extra.topic;
-    this.closeCode = extra.closeCode;
-  }
-}
-
-/** Returns a token; called again whenever the current one is near expiry or refused. */
-export type TokenProvider = () => string | Promise<string>;
-
-/** The part of the WebSocket API the SDK uses (browsers, Node's, or the `ws` package). */
-export interface WebSocketLike {
-  readonly readyState: number;
-  send(data: string): void;
-  close(code?: number, reason?: string): void;
-  onmessage: ((ev: { data: unknown }) => void) | null;
-  onclose: ((ev: { code: number; reason: string }) => void) | null;
-  onerror: ((ev: unknown) => void) | null;
-}
-
-/** A WebSocket class, such as `globalThis.WebSocket` or `ws`'s default export. */
-export type WebSocketConstructor = new (url: string) => unknown;
-
-/** Time, injectable for tests. */
-export interface Clock {
-  now(): number;
-  setTimeout(fn: () => void, ms: number): unknown;
-  clearTimeout(handle: unknown): void;
-}
-
-/** Reconnect delays: full jitter, `random() * min(maxMs, baseMs * 2^attempt)`. */
-export interface BackoffOptions {
-  baseMs: number;
-  maxMs: number;
-  /** Spread of an immediate reconnect (after 1012, 4001, a dead path). */
-  spreadMs: number;
-}
-
-export interface HeraldOptions {
-  /** `wss://host/ws`; in a browser also `/ws` (resolved against the page). */
-  url: string;
-  token: string | TokenProvider;
-  /** Default: `globalThis.WebSocket`. In Node 20 pass the `ws` package's. */
-  WebSocket?: WebSocketConstructor;
-  backoff?: Partial<BackoffOptions>;
-  /** Protocol-fault closes in a row before giving up (default 3). */
-  maxFaults?: number;
-  /** Bound on a request's reply, waiting for a connection included (default 15 s). */
-  requestTimeoutMs?: number;
-  /** Bound on the token provider's answer, and from opening a socket to its `welcome` (default 10 s). */
-  connectTimeoutMs?: number;
-  /** Ids remembered per topic to drop duplicates (default 1000). */
-  dedupWindow?: number;
-  clock?: Clock;
-  random?: () => number;
-}
-
-export const DEFAULT_BACKOFF: BackoffOptions = { baseMs: 500, maxMs: 30_000, spreadMs: 1_000 };
-
-/** Delay before reconnect attempt `attempt` (0-based): uniform in [0, min(maxMs, baseMs * 2^attempt)). */
-export function backoffDelay(attempt: number, backoff: BackoffOptions, random: () => number = Math.random): number {
-  return Math.floor(random() * Math.min(backoff.maxMs, backoff.baseMs * 2 ** attempt));
-}
-
-/**
- * What to do after a close: `stop` for good, reconnect `now` (spread),
- * after `backoff`, after a fresh token (`refresh`), or after backoff but at
- * most `maxFaults` times in a row (`fault`).
- */
-export type CloseAction = "stop" | "now" | "backoff" | "refresh" | "fault";
-
-const CLOSE_ACTIONS: Record<number, CloseAction> = {
-  1000: "stop",
-  4003: "stop",
-  1012: "now",
-  4001: "refresh",
-  1002: "fault",
-  1007: "fault",
-  1008: "fault",
-  1009: "fault",
-};
-
-/** The close-code table of the contract (§6); anything else (1006, 1011, 4002, 4004…) backs off. */
-export function closeAction(code: number): CloseAction {
-  return CLOSE_ACTIONS[code] ?? "backoff";
-}
-
-/** A refused handshake, when the WebSocket implementation shows its status (Node's `ws`). */
-export function handshakeAction(status: number): CloseAction {
-  if (status === 401) return "refresh";
-  if (status === 403) return "stop";
-  if (status === 400 || status === 426) return "fault";
-  return "backoff";
-}
-
-/** `Retry-After` (seconds or an HTTP date) in ms from `now`, or undefined. */
-export function parseRetryAfter(value: unknown, now: number): number | undefined {
-  if (typeof value !== "string" || value.trim() === "") return undefined;
-  const ms = /^\d+$/.test(value.trim()) ? Number(value) * 1000 : Date.parse(value) - now;
-  return Number.isFinite(ms) ? Math.min(Math.max(ms, 0), 300_000) : undefined;
-}
-
-/** The `exp` claim of a JWT in ms, without verifying it; undefined if unreadable. */
-export function tokenExpiry(jwt: string): number | undefined {
-  try {
-    const part = jwt.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
-    const exp = JSON.parse(atob(part + "=".repeat((4 - (part.length % 4)) % 4))).exp;
-    return typeof exp === "number" ? exp * 1000 : undefined;
-  } catch {
-    return undefined;
-  }
-}
+export const PROTOCOL_VERSION = 2;
 
 /** A token this close to `exp` is not reused for a new connection. */
 const TOKEN_MARGIN_MS = 60_000;
-/** Topics per `subscribe` frame, to stay well under the gateway's frame size limit. */
-const TOPICS_PER_FRAME = 64;
-const RETRYABLE = new Set(["unavailable", "rate_limited", "internal", "timeout"]);
-
-type Frame = Record<string, any>;
-type Handler = (message: Message<any>) => void;
-
-interface TopicState {
-  handlers: Set<Handler>;
-  lastId?: string;
-  /** Recent ids, oldest first (a Set keeps insertion order). */
-  seen: Set<string>;
-  /** `subscribed` was read on the current connection. */
-  live: boolean;
-  /** A `subscribe` for it is in flight on the current connection. */
-  sent: boolean;
-  /** Live on an earlier connection, not yet resubscribed. */
-  wasLive: boolean;
-}
 
 interface Pending {
   frame: Frame;
@@ -250,8 +66,6 @@ interface Pending {
   reply(frame: Frame): void;
   fail(error: HeraldError): void;
 }
-
-const noop = (): void => {};
 
 const systemClock: Clock = {
   now: () => Date.now(),
@@ -272,202 +86,279 @@ function resolveUrl(url: string): string {
  *
  * ```ts
  * const herald = new Herald({ url: "wss://push.example.com/ws", token: () => fetchToken() });
- * const off = herald.subscribe("news", (m) => console.log(m.data));
- * herald.on("recovered", ({ topic, recovered }) => recovered || reload(topic));
+ * const news = herald.subscribe("news");
+ * news.on("message", (m) => console.log(m.data));
+ * news.on("recovered", ({ recovered }) => recovered || reload());
  * herald.connect();
  * ```
  */
-export class Herald {
-  private readonly url: string;
-  private readonly Socket: new (url: string) => WebSocketLike;
-  private readonly backoff: BackoffOptions;
-  private readonly clock: Clock;
-  private readonly random: () => number;
-  private readonly limits: { maxFaults: number; requestTimeoutMs: number; connectTimeoutMs: number; dedupWindow: number };
-  private readonly listeners = new Map<keyof HeraldEvents, Set<(value: any) => void>>();
-  private readonly topics = new Map<string, TopicState>();
-  private readonly pending = new Map<string, Pending>();
+export class Herald extends Emitter<HeraldEvents> {
+  readonly #options: HeraldOptions;
+  readonly #url: string;
+  readonly #Socket: new (url: string, protocols?: string | string[]) => WebSocketLike;
+  readonly #tokenIn: TokenPlacement;
+  readonly #backoff: BackoffOptions;
+  readonly #clock: Clock;
+  readonly #random: () => number;
+  readonly #limits: { maxFaults: number; requestTimeoutMs: number; connectTimeoutMs: number; dedupWindow: number };
+  readonly #topics: Topics;
+  readonly #pending = new Map<string, Pending>();
+  readonly #host: SubscriptionHost;
+  #codec?: Codec;
 
-  private current: ConnectionState = "closed";
-  private stopped = true;
+  #current: ConnectionState = "closed";
+  #stopped = true;
   /** `close()` was called, or a close code ended it: requests fail at once. */
-  private ended = false;
-  private ws?: WebSocketLike;
-  private welcomed = false;
-  private info: { node?: string; session?: string } = {};
+  #ended = false;
+  #ws?: WebSocketLike;
+  #welcomed = false;
+  #info: { node?: string; session?: string; protocol?: number } = {};
   /** Bumped by every `open` and `stop`: a stale async `open` gives up. */
-  private generation = 0;
-  private ref = 0;
-  private attempt = 0;
-  private faults = 0;
-  private subscribeAttempt = 0;
-  private token?: string;
-  private needFreshToken = false;
-  private handshake?: { status: number; retryAfterMs?: number };
-  private heartbeatMs = 25_000;
-  private lastFrameAt = 0;
-  private pinged = false;
-  private flushQueued = false;
-  private timers: { retry?: unknown; connect?: unknown; watchdog?: unknown; resubscribe?: unknown } = {};
+  #generation = 0;
+  #ref = 0;
+  #attempt = 0;
+  #faults = 0;
+  /** Tokens refused at connect in a row (4005 `unauthorized`/`token_expired`, HTTP 401). */
+  #refusals = 0;
+  /** The last close refused the token: if the provider now fails, stop. */
+  #refused = false;
+  #token?: string;
+  #needFreshToken = false;
+  #handshake?: { status: number; retryAfterMs?: number };
+  #heartbeatMs = 25_000;
+  #lastFrameAt = 0;
+  #pinged = false;
+  #timers: { retry?: unknown; connect?: unknown; watchdog?: unknown } = {};
 
-  constructor(private readonly options: HeraldOptions) {
-    this.url = resolveUrl(options.url);
+  constructor(options: HeraldOptions) {
+    super();
+    this.#options = options;
+    this.#url = resolveUrl(options.url);
     const Socket = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
     if (!Socket) {
       throw new TypeError("no WebSocket implementation: pass options.WebSocket (the ws package) or run Node with --experimental-websocket");
     }
-    this.Socket = Socket as new (url: string) => WebSocketLike;
-    this.backoff = { ...DEFAULT_BACKOFF, ...options.backoff };
-    this.clock = options.clock ?? systemClock;
-    this.random = options.random ?? Math.random;
-    this.limits = {
+    if (![undefined, "json", "msgpack"].includes(options.protocol)) throw new TypeError(`unknown protocol: ${options.protocol}`);
+    if (![undefined, "frame", "query"].includes(options.tokenIn)) throw new TypeError(`unknown tokenIn: ${options.tokenIn}`);
+    this.#Socket = Socket as new (url: string, protocols?: string | string[]) => WebSocketLike;
+    this.#tokenIn = options.tokenIn ?? "frame";
+    this.#backoff = { ...DEFAULT_BACKOFF, ...options.backoff };
+    this.#clock = options.clock ?? systemClock;
+    this.#random = options.random ?? Math.random;
+    this.#limits = {
       maxFaults: options.maxFaults ?? 3,
       requestTimeoutMs: options.requestTimeoutMs ?? 15_000,
       connectTimeoutMs: options.connectTimeoutMs ?? 10_000,
       dedupWindow: options.dedupWindow ?? 1000,
     };
+    this.#host = { clock: this.#clock, closed: () => this.#ended, release: (s) => this.#topics.release(s), fault: (e) => this.#emitError(e) };
+    this.#topics = new Topics(
+      {
+        welcomed: () => this.#welcomed,
+        call: (frame, reply, fail) => this.#call(frame, true, reply, fail),
+        later: (attempt, fn) => this.#clock.setTimeout(fn, backoffDelay(attempt, this.#backoff, this.#random)),
+        cancel: (handle) => this.#clock.clearTimeout(handle),
+        tell: (event, value) => this.#tell(event, value),
+      },
+      this.#limits.dedupWindow,
+    );
   }
 
   /** The connection state. */
   get state(): ConnectionState {
-    return this.current;
+    return this.#current;
   }
 
-  /** The gateway node and session of the current connection. */
-  get connection(): { node?: string; session?: string } {
-    return { ...this.info };
+  /** The gateway node, session and protocol version of the current connection (from `welcome`). */
+  get connection(): { node?: string; session?: string; protocol?: number } {
+    return { ...this.#info };
   }
 
-  /** The current socket, for diagnostics (e.g. its negotiated `extensions`). */
+  /** The current socket, for diagnostics (e.g. its negotiated `protocol` and `extensions`). */
   get socket(): WebSocketLike | undefined {
-    return this.ws;
-  }
-
-  /** Listens to an event; returns a function that stops listening. */
-  on<K extends keyof HeraldEvents>(event: K, listener: (value: HeraldEvents[K]) => void): () => void {
-    const set = this.listeners.get(event) ?? new Set();
-    this.listeners.set(event, set.add(listener));
-    return () => void set.delete(listener);
+    return this.#ws;
   }
 
   /** Starts connecting, and keeps reconnecting until `close()`. Idempotent. */
   connect(): this {
-    if (this.stopped) {
-      this.stopped = false;
-      this.ended = false;
-      this.attempt = 0;
-      this.faults = 0;
-      this.setState("connecting");
-      void this.open();
+    if (this.#stopped) {
+      this.#stopped = false;
+      this.#ended = false;
+      this.#attempt = this.#faults = this.#refusals = 0;
+      this.#setState("connecting");
+      void this.#open();
     }
     return this;
   }
 
   /** Closes the connection for good (1000); requests in flight fail with `closed`. `connect()` starts again. */
   close(): void {
-    if (!this.stopped) this.stop();
+    if (!this.#stopped) this.#stop();
   }
 
   /**
-   * Calls `handler` with every event on `topic`, from now on and across
-   * reconnects, each event once. Returns the function that unsubscribes.
+   * Keeps `topic` subscribed, from now on and across reconnects, with
+   * recovery: see `Subscription`. One subscription per topic: while one is
+   * active, this returns it (and ignores `options`).
    */
-  subscribe<T = unknown>(topic: string, handler: (message: Message<T>) => void): () => void {
-    let t = this.topics.get(topic);
-    if (!t) {
-      t = { handlers: new Set(), seen: new Set(), live: false, sent: false, wasLive: false };
-      this.topics.set(topic, t);
-      this.scheduleFlush();
+  subscribe<T = unknown>(topic: string, options?: SubscribeOptions): Subscription<T>;
+  /**
+   * The protocol-1 SDK's form: calls `handler` with every event on `topic`;
+   * returns the function that removes it, and that unsubscribes once no
+   * handler added this way is left.
+   * @deprecated Use `subscribe(topic).on("message", handler)`.
+   */
+  subscribe<T = unknown>(topic: string, handler: (message: Message<T>) => void): () => void;
+  subscribe<T = unknown>(topic: string, arg?: SubscribeOptions | ((message: Message<T>) => void)): Subscription<T> | (() => void) {
+    let sub = this.#topics.subs.get(topic) as Subscription<T> | undefined;
+    if (!sub) {
+      sub = new Subscription<T>(topic, this.#host, typeof arg === "object" ? arg?.since : undefined);
+      this.#topics.add(sub);
     }
-    const state = t;
-    state.handlers.add(handler);
+    if (typeof arg !== "function") return sub;
+    const s = sub;
+    const off = s.on("message", arg);
+    s._handlers++;
+    let removed = false;
     return () => {
-      if (this.topics.get(topic) !== state || !state.handlers.delete(handler) || state.handlers.size > 0) return;
-      this.topics.delete(topic);
-      if ((state.live || state.sent) && this.welcomed) {
-        this.call({ type: "unsubscribe", topics: [topic] }, true, noop, noop);
-      }
+      if (removed) return;
+      removed = true;
+      off();
+      if (--s._handlers === 0) s.unsubscribe();
     };
   }
 
-  /** Publishes `data` to `topic` (the token's `publish` claim must allow it). Waits for a connection. */
-  publish(topic: string, data: unknown, options: { event?: string } = {}): Promise<Published> {
-    const frame: Frame = { type: "publish", topic, data };
-    if (options.event !== undefined) frame.event = options.event;
-    return this.request(frame).then((f) => ({ topic: f.topic, id: f.id }));
+  /** The active subscription of `topic`, if any. */
+  subscription<T = unknown>(topic: string): Subscription<T> | undefined {
+    return this.#topics.subs.get(topic);
   }
 
-  /** The sessions present on `topic` (the token's `presence` claim must allow it). */
-  presence(topic: string): Promise<Member[]> {
-    return this.request({ type: "presence", topic }).then((f) => f.members ?? []);
+  /**
+   * Publishes `data` to `topic` (the token's `publish` claim must allow it);
+   * a `Uint8Array` (or `ArrayBuffer`) is sent as bytes. Waits for a connection.
+   */
+  publish(topic: string, data: unknown, options: { event?: string } = {}): Promise<Published> {
+    const frame: Frame = { type: "publish", topic, data: asBytes(data) ?? data };
+    if (options.event !== undefined) frame.event = options.event;
+    return this.#request(frame).then((f) => ({ topic: f.topic, id: f.id }));
+  }
+
+  /**
+   * A page of the sessions present on `topic` (the token's `presence` claim
+   * must allow it): at most `limit` (1–1000, the gateway's default 100),
+   * from `cursor` (a previous page's `nextCursor`).
+   */
+  presence(topic: string, options: { limit?: number; cursor?: string } = {}): Promise<PresencePage> {
+    const frame: Frame = { type: "presence", topic };
+    if (options.limit !== undefined) frame.limit = options.limit;
+    if (options.cursor !== undefined) frame.cursor = options.cursor;
+    return this.#request(frame).then((f) => {
+      const page: PresencePage = { members: f.members ?? [], count: f.count ?? f.members?.length ?? 0 };
+      if (typeof f.next_cursor === "string") page.nextCursor = f.next_cursor;
+      return page;
+    });
+  }
+
+  /** How many sessions and distinct users are on `topic` (same permission as `presence`). */
+  presenceStats(topic: string): Promise<PresenceStats> {
+    return this.#request({ type: "presence_stats", topic }).then((f) => ({ count: f.count, users: f.users }));
   }
 
   // ---- connection lifecycle
 
-  private async open(): Promise<void> {
-    const generation = ++this.generation;
+  async #open(): Promise<void> {
+    const generation = ++this.#generation;
     let token: string;
     try {
-      token = await this.getToken(this.needFreshToken || this.attempt >= 2);
+      this.#codec ??= await this.#loadCodec();
+      token = await this.#getToken(this.#needFreshToken || this.#attempt >= 2);
     } catch (e) {
-      if (generation !== this.generation) return;
-      this.emitError(e instanceof HeraldError ? e : new HeraldError("token_provider", "the token provider failed", { cause: e }));
-      this.retry("backoff");
+      if (generation !== this.#generation) return;
+      const error = e instanceof HeraldError ? e : new HeraldError("token_provider", "the token provider failed", { cause: e });
+      if (this.#refused && error.code === "token_provider") {
+        this.#stop(new HeraldError("token_provider", "the gateway refused the token and the token provider failed", { cause: error }));
+        return;
+      }
+      this.#emitError(error);
+      this.#retry("backoff");
       return;
     }
-    if (generation !== this.generation) return;
-    this.needFreshToken = false;
-    const url = new URL(this.url);
-    url.searchParams.set("token", token);
+    if (generation !== this.#generation) return;
+    this.#needFreshToken = false;
+    let url = this.#url;
+    if (this.#tokenIn === "query") {
+      const u = new URL(url);
+      u.searchParams.set("token", token);
+      url = u.toString();
+    }
     let ws: WebSocketLike;
     try {
-      ws = new this.Socket(url.toString());
+      ws = new this.#Socket(url, this.#codec.name);
+      ws.binaryType = "arraybuffer";
     } catch (e) {
-      this.emitError(new HeraldError("connect", "cannot open a WebSocket", { cause: e }));
-      this.retry("backoff");
+      this.#emitError(new HeraldError("connect", "cannot open a WebSocket", { cause: e }));
+      this.#retry("backoff");
       return;
     }
-    this.ws = ws;
-    this.welcomed = false;
-    this.handshake = undefined;
-    ws.onmessage = (ev) => this.ws === ws && this.onFrame(ev.data);
-    ws.onclose = (ev) => this.ws === ws && this.onClose(ev.code, ev.reason);
+    this.#ws = ws;
+    this.#welcomed = false;
+    this.#handshake = undefined;
+    ws.onopen = () => this.#ws === ws && this.#tokenIn === "frame" && this.#send({ type: "connect", token });
+    ws.onmessage = (ev) => this.#ws === ws && this.#onFrame(ev.data);
+    ws.onclose = (ev) => this.#ws === ws && this.#onClose(ev.code, ev.reason);
     ws.onerror = () => {}; // a close follows
     const emitter = ws as unknown as { on?: (event: string, fn: (...args: any[]) => void) => void; terminate?: () => void };
     if (typeof emitter.on === "function") {
       // Node's `ws`: a refused handshake shows its status; honour 401 and 503 + Retry-After.
       emitter.on("unexpected-response", (_req: unknown, res: { statusCode?: number; headers?: Record<string, unknown> }) => {
-        this.handshake = { status: res.statusCode ?? 0, retryAfterMs: parseRetryAfter(res.headers?.["retry-after"], this.clock.now()) };
+        this.#handshake = { status: res.statusCode ?? 0, retryAfterMs: parseRetryAfter(res.headers?.["retry-after"], this.#clock.now()) };
         emitter.terminate?.();
       });
     }
-    this.timers.connect = this.clock.setTimeout(() => {
-      if (this.ws === ws && !this.welcomed) this.drop(ws, "backoff", "connect timeout");
-    }, this.limits.connectTimeoutMs);
+    this.#timers.connect = this.#clock.setTimeout(() => {
+      if (this.#ws === ws && !this.#welcomed) this.#drop(ws, "backoff", "connect timeout");
+    }, this.#limits.connectTimeoutMs);
   }
 
-  private onClose(code: number, reason: string, action?: CloseAction): void {
-    const welcomed = this.welcomed;
-    this.detach();
-    if (this.stopped) return;
-    const handshake = welcomed ? undefined : this.handshake;
-    const act = action ?? (handshake ? handshakeAction(handshake.status) : closeAction(code));
-    if (welcomed && act !== "fault") this.faults = 0;
+  /** The codec of `options.protocol`; the MessagePack module is imported here, and only here. */
+  async #loadCodec(): Promise<Codec> {
+    if (this.#options.protocol !== "msgpack") return jsonCodec;
+    try {
+      const m: any = this.#options.msgpack ?? (await import("./msgpack.js"));
+      return msgpackCodec(m.encode ? m : m.default); // `default`: a CommonJS build seen through a bundler's import()
+    } catch (e) {
+      throw new HeraldError("codec", "cannot load the MessagePack module (msgpack.js next to the SDK, or options.msgpack)", { cause: e });
+    }
+  }
+
+  #onClose(code: number, reason: string, action?: CloseAction): void {
+    const welcomed = this.#welcomed;
+    this.#detach();
+    if (this.#stopped) return;
+    const handshake = welcomed ? undefined : this.#handshake;
+    const act = action ?? (handshake ? handshakeAction(handshake.status) : closeAction(code, reason));
+    if (welcomed && act !== "fault") this.#faults = 0;
     const why = { code: handshake ? undefined : code, reason: handshake ? `handshake refused with HTTP ${handshake.status}` : reason };
+    const closeCode = why.code;
+    // Refused at connect (4005, HTTP 401), as opposed to expiring on a live connection (4001).
+    this.#refused = act === "refresh" && !welcomed;
+    const refusal = code === 4005 ? reason : "token_expired";
     if (act === "stop") {
-      this.stop(new HeraldError("stopped", `not reconnecting: ${why.reason || `closed with ${code}`}`, { closeCode: why.code }), why);
-    } else if (act === "fault" && ++this.faults >= this.limits.maxFaults) {
-      this.stop(new HeraldError("protocol_fault", `closed ${this.faults} times in a row for a client fault`, { closeCode: why.code }), why);
-    } else if (act === "refresh" && typeof this.options.token === "string") {
-      this.stop(new HeraldError("token_expired", "the token expired and no token provider was given", { closeCode: why.code }), why);
+      this.#stop(new HeraldError("stopped", `not reconnecting: ${why.reason || `closed with ${code}`}`, { closeCode }), why);
+    } else if (act === "fault" && ++this.#faults >= this.#limits.maxFaults) {
+      this.#stop(new HeraldError("protocol_fault", `closed ${this.#faults} times in a row for a client fault`, { closeCode }), why);
+    } else if (act === "refresh" && typeof this.#options.token === "string") {
+      this.#stop(new HeraldError(refusal, `the token was refused or expired (${why.reason || code}) and no token provider was given`, { closeCode }), why);
+    } else if (this.#refused && ++this.#refusals >= this.#limits.maxFaults) {
+      this.#stop(new HeraldError(refusal, `the gateway refused ${this.#refusals} tokens in a row (${why.reason || code})`, { closeCode }), why);
     } else {
-      if (act === "refresh") this.needFreshToken = true;
-      this.retry(act === "now" || (act === "refresh" && welcomed) ? "now" : "backoff", why);
+      if (act === "refresh") this.#needFreshToken = true;
+      this.#retry(act === "now" || (act === "refresh" && welcomed) ? "now" : "backoff", why);
     }
   }
 
   /** Gives up on `ws` without waiting for its close handshake (dead path, no welcome). */
-  private drop(ws: WebSocketLike, action: CloseAction, reason: string): void {
+  #drop(ws: WebSocketLike, action: CloseAction, reason: string): void {
     const emitter = ws as unknown as { terminate?: () => void };
     try {
       if (emitter.terminate) emitter.terminate();
@@ -475,266 +366,190 @@ export class Herald {
     } catch {
       // already closing
     }
-    this.onClose(1006, reason, action);
+    this.#onClose(1006, reason, action);
   }
 
   /** Forgets the current socket: its timers, its in-flight requests, its live subscriptions. */
-  private detach(): void {
-    this.ws = undefined;
-    this.welcomed = false;
-    for (const key of ["connect", "watchdog", "resubscribe"] as const) this.clock.clearTimeout(this.timers[key]);
-    for (const t of this.topics.values()) {
-      t.wasLive ||= t.live;
-      t.live = t.sent = false;
-    }
-    for (const [ref, p] of this.pending) {
+  #detach(): void {
+    this.#ws = undefined;
+    this.#welcomed = false;
+    for (const key of ["connect", "watchdog"] as const) this.#clock.clearTimeout(this.#timers[key]);
+    this.#topics.disconnected();
+    for (const [ref, p] of this.#pending) {
       if (!p.sent) continue;
-      this.pending.delete(ref);
-      this.clock.clearTimeout(p.timer);
+      this.#pending.delete(ref);
+      this.#clock.clearTimeout(p.timer);
       if (!p.internal) p.fail(new HeraldError("disconnected", "the connection closed before the reply"));
     }
   }
 
-  private retry(kind: "now" | "backoff", why: { code?: number; reason?: string } = {}): void {
-    let delayMs = kind === "now" ? Math.floor(this.random() * this.backoff.spreadMs) : backoffDelay(this.attempt++, this.backoff, this.random);
-    const retryAfter = this.handshake?.retryAfterMs;
-    if (retryAfter !== undefined) delayMs = Math.max(delayMs, retryAfter + Math.floor(this.random() * this.backoff.spreadMs));
-    this.handshake = undefined;
-    this.setState("reconnecting", { ...why, delayMs });
-    this.timers.retry = this.clock.setTimeout(() => void this.open(), delayMs);
+  #retry(kind: "now" | "backoff", why: { code?: number; reason?: string } = {}): void {
+    let delayMs = kind === "now" ? Math.floor(this.#random() * this.#backoff.spreadMs) : backoffDelay(this.#attempt++, this.#backoff, this.#random);
+    const retryAfter = this.#handshake?.retryAfterMs;
+    if (retryAfter !== undefined) delayMs = Math.max(delayMs, retryAfter + Math.floor(this.#random() * this.#backoff.spreadMs));
+    this.#handshake = undefined;
+    this.#setState("reconnecting", { ...why, delayMs });
+    this.#timers.retry = this.#clock.setTimeout(() => void this.#open(), delayMs);
   }
 
-  private stop(error?: HeraldError, why: { code?: number; reason?: string } = {}): void {
-    const ws = this.ws;
-    this.stopped = this.ended = true;
-    this.generation++;
-    this.clock.clearTimeout(this.timers.retry);
-    this.detach();
+  #stop(error?: HeraldError, why: { code?: number; reason?: string } = {}): void {
+    const ws = this.#ws;
+    this.#stopped = this.#ended = true;
+    this.#generation++;
+    this.#clock.clearTimeout(this.#timers.retry);
+    this.#detach();
     try {
       ws?.close(1000);
     } catch {
       // already closing
     }
-    for (const [ref, p] of this.pending) {
-      this.pending.delete(ref);
-      this.clock.clearTimeout(p.timer);
+    for (const [ref, p] of this.#pending) {
+      this.#pending.delete(ref);
+      this.#clock.clearTimeout(p.timer);
       p.fail(new HeraldError("closed", "the client is closed"));
     }
-    if (error) this.emitError(error);
-    this.info = {};
-    this.setState("closed", why);
+    this.#topics.closed();
+    if (error) this.#emitError(error);
+    this.#info = {};
+    this.#setState("closed", why);
   }
 
-  private async getToken(fresh: boolean): Promise<string> {
-    const source = this.options.token;
+  async #getToken(fresh: boolean): Promise<string> {
+    const source = this.#options.token;
     if (typeof source === "string") return source;
-    if (!fresh && this.token !== undefined) {
-      const exp = tokenExpiry(this.token);
-      if (exp === undefined || exp - this.clock.now() > TOKEN_MARGIN_MS) return this.token;
+    if (!fresh && this.#token !== undefined) {
+      const exp = tokenExpiry(this.#token);
+      if (exp === undefined || exp - this.#clock.now() > TOKEN_MARGIN_MS) return this.#token;
     }
-    const ms = this.limits.connectTimeoutMs;
+    const ms = this.#limits.connectTimeoutMs;
     const token = await new Promise<unknown>((resolve, reject) => {
-      const timer = this.clock.setTimeout(() => reject(new HeraldError("token_provider", `the token provider did not answer within ${ms} ms`)), ms);
+      const timer = this.#clock.setTimeout(() => reject(new HeraldError("token_provider", `the token provider did not answer within ${ms} ms`)), ms);
       Promise.resolve()
         .then(source)
         .then(resolve, reject)
-        .finally(() => this.clock.clearTimeout(timer));
+        .finally(() => this.#clock.clearTimeout(timer));
     });
     if (typeof token !== "string" || token === "") throw new HeraldError("token_provider", "the token provider returned no token");
-    return (this.token = token);
+    return (this.#token = token);
   }
 
   // ---- frames
 
-  private onFrame(raw: unknown): void {
-    this.lastFrameAt = this.clock.now();
-    this.pinged = false;
+  #onFrame(raw: unknown): void {
+    this.#lastFrameAt = this.#clock.now();
+    this.#pinged = false;
     let f: Frame;
     try {
-      f = JSON.parse(String(raw));
-    } catch {
-      return;
+      f = (this.#codec as Codec).decode(raw);
+    } catch (e) {
+      return this.#emitError(new HeraldError("bad_frame", "a frame from the gateway could not be decoded", { cause: e }));
     }
-    switch (f?.type) {
+    switch (f.type) {
       case "welcome":
-        return this.onWelcome(f);
+        return this.#onWelcome(f);
       case "message":
-        return this.deliver(f as unknown as Message);
+        return this.#topics.deliver(f as unknown as Message);
       case "join":
       case "leave":
-        return this.emit("presence", { type: f.type, topic: f.topic, sub: f.sub, session: f.session });
+        return this.#tell("presence", { type: f.type, topic: f.topic, sub: f.sub, session: f.session });
       case "token_expiring":
-        return void this.refreshToken(f.exp);
+        return void this.#refreshToken(f.exp);
       case "unsubscribed":
-        if (f.ref === undefined) return this.revoke(f.topics ?? []);
+        if (f.ref === undefined) return this.#topics.revoke(f.topics ?? [], (e) => this.#emitError(e));
         break;
       case "error":
-        if (!this.pending.has(f.ref)) return this.emitError(new HeraldError(f.code, f.message ?? f.code, { topic: f.topic }));
+        if (!this.#pending.has(f.ref)) return this.#emitError(new HeraldError(f.code, f.message ?? f.code, { topic: f.topic }));
     }
-    const p = typeof f?.ref === "string" ? this.pending.get(f.ref) : undefined;
+    const p = typeof f.ref === "string" ? this.#pending.get(f.ref) : undefined;
     if (!p) return;
-    this.pending.delete(f.ref);
-    this.clock.clearTimeout(p.timer);
+    this.#pending.delete(f.ref);
+    this.#clock.clearTimeout(p.timer);
     if (f.type === "error") p.fail(new HeraldError(f.code, f.message ?? f.code, { topic: f.topic }));
     else p.reply(f);
   }
 
-  private onWelcome(f: Frame): void {
-    this.clock.clearTimeout(this.timers.connect);
-    this.welcomed = true;
-    this.attempt = 0;
-    this.info = { node: f.node, session: f.session };
-    this.heartbeatMs = f.heartbeat_ms > 0 ? f.heartbeat_ms : 25_000;
-    this.timers.watchdog = this.clock.setTimeout(this.checkWatchdog, this.heartbeatMs);
-    this.flushSubscriptions();
-    for (const p of this.pending.values()) if (!p.sent) this.transmit(p);
-    this.setState("connected", this.info);
+  #onWelcome(f: Frame): void {
+    this.#clock.clearTimeout(this.#timers.connect);
+    this.#welcomed = true;
+    this.#attempt = this.#refusals = 0;
+    this.#refused = false;
+    this.#info = { node: f.node, session: f.session, protocol: f.protocol };
+    this.#heartbeatMs = f.heartbeat_ms > 0 ? f.heartbeat_ms : 25_000;
+    this.#timers.watchdog = this.#clock.setTimeout(this.#checkWatchdog, this.#heartbeatMs);
+    this.#topics.flush();
+    for (const p of this.#pending.values()) if (!p.sent) this.#transmit(p);
+    this.#setState("connected", { node: f.node, session: f.session });
   }
 
-  private deliver(m: Message): void {
-    const t = this.topics.get(m.topic);
-    if (!t || t.seen.has(m.id)) return;
-    t.seen.add(m.id);
-    if (t.seen.size > this.limits.dedupWindow) t.seen.delete(t.seen.values().next().value as string);
-    t.lastId = m.id;
-    for (const handler of t.handlers) {
-      try {
-        handler(m);
-      } catch (e) {
-        this.emitError(new HeraldError("handler", `a handler of ${m.topic} threw`, { topic: m.topic, cause: e }));
-      }
-    }
-    this.emit("message", m);
-  }
-
-  private scheduleFlush(): void {
-    if (this.flushQueued) return;
-    this.flushQueued = true;
-    queueMicrotask(() => {
-      this.flushQueued = false;
-      this.flushSubscriptions();
-    });
-  }
-
-  /** Subscribes every wanted topic that is neither live nor asked for, with `since` where known. */
-  private flushSubscriptions(): void {
-    if (!this.welcomed) return;
-    const names = [...this.topics].filter(([, t]) => !t.live && !t.sent).map(([name]) => name);
-    for (let i = 0; i < names.length; i += TOPICS_PER_FRAME) {
-      const topics = names.slice(i, i + TOPICS_PER_FRAME);
-      const since: Record<string, string> = {};
-      for (const name of topics) {
-        const t = this.topics.get(name) as TopicState;
-        t.sent = true;
-        if (t.lastId !== undefined) since[name] = t.lastId;
-      }
-      const frame: Frame = { type: "subscribe", topics };
-      if (Object.keys(since).length > 0) frame.since = since;
-      this.call(
-        frame,
-        true,
-        (reply) => this.onSubscribed(topics, reply.recovered ?? {}),
-        (e) => this.onSubscribeFailed(topics, e),
-      );
-    }
-  }
-
-  private onSubscribed(topics: string[], recovered: Record<string, boolean>): void {
-    this.subscribeAttempt = 0;
-    for (const name of topics) {
-      const t = this.topics.get(name);
-      if (!t?.sent) continue; // unsubscribed meanwhile
-      t.sent = false;
-      t.live = true;
-      // Live before, but no event seen: no cursor, so nothing proves that nothing was missed.
-      const ok = recovered[name] ?? (t.wasLive && t.lastId === undefined ? false : undefined);
-      t.wasLive = false;
-      this.emit("subscribed", { topic: name });
-      if (ok !== undefined) this.emit("recovered", { topic: name, recovered: ok });
-    }
-  }
-
-  private onSubscribeFailed(topics: string[], e: HeraldError): void {
-    if (e.code === "disconnected" || e.code === "closed") return; // redone on the next welcome
-    const retry = RETRYABLE.has(e.code);
-    for (const name of topics) {
-      const t = this.topics.get(name);
-      if (!t) continue;
-      t.sent = false;
-      if (!retry && (e.topic === undefined || e.topic === name)) {
-        this.topics.delete(name);
-        this.emitError(new HeraldError(e.code, e.message, { topic: name }));
-      }
-    }
-    if (!retry) return this.scheduleFlush();
-    this.clock.clearTimeout(this.timers.resubscribe);
-    this.timers.resubscribe = this.clock.setTimeout(() => this.flushSubscriptions(), backoffDelay(this.subscribeAttempt++, this.backoff, this.random));
-  }
-
-  /** A refreshed token no longer permits these topics: the gateway dropped them. */
-  private revoke(topics: string[]): void {
-    for (const name of topics) {
-      if (!this.topics.delete(name)) continue;
-      this.emitError(new HeraldError("revoked", `the refreshed token no longer permits ${name}`, { topic: name }));
-    }
-  }
-
-  private async refreshToken(exp: number): Promise<void> {
-    this.emit("token_expiring", { exp });
-    if (typeof this.options.token === "string") return; // 4001 follows; nothing to refresh with
-    const ws = this.ws;
+  async #refreshToken(exp: number): Promise<void> {
+    this.#tell("token_expiring", { exp });
+    if (typeof this.#options.token === "string") return; // 4001 follows; nothing to refresh with
+    const ws = this.#ws;
     try {
-      const token = await this.getToken(true);
-      if (this.ws === ws && this.welcomed) await this.request({ type: "auth", token });
+      const token = await this.#getToken(true);
+      if (this.#ws === ws && this.#welcomed) await this.#request({ type: "auth", token });
     } catch (e) {
       if (e instanceof HeraldError && (e.code === "disconnected" || e.code === "closed")) return;
-      this.emitError(e instanceof HeraldError ? e : new HeraldError("token_provider", "the token provider failed", { cause: e }));
+      this.#emitError(e instanceof HeraldError ? e : new HeraldError("token_provider", "the token provider failed", { cause: e }));
     }
   }
 
-  private readonly checkWatchdog = (): void => {
-    const ws = this.ws;
-    if (!ws || !this.welcomed) return;
-    const idle = this.clock.now() - this.lastFrameAt;
-    if (idle >= 2 * this.heartbeatMs) return this.drop(ws, "now", "heartbeat timeout");
-    if (idle >= this.heartbeatMs && !this.pinged) {
-      this.pinged = true;
-      this.send({ type: "ping" });
+  readonly #checkWatchdog = (): void => {
+    const ws = this.#ws;
+    if (!ws || !this.#welcomed) return;
+    const idle = this.#clock.now() - this.#lastFrameAt;
+    if (idle >= 2 * this.#heartbeatMs) return this.#drop(ws, "now", "heartbeat timeout");
+    if (idle >= this.#heartbeatMs && !this.#pinged) {
+      this.#pinged = true;
+      this.#send({ type: "ping" });
     }
-    const next = (idle >= this.heartbeatMs ? 2 : 1) * this.heartbeatMs - idle;
-    this.timers.watchdog = this.clock.setTimeout(this.checkWatchdog, next);
+    const next = (idle >= this.#heartbeatMs ? 2 : 1) * this.#heartbeatMs - idle;
+    this.#timers.watchdog = this.#clock.setTimeout(this.#checkWatchdog, next);
   };
 
   // ---- requests
 
   /** Sends `frame` with a fresh `ref`; waits for a connection if there is none yet. */
-  private request(frame: Frame): Promise<Frame> {
+  #request(frame: Frame): Promise<Frame> {
     return new Promise((reply, fail) => {
-      if (this.ended) fail(new HeraldError("closed", "the client is closed"));
-      else this.call(frame, false, reply, fail);
+      if (this.#ended) fail(new HeraldError("closed", "the client is closed"));
+      else this.#call(frame, false, reply, fail);
     });
   }
 
   /** `request` with callbacks, called as the reply is read; `internal` ones are dropped with their connection. */
-  private call(frame: Frame, internal: boolean, reply: (f: Frame) => void, fail: (e: HeraldError) => void): void {
-    const ref = String(++this.ref);
+  #call(frame: Frame, internal: boolean, reply: (f: Frame) => void, fail: (e: HeraldError) => void): void {
+    const ref = String(++this.#ref);
     const p: Pending = { frame: { ...frame, ref }, sent: false, internal, timer: undefined, reply, fail };
-    p.timer = this.clock.setTimeout(() => {
-      this.pending.delete(ref);
-      fail(new HeraldError("timeout", `no reply to ${frame.type} within ${this.limits.requestTimeoutMs} ms`));
-    }, this.limits.requestTimeoutMs);
-    this.pending.set(ref, p);
-    if (this.welcomed) this.transmit(p);
+    p.timer = this.#clock.setTimeout(() => {
+      this.#pending.delete(ref);
+      fail(new HeraldError("timeout", `no reply to ${frame.type} within ${this.#limits.requestTimeoutMs} ms`));
+    }, this.#limits.requestTimeoutMs);
+    this.#pending.set(ref, p);
+    if (this.#welcomed) this.#transmit(p);
   }
 
-  private transmit(p: Pending): void {
-    p.sent = true; // if the send fails, the socket is closing and its close settles `p`
-    this.send(p.frame);
-  }
-
-  private send(frame: Frame): void {
+  /** Sends a pending request; one that cannot be encoded (a cycle, a function…) fails with `encode`. */
+  #transmit(p: Pending): void {
+    let data: string | Uint8Array;
     try {
-      this.ws?.send(JSON.stringify(frame));
+      data = (this.#codec as Codec).encode(p.frame);
+    } catch (e) {
+      this.#pending.delete(p.frame.ref);
+      this.#clock.clearTimeout(p.timer);
+      return p.fail(new HeraldError("encode", `cannot encode the ${p.frame.type} frame`, { cause: e }));
+    }
+    p.sent = true; // if the send fails, the socket is closing and its close settles `p`
+    this.#write(data);
+  }
+
+  #send(frame: Frame): void {
+    this.#write((this.#codec as Codec).encode(frame));
+  }
+
+  #write(data: string | Uint8Array): void {
+    try {
+      this.#ws?.send(data);
     } catch {
       // closing
     }
@@ -742,22 +557,16 @@ export class Herald {
 
   // ---- events
 
-  private setState(state: ConnectionState, detail: Omit<StateChange, "state"> = {}): void {
-    this.current = state;
-    this.emit("state", { state, ...detail });
+  #setState(state: ConnectionState, detail: Omit<StateChange, "state"> = {}): void {
+    this.#current = state;
+    this.#tell("state", { state, ...detail });
   }
 
-  private emitError(error: HeraldError): void {
-    this.emit("error", error);
+  #emitError(error: HeraldError): void {
+    this.#tell("error", error);
   }
 
-  private emit<K extends keyof HeraldEvents>(event: K, value: HeraldEvents[K]): void {
-    for (const listener of this.listeners.get(event) ?? []) {
-      try {
-        listener(value);
-      } catch (e) {
-        console.error(`herald: a '${event}' listener threw`, e);
-      }
-    }
+  #tell<K extends keyof HeraldEvents>(event: K, value: HeraldEvents[K]): void {
+    this.emit(event, value, (e) => console.error(`herald: a '${event}' listener threw`, e));
   }
 }

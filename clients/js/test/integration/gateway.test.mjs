@@ -1,8 +1,11 @@
-// The SDK against real processes, from Node (the `ws` package as WebSocket):
-// a herald-gateway node on Redis, herald-admin publishing. Subscribe,
-// publish, token refresh, and recovery across gateway restarts (SIGTERM and
+// The SDK against real processes, from Node (the `ws` package as WebSocket),
+// with its defaults (protocol 2, JSON, the token in the connect frame): a
+// herald-gateway node on Redis, herald-admin publishing. Subscribe, publish,
+// token refresh, presence, and recovery across gateway restarts (SIGTERM and
 // kill -9): every event published meanwhile arrives, once, in order.
 // Also a handshake refused with 503 + Retry-After, from a tiny local server.
+// Protocol 2's own features (MessagePack, bytes, positions of quiet topics,
+// 4005, presence pages) are in protocol2.test.mjs.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer } from 'node:http';
@@ -21,11 +24,11 @@ function next(client, event, match = () => true, ms = 15_000) {
   return within(ms, `'${event}' event`, seen).finally(off);
 }
 
-/** A WebSocket class that also records every frame the client receives. */
+/** A WebSocket class that also records every frame the client receives (JSON connections). */
 function spyingWebSocket(frames) {
   return class extends WebSocket {
-    constructor(url) {
-      super(url);
+    constructor(url, protocols) {
+      super(url, protocols);
       this.addEventListener('message', (ev) => frames.push(JSON.parse(ev.data)));
     }
   };
@@ -66,13 +69,14 @@ describe('the SDK against a gateway on Redis', { timeout: 180_000 }, () => {
     const c = client();
     const news = [];
     const chat = [];
-    c.subscribe('news', (m) => news.push(m));
-    c.subscribe('chat.node', (m) => chat.push(m));
-    const live = Promise.all(['news', 'chat.node'].map((t) => next(c, 'subscribed', (s) => s.topic === t)));
+    const subs = [c.subscribe('news'), c.subscribe('chat.node')];
+    subs[0].on('message', (m) => news.push(m));
+    subs[1].on('message', (m) => chat.push(m));
     c.connect();
-    await live;
+    await Promise.all(subs.map((s) => s.ready(15_000)));
+    assert.deepEqual(subs.map((s) => s.state), ['subscribed', 'subscribed']);
     assert.equal(c.state, 'connected');
-    assert.equal(c.connection.node, 'n1');
+    assert.deepEqual(c.connection, { node: 'n1', session: c.connection.session, protocol: 2 });
 
     await publish(admin.url, { topic: 'news', event: 'headline', data: { title: 'hello' } });
     await until('the news event', () => news.length === 1);
@@ -85,10 +89,13 @@ describe('the SDK against a gateway on Redis', { timeout: 180_000 }, () => {
     assert.deepEqual(chat[0].data, { text: 'from node' });
 
     await assert.rejects(c.publish('news', 1), (e) => e.code === 'forbidden');
-    // Presence: members once the gateway tracks the topic, otherwise a protocol error; the session stays.
-    const members = await c.presence('chat.node').catch((e) => e);
-    assert.ok(Array.isArray(members) || /^[a-z_]+$/.test(members.code), `presence: ${members}`);
+    // A topic the token does not permit fails on its own; the others stay.
+    await assert.rejects(c.subscribe('admin.x').ready(15_000), (e) => e.code === 'forbidden' && e.topic === 'admin.x');
+    assert.equal(c.subscription('admin.x'), undefined);
+    // Presence of a topic the gateway does not track: a protocol error; the session stays.
+    await assert.rejects(c.presence('chat.node'), (e) => e.code === 'bad_request' || e.code === 'forbidden');
     assert.equal(c.state, 'connected');
+    assert.equal(subs[0].state, 'subscribed');
     c.close();
   });
 
@@ -121,18 +128,20 @@ describe('the SDK against a gateway on Redis', { timeout: 180_000 }, () => {
     const ann = member('ann');
     const changes = [];
     ann.on('presence', (p) => changes.push(p));
-    ann.subscribe('room.sdk', () => {});
+    ann.subscribe('room.sdk');
     const annIn = next(ann, 'presence', (p) => p.type === 'join' && p.sub === 'ann');
     ann.connect();
     await annIn;
     const ben = member('ben');
-    ben.subscribe('room.sdk', () => {});
+    ben.subscribe('room.sdk');
     const benIn = next(ann, 'presence', (p) => p.type === 'join' && p.sub === 'ben');
     ben.connect();
     await benIn;
     const here = await ann.presence('room.sdk');
-    assert.deepEqual(here.map((m) => m.sub).sort(), ['ann', 'ben']);
-    assert.ok(here.every((m) => typeof m.session === 'string' && m.since > 0), JSON.stringify(here));
+    assert.equal(here.count, 2);
+    assert.equal(here.nextCursor, undefined, 'one page');
+    assert.deepEqual(here.members.map((m) => m.sub).sort(), ['ann', 'ben']);
+    assert.ok(here.members.every((m) => typeof m.session === 'string' && m.since > 0), JSON.stringify(here));
     const benOut = next(ann, 'presence', (p) => p.type === 'leave' && p.sub === 'ben');
     ben.close();
     await benOut;
@@ -145,11 +154,11 @@ describe('the SDK against a gateway on Redis', { timeout: 180_000 }, () => {
     const c = client();
     const got = [];
     const recovered = [];
-    c.subscribe('news', (m) => got.push(m));
-    c.on('recovered', (r) => recovered.push(r));
-    const live = next(c, 'subscribed');
+    const news = c.subscribe('news');
+    news.on('message', (m) => got.push(m));
+    news.on('recovered', (r) => recovered.push(r));
     c.connect();
-    await live;
+    await news.ready(15_000);
 
     let n = 0;
     const publishMany = async (count) => {
@@ -174,7 +183,7 @@ describe('the SDK against a gateway on Redis', { timeout: 180_000 }, () => {
     await until('the last event', () => got.length >= n);
     assert.deepEqual(got.map((m) => m.data.n), Array.from({ length: n }, (_, i) => i), 'each once, in order');
     assert.equal(new Set(got.map((m) => m.id)).size, n);
-    assert.ok(recovered.every((r) => r.recovered));
+    assert.deepEqual(recovered, [{ topic: 'news', recovered: true }, { topic: 'news', recovered: true }], 'once per restart');
     c.close();
   });
 });
@@ -191,7 +200,7 @@ describe('a handshake refused with 503 + Retry-After (Node sees the status)', { 
         return;
       }
       wss.handleUpgrade(req, socket, head, (ws) => {
-        ws.send(JSON.stringify({ type: 'welcome', session: 's', node: 'fake', heartbeat_ms: 25_000, protocol: 1 }));
+        ws.send(JSON.stringify({ type: 'welcome', session: 's', node: 'fake', heartbeat_ms: 25_000, protocol: 2 }));
       });
     });
     await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));

@@ -1,6 +1,10 @@
 // Test doubles for the SDK's unit tests: a clock whose time moves only when
-// told, and a WebSocket whose server side the test plays by hand.
+// told, and a WebSocket whose server side the test plays by hand, in the
+// encoding the client asked for (JSON text, or MessagePack in binary frames).
 import { Herald } from '../../dist/herald.js';
+import * as msgpack from '../../dist/msgpack.js';
+
+export { msgpack };
 
 /** Lets promise chains and queued microtasks run. */
 export const settle = () => new Promise((resolve) => setImmediate(resolve));
@@ -49,22 +53,37 @@ export class FakeClock {
 export function fakeWebSocket({ nodeStyle = false } = {}) {
   const sockets = [];
   class FakeSocket {
-    constructor(url) {
+    constructor(url, protocols) {
       this.url = url;
+      this.protocols = protocols;
+      this.binaryType = 'blob';
       this.readyState = 0;
       this.sent = [];
+      this.raw = [];
       this.closedWith = undefined;
       this.listeners = {};
       sockets.push(this);
     }
 
-    get token() {
-      return new URL(this.url).searchParams.get('token');
+    /** The negotiated subprotocol: the server echoes what was asked. */
+    get protocol() {
+      return [this.protocols].flat()[0] ?? '';
     }
 
-    send(text) {
+    get msgpack() {
+      return this.protocol === 'herald.v2.msgpack';
+    }
+
+    /** The token of the `connect` frame, else of the query. */
+    get token() {
+      return this.sent.find((f) => f.type === 'connect')?.token ?? new URL(this.url).searchParams.get('token');
+    }
+
+    send(data) {
       if (this.readyState !== 1) throw new Error('send on a socket that is not open');
-      this.sent.push(JSON.parse(text));
+      this.raw.push(data);
+      if (this.msgpack !== (data instanceof Uint8Array)) throw new Error(`a ${typeof data} frame on a ${this.protocol} socket`);
+      this.sent.push(this.msgpack ? msgpack.decode(data) : JSON.parse(data));
     }
 
     close(code, reason) {
@@ -74,14 +93,25 @@ export function fakeWebSocket({ nodeStyle = false } = {}) {
 
     // ---- the server's side
 
-    /** Opens the socket and sends `welcome`. */
-    accept(welcome = {}) {
+    /** The upgrade succeeded: the client may send (its `connect` frame first). */
+    open() {
       this.readyState = 1;
-      this.receive({ type: 'welcome', session: `s${sockets.indexOf(this)}`, node: 'n1', heartbeat_ms: 25_000, protocol: 1, ...welcome });
+      this.onopen?.({});
     }
 
+    /** Opens the socket (if not yet) and sends `welcome`. */
+    accept(welcome = {}) {
+      if (this.readyState !== 1) this.open();
+      this.receive({ type: 'welcome', session: `s${sockets.indexOf(this)}`, node: 'n1', heartbeat_ms: 25_000, protocol: 2, ...welcome });
+    }
+
+    /** Sends `frame` in the socket's encoding (an ArrayBuffer for MessagePack, as `binaryType = "arraybuffer"` gives). */
     receive(frame) {
-      this.onmessage?.({ data: JSON.stringify(frame) });
+      this.receiveRaw(this.msgpack ? msgpack.encode(frame).buffer : JSON.stringify(frame));
+    }
+
+    receiveRaw(data) {
+      this.onmessage?.({ data });
     }
 
     /** The server (or the network) closes the connection. */
@@ -99,10 +129,10 @@ export function fakeWebSocket({ nodeStyle = false } = {}) {
       return this.frames(type).at(-1);
     }
 
-    /** Answers the last `subscribe` with `subscribed` (and `recovered`, if given). */
-    subscribed(recovered) {
+    /** Answers the last `subscribe` with `subscribed` (and `recovered` and `positions`, if given). */
+    subscribed(recovered, positions) {
       const sub = this.last('subscribe');
-      this.receive({ type: 'subscribed', ref: sub.ref, topics: sub.topics, ...(recovered ? { recovered } : {}) });
+      this.receive({ type: 'subscribed', ref: sub.ref, topics: sub.topics, ...(recovered ? { recovered } : {}), ...(positions ? { positions } : {}) });
     }
 
     // ---- Node's `ws` only
@@ -145,6 +175,20 @@ export function setup(options = {}, { nodeStyle = false } = {}) {
   const events = { state: [], subscribed: [], message: [], error: [], recovered: [], token_expiring: [], presence: [] };
   for (const name of Object.keys(events)) client.on(name, (value) => events[name].push(value));
   return { client, clock, sockets, events, latest: () => sockets.at(-1) };
+}
+
+/** Waits (bounded) until the client opened socket number `n` (1-based): opening may await a dynamic import. */
+export async function socketOpened(t, n = t.sockets.length + 1) {
+  for (let i = 0; i < 200 && t.sockets.length < n; i++) await new Promise((resolve) => setTimeout(resolve, 5));
+  if (t.sockets.length < n) throw new Error(`no socket ${n} within 1 s`);
+  return t.sockets[n - 1];
+}
+
+/** Records every event of `sub` (a Subscription). */
+export function record(sub) {
+  const events = { message: [], subscribed: [], recovered: [], error: [], unsubscribed: [] };
+  for (const name of Object.keys(events)) sub.on(name, (value) => events[name].push(value));
+  return events;
 }
 
 /** `setup`, connected: the first socket accepted with `welcome` (merged into the default one). */

@@ -49,7 +49,7 @@ describe('backoffDelay', () => {
 describe('the close-code table', () => {
   it('maps every code of the contract', () => {
     const table = {
-      1000: 'stop', 4003: 'stop', 1012: 'now', 4001: 'refresh',
+      1000: 'stop', 4003: 'stop', 1012: 'now', 4001: 'refresh', 1003: 'fault',
       1002: 'fault', 1007: 'fault', 1008: 'fault', 1009: 'fault',
       1006: 'backoff', 1011: 'backoff', 4002: 'backoff', 4004: 'backoff', 1001: 'backoff',
     };
@@ -103,6 +103,7 @@ describe('the close-code table', () => {
     latest().serverClose(4001, 'token expired');
     await clock.advance(1000);
     assert.equal(sockets.length, 2);
+    latest().open();
     assert.deepEqual(sockets.map((s) => s.token), ['token-1', 'token-2']);
     client.close();
   });
@@ -166,9 +167,9 @@ describe('handshake refusals seen by Node', () => {
     client.close();
   });
 
-  it('fetches a fresh token after 401', async () => {
+  it('fetches a fresh token after 401 (a token in the query)', async () => {
     let n = 0;
-    const { client, clock, sockets, latest } = setup({ token: () => `token-${++n}` }, { nodeStyle: true });
+    const { client, clock, sockets, latest } = setup({ token: () => `token-${++n}`, tokenIn: 'query' }, { nodeStyle: true });
     client.connect();
     await clock.advance(0);
     latest().refuse(401);
@@ -244,14 +245,16 @@ describe('connecting', () => {
     client.close();
   });
 
-  it('puts the token in the query and resolves http(s) URLs to ws(s)', async () => {
-    const { client, clock, latest } = setup({ url: 'https://push.example/ws?x=1', token: 'a b' });
+  it('with tokenIn "query", puts the token in the URL; resolves http(s) URLs to ws(s)', async () => {
+    const { client, clock, latest } = setup({ url: 'https://push.example/ws?x=1', token: 'a b', tokenIn: 'query' });
     client.connect();
     await clock.advance(0);
     const url = new URL(latest().url);
     assert.equal(url.protocol, 'wss:');
     assert.equal(url.searchParams.get('x'), '1');
     assert.equal(url.searchParams.get('token'), 'a b');
+    latest().accept();
+    assert.equal(latest().frames('connect').length, 0, 'no connect frame');
     client.close();
   });
 });

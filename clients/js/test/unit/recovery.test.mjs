@@ -1,8 +1,9 @@
-// Recovery: `since` bookkeeping per topic, `recovered` per topic, and no
-// event delivered twice to a handler.
+// Recovery: `since` bookkeeping per topic (the last id received, or the
+// position `subscribed` gave, so quiet topics recover too), `recovered` per
+// topic, and no event delivered twice to a listener.
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { connected, message } from './fakes.mjs';
+import { connected, setup, message, record } from './fakes.mjs';
 
 
 async function reconnect(t, code = 1012) {
@@ -52,7 +53,7 @@ describe('since bookkeeping', () => {
     t.client.close();
   });
 
-  it('reports recovered per topic, and false for a live topic that had no cursor yet', async () => {
+  it('reports recovered per topic; from a gateway without positions, false for a live topic that had no cursor yet', async () => {
     const t = await connected();
     t.client.subscribe('news', () => {});
     t.client.subscribe('stocks.AAPL', () => {});
@@ -86,6 +87,78 @@ describe('since bookkeeping', () => {
     await t.clock.advance(0);
     assert.deepEqual(t.latest().last('subscribe').topics, ['alerts']);
     assert.equal(t.latest().last('subscribe').since, undefined);
+    t.client.close();
+  });
+});
+
+describe('positions', () => {
+  it('a quiet topic keeps the position of its subscribed reply and sends it as since after a reconnect', async () => {
+    const t = await connected();
+    const quiet = t.client.subscribe('quiet');
+    const busy = t.client.subscribe('busy');
+    const events = record(quiet);
+    await t.clock.advance(0);
+    t.latest().subscribed(undefined, { quiet: 'q-0', busy: 'b-5' });
+    assert.equal(quiet.position, 'q-0');
+    t.latest().receive(message('busy', 'b-6'));
+    assert.equal(busy.position, 'b-6', 'a message moves the position');
+    await reconnect(t, 1006);
+    assert.deepEqual(t.latest().last('subscribe').since, { quiet: 'q-0', busy: 'b-6' });
+    t.latest().receive(message('quiet', 'q-1')); // published while away, replayed
+    t.latest().subscribed({ quiet: true, busy: true }, { quiet: 'q-1', busy: 'b-6' });
+    assert.deepEqual(t.events.recovered, [
+      { topic: 'quiet', recovered: true },
+      { topic: 'busy', recovered: true },
+    ]);
+    assert.deepEqual(events.recovered, [{ topic: 'quiet', recovered: true }], 'on the subscription too');
+    assert.deepEqual(events.message.map((m) => m.id), ['q-1']);
+    assert.equal(quiet.position, 'q-1');
+    t.client.close();
+  });
+
+  it('follows the position when recovery failed: the next reconnect asks from where live delivery began', async () => {
+    const t = await connected();
+    const news = t.client.subscribe('news');
+    await t.clock.advance(0);
+    t.latest().subscribed(undefined, { news: 'e1-3' });
+    await reconnect(t, 1006);
+    assert.deepEqual(t.latest().last('subscribe').since, { news: 'e1-3' });
+    t.latest().subscribed({ news: false }, { news: 'e2-9' }); // a new history epoch: nothing replayed
+    assert.deepEqual(t.events.recovered, [{ topic: 'news', recovered: false }]);
+    assert.equal(news.position, 'e2-9');
+    await reconnect(t, 1006);
+    assert.deepEqual(t.latest().last('subscribe').since, { news: 'e2-9' });
+    t.client.close();
+  });
+
+  it('subscribe(topic, { since }) starts from a known id: replayed first, then recovered', async () => {
+    const t = setup();
+    const news = t.client.subscribe('news', { since: 'n-7' });
+    assert.equal(news.position, 'n-7');
+    const events = record(news);
+    t.client.connect();
+    await t.clock.advance(0);
+    t.latest().accept();
+    await t.clock.advance(0);
+    assert.deepEqual(t.latest().last('subscribe').since, { news: 'n-7' }, 'on the first subscribe');
+    t.latest().receive(message('news', 'n-8'));
+    t.latest().subscribed({ news: true }, { news: 'n-8' });
+    assert.deepEqual(events.message.map((m) => m.id), ['n-8']);
+    assert.deepEqual(events.recovered, [{ topic: 'news', recovered: true }]);
+    assert.deepEqual(events.subscribed, [{ topic: 'news', position: 'n-8' }]);
+    t.client.close();
+  });
+
+  it('a position never overwrites a message that came after it', async () => {
+    const t = await connected();
+    const news = t.client.subscribe('news');
+    await t.clock.advance(0);
+    t.latest().subscribed(undefined, { news: 'p-1' });
+    t.latest().receive(message('news', 'p-2'));
+    t.client.subscribe('other');
+    await t.clock.advance(0);
+    t.latest().subscribed(undefined, { other: 'o-0' }); // another topic's reply
+    assert.equal(news.position, 'p-2');
     t.client.close();
   });
 });

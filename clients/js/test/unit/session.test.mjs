@@ -46,14 +46,30 @@ describe('requests', () => {
     t.client.close();
   });
 
-  it('presence answers the members; join and leave arrive as presence events', async () => {
+  it('presence answers a page of members; join and leave arrive as presence events', async () => {
     const t = await connected();
-    const members = t.client.presence('chat.lobby');
+    const first = t.client.presence('chat.lobby', { limit: 2 });
     const req = t.latest().last('presence');
-    assert.equal(req.topic, 'chat.lobby');
-    const list = [{ sub: 'alice', session: 's1', since: 1 }];
-    t.latest().receive({ type: 'presence', ref: req.ref, topic: 'chat.lobby', members: list });
-    assert.deepEqual(await members, list);
+    assert.deepEqual({ ...req, ref: undefined }, { type: 'presence', ref: undefined, topic: 'chat.lobby', limit: 2 });
+    const page1 = [{ sub: 'alice', session: 's1', since: 1 }, { sub: 'bob', session: 's2', since: 2 }];
+    t.latest().receive({ type: 'presence', ref: req.ref, topic: 'chat.lobby', members: page1, count: 3, next_cursor: 'c-2' });
+    assert.deepEqual(await first, { members: page1, count: 3, nextCursor: 'c-2' });
+    const second = t.client.presence('chat.lobby', { limit: 2, cursor: 'c-2' });
+    const req2 = t.latest().last('presence');
+    assert.deepEqual([req2.limit, req2.cursor], [2, 'c-2'], 'the cursor of the previous page');
+    const page2 = [{ sub: 'carol', session: 's3', since: 3 }];
+    t.latest().receive({ type: 'presence', ref: req2.ref, topic: 'chat.lobby', members: page2, count: 3 });
+    assert.deepEqual(await second, { members: page2, count: 3 }, 'no nextCursor on the last page');
+    const plain = t.client.presence('chat.lobby');
+    assert.deepEqual(Object.keys(t.latest().last('presence')).sort(), ['ref', 'topic', 'type'], 'no limit or cursor unless given');
+    t.latest().receive({ type: 'presence', ref: t.latest().last('presence').ref, topic: 'chat.lobby', members: page2, count: 1 });
+    assert.equal((await plain).count, 1);
+
+    const stats = t.client.presenceStats('chat.lobby');
+    const sreq = t.latest().last('presence_stats');
+    assert.equal(sreq.topic, 'chat.lobby');
+    t.latest().receive({ type: 'presence_stats', ref: sreq.ref, topic: 'chat.lobby', count: 3, users: 2 });
+    assert.deepEqual(await stats, { count: 3, users: 2 });
     t.latest().receive({ type: 'join', topic: 'chat.lobby', sub: 'bob', session: 's2' });
     t.latest().receive({ type: 'leave', topic: 'chat.lobby', sub: 'bob', session: 's2' });
     assert.deepEqual(t.events.presence.map((p) => `${p.type} ${p.sub}`), ['join bob', 'leave bob']);
@@ -156,9 +172,11 @@ describe('token refresh', () => {
     t.client.connect();
     await t.clock.advance(0);
     for (let i = 0; i < 3; i++) {
+      t.latest().open();
       t.latest().serverClose(1006);
       await t.clock.advance(60_000);
     }
+    t.latest().open();
     assert.deepEqual(t.sockets.map((s) => s.token), ['tok-1', 'tok-1', 'tok-2', 'tok-3']);
     t.client.close();
   });
