@@ -1,8 +1,9 @@
 //! `herald-admin`: the admin API as its own stateless service, for cluster
 //! mode. It publishes through Redis and reads the cluster view from it; any
 //! number can run behind a load balancer. On SIGTERM/SIGINT it answers
-//! `/readyz` with 503, stops accepting, and finishes in-flight requests
-//! within `drain_timeout`. It serves plain HTTP on
+//! `/readyz` with 503 while still serving for min(`drain_timeout` / 3, 5 s),
+//! then stops accepting and finishes in-flight requests within
+//! `drain_timeout`. It serves plain HTTP on
 //! `admin_listen`: keep it internal, like a gateway's admin listener.
 
 use std::process::ExitCode;

@@ -41,7 +41,7 @@ const PROBE_RTT: &str = "herald_pubsub_probe_seconds";
 
 static METADATA: Metadata<'static> = Metadata::new("herald", Level::INFO, None);
 
-/// Outcome of a handshake, the `result` label of `herald_connections_total`.
+/// Outcome of a handshake, the `result` label of `herald_handshakes_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HandshakeResult {
     /// Upgraded.
@@ -264,7 +264,7 @@ impl Metrics {
         );
         describe(
             Kind::Counter,
-            "herald_connections_total",
+            "herald_handshakes_total",
             "WebSocket handshakes by result.",
         );
         describe(
@@ -374,7 +374,7 @@ impl Metrics {
             connections: Level64::new(gauge("herald_connections", &[])),
             handshakes: HandshakeResult::ALL
                 .iter()
-                .map(|h| counter("herald_connections_total", &[("result", h.label().into())]))
+                .map(|h| counter("herald_handshakes_total", &[("result", h.label().into())]))
                 .collect(),
             subscriptions: Level64::new(gauge("herald_subscriptions", &[])),
             topics: Level64::new(gauge("herald_topics", &[])),
@@ -472,7 +472,7 @@ impl Metrics {
     }
 
     /// The value of one series as rendered, e.g.
-    /// `herald_connections_total{result="unauthorized"}`; for tests and
+    /// `herald_handshakes_total{result="unauthorized"}`; for tests and
     /// diagnostics, which thereby read exactly what Prometheus would.
     pub fn value(&self, series: &str) -> Option<f64> {
         self.render().lines().find_map(|line| {
@@ -508,7 +508,7 @@ mod tests {
         let text = Metrics::new("n1").render();
         for family in [
             "herald_connections",
-            "herald_connections_total",
+            "herald_handshakes_total",
             "herald_subscriptions",
             "herald_topics",
             "herald_messages_published_total",
@@ -573,11 +573,11 @@ mod tests {
         a.connections.add(2);
         a.connections.add(-1);
         assert_eq!(
-            a.value("herald_connections_total{result=\"unauthorized\"}"),
+            a.value("herald_handshakes_total{result=\"unauthorized\"}"),
             Some(1.0)
         );
         assert_eq!(
-            b.value("herald_connections_total{result=\"unauthorized\"}"),
+            b.value("herald_handshakes_total{result=\"unauthorized\"}"),
             Some(0.0)
         );
         assert_eq!(a.connections.get(), 1);

@@ -492,9 +492,11 @@ mod tests {
         let sign = |claims: serde_json::Value| {
             jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap()
         };
-        let at_edge = sign(serde_json::json!({"sub": "a", "iat": now - 10, "exp": now - 10 + week}));
+        let at_edge =
+            sign(serde_json::json!({"sub": "a", "iat": now - 10, "exp": now - 10 + week}));
         assert!(verifier.verify(&at_edge).is_ok(), "exactly max_lifetime");
-        let over = sign(serde_json::json!({"sub": "a", "iat": now - 10, "exp": now - 10 + week + 1}));
+        let over =
+            sign(serde_json::json!({"sub": "a", "iat": now - 10, "exp": now - 10 + week + 1}));
         assert!(
             matches!(verifier.verify(&over), Err(AuthError::Unauthorized(ref m)) if m.contains("max_lifetime")),
             "one second more"
@@ -505,7 +507,10 @@ mod tests {
         assert!(verifier.verify(&no_iat_ok).is_ok());
         let signer = Signer::hs256(&c).unwrap();
         assert!(signer.mint(&request(week)).is_ok());
-        assert!(signer.mint(&request(week + 1)).is_err(), "refused before signing");
+        assert!(
+            signer.mint(&request(week + 1)).is_err(),
+            "refused before signing"
+        );
     }
 
     #[test]

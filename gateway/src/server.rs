@@ -55,7 +55,9 @@ pub fn public_router(node: &Arc<Node>) -> Router {
     if node.dev_signer.is_some() {
         router = router.merge(crate::dev::routes(node.clone()));
     }
-    router.fallback(ops::not_found)
+    router
+        .method_not_allowed_fallback(herald_core::http::method_not_allowed)
+        .fallback(ops::not_found)
 }
 
 /// Routes of the admin listener.

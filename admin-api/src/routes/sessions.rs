@@ -254,10 +254,26 @@ mod tests {
         use super::{MAX_REVOCATION, kept_until};
         let (now, week) = (1_000_000, 7 * 86_400);
         assert_eq!(kept_until(now, None, week), now + week);
-        assert_eq!(kept_until(now, Some(now + 60), week), now + week, "an earlier expire_at");
-        assert_eq!(kept_until(now, Some(now - 60), week), now + week, "one already past");
-        assert_eq!(kept_until(now, Some(now + week + 1), week), now + week + 1, "later");
-        assert_eq!(kept_until(now, Some(u64::MAX / 2), week), now + MAX_REVOCATION, "a year at most");
+        assert_eq!(
+            kept_until(now, Some(now + 60), week),
+            now + week,
+            "an earlier expire_at"
+        );
+        assert_eq!(
+            kept_until(now, Some(now - 60), week),
+            now + week,
+            "one already past"
+        );
+        assert_eq!(
+            kept_until(now, Some(now + week + 1), week),
+            now + week + 1,
+            "later"
+        );
+        assert_eq!(
+            kept_until(now, Some(u64::MAX / 2), week),
+            now + MAX_REVOCATION,
+            "a year at most"
+        );
         let long = 2 * MAX_REVOCATION;
         assert_eq!(kept_until(now, None, long), now + long, "or max_lifetime");
     }

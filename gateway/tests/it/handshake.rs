@@ -169,7 +169,7 @@ async fn unauthorized_rows() {
     assert_eq!(
         gw.node
             .metrics
-            .value("herald_connections_total{result=\"unauthorized\"}"),
+            .value("herald_handshakes_total{result=\"unauthorized\"}"),
         Some(12.0)
     );
     // The node still serves a good token.
@@ -203,7 +203,7 @@ async fn expired_and_not_yet_valid_are_token_expired() {
     assert_eq!(
         gw.node
             .metrics
-            .value("herald_connections_total{result=\"token_expired\"}"),
+            .value("herald_handshakes_total{result=\"token_expired\"}"),
         Some(2.0)
     );
 }
@@ -266,6 +266,16 @@ async fn not_a_websocket_upgrade() {
         (400, Some("bad_request")),
         "{body}"
     );
+
+    // Not a GET: 405 with Allow and the contract's body, as the admin API.
+    let (status, head, body) = http_raw(gw.public, "POST", "/ws", None, None).await;
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (405, Some("method_not_allowed")),
+        "{body}"
+    );
+    assert!(head["allow"].to_str().unwrap().contains("GET"));
 
     let mut req = ws_request(&format!("{}?token={t}", gw.ws_url()));
     req.headers_mut()
@@ -391,11 +401,11 @@ async fn handshake_counts_are_metrics() {
     let (_, body) = http(gw.admin, "GET", "/metrics", None, None).await;
     let text = body.as_str().unwrap();
     assert!(
-        text.contains("herald_connections_total{result=\"accepted\"} 1"),
+        text.contains("herald_handshakes_total{result=\"accepted\"} 1"),
         "{text}"
     );
     assert!(
-        text.contains("herald_connections_total{result=\"unauthorized\"} 1"),
+        text.contains("herald_handshakes_total{result=\"unauthorized\"} 1"),
         "{text}"
     );
 }

@@ -7,6 +7,7 @@ mod cluster;
 mod common;
 mod compound;
 mod compression;
+mod docs;
 mod frames;
 mod ha;
 mod handshake;

@@ -457,7 +457,7 @@ async fn one_user_holds_at_most_the_limit_on_one_node() {
     assert_eq!(
         gw.node
             .metrics
-            .value(r#"herald_connections_total{result="too_many_connections"}"#),
+            .value(r#"herald_handshakes_total{result="too_many_connections"}"#),
         Some(1.0)
     );
 }
