@@ -13,7 +13,9 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 # Multi-process tests run herald-gateway and herald-admin; build every binary.
 cargo build --workspace --bins
-cargo nextest run --workspace --no-fail-fast
+# Property tests draw from a fixed seed, so a run is repeatable (long random
+# runs: scripts/fuzz.sh). Override to explore: PROPTEST_RNG_SEED=<n>.
+PROPTEST_RNG_SEED=${PROPTEST_RNG_SEED:-20261207} cargo nextest run --workspace --no-fail-fast
 scripts/autobahn.sh
 scripts/schemathesis.sh
 SMOKE=1 loadtest/scale.sh

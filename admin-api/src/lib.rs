@@ -21,7 +21,13 @@ use herald_core::{AnyBroker, Metrics, PublicationRules};
 use herald_protocol::Permissions;
 
 pub use doc::{ApiDoc, document};
-pub use routes::{ROUTES, RequestCounters, router};
+pub use routes::{ROUTES, RequestCounters};
+
+/// Builds the `/v1` router: the routes, and the OpenAPI document made from
+/// them at `GET /v1/openapi.json`.
+pub fn router(state: AdminState) -> axum::Router {
+    routes::router(state, axum::routing::get(doc::openapi_json))
+}
 
 /// Everything the admin routes share.
 #[derive(Clone)]

@@ -10,11 +10,12 @@
 //! fresh build. The demo feed publishes JSON ticks, news and alerts, and a
 //! byte payload ([`BINARY_TICKS`]) the demo page shows over MessagePack.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Query, State};
-use axum::http::header;
+use axum::http::{HeaderMap, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -40,14 +41,37 @@ const DEMO_PAGE: &str = include_str!("demo.html");
 const SDK: &str = include_str!("assets/herald.js");
 const MSGPACK: &str = include_str!("assets/msgpack.js");
 
-/// `/`, `/herald.js`, `/msgpack.js` and `/dev/token`.
-pub fn routes(node: Arc<Node>) -> Router {
+/// `/`, `/herald.js`, `/msgpack.js` and `/dev/token`. The page's `curl`
+/// example names `admin`, the admin listener's address.
+pub fn routes(node: Arc<Node>, admin: SocketAddr) -> Router {
     Router::new()
-        .route("/", get(|| async { Html(DEMO_PAGE) }))
+        .route(
+            "/",
+            get(move |headers: HeaderMap| async move { Html(demo_page(admin, &headers)) }),
+        )
         .route("/herald.js", get(|| async { script(SDK) }))
         .route("/msgpack.js", get(|| async { script(MSGPACK) }))
         .route("/dev/token", get(token))
         .with_state(node)
+}
+
+/// The demo page, its `curl` example aimed at the admin listener. A
+/// listener bound to every interface (`0.0.0.0`, `::`) is shown under the
+/// host the page was loaded from.
+fn demo_page(admin: SocketAddr, headers: &HeaderMap) -> String {
+    let host = if admin.ip().is_unspecified() {
+        let requested = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.parse::<http::uri::Authority>().ok())
+            .map(|a| a.host().to_owned());
+        requested.unwrap_or_else(|| "127.0.0.1".to_owned())
+    } else if admin.is_ipv6() {
+        format!("[{}]", admin.ip())
+    } else {
+        admin.ip().to_string()
+    };
+    DEMO_PAGE.replace("{{ADMIN}}", &format!("http://{host}:{}", admin.port()))
 }
 
 /// The client SDK, as an ES module for the demo page's `import`.
@@ -192,5 +216,26 @@ pub async fn feed(node: Arc<Node>) {
             warn!(error = %e, "demo feed publish failed");
         }
         n += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_names_the_admin_listener() {
+        let none = HeaderMap::new();
+        let page = demo_page("127.0.0.1:8091".parse().unwrap(), &none);
+        assert!(page.contains("http://127.0.0.1:8091/v1/publish"));
+        let page = demo_page("[::1]:8091".parse().unwrap(), &none);
+        assert!(page.contains("http://[::1]:8091/v1/publish"));
+        // Bound to every interface: the host the page was loaded from.
+        let mut loaded = HeaderMap::new();
+        loaded.insert(header::HOST, "demo.example:8080".parse().unwrap());
+        let page = demo_page("0.0.0.0:8081".parse().unwrap(), &loaded);
+        assert!(page.contains("http://demo.example:8081/v1/publish"));
+        let page = demo_page("0.0.0.0:8081".parse().unwrap(), &none);
+        assert!(page.contains("http://127.0.0.1:8081/v1/publish"));
     }
 }

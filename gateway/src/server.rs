@@ -12,6 +12,7 @@
 //! lets in-flight admin requests finish, and returns within `drain_timeout`.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,8 +39,9 @@ pub struct Listeners {
     pub admin: TcpListener,
 }
 
-/// Routes of the public listener.
-pub fn public_router(node: &Arc<Node>) -> Router {
+/// Routes of the public listener. `admin` is where the admin listener is
+/// bound: the demo page of `--dev` shows it in its `curl` example.
+pub fn public_router(node: &Arc<Node>, admin: SocketAddr) -> Router {
     let ready = readiness(node);
     let mut router = Router::new()
         .route("/ws", get(crate::ws::upgrade))
@@ -53,7 +55,7 @@ pub fn public_router(node: &Arc<Node>) -> Router {
         );
     }
     if node.dev_signer.is_some() {
-        router = router.merge(crate::dev::routes(node.clone()));
+        router = router.merge(crate::dev::routes(node.clone(), admin));
     }
     router
         .method_not_allowed_fallback(herald_core::http::method_not_allowed)
@@ -87,13 +89,15 @@ fn readiness(node: &Arc<Node>) -> Readiness {
 /// Serves both listeners until `shutdown` resolves, then drains.
 ///
 /// # Errors
-/// Never at present; accept errors are logged and retried.
+/// When the admin listener's address cannot be read; accept errors are
+/// logged and retried.
 pub async fn run(
     node: Arc<Node>,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let mut server = Server::default();
+    let admin = listeners.admin.local_addr()?;
     let admission = Some(Admission::new(
         node.config.limits.max_pending_handshakes,
         node.metrics.clone(),
@@ -101,14 +105,14 @@ pub async fn run(
     match node.tls.clone() {
         None => server.serve_with(
             listeners.public,
-            public_router(&node),
+            public_router(&node, admin),
             admission,
             Shed::Respond,
             |stream| async move { Some(stream) },
         ),
         Some(acceptor) => server.serve_with(
             listeners.public,
-            public_router(&node),
+            public_router(&node, admin),
             admission,
             Shed::Close,
             move |stream| {

@@ -468,6 +468,13 @@ impl<'a> ServerFrameHead<'a> {
     }
 }
 
+impl MessageFrame<'_> {
+    /// The complete `{"type":"message",…}` frame as JSON text.
+    pub fn to_json(&self) -> String {
+        ServerFrame::Message(*self).to_json()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

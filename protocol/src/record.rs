@@ -23,8 +23,6 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::frame::ServerFrame;
-
 /// The first byte of a byte payload's record, and the separator between
 /// its header and its bytes.
 pub const BINARY_MARK: u8 = 0;
@@ -97,13 +95,6 @@ pub struct MessageFrame<'a> {
     pub data: &'a RawValue,
     /// Publish time in milliseconds since the Unix epoch.
     pub ts: u64,
-}
-
-impl MessageFrame<'_> {
-    /// The complete `{"type":"message",…}` frame as JSON text.
-    pub fn to_json(&self) -> String {
-        ServerFrame::Message(*self).to_json()
-    }
 }
 
 /// A byte payload's frame without its bytes: the header of its record.

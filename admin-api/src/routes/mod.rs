@@ -15,7 +15,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use herald_core::http::{ApiError, bearer};
 use herald_protocol::ErrorCode;
 use http_body_util::BodyExt;
@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use axum::extract::MatchedPath;
 use herald_core::Metrics;
 use herald_core::config::Scope;
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, warn};
 
 use crate::{AdminState, ApiKey, find_key};
 
@@ -97,8 +97,10 @@ impl Caller {
     }
 }
 
-/// Builds the `/v1` router.
-pub fn router(state: AdminState) -> Router {
+/// The `/v1` routes but the document's own: `doc` is the handler of
+/// `GET /v1/openapi.json` (the document is built from these routes, so it
+/// is handed in rather than imported).
+pub fn router(state: AdminState, doc: MethodRouter<AdminState>) -> Router {
     let protected = Router::new()
         .route("/v1/publish", post(publish::publish))
         .route("/v1/publish/batch", post(publish::publish_batch))
@@ -109,7 +111,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/stats", get(sessions::stats))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
-        .route("/v1/openapi.json", get(crate::doc::openapi_json))
+        .route("/v1/openapi.json", doc)
         .merge(protected)
         .method_not_allowed_fallback(herald_core::http::method_not_allowed)
         .with_state(state)
@@ -118,7 +120,8 @@ pub fn router(state: AdminState) -> Router {
 /// The `key` label of a request without a valid key.
 const NO_KEY: &str = "unauthenticated";
 
-/// Checks the bearer key and the route's scope, and counts the request.
+/// Checks the bearer key and the route's scope, runs the handler in a span
+/// naming the route and the key, and counts the request.
 async fn require_key(
     State(state): State<AdminState>,
     mut request: Request,
@@ -160,7 +163,9 @@ async fn require_key(
             _ => {
                 let name = key.name.clone();
                 request.extensions_mut().insert(Caller(key.clone()));
-                (Some(name), next.run(request).await)
+                // Whatever the handler logs names the route and the key.
+                let span = tracing::info_span!("admin", route, key = %name);
+                (Some(name), next.run(request).instrument(span).await)
             }
         },
     };

@@ -9,6 +9,7 @@ use herald_core::http::ApiError;
 use herald_core::{Broker, NodeStats, Revocation};
 use herald_protocol::{ErrorBody, ErrorCode};
 use serde::{Deserialize, Serialize};
+use tracing::info;
 
 use super::{given, parse_json, read_body};
 use crate::AdminState;
@@ -53,6 +54,8 @@ pub(super) async fn disconnect(
         .filter(|s| !s.is_empty())
         .ok_or_else(|| ApiError::new(ErrorCode::BadRequest, "missing 'sub'"))?;
     let disconnected = state.broker.disconnect(&sub).await?;
+    // An audit line; the request's span names the route and the key.
+    info!(sub, disconnected, "user disconnected");
     Ok(Json(DisconnectResponse { disconnected }))
 }
 
@@ -198,6 +201,15 @@ pub(super) async fn revoke(
         }
     };
     let disconnected = state.broker.revoke(&revocation).await?;
+    // An audit line; the request's span names the route and the key.
+    info!(
+        jti = revocation.jti,
+        sub = revocation.sub,
+        issued_before = revocation.issued_before,
+        until = revocation.until,
+        disconnected,
+        "tokens revoked"
+    );
     Ok(Json(RevokeResponse {
         revoked: true,
         disconnected,

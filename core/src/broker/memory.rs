@@ -40,7 +40,7 @@ use super::{
     NodeControl, NodeStats, Position, Publication, Ready, Revocation,
 };
 use crate::config::HistoryConfig;
-use crate::now_ms;
+use crate::ids::{new_epoch, now_ms};
 
 const SHARDS: usize = 64;
 
@@ -86,14 +86,6 @@ impl TopicLog {
 struct Present {
     by_session: BTreeMap<String, Member>,
     users: HashMap<String, u32>,
-}
-
-/// A fresh random epoch (never 0).
-pub(crate) fn new_epoch() -> u32 {
-    let mut b = [0u8; 4];
-    // A failed getrandom leaves zeros; the epoch is then merely predictable.
-    let _ = getrandom::getrandom(&mut b);
-    u32::from_le_bytes(b).max(1)
 }
 
 /// One shard: the histories of its topics, and the idempotency keys seen for

@@ -35,10 +35,12 @@
 //!   they are called; they do not block, so the hub can call them while holding
 //!   its own lock and thereby keep its view and the broker's in step.
 //!
-//! The shared conformance suite in [`conformance`] checks these for every
+//! The shared conformance suite in `conformance` (compiled for tests and
+//! with the `conformance` feature) checks these for every
 //! implementation.
 
 mod any;
+#[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod memory;
 pub mod presence;

@@ -26,10 +26,14 @@
 //! its live events held back; then history after `since` is read, and the
 //! replay and the held events are merged without gap or duplicate. Sessions
 //! that recover the same topic from the same `since` at about the same time
+//! share one history read, and every history read of the node (replays and
+//! gap catch-ups alike) waits for one of a few turns, so a reconnect storm
+//! cannot flood the broker.
 //!
 //! Files: [`registry`] (topic entries, ordering, fan-out, gap catch-up),
-//! [`recovery`] (replays with `since`, shared history reads) and [`pace`]
-//! (when a fan-out writes to sockets inline).
+//! [`recovery`] (replays with `since`, shared history reads), [`pace`]
+//! (when a fan-out writes to sockets inline) and [`inline`] (the inline
+//! writes themselves, and why they cannot deadlock).
 
 mod inline;
 mod pace;

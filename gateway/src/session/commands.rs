@@ -205,7 +205,7 @@ impl Session {
                     debug!(error = %e, "presence join not stored yet");
                 }
             }
-            Err(_) => debug!("presence join not stored within {JOIN_WAIT:?}"),
+            Err(_) => debug!(wait = ?JOIN_WAIT, "presence join not stored in time"),
         }
     }
 

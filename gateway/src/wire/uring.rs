@@ -232,7 +232,10 @@ mod ring {
     }
 
     fn abort(why: &str) -> ! {
-        error!("{why}: aborting rather than let the kernel write from freed memory");
+        error!(
+            why,
+            "aborting rather than let the kernel write from freed memory"
+        );
         std::process::abort()
     }
 }

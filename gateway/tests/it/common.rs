@@ -429,3 +429,51 @@ pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Reads raw bytes from `stream` into `seen` until they hold a complete
+/// server Close frame, and returns its code. Fails if the socket closes
+/// without one or none arrives within [`WAIT`].
+pub async fn read_until_close<S>(stream: &mut S, seen: &mut Vec<u8>) -> u16
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(code) = find_close(seen) {
+                return code;
+            }
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed without a close frame");
+            seen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("a close frame in time")
+}
+
+/// The code of the first server Close frame in `bytes`, if complete.
+pub fn find_close(bytes: &[u8]) -> Option<u16> {
+    let mut at = 0;
+    while at + 2 <= bytes.len() {
+        let opcode = bytes[at] & 0x0f;
+        let (len, header) = match bytes[at + 1] & 0x7f {
+            126 => (
+                u16::from_be_bytes([*bytes.get(at + 2)?, *bytes.get(at + 3)?]) as usize,
+                4,
+            ),
+            127 => return None,
+            n => (n as usize, 2),
+        };
+        if at + header + len > bytes.len() {
+            return None;
+        }
+        if opcode == 0x8 {
+            let p = &bytes[at + header..at + header + len];
+            return Some(u16::from_be_bytes([p[0], p[1]]));
+        }
+        at += header + len;
+    }
+    None
+}

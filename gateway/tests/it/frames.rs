@@ -510,7 +510,7 @@ async fn oversized_frames_close_1009() {
 
 #[tokio::test]
 async fn invalid_utf8_closes_1007() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let gw = TestGateway::spawn().await;
     let mut other = gw.client("bob", &[], &[]).await;
     // tungstenite refuses to send invalid UTF-8, so speak raw frames.
@@ -521,20 +521,7 @@ async fn invalid_utf8_closes_1007() {
     frame.extend_from_slice(&mask);
     frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
     stream.write_all(&frame).await.unwrap();
-    let mut buf = vec![0u8; 4096];
-    let mut seen = Vec::new();
-    let code = tokio::time::timeout(WAIT, async {
-        loop {
-            let n = stream.read(&mut buf).await.unwrap();
-            assert!(n > 0, "closed without a close frame");
-            seen.extend_from_slice(&buf[..n]);
-            if let Some(code) = find_close(&seen) {
-                return code;
-            }
-        }
-    })
-    .await
-    .expect("close in time");
+    let code = read_until_close(&mut stream, &mut Vec::new()).await;
     assert_eq!(code, 1007);
     other.assert_alive().await;
 }
@@ -560,29 +547,4 @@ pub async fn raw_handshake(addr: std::net::SocketAddr, token: &str) -> tokio::ne
         String::from_utf8_lossy(&head)
     );
     stream
-}
-
-/// The code of the first server Close frame in `bytes`, if complete.
-pub fn find_close(bytes: &[u8]) -> Option<u16> {
-    let mut at = 0;
-    while at + 2 <= bytes.len() {
-        let opcode = bytes[at] & 0x0f;
-        let (len, header) = match bytes[at + 1] & 0x7f {
-            126 => (
-                u16::from_be_bytes([*bytes.get(at + 2)?, *bytes.get(at + 3)?]) as usize,
-                4,
-            ),
-            127 => return None,
-            n => (n as usize, 2),
-        };
-        if at + header + len > bytes.len() {
-            return None;
-        }
-        if opcode == 0x8 {
-            let p = &bytes[at + header..at + header + len];
-            return Some(u16::from_be_bytes([p[0], p[1]]));
-        }
-        at += header + len;
-    }
-    None
 }

@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCode;
 
 use crate::common::*;
-use crate::frames::{find_close, raw_handshake};
+use crate::frames::raw_handshake;
 
 #[tokio::test]
 async fn rate_limited_then_1008() {
@@ -198,18 +198,7 @@ async fn slow_consumer_is_closed_with_4004_and_others_get_everything() {
     assert!(rss < 300 * 1024, "node RSS {rss} KiB");
 
     // The slow client now reads what the socket holds: events, then 4004.
-    let code = tokio::time::timeout(WAIT, async {
-        loop {
-            let n = slow.read(&mut buf).await.unwrap();
-            assert!(n > 0, "dropped without a close frame");
-            seen.extend_from_slice(&buf[..n]);
-            if let Some(code) = find_close(&seen) {
-                return code;
-            }
-        }
-    })
-    .await
-    .expect("close in time");
+    let code = read_until_close(&mut slow, &mut seen).await;
     assert_eq!(code, 4004);
     let (_, metrics) = http(admin, "GET", "/metrics", None, None).await;
     let metrics = metrics.as_str().unwrap().to_owned();

@@ -164,7 +164,16 @@ async fn dev_mode_serves_demo_token_and_feed() {
 
     let (status, page) = http(public, "GET", "/", None, None).await;
     assert_eq!(status, 200);
-    assert!(page.as_str().unwrap().contains("Herald demo"));
+    let page = page.as_str().unwrap();
+    assert!(page.contains("Herald demo"));
+    // The curl example names this node's admin listener, and the page asks
+    // for no favicon (a 404 in the browser's console otherwise).
+    assert!(
+        page.contains(&format!("http://{admin}/v1/publish")),
+        "{page}"
+    );
+    assert!(!page.contains("{{ADMIN}}"));
+    assert!(page.contains(r#"<link rel="icon" href="data:,">"#));
     let (status, body) = http(public, "GET", "/dev/token?sub=tester", None, None).await;
     assert_eq!(status, 200);
     let token = body["token"].as_str().unwrap();
@@ -214,8 +223,9 @@ async fn sigterm_drains_sessions_with_1012_and_exits_0() {
     assert!(tokio::net::TcpStream::connect(admin).await.is_err());
 }
 
-/// JSON logs at debug level, through refusals, publishes and a token
-/// refresh: every line is JSON, and no token, key or secret appears.
+/// JSON logs at debug level, through refusals, publishes, a token refresh
+/// and a revocation: every line is JSON, no token, key or secret appears,
+/// and an admin action's audit line carries the route and the key's name.
 #[tokio::test]
 async fn json_logs_never_contain_secrets() {
     let mut p = start(&[
@@ -256,6 +266,20 @@ async fn json_logs_never_contain_secrets() {
     )
     .await;
     http(admin, "GET", "/v1/stats", Some("wrong-key-abcdef"), None).await;
+    let (status, _) = http(
+        admin,
+        "POST",
+        "/v1/revoke",
+        Some(ADMIN_KEY),
+        Some(json!({"jti": "audit-1"}).to_string()),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let audit: serde_json::Value = serde_json::from_str(&p.line_with("tokens revoked")).unwrap();
+    assert_eq!(audit["span"]["name"], "admin", "{audit}");
+    assert_eq!(audit["span"]["route"], "/v1/revoke", "{audit}");
+    assert_eq!(audit["span"]["key"], "api_keys#1", "{audit}");
+    assert_eq!(audit["fields"]["jti"], "audit-1", "{audit}");
     c.recv().await;
     drop(c);
     p.signal("TERM");

@@ -5,10 +5,9 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tokio::io::AsyncReadExt;
 
 use crate::common::*;
-use crate::frames::{find_close, raw_handshake};
+use crate::frames::raw_handshake;
 
 #[tokio::test]
 async fn silent_client_gets_pings_then_4002() {
@@ -21,19 +20,7 @@ async fn silent_client_gets_pings_then_4002() {
     let opened = Instant::now();
     let mut stream = raw_handshake(gw.public, &token("alice", &[], &[])).await;
     let mut seen = Vec::new();
-    let mut buf = [0u8; 1024];
-    let code = tokio::time::timeout(WAIT, async {
-        loop {
-            let n = stream.read(&mut buf).await.unwrap();
-            assert!(n > 0, "closed without a close frame");
-            seen.extend_from_slice(&buf[..n]);
-            if let Some(code) = find_close(&seen) {
-                return code;
-            }
-        }
-    })
-    .await
-    .expect("closed in time");
+    let code = read_until_close(&mut stream, &mut seen).await;
     let elapsed = opened.elapsed();
     assert_eq!(code, 4002);
     assert!(

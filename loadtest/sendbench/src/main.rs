@@ -26,6 +26,7 @@ fn thread_cpu() -> Duration {
         tv_sec: 0,
         tv_nsec: 0,
     };
+    // SAFETY: `ts` is a valid, writable timespec for the call's duration.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
@@ -35,6 +36,8 @@ const FLAGS: i32 = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
 
 fn send_each(fds: &[i32]) {
     for &fd in fds {
+        // SAFETY: `MSG` is a static buffer of `MSG.len()` bytes; `fd` is an
+        // open socket owned by the caller's `TcpStream`s for the whole run.
         let r = unsafe { libc::send(fd, MSG.as_ptr().cast(), MSG.len(), FLAGS) };
         assert_eq!(r, 100);
     }
@@ -87,18 +90,22 @@ fn main() {
     let reader_clock = clock.clone();
     std::thread::spawn(move || {
         let clock = reader_clock;
+        // SAFETY: no pointers; the returned descriptor is checked by its use.
         let ep = unsafe { libc::epoll_create1(0) };
         for (i, r) in receivers.iter().enumerate() {
             let mut ev = libc::epoll_event {
                 events: libc::EPOLLIN as u32,
                 u64: i as u64,
             };
+            // SAFETY: `ev` is a valid epoll_event for the call; `r` outlives
+            // the thread (it owns the receivers).
             unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, r.as_raw_fd(), &mut ev) };
         }
         let mut evs = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
         let mut buf = [0u8; 4096];
         let mut seen = Vec::with_capacity(1024);
         loop {
+            // SAFETY: `evs` holds 1024 writable events, the count passed.
             let k = unsafe { libc::epoll_wait(ep, evs.as_mut_ptr(), 1024, -1) };
             for e in &evs[..k.max(0) as usize] {
                 let mut r = &receivers[e.u64 as usize];
@@ -179,6 +186,9 @@ fn main() {
                     let e = io_uring::opcode::Send::new(io_uring::types::Fd(fd), MSG.as_ptr(), 100)
                         .flags(FLAGS)
                         .build();
+                    // SAFETY: the entry points at the static `MSG` and at a
+                    // socket kept open by `senders`; `submit_and_wait` below
+                    // waits for every entry of the chunk before the next.
                     unsafe { sq.push(&e).unwrap() };
                 }
             }

@@ -10,8 +10,8 @@ use anyhow::Result;
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
-use super::worker::{Worker, read_stop};
-use super::{Live, Samples, send, settle, stopped, token_query, url_for};
+use super::worker::{Share, hold_share};
+use super::{Live, Samples, send, stopped, token_query, url_for};
 use crate::procstat;
 use crate::report::Report;
 use crate::settings::Settings;
@@ -92,59 +92,31 @@ pub async fn connect(s: &Settings, live: Arc<Live>) -> Result<Report> {
     let before = procstat::usage_all(&s.pids)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let started = Instant::now();
-    let mut workers = Vec::new();
-    let mut local = None;
-    if s.processes() > 1 {
-        for i in 0..s.processes() {
-            workers.push(Worker::spawn(s, i)?);
-        }
-        for w in &mut workers {
-            w.wait_ready(&live).await?;
-        }
-    } else {
-        let (handles, samples) = open_and_hold(s, live.clone(), stop_rx.clone()).await;
-        // Let the last handshakes finish.
-        settle(&live, s.connections, Duration::from_secs(30)).await;
-        local = Some((handles, samples));
-    }
+    let share = Share::open(s, &live, SETTLE, || {
+        open_and_hold(s, live.clone(), stop_rx.clone())
+    })
+    .await?;
     let connect_seconds = started.elapsed().as_secs_f64();
     // Settle, then measure an idle hold.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let hold_start = procstat::usage_all(&s.pids)?;
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs_f64(s.duration)).await;
-    let held = t0.elapsed().as_secs_f64();
+    let held_for = t0.elapsed().as_secs_f64();
     let hold_end = procstat::usage_all(&s.pids)?;
     let connections = live.connected.load(Relaxed);
 
-    let mut parts = Vec::new();
     let _ = stop_tx.send(true);
-    if let Some((handles, samples)) = local {
-        for h in handles {
-            let _ = h.await;
-        }
-        let latency = samples
-            .all
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        parts.push(Report {
-            connections,
-            connect_errors: live.failed.load(Relaxed),
-            connect_retries: live.retried.load(Relaxed),
-            latency_pairs: latency.to_pairs(),
-            ..Report::default()
-        });
-    }
-    for w in workers {
-        parts.push(w.stop(None).await?);
+    let (here, mut parts) = share.stop(None).await?;
+    if let Some((handles, samples)) = here {
+        parts.push(held(connections, &live, handles, &samples).await);
     }
     let mut report = Report::merge(&parts);
     report.scenario = "connect".into();
     report.target = s.target.name().into();
     report.settings = serde_json::to_value(s)?;
     report.connections = connections;
-    report.seconds = held;
+    report.seconds = held_for;
     report.usage_before = before;
     report.usage_after = hold_end.clone();
     // RSS from before connecting to the end of the hold; CPU over the hold only.
@@ -157,7 +129,7 @@ pub async fn connect(s: &Settings, live: Arc<Live>) -> Result<Report> {
         let cpu = sum(&hold_end, |u| u.cpu_ms).saturating_sub(sum(&hold_start, |u| u.cpu_ms));
         report.per_connection = Some(crate::report::PerConnection {
             rss_bytes: rss as f64 * 1024.0 / connections as f64,
-            cpu_us_per_second: cpu as f64 * 1000.0 / connections as f64 / held,
+            cpu_us_per_second: cpu as f64 * 1000.0 / connections as f64 / held_for,
         });
     }
     report.settings["connect_seconds"] = serde_json::json!(connect_seconds);
@@ -167,26 +139,32 @@ pub async fn connect(s: &Settings, live: Arc<Live>) -> Result<Report> {
 /// A worker's side of `connect`.
 pub(super) async fn connect_worker(s: &Settings, live: Arc<Live>) -> Result<Report> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (handles, samples) = open_and_hold(s, live.clone(), stop_rx).await;
-    let (_, count) = s.share(s.connections);
-    settle(&live, count, Duration::from_secs(30)).await;
+    let ((handles, samples), _, _) =
+        hold_share(s, &live, SETTLE, open_and_hold(s, live.clone(), stop_rx)).await?;
     let connections = live.connected.load(Relaxed);
-    println!("READY {connections}");
-    let _ = read_stop().await;
     let _ = stop_tx.send(true);
+    Ok(held(connections, &live, handles, &samples).await)
+}
+
+/// Longest wait for every connection of a share to open.
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// What this process's `connections` (counted before they were told to
+/// stop) measured, once they have closed.
+async fn held(
+    connections: u64,
+    live: &Live,
+    handles: Vec<tokio::task::JoinHandle<()>>,
+    samples: &Samples,
+) -> Report {
     for h in handles {
         let _ = h.await;
     }
-    let latency = samples
-        .all
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    Ok(Report {
+    Report {
         connections,
         connect_errors: live.failed.load(Relaxed),
         connect_retries: live.retried.load(Relaxed),
-        latency_pairs: latency.to_pairs(),
+        latency_pairs: samples.pairs(),
         ..Report::default()
-    })
+    }
 }

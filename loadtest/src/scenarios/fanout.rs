@@ -12,8 +12,8 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
 use super::publish::publish;
-use super::worker::{Worker, read_stop};
-use super::{Live, Samples, now_us, send, settle, subscribe, token_query, url_for};
+use super::worker::{Share, hold_share};
+use super::{Live, Samples, now_us, send, subscribe, token_query, url_for};
 use crate::procstat;
 use crate::report::{Delivery, Report, Tracker};
 use crate::settings::{Settings, Target};
@@ -202,40 +202,29 @@ async fn subscribe_share(s: &Settings, live: Arc<Live>, stop: Stop) -> Shared {
 /// Publishing failures and worker failures.
 pub async fn fanout(s: &Settings, live: Arc<Live>) -> Result<Report> {
     let (stop_tx, stop_rx) = watch::channel(None);
-    let mut workers = Vec::new();
-    let mut local = None;
     let before = procstat::usage_all(&s.pids)?;
-    if s.processes() > 1 {
-        for i in 0..s.processes() {
-            workers.push(Worker::spawn(s, i)?);
-        }
-        for w in &mut workers {
-            w.wait_ready(&live).await?;
-        }
-    } else {
-        let share = subscribe_share(s, live.clone(), stop_rx).await;
-        settle(&live, s.connections, SETTLE).await;
-        local = Some(share);
-    }
+    let share = Share::open(s, &live, SETTLE, || {
+        subscribe_share(s, live.clone(), stop_rx)
+    })
+    .await?;
     let start_us = now_us();
     let started = Instant::now();
     let published = publish(s, live.clone()).await?;
     let published = Arc::new(published);
     let _ = stop_tx.send(Some(published.clone()));
+    let (here, workers) = share.stop(Some(&published)).await?;
     let mut parts = vec![Report {
         published: published.iter().sum(),
         published_per_topic: published.to_vec(),
         ..Report::default()
     }];
-    if let Some((handles, samples, handshakes)) = local {
+    parts.extend(workers);
+    if let Some((handles, samples, handshakes)) = here {
         let mut r = collect_subscribers(s, handles, &samples, start_us).await;
         r.handshake_pairs = handshakes.pairs();
         r.connect_errors = live.failed.load(Relaxed);
         r.connect_retries = live.retried.load(Relaxed);
         parts.push(r);
-    }
-    for w in workers {
-        parts.push(w.stop(Some(&published)).await?);
     }
     let mut report = Report::merge(&parts);
     report.scenario = "fanout".into();
@@ -316,12 +305,9 @@ async fn collect_subscribers(
 
 pub(super) async fn fanout_worker(s: &Settings, live: Arc<Live>) -> Result<Report> {
     let (stop_tx, stop_rx) = watch::channel(None);
-    let (handles, samples, handshakes) = subscribe_share(s, live.clone(), stop_rx).await;
-    let (_, count) = s.share(s.connections);
-    settle(&live, count, SETTLE).await;
-    println!("READY {}", live.connected.load(Relaxed));
-    let start_us = now_us();
-    let stop = read_stop().await?;
+    let open = subscribe_share(s, live.clone(), stop_rx);
+    let ((handles, samples, handshakes), start_us, stop) =
+        hold_share(s, &live, SETTLE, open).await?;
     let published: Vec<u64> = serde_json::from_str(&stop).unwrap_or_default();
     let _ = stop_tx.send(Some(Arc::new(published)));
     let mut r = collect_subscribers(s, handles, &samples, start_us).await;

@@ -29,13 +29,28 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::report::Latency;
-use crate::settings::{Settings, Target};
+use crate::settings::{Scenario, Settings, Target};
 use crate::wsclient::{self, Frame, WsUrl};
 
 pub use churn::churn;
 pub use connect::connect;
 pub use fanout::fanout;
-pub use worker::worker;
+
+/// Runs this process as worker `i/n`: its share, the protocol of
+/// [`worker`], one JSON line.
+///
+/// # Errors
+/// The scenario's.
+pub async fn worker(s: &Settings) -> anyhow::Result<()> {
+    let live = std::sync::Arc::new(Live::default());
+    let report = match s.scenario {
+        Scenario::Connect => connect::connect_worker(s, live).await?,
+        Scenario::Fanout => fanout::fanout_worker(s, live).await?,
+        Scenario::Churn => anyhow::bail!("churn does not run in workers"),
+    };
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
 
 /// Live counters for the progress display.
 #[derive(Default)]

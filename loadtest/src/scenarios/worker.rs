@@ -6,7 +6,13 @@
 //! ready, measures and (for fanout) publishes, then writes `STOP <json>`
 //! (fanout: the per-topic published counts); the worker finishes, prints its
 //! report as one JSON line and exits. The parent merges the reports.
+//!
+//! Every scenario that spreads connections runs the same skeleton: the
+//! parent opens with [`Share::open`] (here, or in workers) and ends with
+//! [`Share::stop`]; a worker runs [`hold_share`]. Which scenario a worker
+//! runs is decided above this file (`scenarios::worker`).
 
+use std::future::Future;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -15,11 +21,81 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use super::Live;
-use super::connect::connect_worker;
-use super::fanout::fanout_worker;
+use super::{Live, now_us, settle};
 use crate::report::Report;
-use crate::settings::{Scenario, Settings};
+use crate::settings::Settings;
+
+/// Where a scenario's connections are: in this process (`L`, whatever the
+/// scenario keeps of them), or in worker processes.
+pub(super) enum Share<L> {
+    Here(L),
+    Workers(Vec<Worker>),
+}
+
+impl<L> Share<L> {
+    /// Opens the scenario's `s.connections`: over worker processes when
+    /// there are several (each opens its share and says `READY`), else here
+    /// with `open`, then waits until each has opened or failed (at most
+    /// `settle_for`).
+    pub(super) async fn open<F: Future<Output = L>>(
+        s: &Settings,
+        live: &Live,
+        settle_for: Duration,
+        open: impl FnOnce() -> F,
+    ) -> Result<Share<L>> {
+        if s.processes() <= 1 {
+            let here = open().await;
+            settle(live, s.connections, settle_for).await;
+            return Ok(Share::Here(here));
+        }
+        let mut workers = Vec::with_capacity(s.processes());
+        for i in 0..s.processes() {
+            workers.push(Worker::spawn(s, i)?);
+        }
+        for w in &mut workers {
+            w.wait_ready(live).await?;
+        }
+        Ok(Share::Workers(workers))
+    }
+
+    /// Stops the workers, handing each `published`, and returns what was
+    /// kept here (if the connections were here) and the workers' reports.
+    pub(super) async fn stop(
+        self,
+        published: Option<&Arc<Vec<u64>>>,
+    ) -> Result<(Option<L>, Vec<Report>)> {
+        match self {
+            Share::Here(here) => Ok((Some(here), Vec::new())),
+            Share::Workers(workers) => {
+                let mut reports = Vec::with_capacity(workers.len());
+                for w in workers {
+                    reports.push(w.stop(published).await?);
+                }
+                Ok((None, reports))
+            }
+        }
+    }
+}
+
+/// A worker's side of the skeleton: opens its share with `open`, waits
+/// until each connection opened or failed (at most `settle_for`), says
+/// `READY <open connections>`, and waits for `STOP`. Returns the share,
+/// when `READY` was said (µs since the Unix epoch: the parent starts
+/// publishing then) and what `STOP` carried.
+pub(super) async fn hold_share<L>(
+    s: &Settings,
+    live: &Live,
+    settle_for: Duration,
+    open: impl Future<Output = L>,
+) -> Result<(L, u64, String)> {
+    let here = open.await;
+    let (_, count) = s.share(s.connections);
+    settle(live, count, settle_for).await;
+    println!("READY {}", live.connected.load(Relaxed));
+    let ready_us = now_us();
+    let stop = read_stop().await?;
+    Ok((here, ready_us, stop))
+}
 
 pub(super) struct Worker {
     child: tokio::process::Child,
@@ -75,7 +151,7 @@ impl Worker {
     }
 }
 
-pub(super) async fn read_stop() -> Result<String> {
+async fn read_stop() -> Result<String> {
     let mut line = String::new();
     BufReader::new(tokio::io::stdin())
         .read_line(&mut line)
@@ -86,19 +162,4 @@ pub(super) async fn read_stop() -> Result<String> {
         .unwrap_or("")
         .trim()
         .to_owned())
-}
-
-/// Runs this process as worker `i/n`: its share, the protocol, one JSON line.
-///
-/// # Errors
-/// The scenario's.
-pub async fn worker(s: &Settings) -> Result<()> {
-    let live = Arc::new(Live::default());
-    let report = match s.scenario {
-        Scenario::Connect => connect_worker(s, live).await?,
-        Scenario::Fanout => fanout_worker(s, live).await?,
-        Scenario::Churn => bail!("churn does not run in workers"),
-    };
-    println!("{}", serde_json::to_string(&report)?);
-    Ok(())
 }

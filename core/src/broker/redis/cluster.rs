@@ -1,8 +1,5 @@
-//! Redis Cluster routing for sharded pub/sub: hash slots, the slot map read
-//! with `CLUSTER SLOTS`, and the reconnect backoff shared by every
-//! connection.
-
-use std::time::Duration;
+//! Redis Cluster routing for sharded pub/sub: hash slots and the slot map
+//! read with `CLUSTER SLOTS`.
 
 use super::resp::Resp;
 
@@ -125,59 +122,10 @@ pub fn moves<C: AsRef<[u8]>>(
         .collect()
 }
 
-/// Capped exponential backoff with full jitter.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    base: Duration,
-    cap: Duration,
-    attempt: u32,
-    seed: u64,
-}
-
-impl Backoff {
-    /// Starts at `base`, never waits longer than `cap`.
-    pub fn new(base: Duration, cap: Duration) -> Backoff {
-        let mut b = [0u8; 8];
-        let _ = getrandom::getrandom(&mut b);
-        Backoff {
-            base,
-            cap,
-            attempt: 0,
-            seed: u64::from_le_bytes(b) | 1,
-        }
-    }
-
-    /// The wait before the next attempt: uniform in [ceiling/2, ceiling],
-    /// where the ceiling doubles per attempt up to the cap.
-    pub fn next_delay(&mut self) -> Duration {
-        let ceiling = self
-            .base
-            .saturating_mul(1u32 << self.attempt.min(20))
-            .min(self.cap);
-        self.attempt = self.attempt.saturating_add(1);
-        self.seed ^= self.seed << 13;
-        self.seed ^= self.seed >> 7;
-        self.seed ^= self.seed << 17;
-        let half = ceiling / 2;
-        let jitter_ns = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
-        half + Duration::from_nanos(if jitter_ns == 0 {
-            0
-        } else {
-            self.seed % (jitter_ns + 1)
-        })
-    }
-
-    /// After a success: start from `base` again.
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use proptest::prelude::*;
 
     #[test]
     fn slots_match_redis() {
@@ -284,23 +232,5 @@ mod tests {
             routed,
             vec![(inside.as_str(), Some("127.0.0.1:7000".to_owned()))]
         );
-    }
-
-    proptest! {
-        #[test]
-        fn backoff_stays_within_bounds(base_ms in 1u64..500, cap_ms in 500u64..10_000, steps in 1usize..40) {
-            let (base, cap) = (Duration::from_millis(base_ms), Duration::from_millis(cap_ms));
-            let mut b = Backoff::new(base, cap);
-            let mut ceiling = base;
-            for _ in 0..steps {
-                let d = b.next_delay();
-                prop_assert!(d <= cap, "{d:?} over the cap");
-                prop_assert!(d >= ceiling.min(cap) / 2, "{d:?} under half the ceiling");
-                prop_assert!(d <= ceiling.min(cap));
-                ceiling = ceiling.saturating_mul(2);
-            }
-            b.reset();
-            prop_assert!(b.next_delay() <= base);
-        }
     }
 }

@@ -238,7 +238,7 @@ impl RedisBroker {
         limit: usize,
         positioning: bool,
     ) -> Result<HistoryPage, BrokerError> {
-        let epoch = format!("{:08x}", super::memory::new_epoch());
+        let epoch = format!("{:08x}", crate::ids::new_epoch());
         let call = self.scripts.history(
             topic,
             since,
@@ -403,7 +403,7 @@ impl Broker for RedisBroker {
             return Ok(Vec::new());
         }
         let ts = crate::now_ms();
-        let epoch = format!("{:08x}", super::memory::new_epoch());
+        let epoch = format!("{:08x}", crate::ids::new_epoch());
         let verb = self.commands.publish_verb();
         let runs = scripts::runs(&batch);
         let calls: Vec<_> = runs

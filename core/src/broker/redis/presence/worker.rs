@@ -411,7 +411,8 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, BrokerError>>,
 {
-    let mut backoff = cluster::Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+    let mut backoff =
+        crate::backoff::Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     let mut failures = 0u32;
     loop {
         match attempt().await {

@@ -23,7 +23,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use super::super::cluster::{Backoff, slot};
+use super::super::cluster::slot;
 use super::super::resp::{self, Resp};
 use super::super::sentinel::role_is_primary;
 use super::transport::{Connection, Endpoint, TransportError};
@@ -31,6 +31,7 @@ use super::{
     ConnCmd, DEAD_AFTER, PING_EVERY, PROBE_EVERY, PROBE_TIMEOUT, RouterCmd, SUBSCRIBE_CHUNK,
     Shared, Target, decode, presence_change,
 };
+use crate::backoff::Backoff;
 use crate::broker::{BrokerError, ReadySender};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

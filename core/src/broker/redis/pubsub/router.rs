@@ -19,10 +19,11 @@ use bytes::Bytes;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::super::cluster::{Backoff, SlotMap, moves, slot};
+use super::super::cluster::{SlotMap, moves, slot};
 use super::conn::{Conn, Source};
 use super::transport::{Endpoint, TransportError, command};
 use super::{ConnCmd, Mode, PUBSUB_CONNECTIONS, RouterCmd, Shared, Target};
+use crate::backoff::Backoff;
 use crate::broker::{BrokerError, ReadySender};
 
 /// Under Cluster, how often the slot map is read again even when nothing
