@@ -15,6 +15,13 @@
 #                                # just the low-rate latency rows (LAT_ROWS,
 #                                # "subscribers events/s" pairs), each with
 #                                # Node alongside
+#   ONLY=idle,fanout,encodings loadtest/bench.sh
+#                                # any of the sections, comma-separated:
+#                                # latency, idle (memory per connection),
+#                                # fanout (the broadcast, Herald and Node),
+#                                # encodings (JSON and MessagePack, CPU and
+#                                # bytes per delivery), rest (everything else)
+#   SKIP_BUILD=1 ...             # use the release binaries already built
 #
 # Needs: cargo, redis-server, node + npm. Loopback only; every process it
 # starts is stopped when it exits.
@@ -31,12 +38,13 @@ HOLD=${HOLD:-30}
 DUR=${DUR:-10}
 # Issue 14's latency rows: "subscribers events/s" pairs, one topic.
 LAT_ROWS=${LAT_ROWS:-"5000 10,100 1000"}
-# ONLY=latency runs just those rows (each against Node ws as well).
+# ONLY=section,... runs just those sections (see above); empty runs all.
 ONLY=${ONLY:-}
+want() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
 if [ -n "$QUICK" ]; then IDLE=2000; SUBS=1000; HOLD=5; DUR=3; LAT_ROWS="1000 10,100 1000"; fi
 
 ulimit -n "$(ulimit -Hn)"
-cargo build --release -q -p herald-gateway -p herald-admin-api -p herald-loadtest
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release -q -p herald-gateway -p herald-admin-api -p herald-loadtest
 BIN=target/release
 HBIN=${HERALD_BIN:-$BIN}
 rm -rf "$OUT"; mkdir -p "$OUT"
@@ -88,6 +96,7 @@ lt() { # $1 = name, rest = loadtest args
 #    API one event per call, Node's publisher a WebSocket client; first
 #    recipient, median, p99 and the server's CPU per delivery.
 IFS=, read -ra lat_rows <<< "$LAT_ROWS"
+want latency || lat_rows=()
 for row in "${lat_rows[@]}"; do
   read -r n rate <<< "$row"
   LAT=(--connections "$n" --rate "$rate" --batch 1 --publishers 1 --payload 60 --duration "$DUR" --sources 4 --last-recipient)
@@ -100,8 +109,8 @@ for row in "${lat_rows[@]}"; do
   stop "$NP"
 done
 
-if [ "$ONLY" != latency ]; then
 # 1. Idle connections: memory and CPU per connection.
+if want idle; then
 start_herald ""
 lt idle-herald connect --secret "$SECRET" --url "ws://127.0.0.1:$HPUB/ws" --connections "$IDLE" \
   --rate 3000 --duration "$HOLD" --processes 2 --sources 4 --pid "$HP"
@@ -110,13 +119,39 @@ start_node
 lt idle-node connect --target raw --url "ws://127.0.0.1:$NPORT/" --connections "$IDLE" \
   --rate 3000 --duration "$HOLD" --processes 2 --sources 4 --pid "$NP"
 stop "$NP"
+fi
 
 # 2. Broadcast fan-out: one topic, $SUBS subscribers, 100-byte events,
 #    offered at 100 events/s (1,000,000 deliveries/s with 10,000 subscribers).
 FAN=(--connections "$SUBS" --rate 100 --batch 5 --publishers 1 --payload 60 --duration "$DUR" --sources 4)
+if want fanout; then
 start_herald ""
 lt fanout-herald fanout --secret "$SECRET" --admin-key "$KEY" --url "ws://127.0.0.1:$HPUB/ws" \
   --admin "http://127.0.0.1:$HADM" "${FAN[@]}" --pid "$HP"
+stop "$HP"
+start_node
+# Node may not survive this one (it buffers without bound): a fresh process
+# for the next measurement either way.
+lt fanout-node fanout --target raw --url "ws://127.0.0.1:$NPORT/" "${FAN[@]}" --pid "$NP" || true
+stop "$NP"
+fi
+
+# 2b. Encodings: the same 100-byte ticks to $ENC_SUBS subscribers over
+#     protocol 1 (JSON text) and protocol 2 MessagePack, a fresh node each:
+#     server CPU and payload bytes per delivery.
+ENC_SUBS=${ENC_SUBS:-1000}
+if want encodings; then
+for proto in json msgpack; do
+  start_herald ""
+  lt "enc-$proto" fanout --secret "$SECRET" --admin-key "$KEY" --url "ws://127.0.0.1:$HPUB/ws" \
+    --admin "http://127.0.0.1:$HADM" --connections "$ENC_SUBS" --rate 100 --batch 1 --publishers 1 \
+    --payload 60 --duration "$DUR" --sources 4 --protocol "$proto" --pid "$HP"
+  stop "$HP"
+done
+fi
+
+if want rest; then
+start_herald ""
 # 3. Latency: 100 subscribers per topic, one event per publish call, at
 #    rising rates; and the maximum with batches of 10.
 for rate in 200 1000 3000; do
@@ -132,11 +167,6 @@ lt last-herald fanout --secret "$SECRET" --admin-key "$KEY" --url "ws://127.0.0.
   --admin "http://127.0.0.1:$HADM" --connections "$SUBS" --rate 5 --batch 1 --publishers 1 \
   --payload 60 --duration "$DUR" --sources 4 --last-recipient
 stop "$HP"
-start_node
-# Node may not survive this one (it buffers without bound): a fresh process
-# for the next measurement either way.
-lt fanout-node fanout --target raw --url "ws://127.0.0.1:$NPORT/" "${FAN[@]}" --pid "$NP" || true
-stop "$NP"
 start_node
 lt last-node fanout --target raw --url "ws://127.0.0.1:$NPORT/" --connections "$SUBS" --rate 5 \
   --batch 1 --publishers 1 --payload 60 --duration "$DUR" --sources 4 --last-recipient
@@ -184,20 +214,32 @@ for row in lat_rows.split(","):
     rows.append((f"{n} subs, {rate} ev/s: first recipient p50 / p50 / p99 ms", lat(h), lat(nd),
                  f"p50 {nd['latency']['p50_us']/max(h['latency']['p50_us'],1):.2f}x, p99 {nd['latency']['p99_us']/max(h['latency']['p99_us'],1):.2f}x"))
     rows.append((f"{n} subs, {rate} ev/s: server CPU per delivery (µs), lost", f"{cpu_per_delivery(h):.2f}, {h['delivery']['lost']}", f"{cpu_per_delivery(nd):.2f}, {nd['delivery']['lost']}", ""))
-if not os.path.exists(os.path.join(out, "idle-herald")):
+def has(name): return os.path.exists(os.path.join(out, name, "report.json"))
+if has("idle-herald"):
+    ih, inode = r("idle-herald"), r("idle-node")
+    ph, pn = ih["per_connection"], inode["per_connection"]
+    rows.append(("idle RSS per connection (bytes)", f"{ph['rss_bytes']:.0f}", f"{pn['rss_bytes']:.0f}", f"{pn['rss_bytes']/max(ph['rss_bytes'],1):.1f}x less"))
+    rows.append(("idle CPU per connection (µs/s)", f"{ph['cpu_us_per_second']:.3f}", f"{pn['cpu_us_per_second']:.3f}", ""))
+if has("fanout-herald"):
+    fh = r("fanout-herald")
+    fn = r("fanout-node") if has("fanout-node") else {"deliveries_per_second": 0, "delivery": {"lost": "n/a"}, "latency": {"p99_us": 0}}
+    rows.append(("broadcast deliveries/s", f"{fh['deliveries_per_second']:.0f}", f"{fn['deliveries_per_second']:.0f}", f"{fh['deliveries_per_second']/max(fn['deliveries_per_second'],1):.1f}x"))
+    rows.append(("broadcast lost", str(fh["delivery"]["lost"]), str(fn["delivery"]["lost"]), ""))
+    rows.append(("broadcast p99 (ms)", ms(fh["latency"]["p99_us"]), ms(fn["latency"]["p99_us"]), ""))
+if has("enc-json"):
+    for proto in ("json", "msgpack"):
+        e = r(f"enc-{proto}")
+        got = max(e["delivery"]["received"], 1)
+        rows.append((f"{proto}: server CPU per delivery (µs), payload bytes per delivery, lost", f"{cpu_per_delivery(e):.2f}, {e['delivery'].get('received_bytes', 0)/got:.0f}, {e['delivery']['lost']}", "", ""))
+def table():
     print(f"\nmachine: {os.cpu_count()} cores, {platform.platform()}; node {node}, ws {ws}\n")
     print("| measure | Herald | Node ws | ratio |\n|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
+if not has("last-herald"):
+    table()
     sys.exit(0)
-ih, inode = r("idle-herald"), r("idle-node")
-ph, pn = ih["per_connection"], inode["per_connection"]
-rows.append(("idle RSS per connection (bytes)", f"{ph['rss_bytes']:.0f}", f"{pn['rss_bytes']:.0f}", f"{pn['rss_bytes']/max(ph['rss_bytes'],1):.1f}x less"))
-rows.append(("idle CPU per connection (µs/s)", f"{ph['cpu_us_per_second']:.3f}", f"{pn['cpu_us_per_second']:.3f}", ""))
-fh, fn, f2 = r("fanout-herald"), r("fanout-node"), r("fanout-herald2")
-rows.append(("broadcast deliveries/s", f"{fh['deliveries_per_second']:.0f}", f"{fn['deliveries_per_second']:.0f}", f"{fh['deliveries_per_second']/max(fn['deliveries_per_second'],1):.1f}x"))
-rows.append(("broadcast lost", str(fh["delivery"]["lost"]), str(fn["delivery"]["lost"]), ""))
-rows.append(("broadcast p99 (ms)", ms(fh["latency"]["p99_us"]), ms(fn["latency"]["p99_us"]), ""))
+f2 = r("fanout-herald2")
 lh, ln = r("last-herald"), r("last-node")
 rows.append(("last recipient p99 at 5 events/s (ms)", ms(lh["last_recipient"]["p99_us"]), ms(ln["last_recipient"]["p99_us"]), f"{ln['last_recipient']['p99_us']/max(lh['last_recipient']['p99_us'],1):.1f}x"))
 rows.append(("broadcast over 2 nodes + Redis, deliveries/s", f"{f2['deliveries_per_second']:.0f}", "", ""))
@@ -207,8 +249,5 @@ for rate in ("200", "1000", "3000", "max"):
     t = r(f"topics100-herald-{rate}")
     label = "offered 10000 ev/s in batches of 10" if rate == "max" else f"{rate} ev/s, one per call"
     rows.append((f"100 subs/topic, {label}: deliveries/s, p50 / p99 ms", f"{t['deliveries_per_second']:.0f}, {ms(t['latency']['p50_us'])} / {ms(t['latency']['p99_us'])}", "", ""))
-print(f"\nmachine: {os.cpu_count()} cores, {platform.platform()}; node {node}, ws {ws}\n")
-print("| measure | Herald | Node ws | ratio |\n|---|---|---|---|")
-for row in rows:
-    print("| " + " | ".join(row) + " |")
+table()
 PY
