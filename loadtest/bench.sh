@@ -208,13 +208,15 @@ def lat(rep):
     f, l = rep["first_recipient"], rep["latency"]
     return f"{ms(f['p50_us'])} / {ms(l['p50_us'])} / {ms(l['p99_us'])}"
 rows = []
+def has(name): return os.path.exists(os.path.join(out, name, "report.json"))
 for row in lat_rows.split(","):
     n, rate = row.split()
+    if not has(f"lat-{n}-{rate}-herald"):
+        continue
     h, nd = r(f"lat-{n}-{rate}-herald"), r(f"lat-{n}-{rate}-node")
     rows.append((f"{n} subs, {rate} ev/s: first recipient p50 / p50 / p99 ms", lat(h), lat(nd),
                  f"p50 {nd['latency']['p50_us']/max(h['latency']['p50_us'],1):.2f}x, p99 {nd['latency']['p99_us']/max(h['latency']['p99_us'],1):.2f}x"))
     rows.append((f"{n} subs, {rate} ev/s: server CPU per delivery (µs), lost", f"{cpu_per_delivery(h):.2f}, {h['delivery']['lost']}", f"{cpu_per_delivery(nd):.2f}, {nd['delivery']['lost']}", ""))
-def has(name): return os.path.exists(os.path.join(out, name, "report.json"))
 if has("idle-herald"):
     ih, inode = r("idle-herald"), r("idle-node")
     ph, pn = ih["per_connection"], inode["per_connection"]

@@ -12,9 +12,10 @@ use std::sync::Arc;
 use anyhow::{Context, Result, anyhow};
 use clap::Command;
 use herald_admin_api::{AdminState, router};
+use herald_core::Secret;
 use herald_core::broker::redis::RedisBroker;
 use herald_core::cli;
-use herald_core::config::{self, Sources};
+use herald_core::config::{self, AdminServiceConfig, Sources};
 use herald_core::http::ops::{self, Readiness};
 use herald_core::http::serve::Server;
 use herald_core::{AnyBroker, Backend, Broker, BrokerSettings, Metrics, NoSink};
@@ -41,6 +42,11 @@ fn command() -> Command {
                 .about("run the service (the default)")
                 .args(cli::config_args()),
         )
+        .subcommand(
+            Command::new("check-config")
+                .about("validate the configuration and print the effective values (secrets masked)")
+                .args(cli::config_args()),
+        )
 }
 
 fn main() -> ExitCode {
@@ -49,14 +55,21 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     let mut parts = vec![&matches];
-    if let Some((_, sub)) = matches.subcommand() {
+    let mut check = false;
+    if let Some((name, sub)) = matches.subcommand() {
         parts.push(sub);
+        check = name == "check-config";
     }
     let mut sources = cli::sources(&parts);
     sources.env = std::env::vars()
         .filter(|(k, _)| k.starts_with("HERALD_"))
         .collect();
-    match run(&sources) {
+    let result = if check {
+        check_config(&sources)
+    } else {
+        run(&sources)
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("herald-admin: error: {e:#}");
@@ -65,12 +78,32 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(sources: &Sources) -> Result<()> {
+/// The configuration, checked: what `serve` and `check-config` both
+/// require (a Redis URL and an admin key), with the Redis URL.
+fn load(sources: &Sources) -> Result<(AdminServiceConfig, Secret)> {
     let config = config::load_admin_service(sources)?;
     let url = config.redis.url.clone().ok_or_else(|| {
         anyhow!("redis_url is not set: herald-admin publishes through Redis (set --redis-url, HERALD_REDIS_URL or redis_url in the config file)")
     })?;
     config.admin.require_keys()?;
+    Ok((config, url))
+}
+
+/// Prints every key with its value and source, then checks what `serve`
+/// would (it does not connect to Redis).
+fn check_config(sources: &Sources) -> Result<()> {
+    let (file, description) = config::describe(sources)?;
+    if let Some(file) = file {
+        println!("# file: {}", file.display());
+    }
+    print!("{description}");
+    load(sources)?;
+    eprintln!("configuration OK");
+    Ok(())
+}
+
+fn run(sources: &Sources) -> Result<()> {
+    let (config, url) = load(sources)?;
     herald_core::logging::init(&config.log.level, config.log.json()).map_err(|e| anyhow!(e))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -123,7 +156,7 @@ fn run(sources: &Sources) -> Result<()> {
                 Arc::new(move || broker.is_up())
             }))
             .fallback(ops::not_found);
-        info!(node = %config.node.id, admin = %listener.local_addr()?, "herald-admin listening");
+        info!(node = %config.node.id, admin = %listener.local_addr()?, version = %cli::VERSION, "herald-admin listening");
         let mut server = Server::default();
         server.serve(listener, app);
         shutdown_signal().await;

@@ -19,6 +19,10 @@ use clap::{Arg, ArgAction, ArgMatches, Command};
 
 use crate::config::{KEYS, Kind, Sources};
 
+/// The version of both binaries (the workspace's): `--version`, the
+/// start-up log line and `herald_build_info`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 /// The help heading of the configuration flags.
 pub const CONFIG_HEADING: &str = "Configuration (flag > environment > file > default)";
 
@@ -86,8 +90,9 @@ pub fn switch(m: &ArgMatches, id: &str) -> bool {
     m.try_get_one::<bool>(id).ok().flatten().copied() == Some(true)
 }
 
-/// Parses `args` with `command`: `--help` is printed (exit 0); a usage error
-/// is printed as one line naming the problem (exit 2).
+/// Parses `args` with `command`: `--help` and `--version` are printed
+/// (exit 0); a usage error is printed as one line naming the problem
+/// (exit 2).
 ///
 /// # Errors
 /// The exit code to end the process with.
@@ -97,6 +102,7 @@ pub fn parse(
 ) -> Result<ArgMatches, ExitCode> {
     let name = command.get_name().to_owned();
     command
+        .version(VERSION)
         .args_override_self(true)
         .disable_help_subcommand(true)
         .try_get_matches_from(args)

@@ -14,6 +14,7 @@ pub mod ids;
 pub mod logging;
 pub mod metrics;
 pub mod publication;
+pub mod tls;
 
 pub use broker::memory::MemoryBroker;
 pub use broker::{

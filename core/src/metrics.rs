@@ -36,6 +36,15 @@ pub const LATENCY_BUCKETS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
+/// Upper bounds of the admin request duration histogram, in seconds.
+pub const ADMIN_REQUEST_BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// `herald_admin_request_seconds{route,status}`: registered per series by
+/// the admin API (its labels are its routes and keys), bucketed here.
+pub const ADMIN_REQUEST_SECONDS: &str = "herald_admin_request_seconds";
+
 const DELIVER_LATENCY: &str = "herald_publish_to_deliver_seconds";
 const PROBE_RTT: &str = "herald_pubsub_probe_seconds";
 
@@ -196,6 +205,8 @@ pub struct Metrics {
     pub handshakes_evicted: Counter,
     /// `accept` calls that failed (out of file descriptors, say).
     pub accept_errors: Counter,
+    /// The `process_*` families (a well-kept crate's reading of `/proc`).
+    process: metrics_process::Collector,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -221,6 +232,12 @@ impl Metrics {
             .set_buckets_for_metric(Matcher::Full(DELIVER_LATENCY.to_owned()), &LATENCY_BUCKETS)
             .and_then(|b| {
                 b.set_buckets_for_metric(Matcher::Full(PROBE_RTT.to_owned()), &LATENCY_BUCKETS)
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full(ADMIN_REQUEST_SECONDS.to_owned()),
+                    &ADMIN_REQUEST_BUCKETS,
+                )
             });
         // Only an empty bucket list is refused, and ours is a constant.
         let recorder = match builder {
@@ -253,10 +270,30 @@ impl Metrics {
             "herald_node_info",
             &[
                 ("node", node_id.to_owned()),
-                ("version", env!("CARGO_PKG_VERSION").to_owned()),
+                ("version", crate::cli::VERSION.to_owned()),
             ],
         )
         .set(1.0);
+        describe(
+            Kind::Gauge,
+            "herald_build_info",
+            "The version of this process (always 1).",
+        );
+        gauge(
+            "herald_build_info",
+            &[("version", crate::cli::VERSION.to_owned())],
+        )
+        .set(1.0);
+        describe(
+            Kind::Histogram,
+            ADMIN_REQUEST_SECONDS,
+            "Admin API requests, from the key check to the response, by route and status.",
+        );
+        // process_cpu_seconds_total, process_resident_memory_bytes,
+        // process_open_fds, process_max_fds, process_threads, ...: read from
+        // /proc at each scrape (see `render`).
+        let process = metrics_process::Collector::default();
+        metrics::with_local_recorder(r, || process.describe());
         describe(
             Kind::Gauge,
             "herald_connections",
@@ -422,6 +459,7 @@ impl Metrics {
             accept_errors: counter("herald_accept_errors_total", &[]),
             handle,
             recorder,
+            process,
         };
         metrics.broker_up.set(1.0);
         let metrics = Arc::new(metrics);
@@ -466,8 +504,11 @@ impl Metrics {
         self.disconnects[code.index()].increment(1);
     }
 
-    /// The Prometheus text exposition (format 0.0.4).
+    /// The Prometheus text exposition (format 0.0.4). The process figures
+    /// (memory, CPU, descriptors, threads) are read as it renders, so a
+    /// scrape sees them as of that moment.
     pub fn render(&self) -> String {
+        metrics::with_local_recorder(&self.recorder, || self.process.collect());
         self.handle.render()
     }
 

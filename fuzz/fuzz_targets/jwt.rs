@@ -20,9 +20,12 @@ fn verifier() -> &'static Verifier {
             hs256_secret: Some(Secret::new(SECRET)),
             public_key_file: None,
             jwks_file: None,
+            jwks_url: None,
+            jwks_refresh: Duration::from_secs(300),
             issuer: Some("iss".to_owned()),
             audience: None,
             leeway: Duration::from_secs(30),
+            max_lifetime: Duration::from_secs(7 * 86_400),
         })
         .expect("valid config")
     })

@@ -1,8 +1,10 @@
 //! JWT verification for handshakes and `auth` refreshes (contract §4), and
 //! token minting for the `token` command and `--dev`.
 //!
-//! Keys are loaded once at start-up. A token is only ever checked with a key
-//! of the algorithm its header names *and* that the configuration provides,
+//! Keys from files are loaded once at start-up; a `jwt.jwks_url` set is
+//! kept fresh by [`crate::jwks`] (see [`crate::keys`]). A token is only ever
+//! checked with a key of the algorithm its header names *and* that the
+//! configuration provides,
 //! so `alg: none` and algorithm confusion (an HS256 token "signed" with an RSA
 //! public key) have nothing to verify against and are refused.
 
@@ -12,9 +14,15 @@ use std::time::Duration;
 
 use herald_core::config::JwtConfig;
 use herald_protocol::{ErrorCode, Permissions};
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+
+pub use crate::keys::KeyError;
+use crate::keys::{RemoteKeys, VerifyKey, jwks_keys, pem_public_key};
+
+/// Longest a handshake waits for the `jwt.jwks_url` set to be fetched again
+/// when its token names an unknown `kid`.
+pub const REFETCH_WAIT: Duration = Duration::from_secs(3);
 
 /// Why a token was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -25,26 +33,20 @@ pub enum AuthError {
     /// Outside its `nbf`..`exp` window (with leeway).
     #[error("token expired or not yet valid")]
     Expired,
+    /// Its `kid` names no key of the `jwt.jwks_url` set (a refetch has
+    /// been asked for).
+    #[error("no key with the token's kid")]
+    UnknownKey,
 }
 
 impl AuthError {
     /// The contract code.
     pub fn code(&self) -> ErrorCode {
         match self {
-            AuthError::Unauthorized(_) => ErrorCode::Unauthorized,
+            AuthError::Unauthorized(_) | AuthError::UnknownKey => ErrorCode::Unauthorized,
             AuthError::Expired => ErrorCode::TokenExpired,
         }
     }
-}
-
-/// A key could not be loaded at start-up.
-#[derive(Debug, thiserror::Error)]
-#[error("{setting}: {message}")]
-pub struct KeyError {
-    /// The configuration key at fault.
-    pub setting: &'static str,
-    /// What is wrong.
-    pub message: String,
 }
 
 /// The verified claims a session runs with.
@@ -89,15 +91,11 @@ struct RawClaims {
     presence: Vec<String>,
 }
 
-struct VerifyKey {
-    alg: Algorithm,
-    kid: Option<String>,
-    key: DecodingKey,
-}
-
 /// Verifies tokens against the configured keys.
 pub struct Verifier {
     keys: Vec<VerifyKey>,
+    /// The `jwt.jwks_url` set, when configured.
+    remote: Option<Arc<RemoteKeys>>,
     issuer: Option<String>,
     audience: Option<String>,
     leeway: Duration,
@@ -109,32 +107,6 @@ fn read(path: &Path, setting: &'static str) -> Result<Vec<u8>, KeyError> {
         setting,
         message: format!("cannot read {}: {e}", path.display()),
     })
-}
-
-fn pem_public_key(pem: &[u8]) -> Option<(Algorithm, DecodingKey)> {
-    if let Ok(k) = DecodingKey::from_rsa_pem(pem) {
-        return Some((Algorithm::RS256, k));
-    }
-    if let Ok(k) = DecodingKey::from_ec_pem(pem) {
-        return Some((Algorithm::ES256, k));
-    }
-    DecodingKey::from_ed_pem(pem)
-        .ok()
-        .map(|k| (Algorithm::EdDSA, k))
-}
-
-fn jwk_algorithm(params: &AlgorithmParameters) -> Option<Algorithm> {
-    match params {
-        AlgorithmParameters::RSA(_) => Some(Algorithm::RS256),
-        AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => {
-            Some(Algorithm::ES256)
-        }
-        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
-            Some(Algorithm::EdDSA)
-        }
-        AlgorithmParameters::OctetKey(_) => Some(Algorithm::HS256),
-        _ => None,
-    }
 }
 
 impl Verifier {
@@ -168,47 +140,53 @@ impl Verifier {
         }
         if let Some(path) = &config.jwks_file {
             let text = read(path, "jwt.jwks_file")?;
-            let before = keys.len();
-            let set: JwkSet = serde_json::from_slice(&text).map_err(|e| KeyError {
-                setting: "jwt.jwks_file",
-                message: format!("{} is not a JWKS document: {e}", path.display()),
-            })?;
-            for jwk in &set.keys {
-                let Some(alg) = jwk_algorithm(&jwk.algorithm) else {
-                    continue;
-                };
-                // A key that names its algorithm is used for that one only.
-                if jwk
-                    .common
-                    .key_algorithm
-                    .is_some_and(|declared| format!("{declared:?}") != format!("{alg:?}"))
-                {
-                    continue;
-                }
-                let key = DecodingKey::from_jwk(jwk).map_err(|e| KeyError {
-                    setting: "jwt.jwks_file",
-                    message: format!("key {:?}: {e}", jwk.common.key_id),
-                })?;
-                keys.push(VerifyKey {
-                    alg,
-                    kid: jwk.common.key_id.clone(),
-                    key,
-                });
-            }
-            if keys.len() == before {
-                return Err(KeyError {
-                    setting: "jwt.jwks_file",
-                    message: "no usable RS256, ES256, EdDSA or HS256 key".to_owned(),
-                });
-            }
+            let origin = path.display().to_string();
+            keys.extend(jwks_keys(&text, "jwt.jwks_file", &origin)?);
         }
+        let remote = config
+            .jwks_url
+            .as_deref()
+            .map(|url| RemoteKeys::new(url, config.jwks_refresh));
         Ok(Verifier {
             keys,
+            remote,
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
             leeway: config.leeway,
             max_lifetime: config.max_lifetime,
         })
+    }
+
+    /// The `jwt.jwks_url` set, for the task that keeps it fresh.
+    pub fn remote(&self) -> Option<&Arc<RemoteKeys>> {
+        self.remote.as_ref()
+    }
+
+    /// Whether every configured key is loaded (a `jwt.jwks_url` set is
+    /// not until its first fetch succeeds).
+    pub fn keys_loaded(&self) -> bool {
+        self.remote.as_ref().is_none_or(|r| r.is_loaded())
+    }
+
+    /// As [`Verifier::verify_token`], but a token whose `kid` no key has
+    /// waits (at most [`REFETCH_WAIT`]) for the refetch of the
+    /// `jwt.jwks_url` set it asked for, if one is under way, and is checked
+    /// once more: the first token signed with a rotated-in key is accepted.
+    ///
+    /// # Errors
+    /// As [`Verifier::verify_token`].
+    pub async fn verify_token_fresh(&self, token: &str) -> Result<(Claims, TokenId), AuthError> {
+        let Some(remote) = &self.remote else {
+            return self.verify_token(token);
+        };
+        let mut attempts = remote.attempts();
+        match self.verify_token(token) {
+            Err(AuthError::UnknownKey) if remote.want_refetch() => {
+                let _ = tokio::time::timeout(REFETCH_WAIT, attempts.changed()).await;
+                self.verify_token(token)
+            }
+            other => other,
+        }
     }
 
     /// The configured clock-skew allowance.
@@ -254,13 +232,23 @@ impl Verifier {
     pub fn verify_token(&self, token: &str) -> Result<(Claims, TokenId), AuthError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| AuthError::Unauthorized("malformed token".to_owned()))?;
-        let candidates = self.keys.iter().filter(|k| {
+        let remote = self.remote.as_ref().map(|r| r.snapshot());
+        let all = self.keys.iter().chain(remote.iter().flat_map(|r| r.iter()));
+        let matches = |k: &&VerifyKey| {
             k.alg == header.alg
                 && match (&header.kid, &k.kid) {
                     (Some(want), Some(have)) => want == have,
                     _ => true,
                 }
-        });
+        };
+        if let (Some(remote), Some(_)) = (&self.remote, &header.kid)
+            && !all.clone().any(|k| matches(&k))
+        {
+            // Perhaps a key rotated in since the last fetch.
+            let _ = remote.want_refetch();
+            return Err(AuthError::UnknownKey);
+        }
+        let candidates = all.filter(matches);
         let mut tried = false;
         for key in candidates {
             tried = true;
@@ -463,6 +451,8 @@ mod tests {
             hs256_secret: Some(Secret::new("0123456789abcdef0123456789abcdef")),
             public_key_file: None,
             jwks_file: None,
+            jwks_url: None,
+            jwks_refresh: Duration::from_secs(300),
             issuer: None,
             audience: None,
             leeway: Duration::from_secs(0),

@@ -8,7 +8,8 @@
 //! [`wire`] frames bytes (codec, compression, batched sends); the broker
 //! ([`herald_core::AnyBroker`]) carries events between publishers and
 //! nodes. [`node`] holds what they share; [`revocations`] the tokens it
-//! refuses. Layers import downwards only: `ws` → `session` → `hub` →
+//! refuses; [`auth`] checks tokens with the [`keys`] of the configuration,
+//! which [`jwks`] keeps fresh when they come from a URL. Layers import downwards only: `ws` → `session` → `hub` →
 //! `outbox` → `wire`.
 
 #![recursion_limit = "256"]
@@ -16,6 +17,8 @@
 pub mod auth;
 pub mod dev;
 pub mod hub;
+pub mod jwks;
+pub mod keys;
 pub mod node;
 pub mod outbox;
 pub mod revocations;

@@ -237,7 +237,7 @@ fn serve(sources: &Sources, dev: bool) -> Result<()> {
         let public_addr = public.local_addr()?;
         let admin_addr = admin.local_addr()?;
         let node = Node::new(config, dev)?;
-        info!(node = %node.config.node.id, public = %public_addr, admin = %admin_addr, "herald-gateway listening");
+        info!(node = %node.config.node.id, public = %public_addr, admin = %admin_addr, version = %cli::VERSION, "herald-gateway listening");
         if dev {
             print_dev_banner(&notes, public_addr, admin_addr, &node);
             tokio::spawn(herald_gateway::dev::feed(node.clone()).instrument(tracing::info_span!("demo_feed")));

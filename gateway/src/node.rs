@@ -111,7 +111,8 @@ impl Node {
     ///
     /// # Errors
     /// When a configured key or certificate cannot be loaded, or `redis_url`
-    /// cannot be parsed.
+    /// cannot be parsed. (A `jwt.jwks_url` set is fetched in the background:
+    /// until it is, the node is not ready.)
     pub fn new(config: Config, dev: bool) -> Result<Arc<Node>, KeyError> {
         let verifier = Verifier::new(&config.jwt)?;
         let dev_signer = if dev {
@@ -155,6 +156,13 @@ impl Node {
             metrics.clone(),
             config.history.size,
         );
+        if let Some(remote) = verifier.remote() {
+            use tracing::Instrument;
+            tokio::spawn(
+                crate::jwks::keep_fresh(Arc::downgrade(remote))
+                    .instrument(tracing::info_span!("jwks")),
+            );
+        }
         let node = Arc::new(Node {
             session_prefix: herald_core::random_hex(4),
             config,
@@ -264,6 +272,8 @@ impl Node {
     pub fn ready(&self) -> Result<(), &'static str> {
         if self.is_draining() {
             Err("node is draining")
+        } else if !self.verifier.keys_loaded() {
+            Err("JWT keys not loaded")
         } else if !self.broker.is_up() {
             Err("broker is unreachable")
         } else {

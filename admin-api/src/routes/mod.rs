@@ -121,12 +121,13 @@ pub fn router(state: AdminState, doc: MethodRouter<AdminState>) -> Router {
 const NO_KEY: &str = "unauthenticated";
 
 /// Checks the bearer key and the route's scope, runs the handler in a span
-/// naming the route and the key, and counts the request.
+/// naming the route and the key, and counts and times the request.
 async fn require_key(
     State(state): State<AdminState>,
     mut request: Request,
     next: Next,
 ) -> Response {
+    let started = std::time::Instant::now();
     // The route is found by its path alone: each path has one scope, so
     // every method the router serves on it (HEAD, which axum answers with
     // the GET handler, included) is held to that scope (contract §10.8).
@@ -174,9 +175,12 @@ async fn require_key(
         key = name.as_deref().unwrap_or(NO_KEY),
         route, status, "admin request"
     );
-    state
-        .requests
-        .count(name.as_deref().unwrap_or(NO_KEY), route, status);
+    state.requests.count(
+        name.as_deref().unwrap_or(NO_KEY),
+        route,
+        status,
+        started.elapsed(),
+    );
     response
 }
 
@@ -188,6 +192,8 @@ pub struct RequestCounters {
     metrics: Arc<Metrics>,
     /// Few entries (keys × routes × statuses seen): a list, searched in place.
     counters: Mutex<Vec<(Series, metrics::Counter)>>,
+    /// `herald_admin_request_seconds{route,status}`, likewise.
+    durations: Mutex<Vec<((&'static str, u16), metrics::Histogram)>>,
 }
 
 const REQUESTS: &str = "herald_admin_requests_total";
@@ -210,6 +216,7 @@ impl RequestCounters {
         let counters = RequestCounters {
             metrics: metrics.clone(),
             counters: Mutex::new(Vec::new()),
+            durations: Mutex::new(Vec::new()),
         };
         for key in keys {
             for r in ROUTES
@@ -244,8 +251,27 @@ impl RequestCounters {
         c
     }
 
-    fn count(&self, key: &str, route: &'static str, status: u16) {
+    fn duration(&self, route: &'static str, status: u16) -> metrics::Histogram {
+        use metrics::Recorder;
+        let mut list = self.durations.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, h)) = list.iter().find(|(series, _)| *series == (route, status)) {
+            return h.clone();
+        }
+        let labels = vec![
+            metrics::Label::new("route", route),
+            metrics::Label::new("status", status.to_string()),
+        ];
+        let h = self.metrics.recorder().register_histogram(
+            &metrics::Key::from_parts(herald_core::metrics::ADMIN_REQUEST_SECONDS, labels),
+            &REQUESTS_METADATA,
+        );
+        list.push(((route, status), h.clone()));
+        h
+    }
+
+    fn count(&self, key: &str, route: &'static str, status: u16, took: std::time::Duration) {
         self.counter(key, route, status).increment(1);
+        self.duration(route, status).record(took.as_secs_f64());
     }
 }
 

@@ -115,6 +115,18 @@ pub static KEYS: &[KeySpec] = &[
         "JWKS document; keys are looked up by kid",
     ),
     key(
+        "jwt.jwks_url",
+        Kind::Text,
+        None,
+        "http(s) URL of a JWKS document, fetched at start-up and refreshed; an unknown kid triggers a refetch (at most every 10 s)",
+    ),
+    key(
+        "jwt.jwks_refresh",
+        Kind::Duration,
+        Some("5m"),
+        "how often jwt.jwks_url is fetched again",
+    ),
+    key(
         "jwt.issuer",
         Kind::Text,
         None,

@@ -260,6 +260,20 @@ pub fn load(sources: &Sources) -> Result<Loaded, ConfigError> {
     Ok(Loaded { config, layers })
 }
 
+/// What `check-config` prints before checking: the file read, if any, and
+/// every key with its effective value (secrets masked) and its source.
+///
+/// # Errors
+/// When the sources cannot be read or merged (a file that is not TOML, an
+/// unknown key).
+pub fn describe(sources: &Sources) -> Result<(Option<std::path::PathBuf>, String), ConfigError> {
+    let layers = Layers::load(sources)?;
+    Ok((
+        layers.file().map(std::path::Path::to_path_buf),
+        layers.describe(),
+    ))
+}
+
 /// Reads and checks `herald-admin`'s configuration: only its own
 /// subsystems; gateway-only keys are accepted and ignored.
 ///
@@ -303,7 +317,7 @@ impl Config {
     pub fn require_keys(&self) -> Result<(), ConfigError> {
         if !self.jwt.has_key() {
             return Err(ConfigError::Missing(
-                "no JWT verification key: set jwt.hs256_secret, jwt.public_key_file or jwt.jwks_file (or run with --dev)".to_owned(),
+                "no JWT verification key: set jwt.hs256_secret, jwt.public_key_file, jwt.jwks_file or jwt.jwks_url (or run with --dev)".to_owned(),
             ));
         }
         self.admin.require_keys()

@@ -309,6 +309,12 @@ pub struct JwtConfig {
     /// JWKS document.
     #[serde(default, deserialize_with = "opt_path")]
     pub jwks_file: Option<PathBuf>,
+    /// JWKS document served over HTTP(S), kept fresh (contract §10.9).
+    #[serde(default, deserialize_with = "opt_text")]
+    pub jwks_url: Option<String>,
+    /// How often `jwks_url` is fetched again.
+    #[serde(deserialize_with = "duration")]
+    pub jwks_refresh: Duration,
     /// Required `iss`.
     #[serde(default, deserialize_with = "opt_text")]
     pub issuer: Option<String>,
@@ -327,7 +333,10 @@ pub struct JwtConfig {
 impl JwtConfig {
     /// Whether any verification key is configured.
     pub fn has_key(&self) -> bool {
-        self.hs256_secret.is_some() || self.public_key_file.is_some() || self.jwks_file.is_some()
+        self.hs256_secret.is_some()
+            || self.public_key_file.is_some()
+            || self.jwks_file.is_some()
+            || self.jwks_url.is_some()
     }
 }
 
@@ -343,6 +352,19 @@ impl Section for JwtConfig {
             return Err(c.invalid("jwt.hs256_secret", "must be at least 16 bytes"));
         }
         c.positive("jwt.max_lifetime", self.max_lifetime.is_zero())?;
+        if let Some(url) = &self.jwks_url {
+            let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
+            if !scheme_ok
+                || url
+                    .parse::<http::Uri>()
+                    .map_or(true, |u| u.host().is_none())
+            {
+                return Err(c.invalid("jwt.jwks_url", "must be an http:// or https:// URL"));
+            }
+        }
+        if self.jwks_refresh < Duration::from_secs(10) {
+            return Err(c.invalid("jwt.jwks_refresh", "must be at least 10s"));
+        }
         Ok(())
     }
 }

@@ -70,7 +70,7 @@ pub async fn authenticate(node: &Node, token: &str) -> Result<(Claims, TokenId),
         node.metrics.handshake(r.result);
         Err(r)
     };
-    let (claims, id) = match node.verifier.verify_token(token) {
+    let (claims, id) = match node.verifier.verify_token_fresh(token).await {
         Ok(verified) => verified,
         Err(e @ AuthError::Expired) => {
             return refused(Refusal::new(

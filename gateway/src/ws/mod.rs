@@ -129,6 +129,15 @@ pub async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Respons
             message,
         );
     };
+    if !node.verifier.keys_loaded() {
+        // No token can be checked before the jwt.jwks_url set is fetched.
+        return refuse(
+            &node,
+            HandshakeResult::Unavailable,
+            ErrorCode::Unavailable,
+            "the node has not loaded its JWT keys yet",
+        );
+    }
     if !node.revocations.is_loaded() {
         // Contract §10.8: a revoked token must never get in through a node
         // that has not read the revocations yet (Redis unreachable at its

@@ -386,6 +386,20 @@ async fn health_metrics_and_unknown_routes() {
         "herald_messages_published_total 1",
         "herald_broker_up 1",
         "herald_publish_to_deliver_seconds_count 1",
+        // Contract §10.9 and issue 26: the version, admin request durations
+        // and the process itself.
+        concat!(
+            "herald_build_info{version=\"",
+            env!("CARGO_PKG_VERSION"),
+            "\"} 1"
+        ),
+        "herald_admin_request_seconds_count{route=\"/v1/publish\",status=\"200\"} 1",
+        "herald_admin_request_seconds_bucket{route=\"/v1/publish\",status=\"200\",le=\"10\"} 1",
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+        "process_max_fds ",
+        "process_cpu_seconds_total ",
+        "process_threads ",
     ] {
         assert!(text.contains(line), "missing '{line}' in\n{text}");
     }

@@ -109,6 +109,79 @@ fn check_config_prints_masked_values_and_names_bad_keys() {
     assert!(stderr.contains("heartbeat.interval"), "{stderr}");
 }
 
+/// Contract §10.9: `--version` on both binaries, and the version in the
+/// start-up line.
+#[tokio::test]
+async fn both_binaries_print_their_version() {
+    let version = env!("CARGO_PKG_VERSION");
+    let (code, stdout, _) = run(&["--version"]);
+    assert_eq!(
+        (code, stdout.trim()),
+        (0, format!("herald-gateway {version}").as_str())
+    );
+    let out = herald_testkit::bin("herald-admin")
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("herald-admin {version}")
+    );
+    let mut p = start(&[
+        "--jwt-hs256-secret",
+        SECRET,
+        "--admin-api-keys",
+        ADMIN_KEY,
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    let line = p.line_with("herald-gateway listening");
+    assert!(line.contains(&format!("version={version}")), "{line}");
+}
+
+/// `herald-admin check-config` prints every key and checks what `serve`
+/// requires, without connecting to Redis.
+#[test]
+fn herald_admin_checks_its_configuration() {
+    let check = |args: &[&str]| {
+        let out = herald_testkit::bin("herald-admin")
+            .arg("check-config")
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let (code, text) = check(&[
+        "--redis-url",
+        "redis://127.0.0.1:1",
+        "--admin-api-keys",
+        "k",
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("admin.api_keys = \"****\"  # flag --admin-api-keys"),
+        "{text}"
+    );
+    assert!(text.contains("configuration OK"), "{text}");
+    let (code, text) = check(&["--admin-api-keys", "k"]);
+    assert_eq!(code, Some(1));
+    assert!(text.contains("redis_url is not set"), "{text}");
+    let (code, text) = check(&["--redis-url", "redis://127.0.0.1:1"]);
+    assert_eq!(code, Some(1));
+    assert!(text.contains("no admin API key"), "{text}");
+    let (code, text) = check(&["--redis-url", "http://x", "--admin-api-keys", "k"]);
+    assert_eq!(code, Some(1));
+    assert!(text.contains("must start with redis://"), "{text}");
+}
+
 #[test]
 fn serve_without_keys_names_the_setting() {
     let (code, _, stderr) = run(&[

@@ -81,33 +81,8 @@ impl Endpoint {
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
-/// The TLS client configuration, built once: the ring provider and the
-/// platform's roots (`rustls-native-certs` honours `SSL_CERT_FILE`).
 fn tls_config() -> Result<Arc<rustls::ClientConfig>, TransportError> {
-    static CONFIG: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>> =
-        std::sync::OnceLock::new();
-    CONFIG
-        .get_or_init(|| {
-            let mut roots = rustls::RootCertStore::empty();
-            let found = rustls_native_certs::load_native_certs();
-            for cert in found.certs {
-                let _ = roots.add(cert);
-            }
-            if roots.is_empty() {
-                return Err(
-                    "no trusted root certificates for rediss:// (set SSL_CERT_FILE)".to_owned(),
-                );
-            }
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let config = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            Ok(Arc::new(config))
-        })
-        .clone()
-        .map_err(TransportError::Tls)
+    crate::tls::client_config().map_err(TransportError::Tls)
 }
 
 /// An open, authenticated connection and its read buffer.
