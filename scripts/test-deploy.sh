@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The deploy tests (deploy/tests/, pytest): the Dockerfile (hadolint), every
 # YAML file (yamllint), the compose, HAProxy, Prometheus and Grafana files
-# (promtool, haproxy -c, a live /metrics), the Helm chart (lint and render
-# through Helm's Go SDK, kubernetes-validate --strict, schema) and deploy/k8s/
-# drift, and a rolling restart of deploy/local-cluster.sh that must lose
-# nothing. Runs the binaries in HERALD_BIN_DIR (default target/debug); the
-# tools come from scripts/deps.sh. Extra arguments go to pytest
-# (e.g. -k chart). About 25 seconds.
+# (promtool check and the alerts' unit tests with promtool test rules,
+# haproxy -c, a live /metrics), the Helm chart (lint and render through
+# Helm's Go SDK, kubernetes-validate --strict, custom resources' shapes,
+# schema; the ServiceMonitor's job names, PrometheusRule, dashboards,
+# NetworkPolicies, HTTPRoute) and deploy/k8s/ drift, and a rolling restart of
+# deploy/local-cluster.sh that must lose nothing. Runs the binaries in
+# HERALD_BIN_DIR (default target/debug); the tools come from scripts/deps.sh.
+# Extra arguments go to pytest (e.g. -k chart, -k configs). About 30 seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

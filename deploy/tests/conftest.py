@@ -1,7 +1,8 @@
 """Shared helpers of the deploy tests (pytest, run by scripts/test-deploy.sh).
 
 The Herald binaries come from HERALD_BIN_DIR (default: target/debug of the
-repository, as `cargo build --workspace --bins` leaves them).
+repository, as `cargo build --workspace --bins` leaves them). The chart is
+rendered through Helm's own Go SDK (pip: helm-python-sdk).
 """
 
 import os
@@ -14,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -90,3 +92,27 @@ def live_metrics(herald_bin, tmp_path_factory) -> str:
         finally:
             node.terminate()
             node.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def chart():
+    """The chart helm/herald, loaded once per test module."""
+    import helm_python as helm
+
+    with helm.Chart.load(CHART) as c:
+        yield c
+
+
+def render(chart, values, name: str = "herald", namespace: str = "herald") -> list[dict]:
+    """Every object the chart renders for `values`."""
+    out = chart.render(values, name=name, namespace=namespace, is_install=True)
+    objects = []
+    for template, text in out.items():
+        if template.endswith("NOTES.txt"):
+            continue
+        objects += [o for o in yaml.safe_load_all(text) if o]
+    return objects
+
+
+def by_kind(objects, kind) -> dict[str, dict]:
+    return {o["metadata"]["name"]: o for o in objects if o["kind"] == kind}

@@ -2,12 +2,15 @@
 (pip: helm-python-sdk; offline, no helm binary, no cluster).
 
 For the default values and for variants (Redis Cluster, Sentinel, TLS,
-Ingress on, autoscaling off and on custom metrics, ServiceMonitor, existing
-Secrets, config as a Secret): lint is clean, every rendered manifest passes
-kubernetes-validate --strict on the oldest and newest Kubernetes the chart
-supports, the drain settings hold together, and the rendered herald.toml is
-accepted by `herald-gateway check-config`. Values that break the schema are
-rejected; deploy/k8s/ matches a fresh render.
+Ingress on, autoscaling off and on custom metrics, the Prometheus Operator's
+objects, existing Secrets, config as a Secret, network policy off and with
+custom peers, an HTTPRoute, probes and extra containers from values): lint is
+clean, every rendered manifest passes kubernetes-validate --strict on the
+oldest and newest Kubernetes the chart supports (the custom resources, which
+it has no schema for, are checked by crd_shapes.py), the drain settings hold
+together, and the rendered herald.toml is accepted by `herald-gateway
+check-config`. Values that break the schema are rejected; deploy/k8s/ matches
+a fresh render. What the operational objects do: test_chart_objects.py.
 """
 
 import os
@@ -18,9 +21,9 @@ import tomllib
 import helm_python as helm
 import kubernetes_validate
 import pytest
-import yaml
 
-from conftest import CHART, ROOT, tool
+from conftest import CHART, ROOT, by_kind, render, tool
+from crd_shapes import CUSTOM_KINDS, check_custom_resource
 
 # The chart's kubeVersion floor, and the newest schemas kubernetes-validate has.
 KUBE_VERSIONS = ["1.25.0", kubernetes_validate.latest_version()]
@@ -37,10 +40,61 @@ VARIANTS = {
     "no-hpa": {"autoscaling": {"enabled": False}, "gateway": {"replicas": 4}},
     "hpa-connections": {"autoscaling": {"connections": {"enabled": True, "averageValue": 30000}}},
     "monitoring-and-secrets": {
-        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"},
+                                       "metricRelabelings": [{"action": "drop", "sourceLabels": ["__name__"],
+                                                              "regex": "herald_topics"}]}},
+        "prometheusRule": {"enabled": True, "labels": {"release": "prometheus"}},
+        "dashboards": {"enabled": True, "label": "grafana.example.com/dashboard", "labelValue": "herald",
+                       "namespace": "grafana", "annotations": {"grafana_folder": "Herald"}},
+        "config": {"limits": {"max_connections": 60000}},
         "auth": {"existingSecret": "my-herald-keys"},
         "redis": {"existingSecret": "my-redis", "existingSecretKey": "url"},
         "service": {"type": "LoadBalancer", "externalTrafficPolicy": "Local"},
+    },
+    "network-policy-off": {"networkPolicy": {"enabled": False}},
+    "network-policy-custom": {"networkPolicy": {
+        "public": {"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}},
+                            {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}}]},
+        "admin": {"from": [{"namespaceSelector": {"matchLabels": {"team": "backend"}},
+                            "podSelector": {"matchLabels": {"app": "publisher"}}},
+                           {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}}}]},
+        "egress": [{"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+                    "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]},
+                   {"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}], "ports": [{"port": 6379, "protocol": "TCP"}]}],
+    }},
+    "httproute": {"httpRoute": {
+        "enabled": True, "hostnames": ["push.example.com"], "labels": {"route": "public"},
+        "annotations": {"example.com/owner": "push"},
+        "parentRefs": [{"name": "public", "namespace": "gateway-system", "sectionName": "https"}],
+        "matches": [{"path": {"type": "PathPrefix", "value": "/ws"}}, {"path": {"type": "Exact", "value": "/readyz"}}],
+        "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "X-Route", "value": "herald"}]}}],
+        "timeouts": {"request": "0s"},
+    }},
+    "pod-extras": {
+        "gateway": {
+            "readinessProbe": {"periodSeconds": 3}, "livenessProbe": None,
+            "startupProbe": {"failureThreshold": 60},
+            "envFrom": [{"secretRef": {"name": "herald-extra-env"}}, {"configMapRef": {"name": "herald-env", "optional": True}}],
+            "extraVolumes": [{"name": "jwks", "secret": {"secretName": "herald-jwks"}}],
+            "extraVolumeMounts": [{"name": "jwks", "mountPath": "/etc/herald/jwks", "readOnly": True}],
+            "extraContainers": [{"name": "log-shipper", "image": "busybox:1.36", "args": ["sleep", "infinity"],
+                                 "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}],
+            "extraInitContainers": [{"name": "wait-for-redis", "image": "busybox:1.36",
+                                     "command": ["sh", "-c", "until nc -z redis 6379; do sleep 1; done"]}],
+            "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                                           "whenUnsatisfiable": "DoNotSchedule"}],
+            "resources": {"requests": {"cpu": "1", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
+        },
+        "admin": {
+            "startupProbe": {"httpGet": {"path": "/healthz", "port": "admin"}, "periodSeconds": 1, "failureThreshold": 20},
+            "envFrom": [{"secretRef": {"name": "herald-extra-env"}}],
+            "extraContainers": [{"name": "proxy", "image": "busybox:1.36"}],
+            "extraInitContainers": [{"name": "init", "image": "busybox:1.36"}],
+            "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                                           "whenUnsatisfiable": "ScheduleAnyway",
+                                           "labelSelector": {"matchLabels": {"app.kubernetes.io/component": "admin"}}}],
+        },
     },
     "config-as-secret": {
         "configAsSecret": True, "drainTimeoutSeconds": 10,
@@ -67,28 +121,19 @@ BAD_VALUES = {
     "an unknown anti-affinity": {"gateway": {"antiAffinity": "always"}},
     "CPU target over 100%": {"autoscaling": {"targetCPUUtilizationPercentage": 150}},
     "an ingress path without a slash": {"ingress": {"hosts": [{"host": "h", "paths": [{"path": "ws", "pathType": "Prefix"}]}]}},
+    "an HTTPRoute without a parent Gateway": {"httpRoute": {"enabled": True}},
+    "an HTTPRoute path without a slash": {"httpRoute": {"matches": [{"path": {"type": "PathPrefix", "value": "ws"}}]}},
+    "an HTTPRoute timeout that is not a duration": {"httpRoute": {"timeouts": {"request": "forever"}}},
+    "a network peer of an unknown kind": {"networkPolicy": {"admin": {"from": [{"pods": {"app": "x"}}]}}},
+    "an unknown key under networkPolicy": {"networkPolicy": {"allowAll": True}},
+    "a dashboard label that is not a label key": {"dashboards": {"label": "grafana dashboard"}},
+    "an unknown key under prometheusRule": {"prometheusRule": {"rules": []}},
+    "an envFrom of an unknown kind": {"gateway": {"envFrom": [{"secret": {"name": "x"}}]}},
+    "a sidecar without a name": {"gateway": {"extraContainers": [{"image": "busybox"}]}},
+    "a probe with an unknown key": {"gateway": {"readinessProbe": {"httpget": {"path": "/readyz"}}}},
+    "an unknown topology spread policy": {"admin": {"topologySpreadConstraints": [
+        {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "Never"}]}},
 }
-
-
-@pytest.fixture(scope="module")
-def chart():
-    with helm.Chart.load(CHART) as c:
-        yield c
-
-
-def render(chart, values) -> list[dict]:
-    """Every object the chart renders for `values`."""
-    out = chart.render(values, name="herald", namespace="herald", is_install=True)
-    objects = []
-    for template, text in out.items():
-        if template.endswith("NOTES.txt"):
-            continue
-        objects += [o for o in yaml.safe_load_all(text) if o]
-    return objects
-
-
-def by_kind(objects, kind) -> dict[str, dict]:
-    return {o["metadata"]["name"]: o for o in objects if o["kind"] == kind}
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -103,8 +148,10 @@ def test_manifests_are_valid_kubernetes(chart, variant):
     objects = render(chart, VARIANTS[variant])
     assert objects
     for obj in objects:
-        if obj["kind"] == "ServiceMonitor":
-            continue  # a CRD: kubernetes-validate has no schema for it; checked below
+        if obj["kind"] in CUSTOM_KINDS:
+            # kubernetes-validate has no schema for custom resources.
+            check_custom_resource(obj)
+            continue
         for version in KUBE_VERSIONS:
             try:
                 kubernetes_validate.validate(obj, version, strict=True)
@@ -128,8 +175,10 @@ def test_rendering_holds_together(chart, variant):
     drain, sleep = values["drainTimeoutSeconds"], values["gateway"]["preStopSleepSeconds"]
     assert pod["terminationGracePeriodSeconds"] > drain + sleep
     assert container["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", str(sleep)]
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+    if values["gateway"].get("livenessProbe"):
+        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz", "never /readyz"
+    assert container["name"] == "gateway" and pod["containers"][1:] == values["gateway"]["extraContainers"]
     assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
     assert gateway["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     assert pod["securityContext"]["runAsNonRoot"] and container["securityContext"]["readOnlyRootFilesystem"]

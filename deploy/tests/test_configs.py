@@ -1,6 +1,7 @@
 """The deploy files, checked by their own tools and against each other:
 hadolint on the Dockerfile, yamllint on every YAML file, promtool on the
-Prometheus configuration as compose mounts it, `haproxy -c` on the HAProxy
+Prometheus configuration as compose mounts it and on the alerts' unit tests
+(deploy/prometheus/alerts.test.yml), `haproxy -c` on the HAProxy
 file, shellcheck on local-cluster.sh, `herald-gateway check-config` on the
 herald.toml files, the Grafana dashboard against a live /metrics, and
 compose.yaml against the files it mounts.
@@ -67,6 +68,43 @@ def test_promtool_check_config_as_compose_mounts_it(tmp_path):
     assert result.returncode == 0 and "WARNING" not in output, output
     rules = run(tool("promtool"), "check", "rules", DEPLOY / "prometheus" / "alerts.yml")
     assert rules.returncode == 0, rules.stdout + rules.stderr
+
+
+def test_promtool_alert_unit_tests():
+    """Each alert fires on synthetic series of a cluster in trouble and
+    stays quiet on a healthy one (deploy/prometheus/alerts.test.yml)."""
+    result = run(tool("promtool"), "test", "rules", "alerts.test.yml", cwd=DEPLOY / "prometheus")
+    assert result.returncode == 0 and "SUCCESS" in result.stdout, result.stdout + result.stderr
+
+
+def test_every_alert_has_a_firing_and_a_quiet_case():
+    """alerts.test.yml covers every alert both ways: a case where it fires,
+    and one where it stays quiet (no alert expected, or, for a per-instance
+    alert, an input instance that the expected alerts leave out)."""
+    alerts = {r["alert"] for g in yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())["groups"]
+              for r in g["rules"]}
+    tests = yaml.safe_load((DEPLOY / "prometheus" / "alerts.test.yml").read_text())
+    assert tests["rule_files"] == ["alerts.yml"]
+    fires, quiet = set(), set()
+    for group in tests["tests"]:
+        instances = {i for s in group["input_series"] for i in re.findall(r'instance="([^"]+)"', s["series"])}
+        for case in group["alert_rule_test"]:
+            expected = case.get("exp_alerts") or []
+            if expected:
+                fires.add(case["alertname"])
+            alerted = {a["exp_labels"].get("instance") for a in expected}
+            if not expected or (None not in alerted and instances - alerted):
+                quiet.add(case["alertname"])
+    assert fires == alerts, f"alerts with no firing case: {alerts - fires}"
+    assert quiet == alerts, f"alerts with no quiet case: {alerts - quiet}"
+
+
+def test_operations_md_shows_the_shipped_alerts():
+    """docs/operations.md#alerts prints the rules; they are alerts.yml's."""
+    text = (ROOT / "docs" / "operations.md").read_text()
+    section = text.split("\n## Alerts\n", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    assert yaml.safe_load(block) == yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
 
 
 LOCAL_LB_ENV = {"HERALD_GW1": "127.0.0.1:18010", "HERALD_GW2": "127.0.0.1:18020", "HERALD_GW3": "127.0.0.1:18030",

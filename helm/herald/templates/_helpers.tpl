@@ -201,3 +201,31 @@ affinity:
               {{- include "herald.selectorLabels" (dict "root" $root "component" .component) | nindent 14 }}
 {{- end }}
 {{- end -}}
+
+{{/*
+The values' topologySpreadConstraints of one component; a constraint
+without labelSelector selects the component's pods.
+*/}}
+{{- define "herald.topologySpread" -}}
+{{- $selector := include "herald.selectorLabels" (dict "root" .root "component" .component) | fromYaml -}}
+{{- $constraints := list -}}
+{{- range .values.topologySpreadConstraints -}}
+{{- $constraint := deepCopy . -}}
+{{- if not (hasKey $constraint "labelSelector") -}}
+{{- $_ := set $constraint "labelSelector" (dict "matchLabels" $selector) -}}
+{{- end -}}
+{{- $constraints = append $constraints $constraint -}}
+{{- end -}}
+{{- toYaml $constraints -}}
+{{- end -}}
+
+{{/* Who may reach the admin port (8081): the release's pods, then the values' peers. */}}
+{{- define "herald.adminPeers" -}}
+- podSelector:
+    matchLabels:
+      app.kubernetes.io/name: {{ include "herald.name" . }}
+      app.kubernetes.io/instance: {{ .Release.Name }}
+{{- with .Values.networkPolicy.admin.from }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
