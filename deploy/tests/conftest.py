@@ -86,6 +86,10 @@ def live_metrics(herald_bin, tmp_path_factory) -> str:
             stdout=out, stderr=subprocess.STDOUT, cwd=log.parent)
         try:
             wait_until("the node to be ready", lambda: http_get(f"http://127.0.0.1:{admin}/readyz")[0] == 200, 20)
+            # One admin request, so the per-route families have a series.
+            stats = urllib.request.Request(f"http://127.0.0.1:{admin}/v1/stats", headers={"Authorization": "Bearer k"})
+            with urllib.request.urlopen(stats, timeout=5) as resp:
+                assert resp.status == 200
             status, body = http_get(f"http://127.0.0.1:{admin}/metrics")
             assert status == 200
             return body.decode()

@@ -157,7 +157,7 @@ def test_dashboard_queries_name_exported_metrics(live_metrics):
                 if line and not line.startswith("#")}
     used = set()
     for expr in dashboard_exprs():
-        names = set(re.findall(r"\b(herald_[a-z0-9_]+)", expr)) | ({"up"} if re.search(r"\bup\{", expr) else set())
+        names = set(re.findall(r"\b((?:herald|process)_[a-z0-9_]+)", expr)) | ({"up"} if re.search(r"\bup\{", expr) else set())
         assert names, f"no metric in {expr!r}"
         unknown = names - exported - {"up"}
         assert not unknown, f"{expr!r} names metrics the gateway does not export: {unknown}"
@@ -167,6 +167,13 @@ def test_dashboard_queries_name_exported_metrics(live_metrics):
     assert {"herald_connections", "herald_subscriptions", "herald_messages_delivered_total",
             "herald_publish_to_deliver_seconds_bucket", "herald_messages_dropped_total",
             "herald_broker_up", "herald_node_info"} <= used
+    # Issue 26: a panel for every family an operator watches in production.
+    assert {"herald_admin_requests_total", "herald_admin_request_seconds_bucket",
+            "herald_handshakes_pending", "herald_connections_shed_total", "herald_handshakes_evicted_total",
+            "herald_presence_members", "herald_presence_leaves_total", "herald_redis_failovers_total",
+            "herald_history_fenced_total", "herald_pubsub_probe_seconds_bucket",
+            "process_resident_memory_bytes", "process_open_fds", "process_max_fds",
+            "herald_build_info"} <= used
     assert 'herald_node_info{node="' in live_metrics, "per-node panels join on herald_node_info's node label"
 
 
