@@ -45,6 +45,7 @@ pub const ADMIN_REQUEST_BUCKETS: [f64; 13] = [
 /// the admin API (its labels are its routes and keys), bucketed here.
 pub const ADMIN_REQUEST_SECONDS: &str = "herald_admin_request_seconds";
 
+const PROXY_SECONDS: &str = "herald_proxy_seconds";
 const DELIVER_LATENCY: &str = "herald_publish_to_deliver_seconds";
 const PROBE_RTT: &str = "herald_pubsub_probe_seconds";
 
@@ -124,6 +125,81 @@ impl DropReason {
 
     fn index(self) -> usize {
         DropReason::ALL.iter().position(|r| *r == self).unwrap_or(0)
+    }
+}
+
+/// Which backend hook was called, the `hook` label of the
+/// `herald_proxy_*` families (contract §10.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyHook {
+    /// `proxy.connect_url`.
+    Connect,
+    /// `proxy.subscribe_url`.
+    Subscribe,
+    /// `proxy.publish_url`.
+    Publish,
+}
+
+impl ProxyHook {
+    const ALL: [ProxyHook; 3] = [ProxyHook::Connect, ProxyHook::Subscribe, ProxyHook::Publish];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            ProxyHook::Connect => "connect",
+            ProxyHook::Subscribe => "subscribe",
+            ProxyHook::Publish => "publish",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// How a hook call ended, the `result` label of
+/// `herald_proxy_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyResult {
+    /// A 2xx the node used.
+    Ok,
+    /// 401: the backend refused the connection.
+    Unauthorized,
+    /// 403: the backend refused.
+    Forbidden,
+    /// Any other status, a malformed reply, or no connection.
+    Error,
+    /// No answer within `proxy.timeout`.
+    Timeout,
+    /// Not called: the backend is failing (the breaker is open) or too
+    /// many calls are in flight.
+    Shed,
+}
+
+impl ProxyResult {
+    const ALL: [ProxyResult; 6] = [
+        ProxyResult::Ok,
+        ProxyResult::Unauthorized,
+        ProxyResult::Forbidden,
+        ProxyResult::Error,
+        ProxyResult::Timeout,
+        ProxyResult::Shed,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            ProxyResult::Ok => "ok",
+            ProxyResult::Unauthorized => "unauthorized",
+            ProxyResult::Forbidden => "forbidden",
+            ProxyResult::Error => "error",
+            ProxyResult::Timeout => "timeout",
+            ProxyResult::Shed => "shed",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -207,6 +283,8 @@ pub struct Metrics {
     pub accept_errors: Counter,
     /// The `process_*` families (a well-kept crate's reading of `/proc`).
     process: metrics_process::Collector,
+    proxy_requests: Vec<Counter>,
+    proxy_seconds: Vec<Histogram>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -236,6 +314,12 @@ impl Metrics {
             .and_then(|b| {
                 b.set_buckets_for_metric(
                     Matcher::Full(ADMIN_REQUEST_SECONDS.to_owned()),
+                    &ADMIN_REQUEST_BUCKETS,
+                )
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full(PROXY_SECONDS.to_owned()),
                     &ADMIN_REQUEST_BUCKETS,
                 )
             });
@@ -288,6 +372,16 @@ impl Metrics {
             Kind::Histogram,
             ADMIN_REQUEST_SECONDS,
             "Admin API requests, from the key check to the response, by route and status.",
+        );
+        describe(
+            Kind::Counter,
+            "herald_proxy_requests_total",
+            "Backend hook calls by hook and result.",
+        );
+        describe(
+            Kind::Histogram,
+            PROXY_SECONDS,
+            "Backend hook calls, from the request to the answer, by hook.",
         );
         // process_cpu_seconds_total, process_resident_memory_bytes,
         // process_open_fds, process_max_fds, process_threads, ...: read from
@@ -457,6 +551,25 @@ impl Metrics {
             connections_shed: counter("herald_connections_shed_total", &[]),
             handshakes_evicted: counter("herald_handshakes_evicted_total", &[]),
             accept_errors: counter("herald_accept_errors_total", &[]),
+            proxy_requests: ProxyHook::ALL
+                .iter()
+                .flat_map(|h| ProxyResult::ALL.iter().map(move |r| (h, r)))
+                .map(|(h, r)| {
+                    counter(
+                        "herald_proxy_requests_total",
+                        &[("hook", h.label().into()), ("result", r.label().into())],
+                    )
+                })
+                .collect(),
+            proxy_seconds: ProxyHook::ALL
+                .iter()
+                .map(|h| {
+                    r.register_histogram(
+                        &key(PROXY_SECONDS, &[("hook", h.label().into())]),
+                        &METADATA,
+                    )
+                })
+                .collect(),
             handle,
             recorder,
             process,
@@ -497,6 +610,18 @@ impl Metrics {
     /// Counts `n` presence leaves for `cause`.
     pub fn presence_left(&self, cause: LeaveCause, n: u64) {
         self.presence_leaves[cause.index()].increment(n);
+    }
+
+    /// Counts a backend hook call that ended with `result` after `took`
+    /// (not timed when it was not made).
+    pub fn proxy(&self, hook: ProxyHook, result: ProxyResult, took: std::time::Duration) {
+        let at = hook.index() * ProxyResult::ALL.len() + result.index();
+        if let Some(c) = self.proxy_requests.get(at) {
+            c.increment(1);
+        }
+        if result != ProxyResult::Shed {
+            self.proxy_seconds[hook.index()].record(took.as_secs_f64());
+        }
     }
 
     /// Counts a server-side close with `code`.

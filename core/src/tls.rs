@@ -22,13 +22,20 @@ pub fn client_config() -> Result<Arc<rustls::ClientConfig>, String> {
             if roots.is_empty() {
                 return Err("no trusted root certificates (set SSL_CERT_FILE)".to_owned());
             }
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let config = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            Ok(Arc::new(config))
+            client_config_with(roots).map(Arc::new)
         })
         .clone()
+}
+
+/// A client configuration trusting `roots` only, on the ring provider.
+///
+/// # Errors
+/// When the provider refuses the default protocol versions (it does not).
+pub fn client_config_with(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }

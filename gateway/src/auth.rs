@@ -62,6 +62,9 @@ pub struct Claims {
     pub publish: Permissions,
     /// Patterns of presence topics the session may see members of.
     pub presence: Permissions,
+    /// What the connect hook attached to the session (contract §10.6),
+    /// handed to the other hooks; `None` for a JWT.
+    pub info: Option<Arc<serde_json::value::RawValue>>,
 }
 
 /// What identifies a token for revocation (contract §8): kept out of
@@ -306,6 +309,7 @@ fn claims(raw: RawClaims, max_lifetime: Duration) -> Result<(Claims, TokenId), A
         presence: parse("presence", &raw.presence)?,
         sub: Arc::from(raw.sub),
         exp: raw.exp,
+        info: None,
     };
     Ok((
         claims,

@@ -9,18 +9,22 @@
 //! ([`herald_core::AnyBroker`]) carries events between publishers and
 //! nodes. [`node`] holds what they share; [`revocations`] the tokens it
 //! refuses; [`auth`] checks tokens with the [`keys`] of the configuration,
-//! which [`jwks`] keeps fresh when they come from a URL. Layers import downwards only: `ws` → `session` → `hub` →
+//! which [`jwks`] keeps fresh when they come from a URL; [`proxy`] asks the
+//! application's backend (through [`backend`]) where the configuration says
+//! so. Layers import downwards only: `ws` → `session` → `hub` →
 //! `outbox` → `wire`.
 
 #![recursion_limit = "256"]
 
 pub mod auth;
+pub mod backend;
 pub mod dev;
 pub mod hub;
 pub mod jwks;
 pub mod keys;
 pub mod node;
 pub mod outbox;
+pub mod proxy;
 pub mod revocations;
 pub mod server;
 pub mod session;

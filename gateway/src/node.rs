@@ -30,6 +30,8 @@ pub struct Node {
     pub hub: Hub<AnyBroker>,
     /// Token verification.
     pub verifier: Verifier,
+    /// The backend hooks, when configured.
+    pub proxy: Option<crate::proxy::Proxy>,
     /// Token minting for `/dev/token`; set only in `--dev`.
     pub dev_signer: Option<Signer>,
     /// TLS for the public listener, when `tls.*` is configured.
@@ -156,13 +158,27 @@ impl Node {
             metrics.clone(),
             config.history.size,
         );
+        let backend = crate::backend::Backend::new().map_err(|message| KeyError {
+            setting: "proxy",
+            message,
+        })?;
         if let Some(remote) = verifier.remote() {
             use tracing::Instrument;
             tokio::spawn(
-                crate::jwks::keep_fresh(Arc::downgrade(remote))
+                crate::jwks::keep_fresh(Arc::downgrade(remote), backend.clone())
                     .instrument(tracing::info_span!("jwks")),
             );
         }
+        let proxy = crate::proxy::Proxy::new(
+            &config.proxy,
+            config.jwt.max_lifetime,
+            backend,
+            metrics.clone(),
+        )
+        .map_err(|message| KeyError {
+            setting: "proxy",
+            message,
+        })?;
         let node = Arc::new(Node {
             session_prefix: herald_core::random_hex(4),
             config,
@@ -170,6 +186,7 @@ impl Node {
             broker,
             hub,
             verifier,
+            proxy,
             dev_signer,
             tls,
             revocations: crate::revocations::Revocations::default(),

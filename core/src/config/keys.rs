@@ -281,6 +281,48 @@ pub static KEYS: &[KeySpec] = &[
         "a member of a node that stopped reporting (crashed, cut off) leaves within this long",
     ),
     key(
+        "proxy.connect_url",
+        Kind::Text,
+        None,
+        "backend URL that authenticates connections without a JWT (cookies, API keys)",
+    ),
+    key(
+        "proxy.headers",
+        Kind::List,
+        Some("Cookie,Authorization,Origin,User-Agent,X-Forwarded-For"),
+        "handshake headers sent to proxy.connect_url",
+    ),
+    key(
+        "proxy.subscribe_url",
+        Kind::Text,
+        None,
+        "backend URL asked before a subscribe to a topic of proxy.subscribe_topics",
+    ),
+    key(
+        "proxy.subscribe_topics",
+        Kind::List,
+        Some(""),
+        "topic patterns whose subscribes ask proxy.subscribe_url",
+    ),
+    key(
+        "proxy.publish_url",
+        Kind::Text,
+        None,
+        "backend URL a client publish to a topic of proxy.publish_topics is sent to first (it may refuse or replace data)",
+    ),
+    key(
+        "proxy.publish_topics",
+        Kind::List,
+        Some(""),
+        "topic patterns whose client publishes go through proxy.publish_url",
+    ),
+    key(
+        "proxy.timeout",
+        Kind::Duration,
+        Some("1s"),
+        "longest a backend hook call may take",
+    ),
+    key(
         "listen_backlog",
         Kind::Count,
         Some("0"),

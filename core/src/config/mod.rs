@@ -17,6 +17,7 @@
 
 pub mod admin;
 pub mod keys;
+pub mod proxy;
 pub mod sections;
 pub mod sources;
 pub mod value;
@@ -29,6 +30,7 @@ use serde::Deserialize;
 
 pub use admin::{AdminConfig, Scope, ScopedKey};
 pub use keys::{KEYS, KeySpec, Kind};
+pub use proxy::ProxyConfig;
 pub use sections::{
     AuthConfig, Durability, HeartbeatConfig, HistoryConfig, JwtConfig, LimitsConfig,
     ListenersConfig, LogConfig, NodeConfig, PayloadLimits, PresenceConfig, PublishConfig,
@@ -116,6 +118,23 @@ impl Check<'_> {
         }
     }
 
+    /// Refuses a URL a node cannot call: not `http://` or `https://`, or
+    /// without a host.
+    pub fn http_url(&self, key: &str, url: Option<&str>) -> Result<(), ConfigError> {
+        let Some(url) = url else {
+            return Ok(());
+        };
+        let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
+        if !scheme_ok
+            || url
+                .parse::<http::Uri>()
+                .map_or(true, |u| u.host().is_none())
+        {
+            return Err(self.invalid(key, "must be an http:// or https:// URL"));
+        }
+        Ok(())
+    }
+
     /// Refuses a zero where only a positive value makes sense.
     ///
     /// # Errors
@@ -156,6 +175,8 @@ pub struct Config {
     pub publish: PublishConfig,
     /// `[presence]`.
     pub presence: PresenceConfig,
+    /// `[proxy]`: the backend hooks.
+    pub proxy: ProxyConfig,
     /// `log_level`, `log_format`.
     pub log: LogConfig,
 }
@@ -255,6 +276,7 @@ pub fn load(sources: &Sources) -> Result<Loaded, ConfigError> {
         history: read(&layers)?,
         publish: read(&layers)?,
         presence: read(&layers)?,
+        proxy: read(&layers)?,
         log: read(&layers)?,
     };
     Ok(Loaded { config, layers })

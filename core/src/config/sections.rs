@@ -352,16 +352,7 @@ impl Section for JwtConfig {
             return Err(c.invalid("jwt.hs256_secret", "must be at least 16 bytes"));
         }
         c.positive("jwt.max_lifetime", self.max_lifetime.is_zero())?;
-        if let Some(url) = &self.jwks_url {
-            let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
-            if !scheme_ok
-                || url
-                    .parse::<http::Uri>()
-                    .map_or(true, |u| u.host().is_none())
-            {
-                return Err(c.invalid("jwt.jwks_url", "must be an http:// or https:// URL"));
-            }
-        }
+        c.http_url("jwt.jwks_url", self.jwks_url.as_deref())?;
         if self.jwks_refresh < Duration::from_secs(10) {
             return Err(c.invalid("jwt.jwks_refresh", "must be at least 10s"));
         }

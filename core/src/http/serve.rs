@@ -6,6 +6,7 @@
 //! listeners and lets every connection finish its in-flight request.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -321,9 +322,9 @@ async fn accept_loop<W, Fut, S>(
         let mut taken = 0;
         while let Some(accepted) = next.take() {
             match accepted {
-                Ok((stream, _peer)) => {
+                Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    handle(stream, &accept, &stop);
+                    handle(stream, peer, &accept, &stop);
                 }
                 Err(e) => {
                     if let Some(a) = &accept.admission {
@@ -344,8 +345,12 @@ async fn accept_loop<W, Fut, S>(
 }
 
 /// Starts serving one accepted connection, or sheds it.
-fn handle<W, Fut, S>(stream: TcpStream, accept: &Accept<W>, stop: &watch::Receiver<bool>)
-where
+fn handle<W, Fut, S>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    accept: &Accept<W>,
+    stop: &watch::Receiver<bool>,
+) where
     W: Fn(Watched<TcpStream>) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = Option<S>> + Send + 'static,
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -383,7 +388,7 @@ where
         };
         let serve = async move {
             if let Some(io) = wrap(watched).await {
-                serve_connection(io, app, stop, done, pending).await;
+                serve_connection(io, peer, app, stop, done, pending).await;
             }
         };
         tokio::select! {
@@ -392,6 +397,11 @@ where
         }
     });
 }
+
+/// The address a request's connection came from (before any proxy), in the
+/// request's extensions: the connect hook sends it to the backend.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
 
 /// Answers a shed connection with a 503 and a spread `Retry-After`, without
 /// parsing its request: reads (and drops) what it sent for a moment so the
@@ -417,6 +427,7 @@ async fn refuse_overloaded(mut stream: TcpStream) {
 
 async fn serve_connection<S>(
     stream: S,
+    peer: SocketAddr,
     app: Router,
     mut stop: watch::Receiver<bool>,
     _done: mpsc::Sender<()>,
@@ -427,8 +438,9 @@ async fn serve_connection<S>(
     // The connection stops being pending when its first request is routed.
     let pending = std::sync::Mutex::new(pending);
     let routed = TowerToHyperService::new(app);
-    let service = hyper::service::service_fn(move |req| {
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
         drop(pending.lock().ok().and_then(|mut p| p.take()));
+        req.extensions_mut().insert(PeerAddr(peer));
         hyper::service::Service::call(&routed, req)
     });
     let conn = http1::Builder::new()

@@ -78,6 +78,9 @@ impl Session {
             self.error(reference, ErrorCode::TooManySubscriptions, &message, None);
             return;
         }
+        if !self.backend_allows_subscribe(reference, &new).await {
+            return;
+        }
         // Topics with `since` recover (whether new or already held); the
         // others are subscribed plainly, if new.
         let (recovering, plain): (Vec<&Topic>, Vec<&Topic>) =
@@ -358,6 +361,17 @@ impl Session {
         if let Err(e) = rules.check(&data, event.as_deref(), None) {
             return self.error(reference, e.code(), &e.to_string(), Some(name));
         }
+        let data = match self.backend_vets_publish(&topic, data).await {
+            Ok((data, false)) => data,
+            Ok((replaced, true)) => match rules.check(&replaced, event.as_deref(), None) {
+                // The backend's replacement is held to the same rules.
+                Ok(()) => replaced,
+                Err(e) => return self.error(reference, e.code(), &e.to_string(), Some(name)),
+            },
+            Err(refusal) => {
+                return self.error(reference, refusal.code(), refusal.message(), Some(name));
+            }
+        };
         let publication = Publication {
             event,
             ..Publication::of(topic, data.into_owned())
@@ -384,6 +398,62 @@ impl Session {
                 );
             }
         }
+    }
+
+    /// Asks the subscribe hook about each new topic it covers, all at
+    /// once; the first refusal is the request's answer (all or nothing, as
+    /// for permissions). Returns whether the request may go on.
+    async fn backend_allows_subscribe(&self, reference: Option<&str>, new: &[Topic]) -> bool {
+        let Some(proxy) = &self.node.proxy else {
+            return true;
+        };
+        let asked: Vec<&Topic> = new.iter().filter(|t| proxy.asks_subscribe(t)).collect();
+        if asked.is_empty() {
+            return true;
+        }
+        let session = self.node.session_name(self.outbox.id);
+        let answers = futures_util::future::join_all(
+            asked
+                .iter()
+                .map(|t| proxy.subscribe(&self.claims, &session, t)),
+        )
+        .await;
+        match asked
+            .iter()
+            .zip(answers)
+            .find_map(|(t, a)| a.err().map(|e| (t, e)))
+        {
+            None => true,
+            Some((topic, refusal)) => {
+                self.error(
+                    reference,
+                    refusal.code(),
+                    refusal.message(),
+                    Some(topic.as_str()),
+                );
+                false
+            }
+        }
+    }
+
+    /// A client publish to a topic the publish hook covers goes through it:
+    /// the data as sent (`false`), the backend's replacement (`true`), or
+    /// its refusal.
+    async fn backend_vets_publish<'a>(
+        &self,
+        topic: &Topic,
+        data: Payload<'a>,
+    ) -> Result<(Payload<'a>, bool), crate::proxy::Refused> {
+        let Some(proxy) = self.node.proxy.as_ref().filter(|p| p.asks_publish(topic)) else {
+            return Ok((data, false));
+        };
+        let session = self.node.session_name(self.outbox.id);
+        Ok(
+            match proxy.publish(&self.claims, &session, topic, &data).await? {
+                None => (data, false),
+                Some(replacement) => (Payload::Json(std::borrow::Cow::Owned(replacement)), true),
+            },
+        )
     }
 
     pub(super) fn auth(&mut self, reference: Option<&str>, token: &str) {

@@ -516,6 +516,7 @@ mod footprint {
                 topics: herald_protocol::Permissions::default(),
                 publish: herald_protocol::Permissions::default(),
                 presence: herald_protocol::Permissions::default(),
+                info: None,
             },
             token: crate::auth::TokenId::default(),
             deflate: None,

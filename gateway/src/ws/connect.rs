@@ -9,6 +9,10 @@
 //! `{"type":"connect","token":…}` as its first frame within
 //! `auth.connect_timeout`, and a refusal closes it with 4005 and the
 //! refusal's code as the reason. The server sends nothing before that.
+//! With a connect hook (`proxy.connect_url`), a connection that brings no
+//! JWT is admitted by the application's backend instead
+//! ([`authenticate_by_backend`]): a protocol-1 handshake without a token
+//! at once, a `connect` frame whose token is not a JWT with that token.
 //!
 //! The first frame is read with the session's own decoder (same limits,
 //! same compression); bytes that came after it are handed to the session,
@@ -29,6 +33,7 @@ use tracing::debug;
 use super::Job;
 use crate::auth::{AuthError, Claims, TokenId};
 use crate::node::{Node, Permit};
+use crate::proxy::{ConnectRequest, Refused};
 use crate::session::{Protocol, Start};
 use crate::wire::codec::{Decoder, Encoding, Message, close_frame};
 use crate::wire::deflate::Deflate;
@@ -70,7 +75,7 @@ pub async fn authenticate(node: &Node, token: &str) -> Result<(Claims, TokenId),
         node.metrics.handshake(r.result);
         Err(r)
     };
-    let (claims, id) = match node.verifier.verify_token_fresh(token).await {
+    let verified = match node.verifier.verify_token_fresh(token).await {
         Ok(verified) => verified,
         Err(e @ AuthError::Expired) => {
             return refused(Refusal::new(
@@ -86,6 +91,47 @@ pub async fn authenticate(node: &Node, token: &str) -> Result<(Claims, TokenId),
                 e.to_string(),
             ));
         }
+    };
+    admit(node, verified).await
+}
+
+/// Admits a connection without a JWT through the connect hook (contract
+/// §10.6), then as [`authenticate`] does: revocation, the per-user limit.
+///
+/// # Errors
+/// The [`Refusal`] to answer, already counted in the handshake metric.
+pub async fn authenticate_by_backend(
+    node: &Node,
+    request: &ConnectRequest,
+) -> Result<(Claims, TokenId), Refusal> {
+    let Some(proxy) = &node.proxy else {
+        let r = Refusal::new(
+            HandshakeResult::Unauthorized,
+            ErrorCode::Unauthorized,
+            "no token",
+        );
+        node.metrics.handshake(r.result);
+        return Err(r);
+    };
+    match proxy.connect(request).await {
+        Ok(admitted) => admit(node, admitted).await,
+        Err(refused) => {
+            let result = match refused {
+                Refused::Expired => HandshakeResult::TokenExpired,
+                Refused::Unavailable(_) => HandshakeResult::Unavailable,
+                Refused::Unauthorized(_) | Refused::Forbidden(_) => HandshakeResult::Unauthorized,
+            };
+            node.metrics.handshake(result);
+            Err(Refusal::new(result, refused.code(), refused.message()))
+        }
+    }
+}
+
+/// The checks after a token (or the backend) said who the user is.
+async fn admit(node: &Node, (claims, id): (Claims, TokenId)) -> Result<(Claims, TokenId), Refusal> {
+    let refused = |r: Refusal| {
+        node.metrics.handshake(r.result);
+        Err(r)
     };
     if node
         .revocations
@@ -141,6 +187,9 @@ pub struct ConnectJob {
     pub protocol: Protocol,
     /// Its connection slot.
     pub permit: Permit,
+    /// With a connect hook: what the handshake tells it (the `connect`
+    /// frame's token is added when it is not a JWT).
+    pub backend: Option<Box<ConnectRequest>>,
 }
 
 /// Most bytes read while waiting for the `connect` frame: the frame itself
@@ -231,7 +280,19 @@ impl ConnectJob {
         initial: Bytes,
     ) -> Option<(Start, Bytes)> {
         let outcome = match self.first_frame(io, initial).await {
-            Ok((token, rest)) => authenticate(&self.node, &token).await.map(|v| (v, rest)),
+            Ok((token, rest)) => match self.backend.as_deref() {
+                // Not a JWT: the connect hook decides (contract §10.6).
+                Some(request) if jsonwebtoken::decode_header(&token).is_err() => {
+                    let request = ConnectRequest {
+                        token: Some(token).filter(|t| !t.is_empty()),
+                        ..request.clone()
+                    };
+                    authenticate_by_backend(&self.node, &request)
+                        .await
+                        .map(|v| (v, rest))
+                }
+                _ => authenticate(&self.node, &token).await.map(|v| (v, rest)),
+            },
             Err(r) => {
                 self.node.metrics.handshake(r.result);
                 Err(r)

@@ -19,7 +19,7 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use herald_core::Broker;
-use herald_core::http::serve::Watched;
+use herald_core::http::serve::{PeerAddr, Watched};
 use herald_core::http::{bearer, error_response};
 use herald_core::metrics::HandshakeResult;
 use herald_protocol::ErrorCode;
@@ -30,6 +30,7 @@ use tokio_rustls::server::TlsStream;
 use tracing::debug;
 
 use crate::node::Node;
+use crate::proxy::ConnectRequest;
 use crate::session::Protocol;
 use handshake::NotUpgrade;
 
@@ -51,7 +52,8 @@ fn token_of(req: &Request) -> Option<String> {
     })
 }
 
-fn percent_decode(s: &str) -> String {
+/// `%xx` and `+` of a query component decoded (invalid UTF-8 replaced).
+pub(crate) fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -174,26 +176,47 @@ pub async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Respons
     let (protocol, chosen) = Protocol::negotiate(offered);
     let deflate = negotiate(&node, &req);
     let extensions = deflate.as_ref().map(|(_, h)| h.as_str());
-    let Some(token) = token else {
-        // No token in the handshake: the first frame must bring one
-        // (contract §10.4). Nothing is sent before it.
-        let response = switching_protocols(&accept, extensions, chosen);
-        spawn_upgraded(
-            on_upgrade,
-            connect::ConnectJob {
-                node,
-                deflate: deflate.map(|(d, _)| d),
-                protocol,
-                permit,
-            },
-        );
-        return response;
+    let with_hook = node
+        .proxy
+        .as_ref()
+        .filter(|p| token.is_none() && p.has_connect());
+    let hook = with_hook.map(|p| {
+        let peer = req.extensions().get::<PeerAddr>().map(|p| p.0);
+        Box::new(ConnectRequest::of(
+            req.headers(),
+            req.uri(),
+            &p.headers,
+            peer,
+        ))
+    });
+    let admitted = match (token, hook) {
+        (Some(token), _) => connect::authenticate(&node, &token).await,
+        // Protocol 1 sends no connect frame: the backend decides from the
+        // handshake (contract §10.6).
+        (None, Some(request)) if protocol == Protocol::V1 => {
+            connect::authenticate_by_backend(&node, &request).await
+        }
+        (None, backend) => {
+            // No token in the handshake: the first frame must bring one
+            // (contract §10.4). Nothing is sent before it.
+            let response = switching_protocols(&accept, extensions, chosen);
+            spawn_upgraded(
+                on_upgrade,
+                connect::ConnectJob {
+                    node,
+                    deflate: deflate.map(|(d, _)| d),
+                    protocol,
+                    permit,
+                    backend,
+                },
+            );
+            return response;
+        }
     };
-    let (claims, id) = match connect::authenticate(&node, &token).await {
+    let (claims, id) = match admitted {
         Ok(admitted) => admitted,
         Err(r) => return error_response(r.code, &r.message),
     };
-    drop(token);
     node.metrics.handshake(HandshakeResult::Accepted);
     let response = switching_protocols(&accept, extensions, chosen);
     spawn_upgraded(

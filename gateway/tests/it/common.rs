@@ -189,6 +189,18 @@ impl Client {
         client
     }
 
+    /// A client over an upgraded socket: reads (and checks) `welcome`.
+    pub async fn from_ws(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Client {
+        let mut client = Client {
+            ws,
+            welcome: Value::Null,
+            next_ref: 0,
+        };
+        client.welcome = client.recv().await;
+        assert_eq!(client.welcome["type"], "welcome", "{}", client.welcome);
+        client
+    }
+
     pub async fn send(&mut self, frame: Value) {
         self.ws
             .send(Message::text(frame.to_string()))

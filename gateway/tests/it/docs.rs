@@ -156,6 +156,13 @@ fn the_validation_messages_are_the_binarys() {
         (vec!["--jwt-hs256-secret", "short"], vec![], None),
         (vec!["--presence-topics", "chat.>.x"], vec![], None),
         (vec!["--presence-timeout", "100ms"], vec![], None),
+        (vec!["--jwt-jwks-url", "ftp://keys"], vec![], None),
+        (
+            vec!["--proxy-subscribe-url", "http://backend/sub"],
+            vec![],
+            None,
+        ),
+        (vec!["--proxy-subscribe-topics", "room.*"], vec![], None),
     ];
     assert_eq!(table.len(), cases.len(), "one case per documented rule");
     for (cells, (args, mut env, file)) in table.iter().zip(cases) {

@@ -11,6 +11,7 @@ mod docs;
 mod frames;
 mod ha;
 mod handshake;
+mod hooks;
 mod jwks;
 mod limits;
 mod presence;
