@@ -6,7 +6,9 @@
 //! exists. The checks run cheapest first: headers, capacity and draining,
 //! the revocation list loaded, origin, and only then the token
 //! ([`connect::authenticate`]). A handshake without a token is upgraded and
-//! authenticates with its first frame ([`connect`]). The protocol is the
+//! authenticates with its first frame ([`connect`]); with a connect hook, a
+//! protocol-1 handshake without a token is admitted or refused by the
+//! application's backend here ([`connect::authenticate_by_backend`]). The protocol is the
 //! first name of `Sec-WebSocket-Protocol` the server knows, echoed back.
 
 pub mod connect;

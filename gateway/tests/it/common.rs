@@ -179,14 +179,7 @@ impl Client {
             .await
             .expect("connect in time")
             .expect("handshake accepted");
-        let mut client = Client {
-            ws,
-            welcome: Value::Null,
-            next_ref: 0,
-        };
-        client.welcome = client.recv().await;
-        assert_eq!(client.welcome["type"], "welcome", "{}", client.welcome);
-        client
+        Client::from_ws(ws).await
     }
 
     /// A client over an upgraded socket: reads (and checks) `welcome`.
@@ -488,4 +481,16 @@ pub fn find_close(bytes: &[u8]) -> Option<u16> {
         at += header + len;
     }
     None
+}
+
+/// Runs `command` to its end: its exit code and everything it printed
+/// (stdout, then stderr).
+pub fn output_of(command: &mut std::process::Command) -> (Option<i32>, String) {
+    let out = command.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
 }

@@ -75,19 +75,14 @@ fn the_configuration_table_is_the_key_table() {
 /// Runs `herald-gateway check-config` with `args` and environment `env`
 /// in `dir`; returns its exit status and everything it printed.
 fn check_config(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
-    let out = bin("herald-gateway")
-        .arg("check-config")
-        .args(args)
-        .envs(env.iter().copied())
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let (code, text) = crate::common::output_of(
+        bin("herald-gateway")
+            .arg("check-config")
+            .args(args)
+            .envs(env.iter().copied())
+            .current_dir(dir),
     );
-    (out.status.success(), text)
+    (code == Some(0), text)
 }
 
 /// Whether `message` (as the docs quote it: `…` for whatever varies)

@@ -128,16 +128,7 @@ async fn both_binaries_print_their_version() {
         String::from_utf8_lossy(&out.stdout).trim(),
         format!("herald-admin {version}")
     );
-    let mut p = start(&[
-        "--jwt-hs256-secret",
-        SECRET,
-        "--admin-api-keys",
-        ADMIN_KEY,
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-    ]);
+    let mut p = start_node(&[]);
     let line = p.line_with("herald-gateway listening");
     assert!(line.contains(&format!("version={version}")), "{line}");
 }
@@ -147,17 +138,11 @@ async fn both_binaries_print_their_version() {
 #[test]
 fn herald_admin_checks_its_configuration() {
     let check = |args: &[&str]| {
-        let out = herald_testkit::bin("herald-admin")
-            .arg("check-config")
-            .args(args)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.code(), text)
+        output_of(
+            herald_testkit::bin("herald-admin")
+                .arg("check-config")
+                .args(args),
+        )
     };
     let (code, text) = check(&[
         "--redis-url",
@@ -206,6 +191,22 @@ fn serve_without_keys_names_the_setting() {
     let (code, _, stderr) = run(&["--bogus"]);
     assert_eq!(code, 2);
     assert!(stderr.contains("--bogus"), "{stderr}");
+}
+
+/// A node with the test keys on ephemeral ports, and `extra` flags.
+fn start_node(extra: &[&str]) -> Proc {
+    let mut args = vec![
+        "--jwt-hs256-secret",
+        SECRET,
+        "--admin-api-keys",
+        ADMIN_KEY,
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    start(&args)
 }
 
 fn start(args: &[&str]) -> Proc {
@@ -271,18 +272,7 @@ async fn dev_mode_serves_demo_token_and_feed() {
 
 #[tokio::test]
 async fn sigterm_drains_sessions_with_1012_and_exits_0() {
-    let mut p = start(&[
-        "--jwt-hs256-secret",
-        SECRET,
-        "--admin-api-keys",
-        ADMIN_KEY,
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--drain-timeout",
-        "3s",
-    ]);
+    let mut p = start_node(&["--drain-timeout", "3s"]);
     let line = p.line_with("herald-gateway listening");
     let public = addr_after(&line, "public=");
     let admin = addr_after(&line, "admin=");
@@ -301,20 +291,7 @@ async fn sigterm_drains_sessions_with_1012_and_exits_0() {
 /// and an admin action's audit line carries the route and the key's name.
 #[tokio::test]
 async fn json_logs_never_contain_secrets() {
-    let mut p = start(&[
-        "--jwt-hs256-secret",
-        SECRET,
-        "--admin-api-keys",
-        ADMIN_KEY,
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--log-level",
-        "debug",
-        "--log-format",
-        "json",
-    ]);
+    let mut p = start_node(&["--log-level", "debug", "--log-format", "json"]);
     let line = p.line_with("herald-gateway listening");
     let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
     let public: std::net::SocketAddr = v["fields"]["public"].as_str().unwrap().parse().unwrap();

@@ -17,11 +17,20 @@ use super::{
     Broker, Change, Event, EventSink, Member, NodeControl, NodeStats, Position, Publication,
 };
 
+mod history;
+mod presence;
+
+use history::{
+    empty_topic_history, history_pages_forward, quiet_topics_have_positions, unrecoverable_since,
+};
+pub use presence::member;
+use presence::{presence_joins_and_leaves_once, presence_pages_cover_every_member};
+
 /// The `history.size` the suite expects the broker under test to be built with.
 pub const HISTORY_SIZE: usize = 20;
 
 /// How long the suite waits for an event before failing.
-const WAIT: Duration = Duration::from_secs(5);
+pub(super) const WAIT: Duration = Duration::from_secs(5);
 
 /// A presence change as a sink heard it: topic, change, session.
 pub type Heard = (Topic, Change, String);
@@ -130,12 +139,12 @@ pub fn publication(topic: &Topic, n: u64) -> Publication {
     )
 }
 
-fn unique_topic(name: &str) -> Topic {
+pub(super) fn unique_topic(name: &str) -> Topic {
     let suffix = crate::random_hex(4);
     Topic::new(&format!("conformance.{name}.{suffix}")).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn n_of(event: &Event) -> u64 {
+pub(super) fn n_of(event: &Event) -> u64 {
     let v: serde_json::Value = serde_json::from_slice(&event.record).unwrap_or_default();
     v["data"]["n"].as_u64().unwrap_or(u64::MAX)
 }
@@ -183,151 +192,6 @@ where
     node_control_is_reached(&*broker).await;
 }
 
-/// A member of `topic` for the presence checks.
-pub fn member(sub: &str, session: &str) -> Member {
-    Member {
-        sub: sub.to_owned(),
-        session: session.to_owned(),
-        node: "n1".to_owned(),
-        since: 1_767_222_000_000,
-    }
-}
-
-async fn presence_joins_and_leaves_once<B: Broker>(broker: &B, sink: &CollectingSink) {
-    let topic = unique_topic("presence");
-    subscribed(broker, &topic).await;
-    let (a, b, c) = (
-        member("alice", "s1"),
-        member("bob", "s2"),
-        member("carol", "s3"),
-    );
-    broker.join(&topic, a.clone()).await.expect("join");
-    broker
-        .join(&topic, a.clone())
-        .await
-        .expect("a repeated join");
-    broker.join(&topic, b.clone()).await.expect("join");
-    let page = broker.members(&topic, None, 10).await.expect("members");
-    let mut members = page.members.clone();
-    super::presence::sort(&mut members);
-    assert_eq!(members, vec![a.clone(), b.clone()], "both, whole");
-    assert_eq!((page.count, page.users, page.next_cursor), (2, 2, None));
-    // A second session of alice: one more session, no more users.
-    broker
-        .join(&topic, member("alice", "s9"))
-        .await
-        .expect("join");
-    let page = broker.members(&topic, None, 0).await.expect("counts");
-    assert_eq!((page.count, page.users), (3, 2), "counts only");
-    assert!(page.members.is_empty() && page.next_cursor.is_none());
-    broker.leave(&topic, "s9");
-    broker.leave(&topic, "s1");
-    broker.leave(&topic, "s1");
-    broker.leave(&topic, "nobody");
-    // Neither awaited: the leave still follows the join.
-    drop(broker.join(&topic, c));
-    broker.leave(&topic, "s3");
-    // An awaited join after them: every change before it was stored (and
-    // announced) before it.
-    broker
-        .join(&topic, member("dan", "s4"))
-        .await
-        .expect("join");
-    let join = |s: &str| (Change::Join, s.to_owned());
-    let leave = |s: &str| (Change::Leave, s.to_owned());
-    let heard = sink.wait_for_change(&topic, &join("s4")).await;
-    assert_eq!(
-        heard,
-        vec![
-            join("s1"),
-            join("s2"),
-            join("s9"),
-            leave("s9"),
-            leave("s1"),
-            join("s3"),
-            leave("s3"),
-            join("s4")
-        ],
-        "each member joins once and leaves once, in order"
-    );
-    let (sessions, count, users) = every_member(broker, &topic, 10).await;
-    assert_eq!(sessions, vec!["s2", "s4"]);
-    assert_eq!((count, users), (2, 2));
-    broker.leave(&topic, "s2");
-    broker.leave(&topic, "s4");
-    broker
-        .join(&topic, member("eve", "s5"))
-        .await
-        .expect("join");
-    sink.wait_for_change(&topic, &join("s5")).await;
-    let (left, _, _) = every_member(broker, &topic, 10).await;
-    assert_eq!(left, vec!["s5"]);
-    broker.leave(&topic, "s5");
-}
-
-/// Every member of `topic`, walked in pages of `limit` (sessions sorted,
-/// each once), and the counts of the first page.
-async fn every_member<B: Broker>(
-    broker: &B,
-    topic: &Topic,
-    limit: usize,
-) -> (Vec<String>, u64, u64) {
-    let mut sessions = Vec::new();
-    let mut cursor: Option<String> = None;
-    let mut counts = None;
-    for _ in 0..1000 {
-        let page = broker
-            .members(topic, cursor.as_deref(), limit)
-            .await
-            .expect("members");
-        assert!(
-            page.members.len() <= limit,
-            "a page holds at most its limit"
-        );
-        counts.get_or_insert((page.count, page.users));
-        sessions.extend(page.members.into_iter().map(|m| m.session));
-        cursor = page.next_cursor;
-        if cursor.is_none() {
-            break;
-        }
-    }
-    assert!(cursor.is_none(), "the walk ends");
-    sessions.sort();
-    sessions.dedup();
-    let (count, users) = counts.unwrap_or_default();
-    (sessions, count, users)
-}
-
-async fn presence_pages_cover_every_member<B: Broker>(broker: &B) {
-    let topic = unique_topic("presence-pages");
-    subscribed(broker, &topic).await;
-    let mut want = Vec::new();
-    for i in 0..45 {
-        let session = format!("p{i:03}");
-        let sub = format!("user{}", i % 9);
-        broker
-            .join(&topic, member(&sub, &session))
-            .await
-            .expect("join");
-        want.push(session);
-    }
-    for limit in [1, 7, 100] {
-        let (sessions, count, users) = every_member(broker, &topic, limit).await;
-        assert_eq!(sessions, want, "pages of {limit} cover every member");
-        assert_eq!((count, users), (45, 9));
-    }
-    for session in &want {
-        broker.leave(&topic, session);
-    }
-    broker
-        .join(&topic, member("last", "z"))
-        .await
-        .expect("join");
-    let (sessions, count, users) = every_member(broker, &topic, 10).await;
-    assert_eq!((sessions, count, users), (vec!["z".to_owned()], 1, 1));
-    broker.leave(&topic, "z");
-}
-
 /// Contract §10.2: a byte payload is stored and delivered as the bytes
 /// published (zeros and the record's own marker byte included), in order
 /// with JSON events, and reaches JSON readers as `data_b64`.
@@ -367,37 +231,6 @@ async fn byte_payloads_stay_bytes<B: Broker>(broker: &B, sink: &CollectingSink) 
 
 /// Contract §10.3: a topic with no event has a position (`<epoch>-0`),
 /// stable, and valid as `since`: everything published after it replays.
-async fn quiet_topics_have_positions<B: Broker>(broker: &B, sink: &CollectingSink) {
-    let topic = unique_topic("position");
-    subscribed(broker, &topic).await;
-    let start = broker.position(&topic).await.expect("position");
-    assert_eq!(start.seq, 0, "no event yet: {start}");
-    assert_eq!(broker.position(&topic).await.expect("position"), start);
-    let ids = broker
-        .publish((1..=3).map(|n| publication(&topic, n)).collect())
-        .await
-        .expect("publish");
-    assert_eq!(
-        ids[0],
-        Position {
-            epoch: start.epoch,
-            seq: 1
-        },
-        "the epoch goes on"
-    );
-    sink.wait_for(&topic, 3).await;
-    let page = broker
-        .history(&topic, Some(&start.to_string()), 10)
-        .await
-        .expect("history");
-    assert!(page.recovered, "a position is a valid since");
-    assert_eq!(
-        page.events.iter().map(n_of).collect::<Vec<_>>(),
-        vec![1, 2, 3]
-    );
-    assert_eq!(broker.position(&topic).await.expect("position"), ids[2]);
-}
-
 fn keyed(topic: &Topic, n: u64, key: &str) -> Publication {
     let mut p = publication(topic, n);
     p.idempotency_key = Some(key.to_owned());
@@ -453,11 +286,11 @@ async fn idempotent_publishes_happen_once<B: Broker>(broker: Arc<B>, sink: &Coll
 }
 
 /// Whether the first of two concurrent keyed publishes (n = 4) won.
-fn a_first(seen: &[Event]) -> bool {
+pub(super) fn a_first(seen: &[Event]) -> bool {
     seen.iter().any(|e| n_of(e) == 4)
 }
 
-async fn subscribed<B: Broker>(broker: &B, topic: &Topic) {
+pub(super) async fn subscribed<B: Broker>(broker: &B, topic: &Topic) {
     broker
         .subscribe(topic)
         .wait()
@@ -526,140 +359,6 @@ async fn batch_order_and_frame_shape<B: Broker>(broker: &B, sink: &CollectingSin
         "event must be absent when not set"
     );
     sink.wait_for(&b, 1).await;
-}
-
-async fn history_pages_forward<B: Broker>(broker: &B, sink: &CollectingSink) {
-    let topic = unique_topic("history");
-    subscribed(broker, &topic).await;
-    let mut ids = Vec::new();
-    for n in 0..8 {
-        ids.extend(
-            broker
-                .publish(vec![publication(&topic, n)])
-                .await
-                .expect("publish"),
-        );
-    }
-    sink.wait_for(&topic, 8).await;
-
-    let all = broker.history(&topic, None, 100).await.expect("history");
-    assert!(all.recovered);
-    assert_eq!(
-        all.events.iter().map(n_of).collect::<Vec<_>>(),
-        (0..8).collect::<Vec<_>>()
-    );
-
-    let page = broker
-        .history(&topic, Some(&ids[2].to_string()), 3)
-        .await
-        .expect("history");
-    assert!(page.recovered);
-    assert_eq!(
-        page.events.iter().map(n_of).collect::<Vec<_>>(),
-        vec![3, 4, 5]
-    );
-
-    let tail = broker
-        .history(&topic, Some(&ids[7].to_string()), 10)
-        .await
-        .expect("history");
-    assert!(
-        tail.recovered && tail.events.is_empty(),
-        "since = latest recovers nothing"
-    );
-    let head = broker.history(&topic, None, 0).await.expect("history");
-    assert!(head.events.is_empty(), "limit 0 reads no events");
-    assert_eq!(head.head, Some(ids[7]), "but still reports the head");
-    let from_start = Position {
-        epoch: ids[0].epoch,
-        seq: 0,
-    };
-    let all = broker
-        .history(&topic, Some(&from_start.to_string()), 100)
-        .await
-        .expect("history");
-    assert!(
-        all.recovered,
-        "seq 0 of the current epoch means from the start"
-    );
-    assert_eq!(all.events.len(), 8);
-
-    let first = broker.history(&topic, None, 2).await.expect("history");
-    assert_eq!(
-        first.events.iter().map(n_of).collect::<Vec<_>>(),
-        vec![0, 1]
-    );
-}
-
-async fn unrecoverable_since<B: Broker>(broker: &B, sink: &CollectingSink) {
-    let topic = unique_topic("window");
-    subscribed(broker, &topic).await;
-    let total = HISTORY_SIZE as u64 + 5;
-    let mut ids = Vec::new();
-    for n in 0..total {
-        ids.extend(
-            broker
-                .publish(vec![publication(&topic, n)])
-                .await
-                .expect("publish"),
-        );
-    }
-    sink.wait_for(&topic, total as usize).await;
-
-    let too_old = broker
-        .history(&topic, Some(&ids[0].to_string()), 100)
-        .await
-        .expect("history");
-    assert!(
-        !too_old.recovered,
-        "an id older than the window is not recoverable"
-    );
-    assert_eq!(
-        too_old.events.len(),
-        HISTORY_SIZE,
-        "events start at the oldest kept"
-    );
-    assert_eq!(n_of(&too_old.events[0]), total - HISTORY_SIZE as u64);
-
-    let edge = ids[total as usize - HISTORY_SIZE - 1];
-    let page = broker
-        .history(&topic, Some(&edge.to_string()), 100)
-        .await
-        .expect("history");
-    assert!(
-        page.recovered,
-        "the id just before the oldest kept is recoverable"
-    );
-    assert_eq!(page.events.len(), HISTORY_SIZE);
-
-    let other_epoch = Position {
-        epoch: ids[0].epoch.wrapping_add(1).max(1),
-        seq: ids[20].seq,
-    };
-    for since in [
-        other_epoch.to_string(),
-        "garbage".to_owned(),
-        format!("{:08x}-999999", ids[0].epoch),
-    ] {
-        let page = broker
-            .history(&topic, Some(&since), 5)
-            .await
-            .expect("history");
-        assert!(!page.recovered, "{since} must not be recoverable");
-        assert_eq!(page.events.len(), 5);
-    }
-}
-
-async fn empty_topic_history<B: Broker>(broker: &B) {
-    let topic = unique_topic("empty");
-    let page = broker.history(&topic, None, 10).await.expect("history");
-    assert!(page.events.is_empty());
-    let page = broker
-        .history(&topic, Some("00000001-1"), 10)
-        .await
-        .expect("history");
-    assert!(page.events.is_empty() && !page.recovered);
-    assert_eq!(page.head, None);
 }
 
 async fn concurrent_publishers_keep_one_order<B: Broker>(broker: Arc<B>, sink: &CollectingSink) {
