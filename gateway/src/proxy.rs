@@ -135,19 +135,15 @@ impl ConnectRequest {
     }
 }
 
-/// The connect hook's admission.
-#[derive(Deserialize)]
+/// The connect hook's admission (an absent `sub` is refused as empty).
+#[derive(Deserialize, Default)]
+#[serde(default)]
 struct ConnectAnswer {
     sub: String,
-    #[serde(default)]
     topics: Vec<String>,
-    #[serde(default)]
     publish: Vec<String>,
-    #[serde(default)]
     presence: Vec<String>,
-    #[serde(default)]
     expire_at: Option<u64>,
-    #[serde(default)]
     info: Option<Box<RawValue>>,
 }
 
