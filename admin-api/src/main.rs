@@ -117,6 +117,7 @@ fn run(sources: &Sources) -> Result<()> {
             history: config.history,
             publish: config.publish,
             presence_timeout: config.presence.timeout,
+            webhooks: config.webhooks.settings(),
         };
         let redis = RedisBroker::new(
             url.expose(),

@@ -15,6 +15,7 @@ pub mod logging;
 pub mod metrics;
 pub mod publication;
 pub mod tls;
+pub mod webhooks;
 
 pub use broker::memory::MemoryBroker;
 pub use broker::{

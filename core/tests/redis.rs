@@ -22,6 +22,7 @@ fn settings() -> BrokerSettings {
         },
         publish: PublishConfig::default(),
         presence_timeout: Duration::from_secs(2),
+        webhooks: conformance::WEBHOOKS,
     }
 }
 

@@ -93,7 +93,7 @@ impl Backend {
         limit: usize,
         timeout: Duration,
     ) -> Result<(StatusCode, Bytes), CallError> {
-        self.call(Method::GET, url, Bytes::new(), limit, timeout)
+        self.call(Method::GET, url, Bytes::new(), None, limit, timeout)
             .await
     }
 
@@ -109,7 +109,25 @@ impl Backend {
         limit: usize,
         timeout: Duration,
     ) -> Result<(StatusCode, Bytes), CallError> {
-        self.call(Method::POST, url, body, limit, timeout).await
+        self.call(Method::POST, url, body, None, limit, timeout)
+            .await
+    }
+
+    /// [`Backend::post_json`] with one more header (a webhook's
+    /// `Herald-Signature`).
+    ///
+    /// # Errors
+    /// [`CallError`].
+    pub async fn post_json_with(
+        &self,
+        url: &Uri,
+        body: Bytes,
+        header: (&str, &str),
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Bytes), CallError> {
+        self.call(Method::POST, url, body, Some(header), limit, timeout)
+            .await
     }
 
     async fn call(
@@ -117,6 +135,7 @@ impl Backend {
         method: Method,
         url: &Uri,
         body: Bytes,
+        extra: Option<(&str, &str)>,
         limit: usize,
         timeout: Duration,
     ) -> Result<(StatusCode, Bytes), CallError> {
@@ -126,6 +145,9 @@ impl Backend {
             .header(header::ACCEPT, "application/json");
         if method == Method::POST {
             request = request.header(header::CONTENT_TYPE, "application/json");
+        }
+        if let Some((name, value)) = extra {
+            request = request.header(name, value);
         }
         let request = request
             .body(Full::new(body))

@@ -11,8 +11,9 @@
 //! refuses; [`auth`] checks tokens with the [`keys`] of the configuration,
 //! which [`jwks`] keeps fresh when they come from a URL; [`proxy`] asks the
 //! application's backend (through [`backend`]) where the configuration says
-//! so. Layers import downwards only: `ws` → `session` → `hub` →
-//! `outbox` → `wire`.
+//! so, and [`webhooks`] sends it the lifecycle events the broker queued.
+//! Layers import downwards only: `ws` → `session` → `hub` → `outbox` →
+//! `wire`.
 
 #![recursion_limit = "256"]
 
@@ -29,6 +30,7 @@ pub mod revocations;
 pub mod server;
 pub mod session;
 pub mod tls;
+pub mod webhooks;
 pub mod wire;
 pub mod ws;
 

@@ -32,6 +32,8 @@ pub struct Node {
     pub verifier: Verifier,
     /// The backend hooks, when configured.
     pub proxy: Option<crate::proxy::Proxy>,
+    /// The lifecycle webhooks recorded (none without `webhooks.url`).
+    pub webhook_events: herald_core::webhooks::Events,
     /// Token minting for `/dev/token`; set only in `--dev`.
     pub dev_signer: Option<Signer>,
     /// TLS for the public listener, when `tls.*` is configured.
@@ -134,6 +136,7 @@ impl Node {
             history: config.history,
             publish: config.publish,
             presence_timeout: config.presence.timeout,
+            webhooks: config.webhooks.settings(),
         };
         let backend = match &config.redis.url {
             None => Backend::Memory(MemoryBroker::new(settings, registry.clone())),
@@ -172,7 +175,7 @@ impl Node {
         let proxy = crate::proxy::Proxy::new(
             &config.proxy,
             config.jwt.max_lifetime,
-            backend,
+            backend.clone(),
             metrics.clone(),
         )
         .map_err(|message| KeyError {
@@ -181,6 +184,7 @@ impl Node {
         })?;
         let node = Arc::new(Node {
             session_prefix: herald_core::random_hex(4),
+            webhook_events: config.webhooks.selected(),
             config,
             metrics,
             broker,
@@ -197,6 +201,13 @@ impl Node {
         });
         node.broker
             .register_node(Arc::new(Control(Arc::downgrade(&node))));
+        crate::webhooks::spawn(
+            &node.config.webhooks,
+            &node.config.node.id,
+            &node.broker,
+            node.metrics.clone(),
+            backend,
+        );
         Ok(node)
     }
 

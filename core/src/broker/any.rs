@@ -19,6 +19,9 @@ use super::{
 };
 use futures_util::future::Either;
 use std::future::Future;
+use std::time::Duration;
+
+use crate::webhooks::{Kind, Queued, SessionOpen};
 
 /// Which broker runs.
 pub enum Backend {
@@ -171,6 +174,48 @@ impl Broker for AnyBroker {
         match &self.backend {
             Backend::Memory(b) => b.members(topic, cursor, limit).await,
             Backend::Redis(b) => b.members(topic, cursor, limit).await,
+        }
+    }
+
+    fn session_opened(&self, open: SessionOpen) {
+        match &self.backend {
+            Backend::Memory(b) => b.session_opened(open),
+            Backend::Redis(b) => b.session_opened(open),
+        }
+    }
+
+    fn session_closed(&self, session: &str, data: Option<String>) {
+        match &self.backend {
+            Backend::Memory(b) => b.session_closed(session, data),
+            Backend::Redis(b) => b.session_closed(session, data),
+        }
+    }
+
+    async fn webhooks_lease(&self, holder: &str, ttl: Duration) -> Result<bool, BrokerError> {
+        match &self.backend {
+            Backend::Memory(b) => b.webhooks_lease(holder, ttl).await,
+            Backend::Redis(b) => b.webhooks_lease(holder, ttl).await,
+        }
+    }
+
+    async fn webhooks_read(&self, max: usize) -> Result<(Vec<Queued>, u64), BrokerError> {
+        match &self.backend {
+            Backend::Memory(b) => b.webhooks_read(max).await,
+            Backend::Redis(b) => b.webhooks_read(max).await,
+        }
+    }
+
+    async fn webhooks_done(&self, ids: &[String]) -> Result<(), BrokerError> {
+        match &self.backend {
+            Backend::Memory(b) => b.webhooks_done(ids).await,
+            Backend::Redis(b) => b.webhooks_done(ids).await,
+        }
+    }
+
+    fn webhooks_dropped(&self) -> [u64; Kind::ALL.len()] {
+        match &self.backend {
+            Backend::Memory(b) => b.webhooks_dropped(),
+            Backend::Redis(b) => b.webhooks_dropped(),
         }
     }
 }

@@ -35,12 +35,14 @@ use tracing::Instrument;
 
 use herald_protocol::Topic;
 
+use super::webhook_queue::WebhookQueue;
 use super::{
     Broker, BrokerError, BrokerSettings, Change, Event, EventSink, HistoryPage, Member, MemberPage,
     NodeControl, NodeStats, Position, Publication, Ready, Revocation,
 };
 use crate::config::HistoryConfig;
 use crate::ids::{new_epoch, now_ms};
+use crate::webhooks::{Kind, Queued, SessionOpen, member_data};
 
 const SHARDS: usize = 64;
 
@@ -149,6 +151,8 @@ pub struct MemoryBroker {
     users: Mutex<HashMap<Arc<str>, u32>>,
     /// Topics the hub holds (see the module documentation on locks).
     held: Mutex<HashMap<Topic, usize>>,
+    /// Lifecycle webhooks waiting to be sent.
+    webhooks: WebhookQueue,
 }
 
 impl MemoryBroker {
@@ -164,6 +168,7 @@ impl MemoryBroker {
             node: RwLock::new(None),
             users: Mutex::default(),
             held: Mutex::default(),
+            webhooks: WebhookQueue::new(settings.webhooks),
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(
@@ -378,6 +383,12 @@ impl Broker for MemoryBroker {
             present.by_session.entry(member.session.clone())
         {
             self.sink.presence(topic, Change::Join, &member);
+            self.webhooks.push(
+                Kind::Join,
+                member_data(topic.as_str(), &member.sub, &member.session),
+                Some(&member.session),
+                Some(topic.as_str()),
+            );
             *present.users.entry(member.sub.clone()).or_default() += 1;
             slot.insert(member);
         }
@@ -424,7 +435,38 @@ impl Broker for MemoryBroker {
                 st.members.remove(topic);
             }
             self.sink.presence(topic, Change::Leave, &member);
+            self.webhooks.push(
+                Kind::Leave,
+                member_data(topic.as_str(), &member.sub, &member.session),
+                Some(&member.session),
+                Some(topic.as_str()),
+            );
         }
+    }
+
+    fn session_opened(&self, open: SessionOpen) {
+        self.webhooks.opened(open);
+    }
+
+    fn session_closed(&self, session: &str, data: Option<String>) {
+        self.webhooks.closed(session, data);
+    }
+
+    async fn webhooks_lease(&self, holder: &str, ttl: Duration) -> Result<bool, BrokerError> {
+        Ok(self.webhooks.lease(holder, ttl))
+    }
+
+    async fn webhooks_read(&self, max: usize) -> Result<(Vec<Queued>, u64), BrokerError> {
+        Ok(self.webhooks.read(max))
+    }
+
+    async fn webhooks_done(&self, ids: &[String]) -> Result<(), BrokerError> {
+        self.webhooks.done(ids);
+        Ok(())
+    }
+
+    fn webhooks_dropped(&self) -> [u64; Kind::ALL.len()] {
+        self.webhooks.dropped()
     }
 
     async fn members(
@@ -464,6 +506,7 @@ mod tests {
             history: HistoryConfig { size, ttl },
             publish: crate::config::PublishConfig::default(),
             presence_timeout: Duration::from_secs(30),
+            webhooks: conformance::WEBHOOKS,
         }
     }
 

@@ -31,6 +31,13 @@
 //!   topic has none), and a position stays valid as `since` while any node
 //!   subscribes the topic: its epoch is kept (its events still expire
 //!   `history.ttl` after their publish), so a quiet topic recovers.
+//! - **Lifecycle webhooks.** With `webhooks.events` set, every
+//!   `session.connected` recorded is followed by exactly one
+//!   `session.disconnected` (`node_lost` when its node died), and every
+//!   `presence.join` by at most one `presence.leave`; a session's events
+//!   and a topic's are queued in the order they happened, and stay queued
+//!   (in Redis: durably, shared by the cluster) until
+//!   [`Broker::webhooks_done`].
 //! - **Calls in order.** `subscribe` and `unsubscribe` take effect in the order
 //!   they are called; they do not block, so the hub can call them while holding
 //!   its own lock and thereby keep its view and the broker's in step.
@@ -45,6 +52,7 @@ pub mod conformance;
 pub mod memory;
 pub mod presence;
 pub mod redis;
+pub mod webhook_queue;
 
 pub use any::{AnyBroker, Backend};
 pub use herald_protocol::Member;
@@ -59,6 +67,8 @@ use herald_protocol::{ErrorCode, Payload, Topic};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::watch;
+
+use crate::webhooks::{Queued, SessionOpen};
 
 /// One event to publish.
 #[derive(Debug, Clone)]
@@ -103,6 +113,8 @@ pub struct BrokerSettings {
     /// `presence.timeout`: members of a node that stopped reporting leave
     /// within this long.
     pub presence_timeout: std::time::Duration,
+    /// `[webhooks]`: which lifecycle events to record, and the queue's cap.
+    pub webhooks: crate::webhooks::WebhookSettings,
 }
 
 /// Where an event sits in its topic's history; shown to clients as an opaque id.
@@ -506,6 +518,56 @@ pub trait Broker: Send + Sync + 'static {
         cursor: Option<&str>,
         limit: usize,
     ) -> impl Future<Output = Result<MemberPage, BrokerError>> + Send;
+
+    /// Records that a session opened on this node: its `session.connected`
+    /// when that type is selected, and what to send as its
+    /// `session.disconnected` (`node_lost`) should the node die with it
+    /// open. Takes its place in order with this node's joins and leaves;
+    /// does not block. Only called when `webhooks.events` selects a
+    /// session type.
+    fn session_opened(&self, open: SessionOpen);
+
+    /// Records that `session` closed: its `session.disconnected` with
+    /// `data` (`None` when that type is not selected), exactly once per
+    /// [`Broker::session_opened`], and never after its node's death was
+    /// already reported for it. Ordered after every leave asked before it;
+    /// does not block.
+    fn session_closed(&self, session: &str, data: Option<String>);
+
+    /// Takes or renews the right to send webhooks for `ttl` under the name
+    /// `holder`; resolves to whether `holder` has it. At most one holder
+    /// at a time: the queue is sent by one node, in order.
+    ///
+    /// # Errors
+    /// `Unavailable` when the store cannot be reached.
+    fn webhooks_lease(
+        &self,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> impl Future<Output = Result<bool, BrokerError>> + Send;
+
+    /// The oldest `max` queued webhook events, in the order they were
+    /// recorded, and the queue's length.
+    ///
+    /// # Errors
+    /// `Unavailable` when the store cannot be read.
+    fn webhooks_read(
+        &self,
+        max: usize,
+    ) -> impl Future<Output = Result<(Vec<Queued>, u64), BrokerError>> + Send;
+
+    /// Removes sent (or abandoned) events from the queue.
+    ///
+    /// # Errors
+    /// `Unavailable` when the store cannot be written; the events are then
+    /// sent again later (at least once).
+    fn webhooks_done(&self, ids: &[String])
+    -> impl Future<Output = Result<(), BrokerError>> + Send;
+
+    /// How many events of each type ([`crate::webhooks::Kind::index`]) this
+    /// node dropped from the queue for its `webhooks.max_queue` cap since
+    /// the last call.
+    fn webhooks_dropped(&self) -> [u64; crate::webhooks::Kind::ALL.len()];
 }
 
 #[cfg(test)]

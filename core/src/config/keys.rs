@@ -323,6 +323,41 @@ pub static KEYS: &[KeySpec] = &[
         "longest a backend hook call may take",
     ),
     key(
+        "webhooks.url",
+        Kind::Text,
+        None,
+        "backend URL lifecycle events are POSTed to (session, presence, topic)",
+    ),
+    secret(
+        "webhooks.secret",
+        Kind::Text,
+        "signs every webhook body (Herald-Signature, HMAC-SHA256); at least 16 characters",
+    ),
+    key(
+        "webhooks.events",
+        Kind::List,
+        Some(""),
+        "event types sent (session.connected, presence.join, ...); empty = all",
+    ),
+    key(
+        "webhooks.retry_for",
+        Kind::Duration,
+        Some("1h"),
+        "an event is retried with backoff until the backend takes it, for at most this long",
+    ),
+    key(
+        "webhooks.max_queue",
+        Kind::Count,
+        Some("100000"),
+        "most events waiting to be sent; beyond it the oldest are dropped (counted and logged)",
+    ),
+    key(
+        "webhooks.vacated_delay",
+        Kind::Duration,
+        Some("5s"),
+        "how long a topic stays empty before topic.vacated",
+    ),
+    key(
         "listen_backlog",
         Kind::Count,
         Some("0"),

@@ -21,6 +21,7 @@ pub mod proxy;
 pub mod sections;
 pub mod sources;
 pub mod value;
+pub mod webhooks;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -38,6 +39,7 @@ pub use sections::{
 };
 pub use sources::{DEFAULT_CONFIG_FILE, Layers, Sources};
 pub use value::{parse_duration, parse_size};
+pub use webhooks::WebhooksConfig;
 
 /// A configuration that cannot be used; the message names the key.
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +179,8 @@ pub struct Config {
     pub presence: PresenceConfig,
     /// `[proxy]`: the backend hooks.
     pub proxy: ProxyConfig,
+    /// `[webhooks]`: lifecycle events for the backend.
+    pub webhooks: WebhooksConfig,
     /// `log_level`, `log_format`.
     pub log: LogConfig,
 }
@@ -203,6 +207,9 @@ pub struct AdminServiceConfig {
     pub max_lifetime: std::time::Duration,
     /// `[presence]`.
     pub presence: PresenceConfig,
+    /// `[webhooks]`: its presence sweeper queues the `presence.leave`s of
+    /// dead nodes like a gateway's would.
+    pub webhooks: WebhooksConfig,
     /// `log_level`, `log_format`.
     pub log: LogConfig,
 }
@@ -277,6 +284,7 @@ pub fn load(sources: &Sources) -> Result<Loaded, ConfigError> {
         publish: read(&layers)?,
         presence: read(&layers)?,
         proxy: read(&layers)?,
+        webhooks: read(&layers)?,
         log: read(&layers)?,
     };
     Ok(Loaded { config, layers })
@@ -317,6 +325,7 @@ pub fn load_admin_service(sources: &Sources) -> Result<AdminServiceConfig, Confi
             jwt.max_lifetime
         },
         presence: read(&layers)?,
+        webhooks: read(&layers)?,
         log: read(&layers)?,
     })
 }

@@ -16,7 +16,7 @@ use serde::{Deserialize, Deserializer};
 use super::value::{addr, boolean, count, duration, list, opt_path, opt_text, size, text};
 use super::{Check, ConfigError, Secret, Section};
 
-fn opt_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+pub(super) fn opt_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
     text(d).map(|s| Some(Secret::new(s)))
 }
 

@@ -155,3 +155,40 @@ impl ProxyResult {
         self as usize
     }
 }
+
+/// How a webhook delivery attempt ended, the `result` label of
+/// `herald_webhooks_total` (contract §10.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookResult {
+    /// The backend answered 2xx: the event left the queue.
+    Ok,
+    /// An attempt failed (non-2xx, timeout, no connection); retried.
+    Retry,
+    /// Given up after `webhooks.retry_for`: removed unsent.
+    Expired,
+    /// Removed unsent to keep the queue within `webhooks.max_queue`.
+    Dropped,
+}
+
+impl WebhookResult {
+    pub(super) const ALL: [WebhookResult; 4] = [
+        WebhookResult::Ok,
+        WebhookResult::Retry,
+        WebhookResult::Expired,
+        WebhookResult::Dropped,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            WebhookResult::Ok => "ok",
+            WebhookResult::Retry => "retry",
+            WebhookResult::Expired => "expired",
+            WebhookResult::Dropped => "dropped",
+        }
+    }
+
+    pub(super) fn index(self) -> usize {
+        self as usize
+    }
+}

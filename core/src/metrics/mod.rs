@@ -30,7 +30,7 @@ use metrics_exporter_prometheus::{
 
 mod labels;
 
-pub use labels::{DropReason, HandshakeResult, ProxyHook, ProxyResult};
+pub use labels::{DropReason, HandshakeResult, ProxyHook, ProxyResult, WebhookResult};
 
 /// How often buffered histogram samples are folded into their buckets.
 pub const UPKEEP_PERIOD: Duration = Duration::from_secs(1);
@@ -137,6 +137,10 @@ pub struct Metrics {
     process: metrics_process::Collector,
     proxy_requests: Vec<Counter>,
     proxy_seconds: Vec<Histogram>,
+    webhooks: Vec<Counter>,
+    /// Webhook events waiting in the queue, as the sending node last read
+    /// it (0 on the others).
+    pub webhook_queue: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -229,6 +233,16 @@ impl Metrics {
             Kind::Counter,
             "herald_proxy_requests_total",
             "Backend hook calls by hook and result.",
+        );
+        describe(
+            Kind::Counter,
+            "herald_webhooks_total",
+            "Webhook events by type and result (ok, retry, expired, dropped).",
+        );
+        describe(
+            Kind::Gauge,
+            "herald_webhook_queue",
+            "Webhook events waiting to be sent (read by the node that sends them).",
         );
         describe(
             Kind::Histogram,
@@ -422,6 +436,17 @@ impl Metrics {
                     )
                 })
                 .collect(),
+            webhooks: crate::webhooks::Kind::ALL
+                .into_iter()
+                .flat_map(|k| WebhookResult::ALL.iter().map(move |r| (k, r)))
+                .map(|(k, r)| {
+                    counter(
+                        "herald_webhooks_total",
+                        &[("type", k.name().into()), ("result", r.label().into())],
+                    )
+                })
+                .collect(),
+            webhook_queue: gauge("herald_webhook_queue", &[]),
             handle,
             recorder,
             process,
@@ -473,6 +498,15 @@ impl Metrics {
         }
         if result != ProxyResult::Shed {
             self.proxy_seconds[hook.index()].record(took.as_secs_f64());
+        }
+    }
+
+    /// Counts `n` webhook events of `kind` that ended an attempt with
+    /// `result`.
+    pub fn webhook(&self, kind: crate::webhooks::Kind, result: WebhookResult, n: u64) {
+        let at = kind.index() * WebhookResult::ALL.len() + result.index();
+        if let Some(c) = self.webhooks.get(at) {
+            c.increment(n);
         }
     }
 

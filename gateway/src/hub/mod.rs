@@ -474,6 +474,7 @@ mod tests {
                 },
                 publish: herald_core::config::PublishConfig::default(),
                 presence_timeout: Duration::from_secs(30),
+                webhooks: Default::default(),
             },
             registry.clone(),
         );

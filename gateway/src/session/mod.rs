@@ -37,6 +37,7 @@ use crate::wire::codec::{self, Decoder, Encoding, Message};
 use crate::wire::deflate::Deflate;
 use herald_core::Broker;
 use herald_core::metrics::DropReason;
+use herald_core::webhooks::{Kind, SessionOpen, disconnected_data};
 use limits::{Bucket, Strikes, Timers, expiry_times};
 
 /// Longest wait for a client to take our Close before the socket is dropped.
@@ -185,6 +186,15 @@ where
     outbox.token.set(token.jti.as_deref(), token.iat);
     let (outbox, conn) = attach(outbox, decoder);
     node.hub.add_session(&outbox);
+    if node.webhook_events.sessions() {
+        node.broker.session_opened(SessionOpen::new(
+            node.webhook_events,
+            &claims.sub,
+            session_id,
+            &node.config.node.id,
+            claims.info.as_deref(),
+        ));
+    }
     debug!("session opened");
 
     let now = Instant::now();
@@ -262,6 +272,11 @@ where
         };
 
         let deadline = Instant::now() + CLOSE_GRACE;
+        let (code, reason) = match end {
+            End::Close(code) => (code.as_u16(), code.reason()),
+            End::PeerClosed(code) => (code.unwrap_or(1005), "closed by the client"),
+            End::Gone => (1006, "connection lost"),
+        };
         match end {
             End::Close(code) => {
                 outbox.close(code);
@@ -287,6 +302,14 @@ where
         }
         session.leave_presence(&session.topics, Some(herald_core::LeaveCause::Disconnect));
         node.hub.remove_session(&outbox, &session.topics);
+        if node.webhook_events.sessions() {
+            let name = node.session_name(outbox.id);
+            let data = node
+                .webhook_events
+                .has(Kind::Disconnected)
+                .then(|| disconnected_data(&outbox.sub, &name, &node.config.node.id, code, reason));
+            node.broker.session_closed(&name, data);
+        }
         if config.limits.max_connections_per_user > 0 {
             node.broker.release(&outbox.sub);
         }

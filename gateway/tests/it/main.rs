@@ -21,3 +21,4 @@ mod recovery;
 mod security;
 mod timing;
 mod tls;
+mod webhooks;

@@ -19,12 +19,15 @@ use super::{
 
 mod history;
 mod presence;
+mod webhooks;
 
 use history::{
     empty_topic_history, history_pages_forward, quiet_topics_have_positions, unrecoverable_since,
 };
 pub use presence::member;
 use presence::{presence_joins_and_leaves_once, presence_pages_cover_every_member};
+pub use webhooks::SETTINGS as WEBHOOKS;
+use webhooks::webhooks_pair_and_keep_order;
 
 /// The `history.size` the suite expects the broker under test to be built with.
 pub const HISTORY_SIZE: usize = 20;
@@ -190,6 +193,7 @@ where
     quiet_topics_have_positions(&*broker, &sink).await;
     byte_payloads_stay_bytes(&*broker, &sink).await;
     node_control_is_reached(&*broker).await;
+    webhooks_pair_and_keep_order(&*broker).await;
 }
 
 /// Contract §10.2: a byte payload is stored and delivered as the bytes

@@ -485,6 +485,13 @@ impl Commands {
             pipe.add_command(cmd.clone());
         }
         let mut values = conn.pipeline_at(&pipe, slot).await.map_err(failed)?;
+        // A cluster connection's routed pipeline answers the ignored
+        // `SCRIPT LOAD`s too (the single connection drops them): only the
+        // calls' replies (and the WAIT's) are kept.
+        let extra = values
+            .len()
+            .saturating_sub(members.len() + usize::from(wait_cmd.is_some()));
+        values.drain(..extra);
         let mut waited = wait_cmd.as_ref().and_then(|_| values.pop());
         for (value, i) in values.iter_mut().zip(members) {
             if let Value::ServerError(e) = value {

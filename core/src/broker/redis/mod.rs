@@ -55,6 +55,7 @@ use super::{
 };
 use crate::config::Durability;
 use crate::metrics::Metrics;
+use crate::webhooks::{Kind, Queued, SessionOpen};
 use commands::{Commands, Pool, SentinelPool, Wait};
 use pubsub::{ControlHandler, Endpoint, Mode, PubSub, Shared, Target};
 use scripts::{Scripts, channel};
@@ -206,6 +207,7 @@ impl RedisBroker {
                 node.clone(),
                 metrics.clone(),
                 settings.presence_timeout,
+                settings.webhooks,
             ),
             commands,
             node,
@@ -554,5 +556,29 @@ impl Broker for RedisBroker {
         limit: usize,
     ) -> Result<MemberPage, BrokerError> {
         self.presence.members(topic, cursor, limit).await
+    }
+
+    fn session_opened(&self, open: SessionOpen) {
+        self.presence.opened(open);
+    }
+
+    fn session_closed(&self, session: &str, data: Option<String>) {
+        self.presence.closed(session, data);
+    }
+
+    async fn webhooks_lease(&self, holder: &str, ttl: Duration) -> Result<bool, BrokerError> {
+        self.presence.webhooks_lease(holder, ttl).await
+    }
+
+    async fn webhooks_read(&self, max: usize) -> Result<(Vec<Queued>, u64), BrokerError> {
+        self.presence.webhooks_read(max).await
+    }
+
+    async fn webhooks_done(&self, ids: &[String]) -> Result<(), BrokerError> {
+        self.presence.webhooks_done(ids).await
+    }
+
+    fn webhooks_dropped(&self) -> [u64; Kind::ALL.len()] {
+        self.presence.webhooks_dropped()
     }
 }

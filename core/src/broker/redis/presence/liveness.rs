@@ -15,6 +15,7 @@ use super::{
 use crate::broker::redis::commands::{ScriptCall, as_text};
 use crate::broker::redis::scripts::channel;
 use crate::broker::{BrokerError, LeaveCause};
+use crate::webhooks::{Kind, member_data};
 
 /// The presence period and a ticker at it (late ticks delayed, not
 /// bunched), or `None` once the broker is gone.
@@ -120,12 +121,27 @@ impl Shared {
             })
             .collect();
         let mut left = 0;
+        let mut events = Vec::new();
+        let mut swept = topics.iter().filter_map(|t| Topic::new(t).ok());
         for chunk in calls.chunks(BATCH) {
-            for v in self.commands.scripts(chunk, None).await? {
-                if let Value::Int(n) = v {
-                    left += u64::try_from(n).unwrap_or(0);
+            let replies = self.commands.scripts(chunk, None).await?;
+            for (topic, reply) in swept.by_ref().zip(replies) {
+                let Value::Array(members) = reply else {
+                    continue;
+                };
+                left += members.len() as u64;
+                if self.webhooks.events.has(Kind::Leave) {
+                    events.extend(members.iter().filter_map(|m| leave_event(&topic, m)));
                 }
             }
+        }
+        // The leaves of its sessions, then their disconnects (node_lost).
+        let until = std::time::Instant::now() + self.timing.claim;
+        self.queue_events(&events, || std::time::Instant::now() > until)
+            .await;
+        let lost = self.sweep_sessions(inc).await?;
+        if lost > 0 {
+            info!(incarnation = %inc, sessions = lost, "sessions of a node that stopped reporting: session.disconnected (node_lost) queued");
         }
         let mut pipe = redis::pipe();
         pipe.cmd("DEL").arg(&key).ignore();
@@ -137,4 +153,18 @@ impl Shared {
         self.metrics.presence_left(cause, left);
         Ok(left)
     }
+}
+
+/// The `presence.leave` webhook of a member `sweep.lua` removed.
+fn leave_event(topic: &Topic, member: &Value) -> Option<super::webhooks::PresenceEvent> {
+    let Value::BulkString(json) = member else {
+        return None;
+    };
+    let m: crate::broker::Member = serde_json::from_slice(json).ok()?;
+    Some((
+        Kind::Leave,
+        member_data(topic.as_str(), &m.sub, &m.session),
+        m.session,
+        topic.to_string(),
+    ))
 }

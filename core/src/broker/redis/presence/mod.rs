@@ -54,6 +54,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 mod liveness;
+mod webhooks;
 mod worker;
 
 use super::cluster;
@@ -61,6 +62,8 @@ use super::commands::{Commands, Script, as_text};
 use super::scripts::script;
 use crate::broker::{BrokerError, MemberPage, NodeControl};
 use crate::metrics::Metrics;
+use crate::webhooks::{Kind, Queued, SessionOpen, WebhookSettings};
+use webhooks::{Dropped, WebhookScripts};
 use worker::Worker;
 
 /// Joins waiting in the worker's queue beyond which new ones are refused.
@@ -165,6 +168,13 @@ enum Op {
     },
     /// The incarnation lapsed: take a new one and join every session again.
     Lapsed,
+    /// A session opened (webhooks).
+    Open(SessionOpen),
+    /// A session closed (webhooks): its `session.disconnected` data.
+    Close {
+        session: String,
+        data: Option<String>,
+    },
 }
 
 /// What the worker, the reporter and the sweeper share.
@@ -174,6 +184,9 @@ struct Shared {
     node: Arc<OnceLock<Arc<dyn NodeControl>>>,
     metrics: Arc<Metrics>,
     timing: Timing,
+    webhooks: WebhookSettings,
+    wh_scripts: WebhookScripts,
+    dropped: Dropped,
 }
 
 /// The presence side of a Redis broker.
@@ -191,13 +204,17 @@ impl Presence {
         node: Arc<OnceLock<Arc<dyn NodeControl>>>,
         metrics: Arc<Metrics>,
         timeout: Duration,
+        webhooks: WebhookSettings,
     ) -> Presence {
         let shared = Arc::new(Shared {
             scripts: PresenceScripts::new(commands.is_cluster()),
+            wh_scripts: WebhookScripts::new(commands.is_cluster()),
             commands,
             node,
             metrics,
             timing: Timing::new(timeout),
+            webhooks,
+            dropped: Dropped::default(),
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let queued_joins = Arc::new(AtomicUsize::new(0));
@@ -281,6 +298,49 @@ impl Presence {
             sub: Arc::from(sub),
             ended: 1,
         });
+    }
+
+    /// Records a session that opened (see
+    /// [`Broker::session_opened`](crate::Broker::session_opened)).
+    pub fn opened(&self, open: SessionOpen) {
+        let _ = self.ops.send(Op::Open(open));
+    }
+
+    /// Records a session that closed.
+    pub fn closed(&self, session: &str, data: Option<String>) {
+        let _ = self.ops.send(Op::Close {
+            session: session.to_owned(),
+            data,
+        });
+    }
+
+    /// See [`Broker::webhooks_lease`](crate::Broker::webhooks_lease).
+    ///
+    /// # Errors
+    /// When Redis cannot be reached.
+    pub async fn webhooks_lease(&self, holder: &str, ttl: Duration) -> Result<bool, BrokerError> {
+        self.shared.lease(holder, ttl).await
+    }
+
+    /// See [`Broker::webhooks_read`](crate::Broker::webhooks_read).
+    ///
+    /// # Errors
+    /// When Redis cannot be read.
+    pub async fn webhooks_read(&self, max: usize) -> Result<(Vec<Queued>, u64), BrokerError> {
+        self.shared.read(max).await
+    }
+
+    /// See [`Broker::webhooks_done`](crate::Broker::webhooks_done).
+    ///
+    /// # Errors
+    /// When Redis cannot be written.
+    pub async fn webhooks_done(&self, ids: &[String]) -> Result<(), BrokerError> {
+        self.shared.done(ids).await
+    }
+
+    /// See [`Broker::webhooks_dropped`](crate::Broker::webhooks_dropped).
+    pub fn webhooks_dropped(&self) -> [u64; Kind::ALL.len()] {
+        self.shared.take_dropped()
     }
 
     /// Queues a leave.

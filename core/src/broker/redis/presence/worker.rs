@@ -18,7 +18,8 @@ use super::{
 };
 use crate::broker::redis::commands::ScriptCall;
 use crate::broker::redis::scripts::channel;
-use crate::broker::{BrokerError, LeaveCause};
+use crate::broker::{BrokerError, LeaveCause, Member};
+use crate::webhooks::{Kind, SessionOpen, member_data};
 
 pub(super) struct Worker {
     shared: Arc<Shared>,
@@ -32,6 +33,9 @@ pub(super) struct Worker {
     /// This node's admitted sessions per user, the truth its counts in
     /// Redis are written from (absolute, so a retried write cannot drift).
     users: HashMap<Arc<str>, u64>,
+    /// This node's open sessions, with webhooks on: moved to a new
+    /// incarnation when the old one lapsed.
+    sessions: HashMap<String, SessionOpen>,
 }
 
 /// The per-user count changes of one batch for one user, in the order the
@@ -83,6 +87,7 @@ impl Worker {
             incarnation: None,
             indexed: HashSet::new(),
             users: HashMap::new(),
+            sessions: HashMap::new(),
         }
     }
 
@@ -107,7 +112,12 @@ impl Worker {
             if lapsed {
                 self.reincarnate().await;
             }
-            self.apply(&mut batch).await;
+            let mut rest = batch.as_mut_slice();
+            while !rest.is_empty() {
+                let (now, later) = rest.split_at_mut(in_order(rest));
+                self.apply(now).await;
+                rest = later;
+            }
             batch.clear();
         }
         self.retire().await;
@@ -176,10 +186,11 @@ impl Worker {
             }
             self.indexed.extend(new_topics.into_iter().cloned());
         }
-        let mut calls: Vec<ScriptCall> = ops
+        let (mut calls, called): (Vec<ScriptCall>, Vec<usize>) = ops
             .iter()
-            .filter_map(|op| self.shared.call(op, &inc))
-            .collect();
+            .enumerate()
+            .filter_map(|(i, op)| Some((self.shared.call(op, &inc)?, i)))
+            .unzip();
         let presence_calls = calls.len();
         // Per-user counts: one absolute write per user (see
         // `lua/presence/users.lua`), so retrying the batch cannot drift.
@@ -198,6 +209,7 @@ impl Worker {
         let Some(values) = stored else {
             return;
         };
+        self.queue_presence_events(ops, &called, &values).await;
         let mut admitted: HashMap<Arc<str>, u64> = HashMap::new();
         for (t, value) in tallies.iter().zip(values.iter().skip(presence_calls)) {
             let n = match value {
@@ -233,6 +245,12 @@ impl Worker {
                         let _ = done.send(Ok(yes));
                     }
                 }
+                Op::Open(open) => {
+                    self.sessions.insert(open.session.clone(), open.clone());
+                }
+                Op::Close { session, .. } => {
+                    self.sessions.remove(session.as_str());
+                }
                 Op::Leave { .. } | Op::Count { .. } | Op::Lapsed => {}
             }
         }
@@ -241,8 +259,11 @@ impl Worker {
     /// A new incarnation, and every open session's membership stored under
     /// it.
     async fn reincarnate(&mut self) {
-        self.incarnation = None;
+        let old = self.incarnation.take();
         self.indexed.clear();
+        if let Some(old) = old.filter(|_| !self.sessions.is_empty()) {
+            self.move_sessions(&old).await;
+        }
         let members = self
             .shared
             .node
@@ -277,6 +298,66 @@ impl Worker {
             self.queued_joins.fetch_add(joins, Ordering::AcqRel);
             self.apply(chunk).await;
         }
+    }
+
+    /// Records this node's open sessions under its new incarnation (see
+    /// `lua/webhooks/move.lua`), before any of their joins.
+    async fn move_sessions(&mut self, old: &str) {
+        let Some(inc) = self.incarnation().await else {
+            return;
+        };
+        let calls: Vec<ScriptCall> = self
+            .sessions
+            .values()
+            .map(|open| self.shared.move_call(old, &inc, open))
+            .collect();
+        for chunk in calls.chunks(BATCH) {
+            let (commands, queue) = (&self.shared.commands, &self.ops);
+            let moved = retry(
+                "record open sessions again",
+                || queue.is_closed(),
+                || commands.scripts_in_order(chunk),
+            )
+            .await;
+            for reply in moved.iter().flatten() {
+                self.shared.count_dropped(reply);
+            }
+        }
+    }
+
+    /// Queues the webhooks of the presence changes `ops` made (`values`
+    /// are the replies of the ops at `called`), and counts what the
+    /// session scripts dropped.
+    async fn queue_presence_events(&self, ops: &[Op], called: &[usize], values: &[Value]) {
+        if !self.shared.webhooks.events.any() {
+            return;
+        }
+        let mut events = Vec::new();
+        for (&i, value) in called.iter().zip(values) {
+            match (&ops[i], value) {
+                (Op::Join { topic, member, .. }, Value::Int(1)) => events.push((
+                    Kind::Join,
+                    member_data(topic.as_str(), &member.sub, &member.session),
+                    member.session.clone(),
+                    topic.to_string(),
+                )),
+                (Op::Leave { topic, .. }, Value::BulkString(json)) => {
+                    if let Ok(m) = serde_json::from_slice::<Member>(json) {
+                        events.push((
+                            Kind::Leave,
+                            member_data(topic.as_str(), &m.sub, &m.session),
+                            m.session,
+                            topic.to_string(),
+                        ));
+                    }
+                }
+                (Op::Open(_) | Op::Close { .. }, reply) => self.shared.count_dropped(reply),
+                _ => {}
+            }
+        }
+        self.shared
+            .queue_events(&events, || self.ops.is_closed())
+            .await;
     }
 
     /// Forgets the listed topics where this node holds no member any more,
@@ -361,6 +442,8 @@ impl Shared {
                     &[session.as_bytes(), &ch, verb.as_bytes()],
                 )
             }
+            Op::Open(open) => self.open_call(inc, open),
+            Op::Close { session, data } => self.close_call(inc, session, data.as_deref()),
             Op::Admit { .. } | Op::Count { .. } => return None,
             Op::Lapsed => return None,
         })
@@ -404,9 +487,29 @@ impl Shared {
     }
 }
 
+/// How many of `ops` to apply before the rest: up to the first session
+/// op that follows a presence op. A session's events are queued by its
+/// script, a presence change's after its script's reply, so a batch that
+/// mixed them could queue a session's `disconnected` before its `leave`.
+fn in_order(ops: &[Op]) -> usize {
+    let mut presence = false;
+    for (i, op) in ops.iter().enumerate() {
+        match op {
+            Op::Join { .. } | Op::Leave { .. } => presence = true,
+            Op::Open(_) | Op::Close { .. } if presence => return i,
+            _ => {}
+        }
+    }
+    ops.len()
+}
+
 /// Retries `attempt` with capped backoff until it succeeds, or gives up
 /// (`None`) once `stopped` says the broker is gone.
-async fn retry<T, F, Fut>(what: &str, stopped: impl Fn() -> bool, mut attempt: F) -> Option<T>
+pub(super) async fn retry<T, F, Fut>(
+    what: &str,
+    stopped: impl Fn() -> bool,
+    mut attempt: F,
+) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, BrokerError>>,

@@ -5,8 +5,8 @@
 -- ARGV: 1 session, 2 the topic's channel, 3 PUBLISH or SPUBLISH.
 --
 -- Announces "-<member JSON>" only when the member was there, so a member
--- already removed (its node presumed dead) never leaves twice. Returns 1
--- when announced.
+-- already removed (its node presumed dead) never leaves twice. Returns
+-- the member JSON when announced, 0 otherwise.
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[1])
@@ -19,4 +19,4 @@ if ok and type(member) == 'table' and type(member['sub']) == 'string' then
   end
 end
 redis.call(ARGV[3], ARGV[2], '-' .. json)
-return 1
+return json

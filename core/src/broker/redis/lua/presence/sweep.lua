@@ -5,10 +5,10 @@
 -- lapsed incarnation, 2 the topic's channel, 3 PUBLISH or SPUBLISH.
 --
 -- Members its node registered again since (under a new incarnation) stay.
--- Returns how many left.
+-- Returns the member JSON of each one that left.
 local all = redis.call('HGETALL', KEYS[1])
 local prefix = ARGV[1] .. '\n'
-local n = 0
+local left = {}
 for i = 1, #all, 2 do
   local v = all[i + 1]
   if string.sub(v, 1, #prefix) == prefix then
@@ -21,7 +21,7 @@ for i = 1, #all, 2 do
       end
     end
     redis.call(ARGV[3], ARGV[2], '-' .. json)
-    n = n + 1
+    left[#left + 1] = json
   end
 end
-return n
+return left
