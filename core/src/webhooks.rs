@@ -101,6 +101,12 @@ impl Events {
     pub fn sessions(self) -> bool {
         self.has(Kind::Connected) || self.has(Kind::Disconnected)
     }
+
+    /// Whether topics held by nodes must be recorded (`topic.occupied` or
+    /// `topic.vacated`).
+    pub fn topics(self) -> bool {
+        self.has(Kind::Occupied) || self.has(Kind::Vacated)
+    }
 }
 
 /// What brokers are built with (from `[webhooks]`).
@@ -110,6 +116,8 @@ pub struct WebhookSettings {
     pub events: Events,
     /// Most entries a queue holds (`webhooks.max_queue`).
     pub max_queue: usize,
+    /// How long a topic stays empty before `topic.vacated`.
+    pub vacated_delay: std::time::Duration,
 }
 
 impl Default for WebhookSettings {
@@ -117,6 +125,7 @@ impl Default for WebhookSettings {
         WebhookSettings {
             events: Events::NONE,
             max_queue: 100_000,
+            vacated_delay: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -215,6 +224,14 @@ pub fn member_data(topic: &str, sub: &str, session: &str) -> String {
     push_str(&mut data, sub);
     data.push_str(",\"session\":");
     push_str(&mut data, session);
+    data.push('}');
+    data
+}
+
+/// `topic.occupied` / `topic.vacated` data.
+pub fn topic_data(topic: &str) -> String {
+    let mut data = String::from("{\"topic\":");
+    push_str(&mut data, topic);
     data.push('}');
     data
 }

@@ -25,7 +25,9 @@
 //! **Locks.** A publish holds its shard's lock while it hands the event to
 //! the sink, which takes the hub's topic lock; the hub calls `subscribe` and
 //! `unsubscribe` under that topic lock. Those two therefore touch only the
-//! `held` set, a lock under which nothing else is ever taken.
+//! `held` set, a lock under which nothing else is taken but the webhook
+//! queue's, a leaf (it takes no lock; joins and leaves take it under their
+//! shard lock too).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
@@ -291,12 +293,12 @@ impl Broker for MemoryBroker {
     fn subscribe(&self, topic: &Topic) -> Ready {
         // Every publish reaches the sink (the hub ignores topics nobody
         // wants); a held topic keeps its epoch.
-        *self
-            .held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(topic.clone())
-            .or_default() += 1;
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let n = held.entry(topic.clone()).or_default();
+        *n += 1;
+        if *n == 1 {
+            self.webhooks.occupied(topic.as_str());
+        }
         Ready::now()
     }
 
@@ -306,6 +308,7 @@ impl Broker for MemoryBroker {
             *n -= 1;
             if *n == 0 {
                 held.remove(topic);
+                self.webhooks.vacating(topic.as_str());
             }
         }
     }

@@ -9,11 +9,11 @@
 //! never held across an await, and taken inside the memory broker's shard
 //! locks only (it takes none itself).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::webhooks::{Kind, Queued, SessionOpen, WebhookSettings};
+use crate::webhooks::{Kind, Queued, SessionOpen, WebhookSettings, topic_data};
 
 /// The queue and the open sessions it knows.
 pub struct WebhookQueue {
@@ -26,6 +26,8 @@ struct Inner {
     next: u64,
     entries: VecDeque<Queued>,
     open: HashSet<String>,
+    /// Topics left empty, and when their `topic.vacated` is due.
+    vacating: HashMap<String, Instant>,
     lease: Option<(String, Instant)>,
     dropped: [u64; Kind::ALL.len()],
 }
@@ -120,6 +122,55 @@ impl WebhookQueue {
         }
     }
 
+    /// The first local subscriber of `topic` came: `topic.occupied`,
+    /// unless its `topic.vacated` was still pending (then neither).
+    pub fn occupied(&self, topic: &str) {
+        let mut inner = self.lock();
+        if inner.vacating.remove(topic).is_none() && self.settings.events.has(Kind::Occupied) {
+            let max = self.settings.max_queue;
+            Self::push_locked(
+                &mut inner,
+                max,
+                Kind::Occupied,
+                topic_data(topic),
+                None,
+                Some(topic),
+            );
+        }
+    }
+
+    /// The last subscriber of `topic` left: its `topic.vacated` is due
+    /// after `webhooks.vacated_delay`.
+    pub fn vacating(&self, topic: &str) {
+        let due = Instant::now() + self.settings.vacated_delay;
+        self.lock().vacating.insert(topic.to_owned(), due);
+    }
+
+    /// Queues the `topic.vacated` events that are due.
+    fn vacate_due(&self, inner: &mut Inner) {
+        let now = Instant::now();
+        let due: Vec<String> = inner
+            .vacating
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(t, _)| t.clone())
+            .collect();
+        for topic in due {
+            inner.vacating.remove(&topic);
+            if self.settings.events.has(Kind::Vacated) {
+                let max = self.settings.max_queue;
+                Self::push_locked(
+                    inner,
+                    max,
+                    Kind::Vacated,
+                    topic_data(&topic),
+                    None,
+                    Some(&topic),
+                );
+            }
+        }
+    }
+
     /// See [`crate::Broker::webhooks_lease`].
     pub fn lease(&self, holder: &str, ttl: Duration) -> bool {
         let mut inner = self.lock();
@@ -136,7 +187,8 @@ impl WebhookQueue {
 
     /// See [`crate::Broker::webhooks_read`].
     pub fn read(&self, max: usize) -> (Vec<Queued>, u64) {
-        let inner = self.lock();
+        let mut inner = self.lock();
+        self.vacate_due(&mut inner);
         let events = inner.entries.iter().take(max).cloned().collect();
         (events, inner.entries.len() as u64)
     }

@@ -60,6 +60,7 @@ impl WebhooksConfig {
         crate::webhooks::WebhookSettings {
             events: self.selected(),
             max_queue: self.max_queue,
+            vacated_delay: self.vacated_delay,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Lifecycle webhooks (contract §10.6) against a real HTTP receiver the
-//! test runs, which checks every signature: a session's events once each
-//! and in order, the same `id` on every retry after a 500; in a cluster, a
+//! test runs, which checks every signature: a session's events and a
+//! topic's once each and in order, the same `id` on every retry after a
+//! 500; in a cluster, a
 //! killed node's sessions reported `node_lost` (with their presence
 //! leaves first) by a surviving node, and events queued while the sender
 //! died sent by another.
@@ -164,6 +165,7 @@ async fn events_are_signed_ordered_and_retried_with_the_same_id() {
         c.webhooks.url = Some(url);
         c.webhooks.secret = Some(herald_core::Secret::new(HOOK_SECRET));
         c.presence.topics = herald_protocol::Permissions::parse(["room.>"]).unwrap();
+        c.webhooks.vacated_delay = Duration::from_millis(300);
     })
     .await;
     let mut c = Client::connect(&gw.ws_url(), &presence_token("ann")).await;
@@ -175,10 +177,25 @@ async fn events_are_signed_ordered_and_retried_with_the_same_id() {
     };
     c.ws().close(Some(normal)).await.unwrap();
     let events = receiver
-        .until("four events", Duration::from_secs(10), |e| {
+        .until("six events", Duration::from_secs(10), |e| {
             !of_type(e, "session.disconnected").is_empty()
+                && !of_type(e, "topic.vacated").is_empty()
         })
         .await;
+    let about_room: Vec<&str> = events
+        .iter()
+        .filter(|e| e["data"]["topic"] == "room.a")
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+    assert_eq!(
+        about_room,
+        [
+            "topic.occupied",
+            "presence.join",
+            "presence.leave",
+            "topic.vacated"
+        ]
+    );
     assert_eq!(
         types_of(&events, &session),
         [

@@ -11,17 +11,24 @@ use crate::webhooks::{Events, Kind, Queued, SessionOpen, WebhookSettings, discon
 pub const SETTINGS: WebhookSettings = WebhookSettings {
     events: Events::ALL,
     max_queue: 100_000,
+    vacated_delay: Duration::from_millis(200),
 };
 
 /// The queued events about `session`, once at least `n` are there.
 async fn queued_for<B: Broker>(broker: &B, session: &str, n: usize) -> Vec<Queued> {
+    queued_where(broker, n, |e| e.session.as_deref() == Some(session)).await
+}
+
+/// The queued events `mine` picks, once at least `n` are there.
+async fn queued_where<B: Broker>(
+    broker: &B,
+    n: usize,
+    mine: impl Fn(&Queued) -> bool,
+) -> Vec<Queued> {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let (all, _) = broker.webhooks_read(100_000).await.expect("read the queue");
-        let mine: Vec<Queued> = all
-            .into_iter()
-            .filter(|e| e.session.as_deref() == Some(session))
-            .collect();
+        let mine: Vec<Queued> = all.into_iter().filter(|e| mine(e)).collect();
         if mine.len() >= n || tokio::time::Instant::now() > deadline {
             return mine;
         }
@@ -83,6 +90,29 @@ pub(super) async fn webhooks_pair_and_keep_order<B: Broker>(broker: &B) {
     );
     broker.webhooks_done(&ids).await.expect("done");
     assert!(queued_for(broker, &session, 1).await.is_empty());
+
+    // A topic held by no node any more is vacated after the delay, unless
+    // it is held again in time (then neither event).
+    let room = unique_topic("occupancy");
+    let about = |e: &Queued| e.topic.as_deref() == Some(room.as_str()) && e.session.is_none();
+    subscribed(broker, &room).await;
+    let queued = queued_where(broker, 1, about).await;
+    assert_eq!(
+        queued.iter().map(|e| e.kind).collect::<Vec<_>>(),
+        [Kind::Occupied]
+    );
+    broker.unsubscribe(&room);
+    subscribed(broker, &room).await;
+    broker.unsubscribe(&room);
+    tokio::time::sleep(SETTINGS.vacated_delay * 2).await;
+    let queued = queued_where(broker, 2, about).await;
+    assert_eq!(
+        queued.iter().map(|e| e.kind).collect::<Vec<_>>(),
+        [Kind::Occupied, Kind::Vacated],
+        "a topic back within the delay is neither vacated nor occupied again"
+    );
+    let ids: Vec<String> = queued.iter().map(|e| e.id.clone()).collect();
+    broker.webhooks_done(&ids).await.expect("done");
 
     // One holder at a time.
     let (a, b) = (crate::random_hex(4), crate::random_hex(4));

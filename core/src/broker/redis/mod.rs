@@ -478,11 +478,13 @@ impl Broker for RedisBroker {
         let (tx, ready) = Ready::pending();
         self.pubsub()
             .subscribe(channel(topic), Target::Topic(topic.clone()), Some(tx));
+        self.presence.hold(topic);
         ready
     }
 
     fn unsubscribe(&self, topic: &Topic) {
         self.pubsub().unsubscribe(channel(topic));
+        self.presence.unhold(topic);
     }
 
     async fn position(&self, topic: &Topic) -> Result<Position, BrokerError> {

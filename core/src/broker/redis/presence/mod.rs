@@ -175,6 +175,10 @@ enum Op {
         session: String,
         data: Option<String>,
     },
+    /// The node's first local subscriber of a topic came (webhooks).
+    Hold(Topic),
+    /// The node's last local subscriber of a topic left (webhooks).
+    Unhold(Topic),
 }
 
 /// What the worker, the reporter and the sweeper share.
@@ -304,6 +308,22 @@ impl Presence {
     /// [`Broker::session_opened`](crate::Broker::session_opened)).
     pub fn opened(&self, open: SessionOpen) {
         let _ = self.ops.send(Op::Open(open));
+    }
+
+    /// Records that this node holds `topic` (it has a local subscriber),
+    /// for `topic.occupied` / `topic.vacated`; a no-op unless one of them
+    /// is selected.
+    pub fn hold(&self, topic: &Topic) {
+        if self.shared.webhooks.events.topics() {
+            let _ = self.ops.send(Op::Hold(topic.clone()));
+        }
+    }
+
+    /// Records that this node no longer holds `topic`.
+    pub fn unhold(&self, topic: &Topic) {
+        if self.shared.webhooks.events.topics() {
+            let _ = self.ops.send(Op::Unhold(topic.clone()));
+        }
     }
 
     /// Records a session that closed.

@@ -39,15 +39,21 @@ use super::{ALIVE, Shared, cluster};
 use crate::broker::BrokerError;
 use crate::broker::redis::commands::{Script, ScriptCall, as_text};
 use crate::broker::redis::scripts::script;
-use crate::webhooks::{Kind, Queued, SessionOpen};
+use crate::webhooks::{Kind, Queued, SessionOpen, topic_data};
 
 const QUEUE: &str = "herald:{herald-nodes}:wh:q";
 const LEASE: &str = "herald:{herald-nodes}:wh:lease";
+const HOLDERS: &str = "herald:{herald-nodes}:wh:tc";
+const VACATING: &str = "herald:{herald-nodes}:wh:tv";
 /// Presence events queued by one script call.
 const ADD_AT_ONCE: usize = 256;
 
 fn sessions_key(incarnation: &str) -> String {
     format!("herald:{{herald-nodes}}:wh:s:{incarnation}")
+}
+
+fn held_key(incarnation: &str) -> String {
+    format!("herald:{{herald-nodes}}:wh:t:{incarnation}")
 }
 
 /// The webhook scripts, each with the shared `queue.lua` prelude.
@@ -57,12 +63,18 @@ pub(super) struct WebhookScripts {
     mv: Script,
     sweep: Script,
     add: Script,
+    hold: Script,
+    unhold: Script,
+    vacate: Script,
     lease: Script,
 }
 
 impl WebhookScripts {
     pub(super) fn new(cluster: bool) -> WebhookScripts {
-        let prelude = include_str!("../lua/webhooks/queue.lua");
+        let prelude = concat!(
+            include_str!("../lua/webhooks/queue.lua"),
+            include_str!("../lua/webhooks/release.lua")
+        );
         let s = |body: &str| script(cluster, format!("{prelude}\n{body}"));
         WebhookScripts {
             open: s(include_str!("../lua/webhooks/open.lua")),
@@ -70,6 +82,9 @@ impl WebhookScripts {
             mv: s(include_str!("../lua/webhooks/move.lua")),
             sweep: s(include_str!("../lua/webhooks/sweep.lua")),
             add: s(include_str!("../lua/webhooks/add.lua")),
+            hold: s(include_str!("../lua/webhooks/hold.lua")),
+            unhold: s(include_str!("../lua/webhooks/unhold.lua")),
+            vacate: s(include_str!("../lua/webhooks/vacate.lua")),
             lease: script(
                 cluster,
                 include_str!("../lua/webhooks/lease.lua").to_owned(),
@@ -136,6 +151,38 @@ impl Shared {
                 open.connected.as_deref().unwrap_or("").as_bytes(),
             ],
         )
+    }
+
+    pub(super) fn hold_call(&self, inc: &str, topic: &str) -> ScriptCall {
+        let occupied: &[u8] = if self.webhooks.events.has(Kind::Occupied) {
+            b"1"
+        } else {
+            b"0"
+        };
+        ScriptCall::new(
+            &self.wh_scripts.hold,
+            slot(),
+            &[&held_key(inc), HOLDERS, VACATING, QUEUE],
+            &[
+                self.max_queue().as_bytes(),
+                topic.as_bytes(),
+                topic_data(topic).as_bytes(),
+                occupied,
+            ],
+        )
+    }
+
+    pub(super) fn unhold_call(&self, inc: &str, topic: &str) -> ScriptCall {
+        ScriptCall::new(
+            &self.wh_scripts.unhold,
+            slot(),
+            &[&held_key(inc), HOLDERS, VACATING],
+            &[topic.as_bytes(), self.vacated_delay_ms().as_bytes()],
+        )
+    }
+
+    fn vacated_delay_ms(&self) -> String {
+        self.webhooks.vacated_delay.as_millis().to_string()
     }
 
     /// One call queuing `events` (selected types only), or `None`.
@@ -211,8 +258,11 @@ impl Shared {
         let call = ScriptCall::new(
             &self.wh_scripts.sweep,
             slot(),
-            &[&sessions_key(inc), QUEUE],
-            &[self.max_queue().as_bytes()],
+            &[&sessions_key(inc), QUEUE, &held_key(inc), HOLDERS, VACATING],
+            &[
+                self.max_queue().as_bytes(),
+                self.vacated_delay_ms().as_bytes(),
+            ],
         );
         let reply = self
             .commands
@@ -247,6 +297,25 @@ impl Shared {
 
     /// See [`crate::Broker::webhooks_read`].
     pub(super) async fn read(&self, max: usize) -> Result<(Vec<Queued>, u64), BrokerError> {
+        // Topics whose delay ran out are vacated by whoever reads.
+        let vacated: &[u8] = if self.webhooks.events.has(Kind::Vacated) {
+            b"1"
+        } else {
+            b"0"
+        };
+        let vacate = ScriptCall::new(
+            &self.wh_scripts.vacate,
+            slot(),
+            &[VACATING, QUEUE],
+            &[self.max_queue().as_bytes(), vacated],
+        );
+        let reply = self
+            .commands
+            .scripts(std::slice::from_ref(&vacate), None)
+            .await?;
+        if let Some(reply) = reply.first() {
+            self.count_dropped(reply);
+        }
         let mut pipe = redis::pipe();
         pipe.cmd("XRANGE")
             .arg(QUEUE)

@@ -36,6 +36,9 @@ pub(super) struct Worker {
     /// This node's open sessions, with webhooks on: moved to a new
     /// incarnation when the old one lapsed.
     sessions: HashMap<String, SessionOpen>,
+    /// The topics this node holds, with topic webhooks on: held again
+    /// under a new incarnation.
+    held: HashSet<Topic>,
 }
 
 /// The per-user count changes of one batch for one user, in the order the
@@ -88,6 +91,7 @@ impl Worker {
             indexed: HashSet::new(),
             users: HashMap::new(),
             sessions: HashMap::new(),
+            held: HashSet::new(),
         }
     }
 
@@ -251,6 +255,12 @@ impl Worker {
                 Op::Close { session, .. } => {
                     self.sessions.remove(session.as_str());
                 }
+                Op::Hold(topic) => {
+                    self.held.insert(topic.clone());
+                }
+                Op::Unhold(topic) => {
+                    self.held.remove(topic);
+                }
                 Op::Leave { .. } | Op::Count { .. } | Op::Lapsed => {}
             }
         }
@@ -261,7 +271,7 @@ impl Worker {
     async fn reincarnate(&mut self) {
         let old = self.incarnation.take();
         self.indexed.clear();
-        if let Some(old) = old.filter(|_| !self.sessions.is_empty()) {
+        if let Some(old) = old.filter(|_| !self.sessions.is_empty() || !self.held.is_empty()) {
             self.move_sessions(&old).await;
         }
         let members = self
@@ -300,8 +310,9 @@ impl Worker {
         }
     }
 
-    /// Records this node's open sessions under its new incarnation (see
-    /// `lua/webhooks/move.lua`), before any of their joins.
+    /// Records this node's open sessions and held topics under its new
+    /// incarnation (see `lua/webhooks/move.lua` and `hold.lua`), before
+    /// any of their joins.
     async fn move_sessions(&mut self, old: &str) {
         let Some(inc) = self.incarnation().await else {
             return;
@@ -310,6 +321,11 @@ impl Worker {
             .sessions
             .values()
             .map(|open| self.shared.move_call(old, &inc, open))
+            .chain(
+                self.held
+                    .iter()
+                    .map(|t| self.shared.hold_call(&inc, t.as_str())),
+            )
             .collect();
         for chunk in calls.chunks(BATCH) {
             let (commands, queue) = (&self.shared.commands, &self.ops);
@@ -351,7 +367,9 @@ impl Worker {
                         ));
                     }
                 }
-                (Op::Open(_) | Op::Close { .. }, reply) => self.shared.count_dropped(reply),
+                (Op::Open(_) | Op::Close { .. } | Op::Hold(_), reply) => {
+                    self.shared.count_dropped(reply);
+                }
                 _ => {}
             }
         }
@@ -444,6 +462,8 @@ impl Shared {
             }
             Op::Open(open) => self.open_call(inc, open),
             Op::Close { session, data } => self.close_call(inc, session, data.as_deref()),
+            Op::Hold(topic) => self.hold_call(inc, topic.as_str()),
+            Op::Unhold(topic) => self.unhold_call(inc, topic.as_str()),
             Op::Admit { .. } | Op::Count { .. } => return None,
             Op::Lapsed => return None,
         })
@@ -487,16 +507,19 @@ impl Shared {
     }
 }
 
-/// How many of `ops` to apply before the rest: up to the first session
-/// op that follows a presence op. A session's events are queued by its
-/// script, a presence change's after its script's reply, so a batch that
-/// mixed them could queue a session's `disconnected` before its `leave`.
+/// How many of `ops` to apply before the rest: up to the first session or
+/// topic op that follows a presence op. A session's (or topic's) events
+/// are queued by its script, a presence change's after its script's
+/// reply, so a batch that mixed them could queue a session's
+/// `disconnected` before its `leave`.
 fn in_order(ops: &[Op]) -> usize {
     let mut presence = false;
     for (i, op) in ops.iter().enumerate() {
         match op {
             Op::Join { .. } | Op::Leave { .. } => presence = true,
-            Op::Open(_) | Op::Close { .. } if presence => return i,
+            Op::Open(_) | Op::Close { .. } | Op::Hold(_) | Op::Unhold(_) if presence => {
+                return i;
+            }
             _ => {}
         }
     }
