@@ -77,6 +77,16 @@ impl TestRedis {
         Self::start_with(free_port(false), &[])
     }
 
+    /// Starts a plain Redis that keeps every write in its append-only file
+    /// (`appendfsync always`), so [`TestRedis::restart`] brings its data
+    /// back: a Redis restart that durability is meant to survive.
+    pub fn start_persistent() -> TestRedis {
+        Self::start_with(
+            free_port(false),
+            &["--appendonly", "yes", "--appendfsync", "always"],
+        )
+    }
+
     fn start_with(port: u16, extra: &[&str]) -> TestRedis {
         Self::start_full(port, extra, None)
     }
@@ -164,7 +174,8 @@ impl TestRedis {
         }
     }
 
-    /// Starts it again on the same port, empty.
+    /// Starts it again on the same port: empty, unless it was started
+    /// persistent.
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();

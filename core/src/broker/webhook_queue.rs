@@ -86,6 +86,9 @@ impl WebhookQueue {
 
     /// See [`crate::Broker::session_opened`].
     pub fn opened(&self, open: SessionOpen) {
+        if !self.settings.events.sessions() {
+            return;
+        }
         let mut inner = self.lock();
         if !inner.open.insert(open.session.clone()) {
             return;
@@ -125,6 +128,9 @@ impl WebhookQueue {
     /// The first local subscriber of `topic` came: `topic.occupied`,
     /// unless its `topic.vacated` was still pending (then neither).
     pub fn occupied(&self, topic: &str) {
+        if !self.settings.events.topics() {
+            return;
+        }
         let mut inner = self.lock();
         if inner.vacating.remove(topic).is_none() && self.settings.events.has(Kind::Occupied) {
             let max = self.settings.max_queue;
@@ -142,6 +148,9 @@ impl WebhookQueue {
     /// The last subscriber of `topic` left: its `topic.vacated` is due
     /// after `webhooks.vacated_delay`.
     pub fn vacating(&self, topic: &str) {
+        if !self.settings.events.topics() {
+            return;
+        }
         let due = Instant::now() + self.settings.vacated_delay;
         self.lock().vacating.insert(topic.to_owned(), due);
     }

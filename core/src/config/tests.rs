@@ -390,3 +390,41 @@ scopes = ["stats", "disconnect", "revoke"]
         assert!(e.contains(why), "{bad}: {e}");
     }
 }
+
+#[test]
+fn webhooks_need_a_secret_and_known_event_types() {
+    use crate::webhooks::{Events, Kind};
+    let with = |pairs: &[(&'static str, &str)]| {
+        load(&Sources {
+            flags: pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
+            ..Sources::default()
+        })
+    };
+    let url = ("webhooks.url", "http://127.0.0.1:9/hooks");
+    let secret = ("webhooks.secret", "0123456789abcdef");
+    // Off by default: nothing recorded.
+    let c = with(&[]).unwrap().config;
+    assert_eq!(c.webhooks.selected(), Events::NONE);
+    let c = with(&[url, secret]).unwrap().config;
+    assert_eq!(c.webhooks.selected(), Events::ALL);
+    let c = with(&[url, secret, ("webhooks.events", "presence.leave")])
+        .unwrap()
+        .config;
+    assert_eq!(c.webhooks.selected(), Events::NONE.with(Kind::Leave));
+    for (bad, key) in [
+        (vec![url], "webhooks.secret"),
+        (vec![url, ("webhooks.secret", "short")], "webhooks.secret"),
+        (
+            vec![url, secret, ("webhooks.events", "session.nope")],
+            "webhooks.events",
+        ),
+        (vec![("webhooks.url", "ftp://x/"), secret], "webhooks.url"),
+        (
+            vec![url, secret, ("webhooks.max_queue", "0")],
+            "webhooks.max_queue",
+        ),
+    ] {
+        let e = with(&bad).unwrap_err().to_string();
+        assert!(e.contains(key), "{bad:?}: {e}");
+    }
+}

@@ -2,7 +2,8 @@
 //! runs: connections admitted by cookie, refused (401, 403), and a backend
 //! that is down or slow costing a quick 503 with `Retry-After` while JWT
 //! clients are served; the subscribe hook's veto (all or nothing) and the
-//! publish hook's refusal and replacement; what each hook is told.
+//! publish hook's refusal and replacement; what each hook is told (and
+//! the connect hook's `info` in `session.connected`).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -144,10 +145,11 @@ async fn the_backend_admits_by_cookie_and_its_info_travels_to_the_other_hooks() 
         _ => ok(json!({})),
     })
     .await;
-    let (c, s, p) = (
+    let (c, s, p, w) = (
         backend.url("/connect"),
         backend.url("/subscribe"),
         backend.url("/publish"),
+        backend.url("/webhooks"),
     );
     let gw = TestGateway::spawn_with(move |cfg| {
         cfg.proxy.connect_url = Some(c);
@@ -155,6 +157,9 @@ async fn the_backend_admits_by_cookie_and_its_info_travels_to_the_other_hooks() 
         cfg.proxy.subscribe_topics = herald_protocol::Permissions::parse(["room.*"]).unwrap();
         cfg.proxy.publish_url = Some(p);
         cfg.proxy.publish_topics = herald_protocol::Permissions::parse(["room.*"]).unwrap();
+        cfg.webhooks.url = Some(w);
+        cfg.webhooks.secret = Some(herald_core::Secret::new("webhook-secret-0123456789"));
+        cfg.webhooks.events = vec!["session.connected".to_owned()];
     })
     .await;
 
@@ -163,6 +168,16 @@ async fn the_backend_admits_by_cookie_and_its_info_travels_to_the_other_hooks() 
         .await
         .expect("admitted");
     let session = alice.welcome["session"].as_str().unwrap().to_owned();
+    // The backend's info travels to the session.connected webhook.
+    eventually("session.connected", async || {
+        !backend.calls("/webhooks").is_empty()
+    })
+    .await;
+    assert_eq!(
+        backend.calls("/webhooks")[0]["data"],
+        json!({"sub": "alice", "session": session, "node": "test-node",
+               "info": {"name": "Alice", "plan": "pro"}})
+    );
     let asked = backend.calls("/connect");
     assert_eq!(asked.len(), 1);
     assert_eq!(asked[0]["headers"]["cookie"], "sid=alice");

@@ -239,18 +239,25 @@ async fn events_are_signed_ordered_and_retried_with_the_same_id() {
     gw.shutdown().await;
 }
 
-/// Webhooks and presence on `room.>`, presence.timeout 2s.
+/// Webhooks and presence on `room.>`, presence.timeout 2s, a topic
+/// vacated 1 s after its last subscriber.
 async fn webhook_node(redis: &str, id: &str, url: &str) -> GatewayProc {
     let env = [
         ("HERALD_PRESENCE__TOPICS", "room.>"),
         ("HERALD_PRESENCE__TIMEOUT", "2s"),
+        ("HERALD_WEBHOOKS__VACATED_DELAY", "1s"),
         ("HERALD_WEBHOOKS__URL", url),
         ("HERALD_WEBHOOKS__SECRET", HOOK_SECRET),
     ];
     GatewayProc::start_env(redis, false, id, &env).await
 }
 
+/// `n` sessions on `node` subscribed to `room.lobby`.
 async fn sessions_on(node: &GatewayProc, n: usize) -> (Vec<Client>, Vec<String>) {
+    sessions_in(node, n, "room.lobby").await
+}
+
+async fn sessions_in(node: &GatewayProc, n: usize, room: &str) -> (Vec<Client>, Vec<String>) {
     let mut clients = Vec::new();
     for i in 0..n {
         let mut c = Client::connect(
@@ -258,7 +265,7 @@ async fn sessions_on(node: &GatewayProc, n: usize) -> (Vec<Client>, Vec<String>)
             &presence_token(&format!("u{i}")),
         )
         .await;
-        c.subscribe(&["room.lobby"]).await;
+        c.subscribe(&[room]).await;
         clients.push(c);
     }
     let ids = clients
@@ -274,7 +281,7 @@ async fn a_killed_nodes_sessions_are_reported_node_lost_after_their_leaves() {
     let receiver = Receiver::start(|_, _| 200).await;
     let n1 = webhook_node(&redis.url(), "n1", &receiver.url).await;
     let n2 = webhook_node(&redis.url(), "n2", &receiver.url).await;
-    let (_keep, survivors) = sessions_on(&n1, 1).await;
+    let (_keep, survivors) = sessions_in(&n1, 1, "room.kept").await;
     let (_lost, lost) = sessions_on(&n2, 50).await;
     receiver
         .until("51 connects and joins", Duration::from_secs(20), |e| {
@@ -283,13 +290,39 @@ async fn a_killed_nodes_sessions_are_reported_node_lost_after_their_leaves() {
         .await;
     let killed = tokio::time::Instant::now();
     n2.proc.signal("KILL");
-    let events = receiver
+    receiver
         .until("50 node_lost", Duration::from_secs(20), |e| {
             of_type(e, "session.disconnected").len() >= 50
                 && of_type(e, "presence.leave").len() >= 50
         })
         .await;
     let took = killed.elapsed();
+    // Then the room n2 alone held is vacated (1 s later), and only it.
+    let events = receiver
+        .until("room.lobby vacated", Duration::from_secs(10), |e| {
+            !of_type(e, "topic.vacated").is_empty()
+        })
+        .await;
+    let topic_events = |topic: &str| -> Vec<&str> {
+        events
+            .iter()
+            .filter(|e| e["data"]["topic"] == topic && e["data"]["session"].is_null())
+            .filter_map(|e| e["type"].as_str())
+            .collect()
+    };
+    assert_eq!(topic_events("room.kept"), ["topic.occupied"]);
+    assert_eq!(
+        topic_events("room.lobby"),
+        ["topic.occupied", "topic.vacated"]
+    );
+    let vacated_at = events.iter().position(|e| e["type"] == "topic.vacated");
+    let last_lost = events
+        .iter()
+        .rposition(|e| e["type"] == "session.disconnected");
+    assert!(
+        vacated_at > last_lost,
+        "vacated after the sessions were lost"
+    );
     eprintln!("node_lost of 50 sessions delivered {took:?} after the kill (presence.timeout 2s)");
     assert!(took < Duration::from_secs(2 + 6), "took {took:?}");
     for s in &lost {
@@ -311,6 +344,11 @@ async fn a_killed_nodes_sessions_are_reported_node_lost_after_their_leaves() {
     assert_eq!(
         types_of(&events, &survivors[0]),
         ["session.connected", "presence.join"]
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e["data"]["topic"] != "room.kept" || e["type"] != "presence.leave")
     );
     // Nothing more: one disconnect per session.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -367,4 +405,206 @@ async fn events_queued_when_their_sender_died_are_sent_by_another_node() {
         );
     }
     drop(n2);
+}
+
+/// Counts, per session, the `session.connected` and `session.disconnected`
+/// first attempts received.
+fn pairs(events: &[Value]) -> HashMap<String, (usize, usize)> {
+    let mut out: HashMap<String, (usize, usize)> = HashMap::new();
+    for e in events {
+        let Some(session) = e["data"]["session"].as_str() else {
+            continue;
+        };
+        let entry = out.entry(session.to_owned()).or_default();
+        match e["type"].as_str() {
+            Some("session.connected") => entry.0 += 1,
+            Some("session.disconnected") => entry.1 += 1,
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Three nodes, and a fixed script of faults while sessions come and go:
+/// a node killed and started again, Redis killed and restarted (its
+/// append-only file kept), a second node killed. At the end every
+/// `session.connected` has exactly one `session.disconnected`, and every
+/// session that closed normally has both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_connected_gets_exactly_one_disconnected_through_kills_and_a_redis_restart() {
+    let mut redis = herald_testkit::TestRedis::start_persistent();
+    let receiver = Receiver::start(|_, _| 200).await;
+    let url = redis.url();
+    let mut nodes = vec![
+        webhook_node(&url, "n1", &receiver.url).await,
+        webhook_node(&url, "n2", &receiver.url).await,
+        webhook_node(&url, "n3", &receiver.url).await,
+    ];
+    let mut closed_normally: Vec<String> = Vec::new();
+    let mut open: Vec<Client> = Vec::new();
+    let mut welcomed = 0;
+    for round in 0..4 {
+        for node in &nodes {
+            let (clients, _) = sessions_on(node, 4).await;
+            welcomed += clients.len();
+            open.extend(clients);
+        }
+        // Every welcomed session is recorded before the faults.
+        receiver
+            .until("connects recorded", Duration::from_secs(20), |e| {
+                of_type(e, "session.connected").len() >= welcomed
+            })
+            .await;
+        // A few close normally.
+        for _ in 0..3 {
+            let mut c = open.remove(0);
+            closed_normally.push(c.welcome["session"].as_str().unwrap().to_owned());
+            let _ = c.ws().close(None).await;
+        }
+        match round {
+            0 => {
+                nodes[1].proc.signal("KILL");
+                nodes[1] = webhook_node(&url, "n2", &receiver.url).await;
+            }
+            1 => {
+                redis.restart();
+            }
+            2 => {
+                nodes[2].proc.signal("KILL");
+                nodes[2] = webhook_node(&url, "n3", &receiver.url).await;
+            }
+            _ => {
+                nodes[0].proc.signal("KILL");
+            }
+        }
+    }
+    // The rest close normally (those of killed nodes are gone already).
+    for mut c in open.drain(..) {
+        let _ = c.ws().close(None).await;
+    }
+    let events = receiver
+        .until(
+            "every connected disconnected",
+            Duration::from_secs(30),
+            |e| pairs(e).values().all(|(c, d)| *c == 1 && *d == 1),
+        )
+        .await;
+    let pairs = pairs(&events);
+    eprintln!(
+        "{} sessions welcomed, {} connected/disconnected pairs, {} events",
+        welcomed,
+        pairs.len(),
+        events.len()
+    );
+    assert_eq!(pairs.len(), welcomed, "every welcomed session was recorded");
+    for s in &closed_normally {
+        assert_eq!(pairs.get(s), Some(&(1, 1)), "session {s} closed normally");
+    }
+    // Nothing more arrives: no second disconnected.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let again = receiver
+        .until("settled", Duration::from_secs(1), |_| true)
+        .await;
+    assert_eq!(
+        self::pairs(&again),
+        pairs,
+        "{:#?}",
+        &again[events.len().min(again.len())..]
+    );
+}
+
+/// The receivers docs/hooks.md shows, run as written: each verifies the
+/// signature of real webhooks (and refuses a forged one with 401) and
+/// prints the events.
+#[tokio::test]
+async fn the_documented_receivers_verify_real_webhooks() {
+    for (program, file) in [
+        ("python3", "webhook-receiver.py"),
+        ("node", "webhook-receiver.js"),
+    ] {
+        let port = herald_testkit::free_port(false);
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../docs/examples")
+            .join(file);
+        let mut child = std::process::Command::new(program)
+            .arg(&path)
+            .env("PORT", port.to_string())
+            .env("WEBHOOK_SECRET", HOOK_SECRET)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{program} runs: {e}"));
+        let stdout = child.stdout.take().unwrap();
+        let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        eventually(&format!("{file} listens"), async || {
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+        })
+        .await;
+        // A forged signature is refused.
+        let forged = http::Request::post(format!("http://{addr}/"))
+            .header("host", addr.to_string())
+            .header("herald-signature", format!("t={},v1=00", now_secs()))
+            .body(r#"{"id":"x"}"#.to_owned())
+            .unwrap();
+        let (status, _) = send_plain(forged).await;
+        assert_eq!(status, 401, "{file}: forged signature");
+
+        let url = format!("http://{addr}/");
+        let gw = TestGateway::spawn_with(|c| {
+            c.webhooks.url = Some(url);
+            c.webhooks.secret = Some(herald_core::Secret::new(HOOK_SECRET));
+            c.webhooks.events = vec![
+                "session.connected".to_owned(),
+                "session.disconnected".to_owned(),
+            ];
+        })
+        .await;
+        let mut c = gw.client("ann", &["news"], &[]).await;
+        let session = c.welcome["session"].as_str().unwrap().to_owned();
+        let _ = c.ws().close(None).await;
+        let mut seen = Vec::new();
+        while seen.len() < 2 {
+            let line = tokio::time::timeout(Duration::from_secs(10), lines.recv())
+                .await
+                .unwrap_or_else(|_| panic!("{file}: printed {seen:?} only"))
+                .unwrap();
+            let event: Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(event["data"]["session"], session.as_str(), "{file}: {line}");
+            seen.push(event["type"].as_str().unwrap().to_owned());
+        }
+        assert_eq!(
+            seen,
+            ["session.connected", "session.disconnected"],
+            "{file}"
+        );
+        gw.shutdown().await;
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// POSTs `request` over plain HTTP/1.1; the status and body.
+async fn send_plain(request: http::Request<String>) -> (u16, String) {
+    let authority = request.uri().authority().unwrap().to_string();
+    let stream = tokio::net::TcpStream::connect(authority).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let (parts, body) = request.into_parts();
+    let request = http::Request::from_parts(parts, Full::new(Bytes::from(body)));
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
 }

@@ -9,6 +9,10 @@
 //! - `…:wh:s:<incarnation>`, a hash: session → its `session.disconnected`
 //!   data with reason `node_lost`, for every session open under that
 //!   incarnation;
+//! - `…:wh:t:<incarnation>`, a set: the topics that incarnation holds (has
+//!   a local subscriber of); `…:wh:tc`, a hash: holders per topic;
+//!   `…:wh:tv`, a sorted set: topics left without holder, scored by when
+//!   their `topic.vacated` is due;
 //! - `…:wh:lease`: the node that sends the queue, with a time to live.
 //!
 //! **Exactly one disconnect per connect.** Recording a session and queuing
@@ -21,6 +25,14 @@
 //! incarnation (`move.lua`): silently if not yet swept, with a new
 //! `session.connected` if it was. Each script is atomic and idempotent, so
 //! retrying one whose reply was lost changes nothing.
+//!
+//! **Occupied and vacated.** A node holds a topic from its first local
+//! subscriber to its last (`hold.lua`, `unhold.lua`); the first holder in
+//! the cluster queues `topic.occupied`, the last one's release makes the
+//! topic due for `topic.vacated` after `webhooks.vacated_delay`, which
+//! whoever reads the queue queues once due (`vacate.lua`) unless a holder
+//! came back first (then neither event: they still alternate). A lapsed
+//! incarnation's topics are released by the same sweep as its sessions.
 //!
 //! **Presence events** are queued by the worker (or the sweeper) after the
 //! presence script that made the change returned it (`add.lua`): a
