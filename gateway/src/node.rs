@@ -99,8 +99,8 @@ impl NodeControl for Control {
             .registry()
             .memberships(tracked)
             .into_iter()
-            .map(|(topic, n, sub)| {
-                let member = node.member(n, &sub);
+            .map(|(topic, outbox)| {
+                let member = node.member(&outbox);
                 (topic, member)
             })
             .collect()
@@ -273,13 +273,14 @@ impl Node {
         format!("{}{n:x}", self.session_prefix)
     }
 
-    /// Session `n` of `sub` as a presence member joining now.
-    pub fn member(&self, n: u64, sub: &str) -> Member {
+    /// The session of `outbox` as a presence member joining now.
+    pub fn member(&self, outbox: &crate::outbox::Outbox) -> Member {
         Member {
-            sub: sub.to_owned(),
-            session: self.session_name(n),
+            sub: outbox.sub.to_string(),
+            session: self.session_name(outbox.id),
             node: self.config.node.id.clone(),
             since: herald_core::now_ms(),
+            info: outbox.info.as_deref().cloned(),
         }
     }
 

@@ -175,6 +175,9 @@ pub struct Outbox {
     pub encoding: crate::wire::codec::Encoding,
     /// The session's current token, for revocations.
     pub token: crate::revocations::TokenStamp,
+    /// The connect hook's `info`, for its presence entries (boxed: a thin
+    /// pointer, 8 bytes for the sessions that have none).
+    pub info: Option<Box<herald_protocol::Info>>,
     /// The socket of a plain TCP connection, for inline writes.
     socket: Option<TcpStream>,
     limit: usize,
@@ -190,6 +193,7 @@ impl Outbox {
             deflate: None,
             encoding: crate::wire::codec::Encoding::Json,
             token: crate::revocations::TokenStamp::new(None, None),
+            info: None,
             socket: None,
             limit,
             state: Mutex::new(State::default()),
@@ -199,6 +203,12 @@ impl Outbox {
     /// Marks the connection as compressing (set before the outbox is shared).
     pub fn with_deflate(mut self, deflate: Option<crate::wire::deflate::Deflate>) -> Outbox {
         self.deflate = deflate;
+        self
+    }
+
+    /// Attaches the connect hook's `info` (before the outbox is shared).
+    pub fn with_info(mut self, info: Option<herald_protocol::Info>) -> Outbox {
+        self.info = info.map(Box::new);
         self
     }
 

@@ -415,6 +415,9 @@ pub enum ServerFrame<'a> {
         sub: &'a str,
         /// The member's session.
         session: &'a str,
+        /// The member's `info` (connect hook), if any.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        info: Option<&'a crate::Info>,
     },
     /// A member left (unsubscribed, disconnected, or its node died).
     Leave {
@@ -424,6 +427,9 @@ pub enum ServerFrame<'a> {
         sub: &'a str,
         /// The member's session.
         session: &'a str,
+        /// The member's `info` (connect hook), if any.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        info: Option<&'a crate::Info>,
     },
     /// An event.
     Message(MessageFrame<'a>),
@@ -533,6 +539,7 @@ mod tests {
             session: "s1".into(),
             node: "n1".into(),
             since: 1_767_222_000_123,
+            info: None,
         };
         let reply = ServerFrame::Presence {
             reference: Some("7"),
@@ -559,20 +566,36 @@ mod tests {
             topic: "chat.room-1",
             sub: "alice",
             session: "s1",
+            info: None,
         };
         assert_eq!(
             join.to_json(),
             r#"{"type":"join","topic":"chat.room-1","sub":"alice","session":"s1"}"#
         );
+        let info = crate::Info(std::sync::Arc::from(
+            serde_json::value::RawValue::from_string(r#"{"name":"A"}"#.to_owned()).unwrap(),
+        ));
         let leave = ServerFrame::Leave {
             topic: "t",
             sub: "a",
             session: "s",
+            info: Some(&info),
         };
         assert_eq!(
             leave.to_json(),
-            r#"{"type":"leave","topic":"t","sub":"a","session":"s"}"#
+            r#"{"type":"leave","topic":"t","sub":"a","session":"s","info":{"name":"A"}}"#
         );
+        let with_info = crate::Member {
+            info: Some(info.clone()),
+            ..member
+        };
+        let json = serde_json::to_string(&with_info).unwrap();
+        assert_eq!(
+            json,
+            r#"{"sub":"alice","session":"s1","node":"n1","since":1767222000123,"info":{"name":"A"}}"#
+        );
+        let back: crate::Member = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, with_info, "info survives storage");
         let missing = parse_client_frame(r#"{"type":"presence","ref":"9"}"#).unwrap_err();
         assert_eq!(missing.reference.as_deref(), Some("9"));
         assert!(missing.message.contains("'topic'"), "{}", missing.message);

@@ -19,6 +19,6 @@ pub use frame::{
     ClientFrame, FrameError, PROTOCOL_VERSION, ServerFrame, ServerFrameHead, parse_client_frame,
     payload,
 };
-pub use presence::{Member, PublicMember};
+pub use presence::{Info, Member, PublicMember};
 pub use record::{MessageFrame, Payload};
 pub use topic::{MAX_TOPIC_LEN, Permissions, Topic, TopicError, TopicPattern};

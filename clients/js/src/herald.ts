@@ -451,7 +451,13 @@ export class Herald extends Emitter<HeraldEvents> {
         return this.#topics.deliver(f as unknown as Message);
       case "join":
       case "leave":
-        return this.#tell("presence", { type: f.type, topic: f.topic, sub: f.sub, session: f.session });
+        return this.#tell("presence", {
+          type: f.type,
+          topic: f.topic,
+          sub: f.sub,
+          session: f.session,
+          ...(f.info === undefined ? {} : { info: f.info }),
+        });
       case "token_expiring":
         return void this.#refreshToken(f.exp);
       case "unsubscribed":

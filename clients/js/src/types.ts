@@ -43,6 +43,8 @@ export interface Member {
   session: string;
   /** When it joined, ms since the Unix epoch. */
   since: number;
+  /** What your backend's connect hook attached to the session, if anything. */
+  info?: unknown;
 }
 
 /** One page of a topic's members. */
@@ -66,6 +68,8 @@ export interface PresenceChange {
   topic: string;
   sub: string;
   session: string;
+  /** The member's `info` from the connect hook, if any. */
+  info?: unknown;
 }
 
 /** Payload of the `state` event. */

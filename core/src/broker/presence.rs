@@ -94,16 +94,19 @@ pub enum Change {
 /// once per node and shared by every session that gets it.
 pub fn frame(topic: &Topic, change: Change, member: &Member) -> Bytes {
     let (topic, sub, session) = (topic.as_str(), &*member.sub, &*member.session);
+    let info = member.info.as_ref();
     let frame = match change {
         Change::Join => ServerFrame::Join {
             topic,
             sub,
             session,
+            info,
         },
         Change::Leave => ServerFrame::Leave {
             topic,
             sub,
             session,
+            info,
         },
     };
     Bytes::from(frame.to_json())

@@ -715,7 +715,13 @@ var Herald = class extends Emitter {
         return this.#topics.deliver(f);
       case "join":
       case "leave":
-        return this.#tell("presence", { type: f.type, topic: f.topic, sub: f.sub, session: f.session });
+        return this.#tell("presence", {
+          type: f.type,
+          topic: f.topic,
+          sub: f.sub,
+          session: f.session,
+          ...f.info === void 0 ? {} : { info: f.info }
+        });
       case "token_expiring":
         return void this.#refreshToken(f.exp);
       case "unsubscribed":

@@ -136,8 +136,8 @@ impl Registry {
     }
 
     /// Every local subscription to a topic `tracked` for presence, as
-    /// (topic, session number, sub).
-    pub fn memberships(&self, tracked: impl Fn(&Topic) -> bool) -> Vec<(Topic, u64, Arc<str>)> {
+    /// (topic, the session's outbox: its number, `sub` and `info`).
+    pub fn memberships(&self, tracked: impl Fn(&Topic) -> bool) -> Vec<(Topic, Arc<Outbox>)> {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
             for (topic, entry) in lock(shard).iter().filter(|(t, _)| tracked(t)) {
@@ -145,7 +145,7 @@ impl Registry {
                     entry
                         .subscribers
                         .values()
-                        .map(|s| (topic.clone(), s.outbox.id, s.outbox.sub.clone())),
+                        .map(|s| (topic.clone(), s.outbox.clone())),
                 );
             }
         }

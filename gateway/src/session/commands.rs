@@ -187,10 +187,7 @@ impl Session {
         // Every join takes its place in the broker's order now.
         let joins: Vec<_> = topics
             .filter(|t| node.config.presence.tracks(t))
-            .map(|t| {
-                node.broker
-                    .join(t, node.member(self.outbox.id, &self.claims.sub))
-            })
+            .map(|t| node.broker.join(t, node.member(&self.outbox)))
             .collect();
         if joins.is_empty() {
             return;

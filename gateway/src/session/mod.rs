@@ -182,7 +182,8 @@ where
         .with_deflate(deflate.is_some());
     let outbox = Outbox::new(id, claims.sub.clone(), config.limits.client_queue)
         .with_deflate(deflate)
-        .with_encoding(protocol.encoding());
+        .with_encoding(protocol.encoding())
+        .with_info(claims.info.clone().map(herald_protocol::Info));
     outbox.token.set(token.jti.as_deref(), token.iat);
     let (outbox, conn) = attach(outbox, decoder);
     node.hub.add_session(&outbox);

@@ -415,3 +415,54 @@ async fn retry_after(gw: &TestGateway) -> Option<String> {
         .get("retry-after")
         .map(|v| v.to_str().unwrap_or("").to_owned())
 }
+
+/// The connect hook's `info` travels with the session's presence entries:
+/// the `join` frame, the `presence` reply and the admin route; a member
+/// with a JWT carries none.
+#[tokio::test]
+async fn the_connect_hooks_info_is_in_presence_entries() {
+    let backend = FakeBackend::start(|_, _| {
+        ok(
+            json!({"sub": "alice", "topics": ["room.*"], "presence": ["room.*"],
+                  "info": {"name": "Alice"}}),
+        )
+    })
+    .await;
+    let url = backend.url("/connect");
+    let gw = TestGateway::spawn_with(move |cfg| {
+        cfg.proxy.connect_url = Some(url);
+        cfg.presence.topics = herald_protocol::Permissions::parse(["room.*"]).unwrap();
+    })
+    .await;
+    let mut bob_claims = claims("bob", &["room.*"], &[]);
+    bob_claims["presence"] = json!(["room.*"]);
+    let mut bob = Client::connect(&gw.ws_url(), &token_with(bob_claims)).await;
+    bob.subscribe(&["room.a"]).await;
+    let mut alice = connect_with_cookie(&gw, "sid=alice")
+        .await
+        .expect("admitted");
+    alice.subscribe(&["room.a"]).await;
+    let join = loop {
+        let f = bob.recv().await;
+        if f["type"] == "join" && f["sub"] == "alice" {
+            break f;
+        }
+    };
+    assert_eq!(join["info"], json!({"name": "Alice"}), "{join}");
+    let reply = bob
+        .call(json!({"type": "presence", "topic": "room.a"}))
+        .await;
+    let members = reply["members"].as_array().unwrap();
+    let of = |sub: &str| members.iter().find(|m| m["sub"] == sub).unwrap().clone();
+    assert_eq!(of("alice")["info"], json!({"name": "Alice"}), "{reply}");
+    assert!(of("bob").get("info").is_none(), "{reply}");
+    let (status, body) = gw.admin("GET", "/v1/topics/room.a/presence", None).await;
+    assert_eq!(status, 200, "{body}");
+    let alice_entry = body["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["sub"] == "alice")
+        .unwrap();
+    assert_eq!(alice_entry["info"], json!({"name": "Alice"}), "{body}");
+}

@@ -10,6 +10,7 @@ pub fn member(sub: &str, session: &str) -> Member {
         session: session.to_owned(),
         node: "n1".to_owned(),
         since: 1_767_222_000_000,
+        info: None,
     }
 }
 
