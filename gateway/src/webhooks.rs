@@ -15,8 +15,10 @@
 //! - A batch's events that share a session or a topic (transitively) form
 //!   one chain, sent one at a time in queue order, each retried with
 //!   backoff before the next; chains run side by side, at most
-//!   [`IN_FLIGHT`] calls at once. A failing event holds back only its own
-//!   chain, and the next batch waits for the whole batch.
+//!   [`IN_FLIGHT`] calls at once. A failing event holds back its own chain,
+//!   and the rest of the queue for at most [`BATCH_WINDOW`]: then chains
+//!   still retrying stop after their current attempt, and what they did
+//!   not deliver is read again, still first, with the next batch.
 //! - Once the lease is lost (not renewed in time), no further attempt is
 //!   made; what was not acknowledged stays queued for the next holder.
 //! - Each attempt carries `Herald-Signature: t=<unix s>,v1=<hex
@@ -44,6 +46,8 @@ use crate::backend::Backend;
 const LEASE_TTL: Duration = Duration::from_secs(3);
 /// Events read from the queue at a time.
 const BATCH: usize = 256;
+/// Longest one batch holds up the queue (see the module documentation).
+pub const BATCH_WINDOW: Duration = Duration::from_secs(10);
 /// Most webhook calls in flight at once.
 pub const IN_FLIGHT: usize = 32;
 /// Longest one call may take.
@@ -165,30 +169,36 @@ impl Sender {
         }
     }
 
-    /// Sends `events` while renewing the lease; returns the ids to remove.
+    /// Sends `events` while renewing the lease, for at most
+    /// [`BATCH_WINDOW`] (then the chains still retrying stop after their
+    /// current attempt); returns the ids to remove.
     async fn send_holding_lease(&self, broker: &AnyBroker, events: Vec<Queued>) -> Vec<String> {
-        let lost = AtomicBool::new(false);
-        let send = self.send(events, &lost);
+        let stop = AtomicBool::new(false);
+        let send = self.send(events, &stop);
         tokio::pin!(send);
+        let window = tokio::time::sleep(BATCH_WINDOW);
+        tokio::pin!(window);
         let mut renew =
             tokio::time::interval_at(tokio::time::Instant::now() + LEASE_TTL / 3, LEASE_TTL / 3);
         let mut renewed = Instant::now();
         loop {
             tokio::select! {
                 done = &mut send => return done,
+                () = &mut window, if !stop.load(Ordering::Acquire) => {
+                    debug!("webhook batch window over: events still retried go back to the queue");
+                    stop.store(true, Ordering::Release);
+                }
                 _ = renew.tick() => {
-                    match broker.webhooks_lease(&self.holder, LEASE_TTL).await {
-                        Ok(true) => renewed = Instant::now(),
-                        Ok(false) => lost.store(true, Ordering::Release),
-                        Err(_) if renewed.elapsed() + LEASE_TTL / 3 >= LEASE_TTL => {
-                            lost.store(true, Ordering::Release);
-                        }
-                        Err(_) => {}
-                    }
-                    if lost.load(Ordering::Acquire) {
+                    let held = match broker.webhooks_lease(&self.holder, LEASE_TTL).await {
+                        Ok(held) => held,
+                        Err(_) => renewed.elapsed() + LEASE_TTL / 3 < LEASE_TTL,
+                    };
+                    if !held {
+                        stop.store(true, Ordering::Release);
                         warn!("webhook lease lost while sending: the rest stays queued for the next holder");
                         return send.await;
                     }
+                    renewed = Instant::now();
                 }
             }
         }
@@ -212,19 +222,19 @@ impl Sender {
     }
 
     /// Sends a batch as chains (see the module documentation).
-    async fn send(&self, events: Vec<Queued>, lost: &AtomicBool) -> Vec<String> {
+    async fn send(&self, events: Vec<Queued>, stop: &AtomicBool) -> Vec<String> {
         futures_util::stream::iter(chains(events))
-            .map(|chain| self.send_chain(chain, lost))
+            .map(|chain| self.send_chain(chain, stop))
             .buffer_unordered(IN_FLIGHT)
             .flat_map(futures_util::stream::iter)
             .collect()
             .await
     }
 
-    async fn send_chain(&self, chain: Vec<Queued>, lost: &AtomicBool) -> Vec<String> {
+    async fn send_chain(&self, chain: Vec<Queued>, stop: &AtomicBool) -> Vec<String> {
         let mut done = Vec::with_capacity(chain.len());
         for event in chain {
-            if !self.deliver(&event, lost).await {
+            if !self.deliver(&event, stop).await {
                 break;
             }
             done.push(event.id);
@@ -233,13 +243,14 @@ impl Sender {
     }
 
     /// Delivers one event; `true` once it may leave the queue (sent, or
-    /// expired), `false` when the lease was lost first.
-    async fn deliver(&self, event: &Queued, lost: &AtomicBool) -> bool {
+    /// expired), `false` when told to `stop` first (the lease was lost, or
+    /// the batch window is over).
+    async fn deliver(&self, event: &Queued, stop: &AtomicBool) -> bool {
         let body = Bytes::from(event.body());
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
         let mut failures = 0u32;
         loop {
-            if lost.load(Ordering::Acquire) {
+            if stop.load(Ordering::Acquire) {
                 return false;
             }
             let age = herald_core::now_ms().saturating_sub(event.ts);
@@ -275,7 +286,12 @@ impl Sender {
                 warn!(id = %event.id, r#type = event.kind.name(), "webhook not accepted; retrying with backoff");
             }
             self.metrics.webhook(event.kind, WebhookResult::Retry, 1);
-            tokio::time::sleep(backoff.next_delay()).await;
+            // Waits in short steps, so a stop does not wait out a long backoff.
+            let until = Instant::now() + backoff.next_delay();
+            while !stop.load(Ordering::Acquire) && Instant::now() < until {
+                let left = until.saturating_duration_since(Instant::now());
+                tokio::time::sleep(left.min(Duration::from_millis(250))).await;
+            }
         }
     }
 }

@@ -608,3 +608,54 @@ async fn send_plain(request: http::Request<String>) -> (u16, String) {
     let body = response.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
 }
+
+/// An event the receiver keeps refusing holds back the events recorded
+/// after it (beyond its batch) for at most the batch window, not for
+/// `webhooks.retry_for`.
+#[tokio::test]
+async fn an_event_the_receiver_keeps_refusing_does_not_hold_back_the_rest() {
+    let receiver = Receiver::start(|e, _| {
+        if e["data"]["sub"] == "poison" {
+            500
+        } else {
+            200
+        }
+    })
+    .await;
+    let url = receiver.url.clone();
+    let gw = TestGateway::spawn_with(|c| {
+        c.webhooks.url = Some(url);
+        c.webhooks.secret = Some(herald_core::Secret::new(HOOK_SECRET));
+    })
+    .await;
+    let _poison = gw.client("poison", &["news"], &[]).await;
+    receiver
+        .until("the refused event tried", Duration::from_secs(5), |e| {
+            !e.is_empty()
+        })
+        .await;
+    let good = gw.client("good", &["news"], &[]).await;
+    let session = good.welcome["session"].as_str().unwrap().to_owned();
+    let recorded = tokio::time::Instant::now();
+    receiver
+        .until(
+            "the later event",
+            herald_gateway::webhooks::BATCH_WINDOW + Duration::from_secs(5),
+            |e| types_of(e, &session) == ["session.connected"],
+        )
+        .await;
+    eprintln!(
+        "a later event delivered {:?} after it was recorded",
+        recorded.elapsed()
+    );
+    let attempts = receiver
+        .seen()
+        .iter()
+        .filter(|e| e["data"]["sub"] == "poison")
+        .count();
+    assert!(
+        attempts >= 2,
+        "the refused event is still retried: {attempts}"
+    );
+    gw.shutdown().await;
+}
