@@ -143,6 +143,20 @@ fn types_of(events: &[Value], session: &str) -> Vec<String> {
         .collect()
 }
 
+/// A node in this process whose webhooks go to `receiver`.
+async fn sending_to(
+    receiver: &Receiver,
+    tweak: impl FnOnce(&mut herald_core::Config),
+) -> TestGateway {
+    let url = receiver.url.clone();
+    TestGateway::spawn_with(|c| {
+        c.webhooks.url = Some(url);
+        c.webhooks.secret = Some(herald_core::Secret::new(HOOK_SECRET));
+        tweak(c);
+    })
+    .await
+}
+
 fn presence_token(sub: &str) -> String {
     let mut c = claims(sub, &["room.>"], &[]);
     c["presence"] = json!(["room.>"]);
@@ -160,10 +174,7 @@ async fn events_are_signed_ordered_and_retried_with_the_same_id() {
         }
     })
     .await;
-    let url = receiver.url.clone();
-    let gw = TestGateway::spawn_with(|c| {
-        c.webhooks.url = Some(url);
-        c.webhooks.secret = Some(herald_core::Secret::new(HOOK_SECRET));
+    let gw = sending_to(&receiver, |c| {
         c.presence.topics = herald_protocol::Permissions::parse(["room.>"]).unwrap();
         c.webhooks.vacated_delay = Duration::from_millis(300);
     })
@@ -622,12 +633,7 @@ async fn an_event_the_receiver_keeps_refusing_does_not_hold_back_the_rest() {
         }
     })
     .await;
-    let url = receiver.url.clone();
-    let gw = TestGateway::spawn_with(|c| {
-        c.webhooks.url = Some(url);
-        c.webhooks.secret = Some(herald_core::Secret::new(HOOK_SECRET));
-    })
-    .await;
+    let gw = sending_to(&receiver, |_| {}).await;
     let _poison = gw.client("poison", &["news"], &[]).await;
     receiver
         .until("the refused event tried", Duration::from_secs(5), |e| {
