@@ -26,6 +26,7 @@
 //!   every attempt.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -106,7 +107,7 @@ pub fn signature(key: &ring::hmac::Key, t: u64, body: &[u8]) -> String {
     let tag = ctx.sign();
     let mut out = format!("t={t},v1=");
     for b in tag.as_ref() {
-        out.push_str(&format!("{b:02x}"));
+        let _ = write!(out, "{b:02x}");
     }
     out
 }
