@@ -51,7 +51,7 @@ pub struct Member {
     pub since: u64,
     /// The connect hook's `info`, when the backend admitted the session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<serde_json::Value>))]
     pub info: Option<Info>,
 }
 

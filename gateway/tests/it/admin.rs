@@ -503,3 +503,31 @@ async fn wrong_methods_get_405_with_allow() {
     let (status, _) = gw.admin("GET", "/v1/stats", None).await;
     assert_eq!(status, 200);
 }
+
+/// `docs/openapi.json` is the document a node serves (with presence on
+/// every topic, so the presence route is in it), so clients in other
+/// languages can be generated from the repository. After a change to the
+/// admin API, write it again with
+/// `HERALD_WRITE_OPENAPI=1 cargo nextest run -E 'test(committed_openapi)'`.
+#[tokio::test]
+async fn the_committed_openapi_document_is_the_served_one() {
+    let gw = TestGateway::spawn_with(|c| {
+        c.presence.topics = herald_protocol::Permissions::parse([">"]).unwrap();
+    })
+    .await;
+    let (status, served) = http(gw.admin, "GET", "/v1/openapi.json", None, None).await;
+    assert_eq!(status, 200);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi.json");
+    if std::env::var_os("HERALD_WRITE_OPENAPI").is_some() {
+        let text = serde_json::to_string_pretty(&served).unwrap() + "\n";
+        std::fs::write(&path, text).unwrap();
+    }
+    let committed: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("docs/openapi.json"))
+            .expect("docs/openapi.json is JSON");
+    assert!(
+        committed == served,
+        "docs/openapi.json differs from the served document: write it again with \
+         HERALD_WRITE_OPENAPI=1 cargo nextest run -E 'test(committed_openapi)'"
+    );
+}
