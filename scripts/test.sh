@@ -2,7 +2,8 @@
 # The whole test suite: formatting, lints, then every test of every crate
 # (unit, property, integration; real sockets, real redis-server and Herald
 # processes), the Autobahn conformance cases, the OpenAPI fuzzer, a small
-# scale run (3 nodes), the SDK and browser tests and the deploy checks.
+# scale run (3 nodes), the SDK and browser tests, the Python client and the
+# deploy checks.
 # Installs
 # missing tools first (scripts/deps.sh).
 set -euo pipefail
@@ -20,4 +21,5 @@ scripts/autobahn.sh
 scripts/schemathesis.sh
 SMOKE=1 loadtest/scale.sh
 scripts/test-clients.sh
+scripts/test-python.sh
 scripts/test-deploy.sh
