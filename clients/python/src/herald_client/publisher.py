@@ -129,6 +129,14 @@ class _Routes:
         return _Request("POST", "/v1/revoke", body)
 
 
+def _wait_or_raise(policy: RetryPolicy, attempt: int, error: HeraldError) -> float:
+    """The wait before retrying after `error` on attempt `attempt` (from
+    0), or raises it when retrying cannot help or the attempts are spent."""
+    if not error.retryable or attempt + 1 >= policy.attempts:
+        raise error
+    return policy.delay(attempt, error.retry_after)
+
+
 def _headers(api_key: str) -> Dict[str, str]:
     return {"authorization": f"Bearer {api_key}", "accept": "application/json"}
 
@@ -160,22 +168,19 @@ class Publisher:
         self._http.close()
 
     def _send(self, request: _Request) -> Json:
-        for attempt in range(self._retry.attempts):
-            last = attempt + 1 == self._retry.attempts
+        attempt = 0
+        while True:
             try:
                 response = self._http.request(
                     request.method, request.path, json=request.body, params=request.params
                 )
                 return _answer(response)
-            except HeraldError as e:
-                if not e.retryable or last:
-                    raise
-                time.sleep(self._retry.delay(attempt, e.retry_after))
             except httpx.TransportError as e:
-                if last:
-                    raise HeraldError("unreachable", str(e)) from e
-                time.sleep(self._retry.delay(attempt, None))
-        raise HeraldError("unreachable", "no attempt made")
+                error = HeraldError("unreachable", str(e))
+            except HeraldError as e:
+                error = e
+            time.sleep(_wait_or_raise(self._retry, attempt, error))
+            attempt += 1
 
     def publish(
         self, topic: str, data: Json, *, event: Optional[str] = None, idempotency_key: Optional[str] = None
@@ -239,22 +244,19 @@ class AsyncPublisher:
         await self._http.aclose()
 
     async def _send(self, request: _Request) -> Json:
-        for attempt in range(self._retry.attempts):
-            last = attempt + 1 == self._retry.attempts
+        attempt = 0
+        while True:
             try:
                 response = await self._http.request(
                     request.method, request.path, json=request.body, params=request.params
                 )
                 return _answer(response)
-            except HeraldError as e:
-                if not e.retryable or last:
-                    raise
-                await asyncio.sleep(self._retry.delay(attempt, e.retry_after))
             except httpx.TransportError as e:
-                if last:
-                    raise HeraldError("unreachable", str(e)) from e
-                await asyncio.sleep(self._retry.delay(attempt, None))
-        raise HeraldError("unreachable", "no attempt made")
+                error = HeraldError("unreachable", str(e))
+            except HeraldError as e:
+                error = e
+            await asyncio.sleep(_wait_or_raise(self._retry, attempt, error))
+            attempt += 1
 
     async def publish(
         self, topic: str, data: Json, *, event: Optional[str] = None, idempotency_key: Optional[str] = None
