@@ -3,7 +3,8 @@
 # PyPI) into a fresh venv (or, where python3 has no venv module, into the
 # interpreter as scripts/deps.sh installs tools), type-checked with mypy
 # --strict, and its tests run against this checkout's herald-gateway
-# (target/debug, or $HERALD_BIN_DIR).
+# (target/debug, or $HERALD_BIN_DIR); then its wheel, as `python -m build`
+# makes it, installed into another fresh venv and imported.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,3 +21,15 @@ fi
 cd clients/python
 "$py" -m mypy --strict --cache-dir "$venv.mypy" src tests
 "$py" -m pytest -q -p no:cacheprovider tests
+
+# The wheel a user would install.
+cd ../..
+"$py" -m pip install --quiet --disable-pip-version-check build ||
+  "$py" -m pip install --quiet --break-system-packages build
+rm -rf target/python-client-dist
+"$py" -m build --wheel --outdir target/python-client-dist clients/python > /dev/null
+wheel=$(ls target/python-client-dist/herald_client-*.whl)
+if python3 -m venv "$venv-wheel" >/dev/null 2>&1; then
+  "$venv-wheel/bin/pip" install --quiet --disable-pip-version-check "$wheel"
+  "$venv-wheel/bin/python" -c 'import herald_client as h; assert h.__version__ and h.Publisher and h.TokenBuilder; print("wheel", h.__version__, "installs and imports")'
+fi
