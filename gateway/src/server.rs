@@ -47,6 +47,13 @@ pub fn public_router(node: &Arc<Node>, admin: SocketAddr) -> Router {
         .route("/ws", get(crate::ws::upgrade))
         .with_state(node.clone())
         .merge(ops::health_routes(ready));
+    if node.config.compat.centrifugo {
+        router = router.merge(
+            Router::new()
+                .route("/connection/websocket", get(crate::ws::upgrade_centrifugo))
+                .with_state(node.clone()),
+        );
+    }
     if node.config.listeners.test_echo_endpoint {
         router = router.merge(
             Router::new()

@@ -5,6 +5,7 @@
 //! Nothing here does I/O. The types follow `shared/spec/CONTRACT.md` §3–§6;
 //! a change here is a protocol change and bumps [`PROTOCOL_VERSION`].
 
+pub mod centrifugo;
 mod codes;
 mod error_body;
 mod frame;

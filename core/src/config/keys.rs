@@ -358,6 +358,12 @@ pub static KEYS: &[KeySpec] = &[
         "how long a topic stays empty before topic.vacated",
     ),
     key(
+        "compat.centrifugo",
+        Kind::Bool,
+        Some("false"),
+        "also serve /connection/websocket with Centrifugo's client protocol (JSON and Protobuf), for its SDKs",
+    ),
+    key(
         "listen_backlog",
         Kind::Count,
         Some("0"),

@@ -33,7 +33,7 @@ pub use admin::{AdminConfig, Scope, ScopedKey};
 pub use keys::{KEYS, KeySpec, Kind};
 pub use proxy::ProxyConfig;
 pub use sections::{
-    AuthConfig, Durability, HeartbeatConfig, HistoryConfig, JwtConfig, LimitsConfig,
+    AuthConfig, CompatConfig, Durability, HeartbeatConfig, HistoryConfig, JwtConfig, LimitsConfig,
     ListenersConfig, LogConfig, NodeConfig, PayloadLimits, PresenceConfig, PublishConfig,
     RedisConfig, TlsConfig,
 };
@@ -181,6 +181,8 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// `[webhooks]`: lifecycle events for the backend.
     pub webhooks: WebhooksConfig,
+    /// `[compat]`: the Centrifugo-compatible endpoint.
+    pub compat: CompatConfig,
     /// `log_level`, `log_format`.
     pub log: LogConfig,
 }
@@ -285,6 +287,7 @@ pub fn load(sources: &Sources) -> Result<Loaded, ConfigError> {
         presence: read(&layers)?,
         proxy: read(&layers)?,
         webhooks: read(&layers)?,
+        compat: read(&layers)?,
         log: read(&layers)?,
     };
     Ok(Loaded { config, layers })

@@ -528,6 +528,19 @@ impl Section for HistoryConfig {
     }
 }
 
+/// `[compat]`: endpoints that speak another product's client protocol.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CompatConfig {
+    /// `compat.centrifugo`: serve `/connection/websocket` with
+    /// Centrifugo's client protocol (contract §10.7).
+    #[serde(deserialize_with = "boolean")]
+    pub centrifugo: bool,
+}
+
+impl Section for CompatConfig {
+    const PATH: Option<&'static str> = Some("compat");
+}
+
 /// `log_level` and `log_format`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct LogConfig {

@@ -53,6 +53,7 @@ use herald_protocol::{CloseCode, Topic};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::outbox::Outbox;
+pub use recovery::InReply;
 use recovery::SharedRead;
 pub use registry::Registry;
 use registry::{Feed, Subscriber, TopicEntry};
@@ -383,7 +384,7 @@ impl<B: Broker> Hub<B> {
     ) -> Recovered {
         let allowed = allowed.min(outbox.room() / 2);
         let page = self.history(topic, since, allowed + 1).await;
-        self.merge(outbox, topic, since, page, allowed)
+        self.merge(outbox, topic, since, page, allowed, None)
     }
 
     /// Where a session subscribed to `topic` stands: the last event the

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use herald_core::metrics::DropReason;
-use herald_core::{Broker, BrokerError, HistoryPage, Metrics, Position};
+use herald_core::{Broker, BrokerError, Event, HistoryPage, Metrics, Position};
 use herald_protocol::Topic;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
@@ -26,6 +26,10 @@ use tracing::debug;
 use super::registry::{CatchUp, Feed, Registry};
 use super::{CATCH_UP_PATIENCE, COALESCE_WINDOW, HISTORY_TIMEOUT, Hub, Recovered, lock};
 use crate::outbox::{Outbox, Pushed};
+
+/// Renders a subscribe reply from the recovery's outcome and the events it
+/// carries (see [`Hub::recover_in_reply`]).
+pub type InReply<'a> = &'a (dyn Fn(&Recovered, &[&Event]) -> bytes::Bytes + Sync);
 
 pub(super) type SharedRead = watch::Receiver<Option<Result<HistoryPage, BrokerError>>>;
 
@@ -39,12 +43,17 @@ impl<B: Broker> Hub<B> {
             "",
             Err(BrokerError::Unavailable(String::new())),
             0,
+            None,
         );
     }
 
     /// Replays `page` (if it holds at most `allowed` events) to the
     /// session, then its held live events past the replay, then lets live
-    /// events through; all under the topic's lock.
+    /// events through; all under the topic's lock. With `in_reply`, the
+    /// replayed and held events are not pushed one by one but handed to
+    /// it, and the one reply frame it renders from them is queued instead
+    /// (a protocol whose subscribe reply carries them, contract §10.7):
+    /// still under the lock, so every live event comes after it.
     pub(super) fn merge(
         &self,
         outbox: &Arc<Outbox>,
@@ -52,6 +61,7 @@ impl<B: Broker> Hub<B> {
         since: &str,
         page: Result<HistoryPage, BrokerError>,
         allowed: usize,
+        in_reply: Option<InReply<'_>>,
     ) -> Recovered {
         let nothing = |position| Recovered {
             recovered: false,
@@ -92,15 +102,22 @@ impl<B: Broker> Hub<B> {
             None
         };
         let now = std::time::Instant::now();
+        let mut given: Vec<&Event> = Vec::new();
         for event in &replay {
-            let _ = outbox.push_replay(outbox.event_frame(&event.record), now);
+            if in_reply.is_some() {
+                given.push(event);
+            } else {
+                let _ = outbox.push_replay(outbox.event_frame(&event.record), now);
+            }
             last = Some(event.position);
         }
         for event in &held {
             let seen = last
                 .is_some_and(|l| l.epoch == event.position.epoch && event.position.seq <= l.seq);
             if !seen {
-                if let Pushed::Overflow(n) = outbox.push_event(
+                if in_reply.is_some() {
+                    given.push(event);
+                } else if let Pushed::Overflow(n) = outbox.push_event(
                     &outbox.event_frame(&event.record),
                     now,
                     &self.metrics,
@@ -123,11 +140,69 @@ impl<B: Broker> Hub<B> {
             (_, Some(h)) => h,
             (None, None) => Position { epoch: 0, seq: 0 },
         };
-        Recovered {
+        let done = Recovered {
             recovered,
             position: at,
             replayed: replay.len(),
+        };
+        if let Some(render) = in_reply {
+            if let Pushed::Overflow(n) = outbox.push_replay(render(&done, &given), now) {
+                self.metrics.dropped(DropReason::SlowConsumer, n as u64);
+            }
         }
+        done
+    }
+
+    /// [`Hub::recover`] for a protocol whose subscribe reply carries the
+    /// replayed events (Centrifugo's, contract §10.7): `render` makes the
+    /// reply from the outcome and every event the session is given before
+    /// its live ones, and the reply is queued in their place. An empty
+    /// `since` reads nothing (a plain subscribe whose reply carries only
+    /// the live events held meanwhile).
+    pub async fn recover_in_reply(
+        &self,
+        outbox: &Arc<Outbox>,
+        topic: &Topic,
+        since: &str,
+        allowed: usize,
+        render: InReply<'_>,
+    ) -> Recovered {
+        let allowed = allowed.min(outbox.room() / 2);
+        let page = if since.is_empty() {
+            Err(BrokerError::Unavailable(String::new()))
+        } else {
+            self.history(topic, since, allowed + 1).await
+        };
+        self.merge(outbox, topic, since, page, allowed, Some(render))
+    }
+
+    /// A page of `topic`'s history for a client's own history request:
+    /// the same bounded, shared reads as recoveries; at most
+    /// `history.size` events.
+    ///
+    /// # Errors
+    /// The broker's, once its retries ran out.
+    pub async fn history_page(
+        &self,
+        topic: &Topic,
+        since: Option<&str>,
+        limit: usize,
+    ) -> Result<HistoryPage, BrokerError> {
+        let reads = Reads {
+            open: &self.reads,
+            turns: &self.turns,
+            metrics: &self.metrics,
+        };
+        let deadline = tokio::time::Instant::now() + HISTORY_TIMEOUT;
+        reads
+            .shared(
+                &*self.broker,
+                topic,
+                since,
+                limit.min(self.history_limit),
+                deadline,
+            )
+            .await
     }
 
     /// Reads up to `limit` events after `since` (at most `history.size`),
@@ -141,21 +216,7 @@ impl<B: Broker> Hub<B> {
         since: &str,
         limit: usize,
     ) -> Result<HistoryPage, BrokerError> {
-        let reads = Reads {
-            open: &self.reads,
-            turns: &self.turns,
-            metrics: &self.metrics,
-        };
-        let deadline = tokio::time::Instant::now() + HISTORY_TIMEOUT;
-        reads
-            .shared(
-                &*self.broker,
-                topic,
-                Some(since),
-                limit.min(self.history_limit),
-                deadline,
-            )
-            .await
+        self.history_page(topic, Some(since), limit).await
     }
 }
 

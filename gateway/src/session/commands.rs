@@ -25,7 +25,11 @@ const JOIN_WAIT: Duration = Duration::from_secs(5);
 
 impl Session {
     /// Validates every name; the first invalid one is reported.
-    fn parse_topics(&self, reference: Option<&str>, names: &[String]) -> Option<Vec<Topic>> {
+    pub(super) fn parse_topics(
+        &self,
+        reference: Option<&str>,
+        names: &[String],
+    ) -> Option<Vec<Topic>> {
         if names.is_empty() {
             self.error(reference, ErrorCode::BadRequest, "'topics' is empty", None);
             return None;
@@ -43,15 +47,16 @@ impl Session {
         Some(topics)
     }
 
-    pub(super) async fn subscribe(
-        &mut self,
+    /// The checks every subscribe request passes, on either protocol:
+    /// valid names, the token's `topics`, `limits.max_subscriptions`, the
+    /// subscribe hook. Returns the request's distinct topics and those of
+    /// them the session does not hold yet; `None` once a refusal was sent.
+    pub(super) async fn admit_subscribe(
+        &self,
         reference: Option<&str>,
         names: &[String],
-        since: &BTreeMap<String, String>,
-    ) {
-        let Some(topics) = self.parse_topics(reference, names) else {
-            return;
-        };
+    ) -> Option<(Vec<Topic>, Vec<Topic>)> {
+        let topics = self.parse_topics(reference, names)?;
         if let Some(denied) = topics.iter().find(|t| !self.claims.topics.allows(t)) {
             let message = format!("not allowed to subscribe to {denied}");
             self.error(
@@ -60,7 +65,7 @@ impl Session {
                 &message,
                 Some(denied.as_str()),
             );
-            return;
+            return None;
         }
         let mut unique = HashSet::with_capacity(topics.len());
         let topics: Vec<Topic> = topics
@@ -76,11 +81,22 @@ impl Session {
         if self.topics.len() + new.len() > max {
             let message = format!("a connection may hold at most {max} topics");
             self.error(reference, ErrorCode::TooManySubscriptions, &message, None);
-            return;
+            return None;
         }
-        if !self.backend_allows_subscribe(reference, &new).await {
+        self.backend_allows_subscribe(reference, &new)
+            .await
+            .then_some((topics, new))
+    }
+
+    pub(super) async fn subscribe(
+        &mut self,
+        reference: Option<&str>,
+        names: &[String],
+        since: &BTreeMap<String, String>,
+    ) {
+        let Some((topics, _)) = self.admit_subscribe(reference, names).await else {
             return;
-        }
+        };
         // Topics with `since` recover (whether new or already held); the
         // others are subscribed plainly, if new.
         let (recovering, plain): (Vec<&Topic>, Vec<&Topic>) =
@@ -176,13 +192,13 @@ impl Session {
     }
 
     /// Whether this session gets `topic`'s join and leave frames.
-    fn sees_presence(&self, topic: &Topic) -> bool {
+    pub(super) fn sees_presence(&self, topic: &Topic) -> bool {
         self.node.config.presence.tracks(topic) && self.claims.presence.allows(topic)
     }
 
     /// Joins the presence of the tracked ones of `topics` (just
     /// subscribed), waiting a bounded time for the broker to store them.
-    async fn join_presence<'a>(&self, topics: impl Iterator<Item = &'a Topic>) {
+    pub(super) async fn join_presence<'a>(&self, topics: impl Iterator<Item = &'a Topic>) {
         let node = &self.node;
         // Every join takes its place in the broker's order now.
         let joins: Vec<_> = topics
@@ -235,7 +251,7 @@ impl Session {
 
     /// The topic of a `presence` or `presence_stats` request, if the
     /// session may ask about it; otherwise the error is sent.
-    fn presence_topic(&self, reference: Option<&str>, name: &str) -> Option<Topic> {
+    pub(super) fn presence_topic(&self, reference: Option<&str>, name: &str) -> Option<Topic> {
         let topic = match herald_core::publication::topic(name) {
             Ok(t) => t,
             Err(e) => {
@@ -311,7 +327,7 @@ impl Session {
     }
 
     /// A presence read the broker refused.
-    fn broker_error(&self, reference: Option<&str>, e: &BrokerError, name: &str) {
+    pub(super) fn broker_error(&self, reference: Option<&str>, e: &BrokerError, name: &str) {
         debug!(error = %e, "presence read failed in the broker");
         let message = match e {
             BrokerError::Invalid(why) => why.as_str(),

@@ -9,6 +9,7 @@
 //! Files: [`commands`] (what each request does) and [`limits`] (rate limit,
 //! strikes, timers).
 
+mod centrifugo;
 mod commands;
 pub mod conn;
 mod limits;
@@ -19,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use herald_protocol::centrifugo::{self as compat, Wire};
 use herald_protocol::msgpack::MsgpackError;
 use herald_protocol::{
     ClientFrame, CloseCode, ErrorCode, FrameError, PROTOCOL_VERSION, ServerFrame, Topic,
@@ -51,6 +53,9 @@ struct Session {
     timers: Timers,
     bucket: Bucket,
     strikes: Strikes,
+    /// Centrifugo protocol: its `connect` command was answered (the first
+    /// command; a second one is a protocol error).
+    connected: bool,
 }
 
 /// The protocol a connection negotiated with `Sec-WebSocket-Protocol`
@@ -64,6 +69,9 @@ pub enum Protocol {
     V2Json,
     /// `herald.v2.msgpack`.
     V2Msgpack,
+    /// Centrifugo's client protocol on `/connection/websocket` (contract
+    /// §10.7), in JSON or (`centrifuge-protobuf`) Protobuf.
+    Centrifugo(Wire),
 }
 
 impl Protocol {
@@ -81,11 +89,24 @@ impl Protocol {
         (Protocol::V1, None)
     }
 
+    /// The encoding a Centrifugo client offering `names` asked for, and
+    /// the name to echo.
+    pub fn negotiate_centrifugo<'a>(
+        mut names: impl Iterator<Item = &'a str>,
+    ) -> (Protocol, Option<&'static str>) {
+        let protobuf = compat::PROTOBUF_SUBPROTOCOL;
+        if names.any(|v| v.split(',').any(|n| n.trim() == protobuf)) {
+            (Protocol::Centrifugo(Wire::Protobuf), Some(protobuf))
+        } else {
+            (Protocol::Centrifugo(Wire::Json), None)
+        }
+    }
+
     /// The version `welcome` announces.
     pub fn version(self) -> u32 {
         match self {
             Protocol::V1 => PROTOCOL_VERSION,
-            Protocol::V2Json | Protocol::V2Msgpack => 2,
+            Protocol::V2Json | Protocol::V2Msgpack | Protocol::Centrifugo(_) => 2,
         }
     }
 
@@ -94,6 +115,7 @@ impl Protocol {
         match self {
             Protocol::V1 | Protocol::V2Json => Encoding::Json,
             Protocol::V2Msgpack => Encoding::Msgpack,
+            Protocol::Centrifugo(wire) => Encoding::Centrifugo(wire),
         }
     }
 }
@@ -213,13 +235,18 @@ where
         claims,
         topics: HashSet::new(),
         strikes: Strikes::default(),
+        connected: false,
     };
-    session.reply(&ServerFrame::Welcome {
-        session: session_id,
-        node: &node.config.node.id,
-        heartbeat_ms: u64::try_from(config.heartbeat.interval.as_millis()).unwrap_or(u64::MAX),
-        protocol: protocol.version(),
-    });
+    // A Centrifugo client is welcomed by the answer to its `connect`
+    // command, the first of the frame that session decodes first.
+    if !matches!(protocol, Protocol::Centrifugo(_)) {
+        session.reply(&ServerFrame::Welcome {
+            session: session_id,
+            node: &node.config.node.id,
+            heartbeat_ms: u64::try_from(config.heartbeat.interval.as_millis()).unwrap_or(u64::MAX),
+            protocol: protocol.version(),
+        });
+    }
     Opened {
         conn,
         session,
@@ -273,8 +300,13 @@ where
         };
 
         let deadline = Instant::now() + CLOSE_GRACE;
+        let encoding = outbox.encoding;
+        let close_of = |code: CloseCode| match encoding {
+            Encoding::Centrifugo(_) => compat::disconnect(code),
+            _ => (code.as_u16(), code.reason()),
+        };
         let (code, reason) = match end {
-            End::Close(code) => (code.as_u16(), code.reason()),
+            End::Close(code) => close_of(code),
             End::PeerClosed(code) => (code.unwrap_or(1005), "closed by the client"),
             End::Gone => (1006, "connection lost"),
         };
@@ -282,11 +314,12 @@ where
             End::Close(code) => {
                 outbox.close(code);
                 node.metrics.disconnect(code);
+                let (wire_code, wire_reason) = close_of(code);
                 // Boxed, like every rarely-taken await below: an idle session's
                 // future is then only as large as its steady state.
                 Box::pin(conn.close(
-                    Some(code.as_u16()),
-                    code.reason(),
+                    Some(wire_code),
+                    wire_reason,
                     &outbox,
                     &node.metrics,
                     deadline,
@@ -336,6 +369,14 @@ impl Session {
     }
 
     fn reply(&self, frame: &ServerFrame<'_>) {
+        if let Encoding::Centrifugo(wire) = self.outbox.encoding {
+            // Translated (contract §10.7); a frame with no counterpart is
+            // not sent.
+            for reply in self.centrifugo_replies(frame) {
+                self.push_centrifugo(wire, &reply);
+            }
+            return;
+        }
         self.push(self.outbox.reply_frame(frame.to_json().as_bytes()));
     }
 
@@ -375,7 +416,15 @@ impl Session {
             });
         }
         if now >= self.timers.next_ping {
-            self.push(codec::ping_frame(&[]));
+            match self.outbox.encoding {
+                // The protocol's own ping, which its SDKs wait for.
+                Encoding::Centrifugo(wire) => self.push(
+                    self.outbox
+                        .encoding
+                        .frame(&compat::ping(wire), self.outbox.deflate),
+                ),
+                _ => self.push(codec::ping_frame(&[])),
+            }
             self.timers.next_ping = now + self.node.config.heartbeat.interval;
         }
         None
@@ -397,6 +446,12 @@ impl Session {
                 }
                 (Message::Binary(bytes), Encoding::Msgpack) => {
                     if let Err(code) = Box::pin(self.on_msgpack(&bytes)).await {
+                        return Some(End::Close(code));
+                    }
+                }
+                (Message::Text(bytes), Encoding::Centrifugo(Wire::Json))
+                | (Message::Binary(bytes), Encoding::Centrifugo(Wire::Protobuf)) => {
+                    if let Err(code) = Box::pin(self.on_centrifugo(&bytes)).await {
                         return Some(End::Close(code));
                     }
                 }
@@ -432,29 +487,39 @@ impl Session {
         self.on_frame(parse_client_frame(text)).await
     }
 
+    /// Whether the client may make one more request now; when not, the
+    /// error is sent, and the session must end once the client keeps
+    /// going after being told (strikes).
+    fn within_rate(&mut self, reference: Option<&str>) -> Result<bool, CloseCode> {
+        let now = Instant::now();
+        if self.bucket.take(now) {
+            return Ok(true);
+        }
+        self.error(
+            reference,
+            ErrorCode::RateLimited,
+            "rate limit exceeded",
+            None,
+        );
+        if self.strikes.strike(now) {
+            Err(CloseCode::PolicyViolation)
+        } else {
+            Ok(false)
+        }
+    }
+
     /// One client frame, read (or refused, with its `ref` if it had one):
     /// rate-limited first, then handled; a close code ends the session.
     async fn on_frame(
         &mut self,
         frame: Result<ClientFrame<'_>, FrameError>,
     ) -> Result<(), CloseCode> {
-        let now = Instant::now();
-        if !self.bucket.take(now) {
-            let reference = match &frame {
-                Ok(f) => f.reference(),
-                Err(e) => e.reference.as_deref(),
-            };
-            self.error(
-                reference,
-                ErrorCode::RateLimited,
-                "rate limit exceeded",
-                None,
-            );
-            return if self.strikes.strike(now) {
-                Err(CloseCode::PolicyViolation)
-            } else {
-                Ok(())
-            };
+        let reference = match &frame {
+            Ok(f) => f.reference(),
+            Err(e) => e.reference.as_deref(),
+        };
+        if !self.within_rate(reference)? {
+            return Ok(());
         }
         match frame {
             Err(e) => self.error(

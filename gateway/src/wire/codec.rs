@@ -23,6 +23,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use herald_protocol::CloseCode;
 
 use super::deflate::{self, Deflate};
+pub use herald_protocol::centrifugo::Wire;
 
 const OP_CONTINUATION: u8 = 0x0;
 /// Text opcode.
@@ -382,7 +383,9 @@ pub fn frame_for(opcode: u8, payload: &[u8], deflate: Option<Deflate>) -> Bytes 
 }
 
 /// How a connection's frames are encoded: JSON text (protocol 1 and
-/// `herald.v2.json`) or MessagePack in binary frames (`herald.v2.msgpack`).
+/// `herald.v2.json`), MessagePack in binary frames (`herald.v2.msgpack`),
+/// or Centrifugo's client protocol in one of its encodings (contract
+/// §10.7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Encoding {
     /// JSON text frames.
@@ -390,20 +393,37 @@ pub enum Encoding {
     Json,
     /// MessagePack binary frames.
     Msgpack,
+    /// Centrifugo protocol 2: JSON in text frames, Protobuf in binary ones.
+    Centrifugo(Wire),
 }
 
 impl Encoding {
     /// The frame of a server message for a connection with this encoding
     /// and `deflate`, from its JSON text (a reply, never an event: events
-    /// go through [`FrameCache`]).
+    /// go through [`FrameCache`]). Centrifugo connections get their
+    /// replies already encoded ([`Encoding::frame`]); this is never called
+    /// for them and would send the text as is.
     pub fn reply_frame(self, json: &[u8], deflate: Option<Deflate>) -> Bytes {
         match self {
-            Encoding::Json => frame_for(OP_TEXT, json, deflate),
             Encoding::Msgpack => {
                 let packed = herald_protocol::msgpack::from_json(json).unwrap_or_default();
                 frame_for(OP_BINARY, &packed, deflate)
             }
+            _ => frame_for(OP_TEXT, json, deflate),
         }
+    }
+
+    /// The WebSocket frame kind of this encoding.
+    pub fn opcode(self) -> u8 {
+        match self {
+            Encoding::Json | Encoding::Centrifugo(Wire::Json) => OP_TEXT,
+            Encoding::Msgpack | Encoding::Centrifugo(Wire::Protobuf) => OP_BINARY,
+        }
+    }
+
+    /// The frame of an already encoded message.
+    pub fn frame(self, payload: &[u8], deflate: Option<Deflate>) -> Bytes {
+        frame_for(self.opcode(), payload, deflate)
     }
 }
 
@@ -422,6 +442,8 @@ pub struct FrameCache<'a> {
     /// byte payload.
     json: Option<std::borrow::Cow<'a, [u8]>>,
     msgpack: Option<Vec<u8>>,
+    /// Centrifugo pushes, JSON and Protobuf.
+    centrifugo: [Option<Vec<u8>>; 2],
 }
 
 impl<'a> FrameCache<'a> {
@@ -433,6 +455,7 @@ impl<'a> FrameCache<'a> {
             others: Vec::new(),
             json: None,
             msgpack: None,
+            centrifugo: [None, None],
         }
     }
 
@@ -445,15 +468,15 @@ impl<'a> FrameCache<'a> {
             Encoding::Msgpack => self.msgpack.get_or_insert_with(|| {
                 herald_protocol::msgpack::message(self.record).unwrap_or_default()
             }),
+            Encoding::Centrifugo(wire) => self.centrifugo[wire as usize].get_or_insert_with(|| {
+                herald_protocol::centrifugo::push(self.record, wire).unwrap_or_default()
+            }),
         }
     }
 
     /// The frame for a connection with `encoding` and `deflate`.
     pub fn for_connection(&mut self, encoding: Encoding, deflate: Option<Deflate>) -> &Bytes {
-        let opcode = match encoding {
-            Encoding::Json => OP_TEXT,
-            Encoding::Msgpack => OP_BINARY,
-        };
+        let opcode = encoding.opcode();
         let bits = match deflate {
             Some(d) if self.payload(encoding).len() >= deflate::COMPRESS_MIN => d.window_bits,
             _ => 0,

@@ -25,6 +25,8 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use herald_core::Broker;
 use herald_core::metrics::HandshakeResult;
+use herald_protocol::centrifugo::schema::{self, Reply};
+use herald_protocol::centrifugo::{self, Wire};
 use herald_protocol::{ClientFrame, CloseCode, ErrorCode, parse_client_frame};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -200,11 +202,15 @@ fn read_limit(node: &Node) -> usize {
 
 impl ConnectJob {
     /// Reads the first frame; the token it carries and the bytes after it.
+    /// A Centrifugo client's first frame starts with its `connect` command:
+    /// its id comes back too (for the answer), and the frame stays in the
+    /// bytes handed on, for the session to answer it and read the commands
+    /// that followed it in the same frame.
     async fn first_frame<S: AsyncRead + Unpin>(
         &self,
         io: &mut S,
         initial: Bytes,
-    ) -> Result<(String, Bytes), Refusal> {
+    ) -> Result<(String, Bytes, u32), Refusal> {
         let unauthorized =
             |m: &str| Refusal::new(HandshakeResult::Unauthorized, ErrorCode::Unauthorized, m);
         let config = &self.node.config;
@@ -220,16 +226,18 @@ impl ConnectJob {
                 let used = decoder
                     .decode_next(&buf, &mut out)
                     .map_err(|_| unauthorized("the first frame is not a valid WebSocket frame"))?;
+                let encoding = self.protocol.encoding();
                 match (out.pop_front(), used) {
-                    (Some(Message::Text(t)), Some(used))
-                        if self.protocol.encoding() == Encoding::Json =>
+                    (Some(Message::Text(t) | Message::Binary(t)), Some(_))
+                        if matches!(encoding, Encoding::Centrifugo(_)) =>
                     {
+                        return Ok(Some(t.to_vec()));
+                    }
+                    (Some(Message::Text(t)), Some(used)) if encoding == Encoding::Json => {
                         buf.advance(used);
                         return Ok(Some(t.to_vec()));
                     }
-                    (Some(Message::Binary(b)), Some(used))
-                        if self.protocol.encoding() == Encoding::Msgpack =>
-                    {
+                    (Some(Message::Binary(b)), Some(used)) if encoding == Encoding::Msgpack => {
                         buf.advance(used);
                         let text = herald_protocol::msgpack::client_frame_to_json(&b)
                             .map_err(|_| unauthorized("the first frame is not a connect frame"))?;
@@ -263,9 +271,20 @@ impl ConnectJob {
                 ));
             }
         };
+        if let Protocol::Centrifugo(wire) = self.protocol {
+            let commands = centrifugo::decode_commands(wire, &frame)
+                .map_err(|_| unauthorized("the first frame is not a command"))?;
+            return match commands.first() {
+                Some(c) if c.id != 0 => match &c.connect {
+                    Some(connect) => Ok((connect.token.clone(), buf.freeze(), c.id)),
+                    None => Err(unauthorized("the first command must be connect")),
+                },
+                _ => Err(unauthorized("the first command must be connect")),
+            };
+        }
         let text = std::str::from_utf8(&frame).map_err(|_| unauthorized("not UTF-8"))?;
         match parse_client_frame(text) {
-            Ok(ClientFrame::Connect { token }) => Ok((token, buf.freeze())),
+            Ok(ClientFrame::Connect { token }) => Ok((token, buf.freeze(), 0)),
             _ => Err(unauthorized(
                 "the first frame of a connection without a token must be connect",
             )),
@@ -279,8 +298,10 @@ impl ConnectJob {
         io: &mut S,
         initial: Bytes,
     ) -> Option<(Start, Bytes)> {
-        let outcome = match self.first_frame(io, initial).await {
-            Ok((token, rest)) => match self.backend.as_deref() {
+        let first = self.first_frame(io, initial).await;
+        let command = first.as_ref().map_or(0, |(_, _, id)| *id);
+        let outcome = match first {
+            Ok((token, rest, _)) => match self.backend.as_deref() {
                 // Not a JWT: the connect hook decides (contract §10.6).
                 Some(request) if jsonwebtoken::decode_header(&token).is_err() => {
                     let request = ConnectRequest {
@@ -314,10 +335,13 @@ impl ConnectJob {
             Err(refusal) => {
                 debug!(code = refusal.code.as_str(), reason = %refusal.message, "connect refused");
                 self.node.metrics.disconnect(CloseCode::ConnectRefused);
-                let close = close_frame(
-                    Some(CloseCode::ConnectRefused.as_u16()),
-                    refusal.code.as_str(),
-                );
+                let close = match self.protocol {
+                    Protocol::Centrifugo(wire) => centrifugo_refusal(wire, command, &refusal),
+                    _ => close_frame(
+                        Some(CloseCode::ConnectRefused.as_u16()),
+                        refusal.code.as_str(),
+                    ),
+                };
                 let _ = tokio::time::timeout(Duration::from_secs(1), async {
                     io.write_all(&close).await?;
                     io.shutdown().await
@@ -327,6 +351,40 @@ impl ConnectJob {
             }
         }
     }
+}
+
+/// A refused Centrifugo `connect`: the protocol's error as the command's
+/// answer (when it was read), then a close with the same advice. Refusals
+/// the contract calls retryable (`too_many_connections`, `unavailable`)
+/// are `temporary`, so the SDKs try again; an expired token gets 109, on
+/// which they fetch a new one.
+fn centrifugo_refusal(wire: Wire, id: u32, refusal: &Refusal) -> Bytes {
+    let (code, _, _) = centrifugo::error(refusal.code);
+    let temporary = matches!(
+        refusal.code,
+        ErrorCode::TooManyConnections | ErrorCode::Unavailable
+    );
+    let encoding = Encoding::Centrifugo(wire);
+    let mut out = BytesMut::new();
+    if id != 0 {
+        let reply = Reply {
+            id,
+            error: Some(schema::Error {
+                code,
+                message: refusal.message.clone(),
+                temporary,
+            }),
+            ..Reply::default()
+        };
+        out.extend_from_slice(&encoding.frame(&centrifugo::encode(wire, &reply), None));
+    }
+    let (close, reason) = match (id, temporary || refusal.code == ErrorCode::TokenExpired) {
+        (0, _) => centrifugo::disconnect(CloseCode::ProtocolError),
+        (_, true) => centrifugo::disconnect(CloseCode::Normal),
+        (_, false) => centrifugo::disconnect(CloseCode::ConnectRefused),
+    };
+    out.extend_from_slice(&close_frame(Some(close), reason));
+    out.freeze()
 }
 
 impl Job for ConnectJob {

@@ -94,7 +94,18 @@ fn origin_allowed(node: &Node, req: &Request) -> bool {
 }
 
 /// The `/ws` handler.
-pub async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Response {
+pub async fn upgrade(State(node): State<Arc<Node>>, req: Request) -> Response {
+    handshake(node, req, false).await
+}
+
+/// The `/connection/websocket` handler (`compat.centrifugo`, contract
+/// §10.7): the same handshake and checks, Centrifugo's encodings, and the
+/// token always in the client's `connect` command, as its SDKs send it.
+pub async fn upgrade_centrifugo(State(node): State<Arc<Node>>, req: Request) -> Response {
+    handshake(node, req, true).await
+}
+
+async fn handshake(node: Arc<Node>, mut req: Request, centrifugo: bool) -> Response {
     let accept = match handshake::accept_key(req.method(), req.headers()) {
         Ok(accept) => accept,
         Err(NotUpgrade::BadRequest(message)) => {
@@ -161,7 +172,7 @@ pub async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Respons
             "origin not allowed",
         );
     }
-    let token = token_of(&req);
+    let token = if centrifugo { None } else { token_of(&req) };
     let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
         return refuse(
             &node,
@@ -175,7 +186,11 @@ pub async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Respons
         .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
         .filter_map(|v| v.to_str().ok());
-    let (protocol, chosen) = Protocol::negotiate(offered);
+    let (protocol, chosen) = if centrifugo {
+        Protocol::negotiate_centrifugo(offered)
+    } else {
+        Protocol::negotiate(offered)
+    };
     let deflate = negotiate(&node, &req);
     let extensions = deflate.as_ref().map(|(_, h)| h.as_str());
     let with_hook = node
