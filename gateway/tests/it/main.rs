@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod admin;
+mod centrifugo;
 mod cluster;
 mod common;
 mod compound;

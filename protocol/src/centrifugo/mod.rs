@@ -62,6 +62,22 @@ pub struct Malformed;
 /// [`Malformed`] when any part of it is not a command: the protocol then
 /// closes the connection (bad request).
 pub fn decode_commands(wire: Wire, message: &[u8]) -> Result<Vec<Command>, Malformed> {
+    decode_all(wire, message)
+}
+
+/// Reads every server message of one WebSocket message (the client side:
+/// tests and the load generator).
+///
+/// # Errors
+/// [`Malformed`] when any part of it is not a server message.
+pub fn decode_replies(wire: Wire, message: &[u8]) -> Result<Vec<Reply>, Malformed> {
+    decode_all(wire, message)
+}
+
+fn decode_all<M>(wire: Wire, message: &[u8]) -> Result<Vec<M>, Malformed>
+where
+    M: Message + Default + serde::de::DeserializeOwned,
+{
     match wire {
         Wire::Json => {
             let text = std::str::from_utf8(message).map_err(|_| Malformed)?;
@@ -76,7 +92,7 @@ pub fn decode_commands(wire: Wire, message: &[u8]) -> Result<Vec<Command>, Malfo
         }
         Wire::Protobuf => {
             let mut rest = message;
-            let mut commands = Vec::new();
+            let mut all = Vec::new();
             while !rest.is_empty() {
                 let len = prost::encoding::decode_varint(&mut rest).map_err(|_| Malformed)?;
                 let len = usize::try_from(len).map_err(|_| Malformed)?;
@@ -84,20 +100,21 @@ pub fn decode_commands(wire: Wire, message: &[u8]) -> Result<Vec<Command>, Malfo
                     return Err(Malformed);
                 }
                 let (one, after) = rest.split_at(len);
-                commands.push(Command::decode(one).map_err(|_| Malformed)?);
+                all.push(M::decode(one).map_err(|_| Malformed)?);
                 rest = after;
             }
-            Ok(commands)
+            Ok(all)
         }
     }
 }
 
-/// One server message, encoded (a Protobuf one with its length prefix).
-pub fn encode(wire: Wire, reply: &Reply) -> Vec<u8> {
+/// One message (a server's reply or push, or a client's command), encoded
+/// (a Protobuf one with its length prefix).
+pub fn encode<M: Message + serde::Serialize>(wire: Wire, message: &M) -> Vec<u8> {
     match wire {
         // Strings, numbers, maps and valid raw JSON: cannot fail.
-        Wire::Json => serde_json::to_vec(reply).unwrap_or_else(|_| b"{}".to_vec()),
-        Wire::Protobuf => reply.encode_length_delimited_to_vec(),
+        Wire::Json => serde_json::to_vec(message).unwrap_or_else(|_| b"{}".to_vec()),
+        Wire::Protobuf => message.encode_length_delimited_to_vec(),
     }
 }
 
