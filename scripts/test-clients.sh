@@ -7,7 +7,9 @@
 # gateway, Redis and herald-admin processes from Node (protocol 2 in JSON and
 # MessagePack); in headless Chromium, the demo page on one node and on two
 # nodes behind HAProxy across a kill -9, and the SDK's <script> bundle
-# recovering a quiet topic across a kill -9.
+# recovering a quiet topic across a kill -9; and Centrifugo's own JavaScript
+# SDK (npm `centrifuge`, tests/compat) against /connection/websocket, in JSON
+# and Protobuf, across a kill -9 behind HAProxy.
 #
 # Binaries: the Node tests and the SDK browser test run $HERALD_BIN_DIR
 # (default target/debug); the demo-page browser tests run this checkout's
@@ -20,6 +22,8 @@ cd "$(dirname "$0")/.."
 (cd clients/js && npm ci --no-audit --no-fund --silent && npm run -s build)
 [ -d tests/browser/node_modules/playwright-core ] ||
   (cd tests/browser && npm ci --no-audit --no-fund --silent)
+[ -d tests/compat/node_modules/centrifuge ] ||
+  (cd tests/compat && npm ci --no-audit --no-fund --silent)
 
 (cd clients/js && node --test test/unit/ test/bundle.test.mjs test/package.test.mjs)
 
@@ -31,5 +35,6 @@ for run in $(seq 1 "$runs"); do
     clients/js/test/integration/protocol2.test.mjs \
     tests/browser/demo.test.mjs \
     tests/browser/failover.test.mjs \
-    tests/browser/sdk.test.mjs
+    tests/browser/sdk.test.mjs \
+    tests/compat/centrifuge.test.mjs
 done
