@@ -3,8 +3,10 @@
 # PyPI) into a fresh venv (or, where python3 has no venv module, into the
 # interpreter as scripts/deps.sh installs tools), type-checked with mypy
 # --strict, and its tests run against this checkout's herald-gateway
-# (target/debug, or $HERALD_BIN_DIR); then its wheel, as `python -m build`
-# makes it, installed into another fresh venv and imported.
+# (target/debug, or $HERALD_BIN_DIR); Centrifugo's Python SDK
+# (centrifuge-python 0.7, tests/compat) against /connection/websocket; then
+# the client's wheel, as `python -m build` makes it, installed into another
+# fresh venv and imported.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +23,14 @@ fi
 cd clients/python
 "$py" -m mypy --strict --cache-dir "$venv.mypy" src tests
 "$py" -m pytest -q -p no:cacheprovider tests
+
+# Centrifugo's own Python SDK, unchanged, against /connection/websocket
+# (contract §10.7), in the same environment.
+cd ../..
+"$py" -m pip install --quiet --disable-pip-version-check "centrifuge-python==0.7.0" ||
+  "$py" -m pip install --quiet --break-system-packages "centrifuge-python==0.7.0"
+"$py" -m pytest -q -p no:cacheprovider tests/compat
+cd clients/python
 
 # The wheel a user would install.
 cd ../..
