@@ -85,12 +85,23 @@ impl Level64 {
     }
 }
 
+/// The `protocol` label values of `herald_protocol_connections`, indexed
+/// by [`Metrics::protocol_session`].
+pub const PROTOCOLS: [&str; 4] = [
+    "herald_json",
+    "herald_msgpack",
+    "centrifugo_json",
+    "centrifugo_protobuf",
+];
+
 /// Every metric of a node.
 pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     /// Open sessions.
     pub connections: Level64,
+    /// Open sessions by client protocol ([`PROTOCOLS`]).
+    by_protocol: Vec<Level64>,
     handshakes: Vec<Counter>,
     /// Session–topic pairs.
     pub subscriptions: Level64,
@@ -260,6 +271,11 @@ impl Metrics {
             "Open WebSocket sessions on this node.",
         );
         describe(
+            Kind::Gauge,
+            "herald_protocol_connections",
+            "Open WebSocket sessions on this node by client protocol: herald_json (/ws, protocol 1 and herald.v2.json), herald_msgpack, centrifugo_json, centrifugo_protobuf (/connection/websocket).",
+        );
+        describe(
             Kind::Counter,
             "herald_handshakes_total",
             "WebSocket handshakes by result.",
@@ -369,6 +385,15 @@ impl Metrics {
 
         let metrics = Metrics {
             connections: Level64::new(gauge("herald_connections", &[])),
+            by_protocol: PROTOCOLS
+                .iter()
+                .map(|p| {
+                    Level64::new(gauge(
+                        "herald_protocol_connections",
+                        &[("protocol", (*p).into())],
+                    ))
+                })
+                .collect(),
             handshakes: HandshakeResult::ALL
                 .iter()
                 .map(|h| counter("herald_handshakes_total", &[("result", h.label().into())]))
@@ -465,6 +490,14 @@ impl Metrics {
     /// themselves (always at start-up).
     pub fn recorder(&self) -> &PrometheusRecorder {
         &self.recorder
+    }
+
+    /// A session of the client protocol `PROTOCOLS[index]` opened (`+1`)
+    /// or closed (`-1`).
+    pub fn protocol_session(&self, index: usize, delta: i64) {
+        if let Some(level) = self.by_protocol.get(index) {
+            level.add(delta);
+        }
     }
 
     /// Counts a handshake outcome.

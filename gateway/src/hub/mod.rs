@@ -163,6 +163,8 @@ impl<B: Broker> Hub<B> {
     pub fn add_session(&self, outbox: &Arc<Outbox>) {
         lock(self.session_shard(outbox.id)).insert(outbox.id, outbox.clone());
         self.metrics.connections.add(1);
+        self.metrics
+            .protocol_session(outbox.encoding.protocol_label(), 1);
     }
 
     /// Forgets a session and all its subscriptions.
@@ -177,6 +179,8 @@ impl<B: Broker> Hub<B> {
             .is_some()
         {
             self.metrics.connections.add(-1);
+            self.metrics
+                .protocol_session(outbox.encoding.protocol_label(), -1);
         }
     }
 

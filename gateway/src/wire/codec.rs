@@ -421,6 +421,17 @@ impl Encoding {
         }
     }
 
+    /// Its index in `herald_core::metrics::PROTOCOLS`, the `protocol`
+    /// label of `herald_protocol_connections`.
+    pub fn protocol_label(self) -> usize {
+        match self {
+            Encoding::Json => 0,
+            Encoding::Msgpack => 1,
+            Encoding::Centrifugo(Wire::Json) => 2,
+            Encoding::Centrifugo(Wire::Protobuf) => 3,
+        }
+    }
+
     /// The frame of an already encoded message.
     pub fn frame(self, payload: &[u8], deflate: Option<Deflate>) -> Bytes {
         frame_for(self.opcode(), payload, deflate)

@@ -285,6 +285,16 @@ async fn one_stream_across_both_endpoints_and_encodings() {
     json_client.subscribe("chat.a", None).await;
     proto_client.subscribe("chat.a", None).await;
     herald.subscribe(&["chat.a"]).await;
+    let metrics = &gw.node.metrics;
+    for (protocol, n) in [
+        ("herald_json", 1.0),
+        ("centrifugo_json", 1.0),
+        ("centrifugo_protobuf", 1.0),
+        ("herald_msgpack", 0.0),
+    ] {
+        let series = format!("herald_protocol_connections{{protocol=\"{protocol}\"}}");
+        assert_eq!(metrics.value(&series), Some(n), "{series}");
+    }
 
     let reply = json_client
         .call(publish_command("chat.a", br#"{"from":"json"}"#))
