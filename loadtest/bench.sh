@@ -20,7 +20,10 @@
 #                                # latency, idle (memory per connection),
 #                                # fanout (the broadcast, Herald and Node),
 #                                # encodings (JSON and MessagePack, CPU and
-#                                # bytes per delivery), rest (everything else)
+#                                # bytes per delivery), compat (/ws against
+#                                # /connection/websocket in JSON and Protobuf:
+#                                # idle memory and the broadcast, Node alongside),
+#                                # rest (everything else)
 #   SKIP_BUILD=1 ...             # use the release binaries already built
 #
 # Needs: cargo, redis-server, node + npm. Loopback only; every process it
@@ -150,6 +153,28 @@ for proto in json msgpack; do
 done
 fi
 
+# 2c. The Centrifugo-compatible endpoint against /ws, a fresh node each,
+#     Node's idle memory alongside: idle RSS per connection ($IDLE), and the
+#     broadcast of (2) with $ENC_SUBS subscribers.
+if want compat; then
+for proto in json centrifugo-json centrifugo-protobuf; do
+  path=/connection/websocket; [ "$proto" = json ] && path=/ws
+  start_herald "--compat-centrifugo true"
+  lt "compat-idle-$proto" connect --secret "$SECRET" --url "ws://127.0.0.1:$HPUB$path" --protocol "$proto" \
+    --connections "$IDLE" --rate 3000 --duration "$HOLD" --processes 2 --sources 4 --pid "$HP"
+  stop "$HP"
+  start_herald "--compat-centrifugo true"
+  lt "compat-fanout-$proto" fanout --secret "$SECRET" --admin-key "$KEY" --url "ws://127.0.0.1:$HPUB$path" \
+    --admin "http://127.0.0.1:$HADM" --protocol "$proto" --connections "$ENC_SUBS" --rate 100 --batch 5 \
+    --publishers 1 --payload 60 --duration "$DUR" --sources 4 --pid "$HP"
+  stop "$HP"
+done
+start_node
+lt compat-idle-node connect --target raw --url "ws://127.0.0.1:$NPORT/" --connections "$IDLE" \
+  --rate 3000 --duration "$HOLD" --processes 2 --sources 4 --pid "$NP"
+stop "$NP"
+fi
+
 if want rest; then
 start_herald ""
 # 3. Latency: 100 subscribers per topic, one event per publish call, at
@@ -233,6 +258,14 @@ if has("enc-json"):
         e = r(f"enc-{proto}")
         got = max(e["delivery"]["received"], 1)
         rows.append((f"{proto}: server CPU per delivery (µs), payload bytes per delivery, lost", f"{cpu_per_delivery(e):.2f}, {e['delivery'].get('received_bytes', 0)/got:.0f}, {e['delivery']['lost']}", "", ""))
+if has("compat-idle-json"):
+    node_rss = r("compat-idle-node")["per_connection"]["rss_bytes"]
+    for proto in ("json", "centrifugo-json", "centrifugo-protobuf"):
+        i, f = r(f"compat-idle-{proto}"), r(f"compat-fanout-{proto}")
+        name = "/ws (protocol 1)" if proto == "json" else f"/connection/websocket {proto[11:]}"
+        rss = i["per_connection"]["rss_bytes"]
+        rows.append((f"{name}: idle RSS per connection (bytes), failed", f"{rss:.0f}, {i['connect_errors']}", f"{node_rss:.0f}", f"{node_rss/max(rss,1):.2f}x less"))
+        rows.append((f"{name}: broadcast deliveries/s, server CPU per delivery (µs), lost", f"{f['deliveries_per_second']:.0f}, {cpu_per_delivery(f):.2f}, {f['delivery']['lost']}", "", ""))
 def table():
     print(f"\nmachine: {os.cpu_count()} cores, {platform.platform()}; node {node}, ws {ws}\n")
     print("| measure | Herald | Node ws | ratio |\n|---|---|---|---|")

@@ -41,5 +41,5 @@ rm -rf target/python-client-dist
 wheel=$(ls target/python-client-dist/herald_client-*.whl)
 if python3 -m venv "$venv-wheel" >/dev/null 2>&1; then
   "$venv-wheel/bin/pip" install --quiet --disable-pip-version-check "$wheel"
-  "$venv-wheel/bin/python" -c 'import herald_client as h; assert h.__version__ and h.Publisher and h.TokenBuilder; print("wheel", h.__version__, "installs and imports")'
+  "$venv-wheel/bin/python" -c 'import herald_client as h; assert h.__version__ and h.Publisher and h.Subscriber and h.TokenBuilder; print("wheel", h.__version__, "installs and imports")'
 fi

@@ -88,6 +88,10 @@ struct RawClaims {
     iat: Option<u64>,
     #[serde(default)]
     topics: Vec<String>,
+    /// Centrifugo's connection-token claim, read as more `topics`
+    /// (contract §10.7), so its tokens need no rewriting.
+    #[serde(default)]
+    channels: Vec<String>,
     #[serde(default)]
     publish: Vec<String>,
     #[serde(default)]
@@ -303,8 +307,10 @@ fn claims(raw: RawClaims, max_lifetime: Duration) -> Result<(Claims, TokenId), A
         Permissions::parse(list.iter().map(String::as_str))
             .map_err(|(p, e)| unauthorized(&format!("invalid pattern '{p}' in '{name}': {e}")))
     };
+    let mut topics = raw.topics;
+    topics.extend(raw.channels);
     let claims = Claims {
-        topics: parse("topics", &raw.topics)?,
+        topics: parse("topics", &topics)?,
         publish: parse("publish", &raw.publish)?,
         presence: parse("presence", &raw.presence)?,
         sub: Arc::from(raw.sub),
@@ -524,6 +530,28 @@ mod tests {
                 .presence
                 .allows(&herald_protocol::Topic::new("chat.a").unwrap())
         );
+    }
+
+    /// Contract §10.7: Centrifugo's `channels` claim adds to `topics`.
+    #[test]
+    fn a_channels_claim_adds_topics() {
+        let c = config();
+        let key = EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef");
+        let now = herald_core::now_ms() / 1000;
+        let claims = serde_json::json!({"sub": "a", "exp": now + 60, "topics": ["news"], "channels": ["chat.room1"]});
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap();
+        let verified = Verifier::new(&c).unwrap().verify(&token).unwrap();
+        for t in ["news", "chat.room1"] {
+            assert!(
+                verified
+                    .topics
+                    .allows(&herald_protocol::Topic::new(t).unwrap()),
+                "{t}"
+            );
+        }
+        let bad = serde_json::json!({"sub": "a", "exp": now + 60, "channels": ["bad topic"]});
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &bad, &key).unwrap();
+        assert!(Verifier::new(&c).unwrap().verify(&token).is_err());
     }
 
     #[test]

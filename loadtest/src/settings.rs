@@ -62,12 +62,17 @@ impl Target {
 
 /// The protocol Herald subscribers speak (contract §10.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ValueEnum)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Protocol {
     /// Protocol 1: JSON text frames.
     Json,
     /// Protocol 2, `herald.v2.msgpack`: MessagePack binary frames.
     Msgpack,
+    /// Centrifugo's client protocol in JSON, on `/connection/websocket`
+    /// (`compat.centrifugo`): the token in the `connect` command.
+    CentrifugoJson,
+    /// The same in Protobuf (`centrifuge-protobuf`).
+    CentrifugoProtobuf,
 }
 
 impl Protocol {
@@ -76,6 +81,18 @@ impl Protocol {
         match self {
             Protocol::Json => "json",
             Protocol::Msgpack => "msgpack",
+            Protocol::CentrifugoJson => "centrifugo-json",
+            Protocol::CentrifugoProtobuf => "centrifugo-protobuf",
+        }
+    }
+
+    /// The Centrifugo encoding, for the Centrifugo protocols.
+    pub fn centrifugo(self) -> Option<herald_protocol::centrifugo::Wire> {
+        use herald_protocol::centrifugo::Wire;
+        match self {
+            Protocol::CentrifugoJson => Some(Wire::Json),
+            Protocol::CentrifugoProtobuf => Some(Wire::Protobuf),
+            Protocol::Json | Protocol::Msgpack => None,
         }
     }
 }
@@ -105,8 +122,9 @@ pub struct Settings {
     /// counts, and the publisher is a WebSocket client.
     #[arg(long, value_enum, default_value = "herald")]
     pub target: Target,
-    /// The protocol subscribers speak (herald target): json (protocol 1)
-    /// or msgpack (herald.v2.msgpack).
+    /// The protocol subscribers speak (herald target): json (protocol 1),
+    /// msgpack (herald.v2.msgpack), or Centrifugo's (centrifugo-json,
+    /// centrifugo-protobuf; give a /connection/websocket URL).
     #[arg(long, value_enum, default_value = "json")]
     pub protocol: Protocol,
     /// ws://ip:port/path, used round-robin.
@@ -236,8 +254,13 @@ impl Settings {
         if self.admin.is_empty() && self.target == Target::Herald {
             self.admin = vec!["http://127.0.0.1:8081".into()];
         }
-        let protocol = (self.target == Target::Herald && self.protocol == Protocol::Msgpack)
-            .then_some("herald.v2.msgpack");
+        let protocol = match (self.target, self.protocol) {
+            (Target::Herald, Protocol::Msgpack) => Some("herald.v2.msgpack"),
+            (Target::Herald, Protocol::CentrifugoProtobuf) => {
+                Some(herald_protocol::centrifugo::PROTOBUF_SUBPROTOCOL)
+            }
+            _ => None,
+        };
         self.urls = self
             .url_text
             .iter()

@@ -630,6 +630,13 @@ async fn refusals_and_disconnects_keep_their_advice() {
     assert_eq!(status, 200);
     assert_eq!(c.expect_close().await, 3503);
 
+    // A node draining: "shutdown" (3001), reconnect advised (elsewhere).
+    let (mut c, _) = Cf::connect(&gw, Wire::Protobuf, &user_token("ann")).await;
+    c.subscribe("news", None).await;
+    let drained = tokio::spawn(gw.shutdown());
+    assert_eq!(c.expect_close().await, 3001);
+    drained.await.unwrap();
+
     // A token that expires: "connection expired" (3005), reconnect advised.
     let gw = TestGateway::spawn_with(|c| {
         c.compat.centrifugo = true;

@@ -10,7 +10,9 @@ use tokio::io::AsyncReadExt;
 
 use std::sync::atomic::AtomicU64;
 
-use super::{Live, Samples, send, subscribe, token_query, url_for};
+use super::{
+    Live, Samples, centrifugo_connect, centrifugo_hello, send, subscribe, token_query, url_for,
+};
 use crate::report::Report;
 use crate::settings::{Settings, Target};
 use crate::wsclient;
@@ -22,6 +24,7 @@ use crate::wsclient;
 pub async fn churn(s: &Settings, live: Arc<Live>) -> Result<Report> {
     let samples = Arc::new(Samples::default());
     let query = token_query(s, "churn");
+    let hello = centrifugo_hello(s, "churn");
     let start = Instant::now();
     let total = (s.rate() as f64 * s.duration) as u64;
     let mut handles = Vec::with_capacity(total as usize);
@@ -32,7 +35,8 @@ pub async fn churn(s: &Settings, live: Arc<Live>) -> Result<Report> {
         let url = url_for(s, i, &query);
         let source = s.source(i);
         let herald = s.target == Target::Herald;
-        let msgpack = s.protocol == crate::settings::Protocol::Msgpack;
+        let protocol = s.protocol;
+        let hello = hello.clone();
         let topic = i % s.topics;
         let linger = Duration::from_millis(s.linger_ms);
         let (live, samples, completed) = (live.clone(), samples.clone(), completed.clone());
@@ -42,15 +46,10 @@ pub async fn churn(s: &Settings, live: Arc<Live>) -> Result<Report> {
                 live.failed.fetch_add(1, Relaxed);
                 return;
             };
+            let wait = Duration::from_secs(10);
             if herald
-                && !subscribe(
-                    &mut stream,
-                    &mut buf,
-                    topic as usize,
-                    Duration::from_secs(10),
-                    msgpack,
-                )
-                .await
+                && !(centrifugo_connect(&mut stream, &mut buf, hello.as_ref(), wait).await
+                    && subscribe(&mut stream, &mut buf, topic as usize, wait, protocol).await)
             {
                 live.failed.fetch_add(1, Relaxed);
                 return;

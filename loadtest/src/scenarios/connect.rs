@@ -11,7 +11,10 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
 use super::worker::{Share, hold_share};
-use super::{Live, Samples, send, stopped, token_query, url_for};
+use super::{
+    Live, Samples, centrifugo_connect, centrifugo_hello, centrifugo_pong, send, stopped,
+    token_query, url_for,
+};
 use crate::procstat;
 use crate::report::Report;
 use crate::settings::Settings;
@@ -26,6 +29,8 @@ async fn open_and_hold(
     let (first, count) = s.share(s.connections);
     let samples = Arc::new(Samples::default());
     let query = token_query(s, "loadtest");
+    let hello = centrifugo_hello(s, "loadtest");
+    let protocol = s.protocol;
     let per_second = (s.rate() as f64 / s.processes() as f64).max(1.0);
     let start = Instant::now();
     let mut handles = Vec::with_capacity(count as usize);
@@ -37,7 +42,8 @@ async fn open_and_hold(
         }
         let url = url_for(s, i, &query);
         let source = s.source(i);
-        let (live, samples, mut stop) = (live.clone(), samples.clone(), stop.clone());
+        let (live, samples, mut stop, hello) =
+            (live.clone(), samples.clone(), stop.clone(), hello.clone());
         let retries = s.retries;
         handles.push(tokio::spawn(async move {
             let t0 = Instant::now();
@@ -49,6 +55,11 @@ async fn open_and_hold(
                 return;
             };
             live.retried.fetch_add(u64::from(retried), Relaxed);
+            let wait = Duration::from_secs(30);
+            if !centrifugo_connect(&mut stream, &mut buf, hello.as_ref(), wait).await {
+                live.failed.fetch_add(1, Relaxed);
+                return;
+            }
             samples.flush(&mut vec![t0.elapsed().as_micros() as u64]);
             live.connected.fetch_add(1, Relaxed);
             // Hold: answer pings until told to stop or closed.
@@ -65,6 +76,9 @@ async fn open_and_hold(
                         let mut pongs = Vec::new();
                         let mut closed = false;
                         let _ = wsclient::parse(&mut buf, |f| match f {
+                            f if centrifugo_pong(protocol, &f).is_some() => {
+                                pongs.extend(centrifugo_pong(protocol, &f));
+                            }
                             Frame::Ping(p) => pongs.push(wsclient::pong_frame(p)),
                             Frame::Close(_) => closed = true,
                             _ => {}

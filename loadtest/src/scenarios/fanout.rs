@@ -13,7 +13,10 @@ use tokio::sync::watch;
 
 use super::publish::publish;
 use super::worker::{Share, hold_share};
-use super::{Live, Samples, now_us, send, subscribe, token_query, url_for};
+use super::{
+    Live, Samples, centrifugo_connect, centrifugo_hello, centrifugo_pong, now_us, send, subscribe,
+    token_query, url_for,
+};
 use crate::procstat;
 use crate::report::{Delivery, Report, Tracker};
 use crate::settings::{Settings, Target};
@@ -50,7 +53,11 @@ async fn subscribe_share(s: &Settings, live: Arc<Live>, stop: Stop) -> Shared {
     let query = token_query(s, "subscriber");
     let mut handles = Vec::with_capacity(count as usize);
     let herald = s.target == Target::Herald;
-    let msgpack = herald && s.protocol == crate::settings::Protocol::Msgpack;
+    let protocol = s.protocol;
+    let hello = centrifugo_hello(s, "subscriber");
+    // Protobuf carries the generator's JSON payload as it is: a byte scan
+    // of the frame finds its numbers as in a JSON text frame.
+    let protobuf = protocol == crate::settings::Protocol::CentrifugoProtobuf;
     let keep_each = s.last_recipient;
     let retries = s.retries;
     let topics = if herald { s.topics as usize } else { 1 };
@@ -66,11 +73,12 @@ async fn subscribe_share(s: &Settings, live: Arc<Live>, stop: Stop) -> Shared {
         let topic = (i % topics as u64) as usize;
         let url = url_for(s, i, &query);
         let source = s.source(i);
-        let (live, samples, handshakes, mut stop) = (
+        let (live, samples, handshakes, mut stop, hello) = (
             live.clone(),
             samples.clone(),
             handshakes.clone(),
             stop.clone(),
+            hello.clone(),
         );
         handles.push(tokio::spawn(async move {
             let t0 = Instant::now();
@@ -83,15 +91,10 @@ async fn subscribe_share(s: &Settings, live: Arc<Live>, stop: Stop) -> Shared {
             };
             live.retried.fetch_add(u64::from(retried), Relaxed);
             handshakes.flush(&mut vec![t0.elapsed().as_micros() as u64]);
+            let wait = Duration::from_secs(30);
             if herald
-                && !subscribe(
-                    &mut stream,
-                    &mut buf,
-                    topic,
-                    Duration::from_secs(30),
-                    msgpack,
-                )
-                .await
+                && !(centrifugo_connect(&mut stream, &mut buf, hello.as_ref(), wait).await
+                    && subscribe(&mut stream, &mut buf, topic, wait, protocol).await)
             {
                 live.failed.fetch_add(1, Relaxed);
                 return None;
@@ -134,7 +137,18 @@ async fn subscribe_share(s: &Settings, live: Arc<Live>, stop: Stop) -> Shared {
                 let mut pongs = Vec::new();
                 let mut closed = false;
                 let _ = wsclient::parse(&mut buf, |f| {
+                    if let Some(pong) = centrifugo_pong(protocol, &f) {
+                        pongs.push(pong);
+                        return;
+                    }
                     let (payload, numbers) = match f {
+                        Frame::Binary(b) if protobuf => (
+                            b,
+                            (
+                                wsclient::scan_u64(b, b"\"t\":"),
+                                wsclient::scan_u64(b, b"\"s\":"),
+                            ),
+                        ),
                         Frame::Text(t) => (
                             t,
                             (

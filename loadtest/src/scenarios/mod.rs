@@ -23,13 +23,15 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use herald_protocol::centrifugo::schema::{Command, ConnectRequest, SubscribeRequest};
+use herald_protocol::centrifugo::{self, Wire};
 use herald_protocol::{ClientFrame, ServerFrameHead};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::report::Latency;
-use crate::settings::{Scenario, Settings, Target};
+use crate::settings::{Protocol, Scenario, Settings, Target};
 use crate::wsclient::{self, Frame, WsUrl};
 
 pub use churn::churn;
@@ -76,6 +78,10 @@ pub(crate) fn now_us() -> u64 {
 }
 
 fn token_query(s: &Settings, sub: &str) -> String {
+    if s.protocol.centrifugo().is_some() {
+        // Centrifugo's SDKs send it in their `connect` command instead.
+        return String::new();
+    }
     match s.target {
         // HS256 signing cannot fail; an empty query would be refused (401)
         // and counted as a failed connection.
@@ -130,15 +136,27 @@ async fn subscribe(
     buf: &mut bytes::BytesMut,
     topic: usize,
     wait: Duration,
-    msgpack: bool,
+    protocol: Protocol,
 ) -> bool {
+    if let Some(wire) = protocol.centrifugo() {
+        let command = Command {
+            id: 2,
+            subscribe: Some(SubscribeRequest {
+                channel: topic_name(topic),
+                ..SubscribeRequest::default()
+            }),
+            ..Command::default()
+        };
+        send(stream, &centrifugo_frame(wire, &command)).await;
+        return centrifugo_reply(stream, buf, wire, 2, wait).await;
+    }
     let frame = ClientFrame::Subscribe {
         reference: Some("s".to_owned()),
         topics: vec![topic_name(topic)],
         since: BTreeMap::new(),
     }
     .to_json();
-    let frame = if msgpack {
+    let frame = if protocol == Protocol::Msgpack {
         let packed = herald_protocol::msgpack::from_json(frame.as_bytes()).unwrap_or_default();
         wsclient::binary_frame(&packed)
     } else {
@@ -169,6 +187,83 @@ async fn subscribe(
         });
     }
     true
+}
+
+/// A Centrifugo command in a frame of its encoding.
+fn centrifugo_frame(wire: Wire, command: &Command) -> Vec<u8> {
+    let payload = centrifugo::encode(wire, command);
+    match wire {
+        Wire::Json => wsclient::text_frame(&payload),
+        Wire::Protobuf => wsclient::binary_frame(&payload),
+    }
+}
+
+/// What a Centrifugo client sends first (`--protocol centrifugo-*`): the
+/// encoding and a token for `sub`; `None` for Herald's protocols.
+fn centrifugo_hello(s: &Settings, sub: &str) -> Option<(Wire, String)> {
+    let wire = s.protocol.centrifugo()?;
+    Some((wire, crate::token::mint(&s.secret, sub).unwrap_or_default()))
+}
+
+/// Opens a Centrifugo session on a fresh connection: its `connect` command
+/// and the answer (at most `wait`). Without `hello` (Herald's protocols)
+/// there is nothing to do.
+async fn centrifugo_connect(
+    stream: &mut TcpStream,
+    buf: &mut bytes::BytesMut,
+    hello: Option<&(Wire, String)>,
+    wait: Duration,
+) -> bool {
+    let Some((wire, token)) = hello else {
+        return true;
+    };
+    let command = Command {
+        id: 1,
+        connect: Some(ConnectRequest {
+            token: token.clone(),
+            ..ConnectRequest::default()
+        }),
+        ..Command::default()
+    };
+    send(stream, &centrifugo_frame(*wire, &command)).await;
+    centrifugo_reply(stream, buf, *wire, 1, wait).await
+}
+
+/// Reads until the reply to command `id` (true unless it is an error).
+async fn centrifugo_reply(
+    stream: &mut TcpStream,
+    buf: &mut bytes::BytesMut,
+    wire: Wire,
+    id: u32,
+    wait: Duration,
+) -> bool {
+    let mut answer = None;
+    while answer.is_none() {
+        match tokio::time::timeout(wait, stream.read_buf(buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return false,
+        }
+        let _ = wsclient::parse(buf, |f| {
+            if let Frame::Text(b) | Frame::Binary(b) = f {
+                for reply in centrifugo::decode_replies(wire, b).unwrap_or_default() {
+                    if reply.id == id {
+                        answer = Some(reply.error.is_none());
+                    }
+                }
+            }
+        });
+    }
+    answer.unwrap_or(false)
+}
+
+/// The answer to a Centrifugo server ping (an empty message), if `frame`
+/// is one.
+fn centrifugo_pong(protocol: Protocol, frame: &Frame<'_>) -> Option<Vec<u8>> {
+    match (protocol.centrifugo()?, frame) {
+        (Wire::Json, Frame::Text(b"{}")) => Some(wsclient::text_frame(b"{}")),
+        (Wire::Protobuf, Frame::Binary([0])) => Some(wsclient::binary_frame(&[0])),
+        _ => None,
+    }
 }
 
 /// Waits until `count` connections have either opened or failed, at most
