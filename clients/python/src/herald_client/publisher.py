@@ -10,6 +10,7 @@ all. Any other refusal raises at once: retrying a 400 or a 401 cannot help.
 from __future__ import annotations
 
 import asyncio
+import base64
 import random
 import time
 import uuid
@@ -50,7 +51,12 @@ class _Request:
 def _publication(
     topic: str, data: Json, event: Optional[str], idempotency_key: Optional[str]
 ) -> Dict[str, Json]:
-    body: Dict[str, Json] = {"topic": topic, "data": data}
+    # Bytes travel as bytes (contract §10.2): `data_b64` on the wire.
+    body: Dict[str, Json] = (
+        {"topic": topic, "data_b64": base64.b64encode(bytes(data)).decode()}
+        if isinstance(data, (bytes, bytearray))
+        else {"topic": topic, "data": data}
+    )
     if event is not None:
         body["event"] = event
     body["idempotency_key"] = idempotency_key or uuid.uuid4().hex
