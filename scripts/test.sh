@@ -2,8 +2,8 @@
 # The whole test suite: formatting, lints, then every test of every crate
 # (unit, property, integration; real sockets, real redis-server and Herald
 # processes), the Autobahn conformance cases, the OpenAPI fuzzer, a small
-# scale run (3 nodes), the SDK and browser tests, the Python client and the
-# deploy checks.
+# scale run (3 nodes), the SDK and browser tests (with Centrifugo's SDKs), the
+# Python client, the Rust client's package and the deploy checks.
 # Installs
 # missing tools first (scripts/deps.sh).
 set -euo pipefail
@@ -22,4 +22,5 @@ scripts/schemathesis.sh
 SMOKE=1 loadtest/scale.sh
 scripts/test-clients.sh
 scripts/test-python.sh
+scripts/test-rust-client.sh
 scripts/test-deploy.sh
