@@ -26,9 +26,10 @@ def free_port() -> int:
 class Node:
     """A herald-gateway process on free loopback ports."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, public: int = 0, admin: int = 0) -> None:
         binary = Path(os.environ.get("HERALD_BIN_DIR", ROOT / "target" / "debug")) / "herald-gateway"
-        public, admin = free_port(), free_port()
+        public, admin = public or free_port(), admin or free_port()
+        self.ports = (public, admin)
         self.proc = subprocess.Popen(
             [
                 str(binary),

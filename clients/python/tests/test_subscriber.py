@@ -1,19 +1,31 @@
-"""The subscriber against real gateway processes: events in both encodings,
-bytes, recovery across a node killed with kill -9 (two nodes on Redis),
-token refresh before expiry, a server-side disconnect, and the close-code
-table."""
+"""The subscriber (and the publisher and token builder where they meet a
+node's restart or a key) against real gateway processes: events in both
+encodings, bytes, recovery across a node killed with kill -9 (two nodes on
+Redis), token refresh before expiry, a server-side disconnect, Retry-After
+of a shed handshake, tokens of every algorithm, a publish retried across a
+restart delivered once, and the close-code table."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import Awaitable, Callable, List, Tuple
 
 import pytest
 
-from herald_client import HeraldError, Message, Publisher, Subscriber, TokenBuilder, close_action
+from herald_client import (
+    Backoff,
+    HeraldError,
+    Message,
+    Publisher,
+    RetryPolicy,
+    Subscriber,
+    TokenBuilder,
+    close_action,
+)
 
-from conftest import ADMIN_KEY, SECRET, Node, Redis
+from conftest import ADMIN_KEY, ROOT, SECRET, Node, Redis
 
 WAIT = 15.0
 
@@ -154,3 +166,83 @@ def test_the_close_code_table() -> None:
     assert close_action(4005, "unauthorized") == "refresh"
     assert close_action(4005, "unavailable") == "backoff"
     assert close_action(4005, "forbidden") == "stop"
+
+
+def test_retry_after_of_a_shed_handshake_is_honoured() -> None:
+    """A node at limits.max_connections answers 503 with a Retry-After of
+    1-5 s: the subscriber waits that long, not its own 100 ms backoff."""
+    node = Node("--limits-max-connections", "1")
+    try:
+
+        async def test() -> None:
+            async with Subscriber(node.ws, token("py-holder")) as holder:
+                holder.subscribe("py.full")
+                await until("the slot taken", lambda: holder.connections == 1)
+                started = time.monotonic()
+                waiting = Subscriber(node.ws, token("py-waiting"), backoff=Backoff(base=0.1, cap=0.1))
+                await waiting.start()
+                await asyncio.sleep(0.2)
+                assert waiting.connections == 0
+            # The holder is closed: there is room now.
+            await until("connected once there is room", lambda: waiting.connections == 1)
+            assert time.monotonic() - started >= 1.0, "waited Retry-After"
+            await waiting.close()
+
+        run(test)
+    finally:
+        node.stop()
+
+
+@pytest.mark.parametrize(
+    "alg,private,public",
+    [
+        ("RS256", "rsa_private.pem", "rsa_public.pem"),
+        ("ES256", "ec_private.pem", "ec_public.pem"),
+        ("EdDSA", "ed_private.pem", "ed_public.pem"),
+    ],
+)
+def test_tokens_of_every_algorithm_are_accepted(alg: str, private: str, public: str) -> None:
+    fixtures = ROOT / "gateway" / "tests" / "fixtures"
+    node = Node("--jwt-public-key-file", str(fixtures / public))
+    signed = TokenBuilder("py-alg").topics("py.>").expires_in(600).sign((fixtures / private).read_bytes(), alg)
+    try:
+
+        async def test() -> None:
+            async with Subscriber(node.ws, signed) as sub:
+                sub.subscribe("py.alg")
+                await until("subscribed", lambda: "py.alg" in sub.positions)
+
+        run(test)
+    finally:
+        node.stop()
+
+
+def test_a_publish_retried_across_a_node_restart_is_delivered_once() -> None:
+    redis = Redis()
+    node = Node("--redis-url", redis.url)
+    public_port, admin_port = node.ports
+    try:
+        herald = Publisher(node.admin, ADMIN_KEY, retry=RetryPolicy(attempts=30, base=0.1, cap=0.5))
+        herald.publish("py.once", 0)
+        node.proc.kill()  # kill -9
+        node.proc.wait(timeout=10)
+        restarted: List[Node] = []
+
+
+        def restart() -> None:
+            time.sleep(0.7)
+            restarted.append(Node("--redis-url", redis.url, public=public_port, admin=admin_port))
+
+        t = threading.Thread(target=restart)
+        t.start()
+        first = herald.publish("py.once", 1, idempotency_key="order-9")
+        t.join()
+        again = herald.publish("py.once", 1, idempotency_key="order-9")
+        assert first == again
+        ones = [m for m in herald.history("py.once")["messages"] if m["data"] == 1]
+        assert len(ones) == 1, "exactly once"
+        herald.close()
+        for n in restarted:
+            n.stop()
+    finally:
+        redis.stop()

@@ -426,3 +426,33 @@ fn the_close_code_table() {
         assert_eq!(close_action(code, reason), action, "{code} {reason}");
     }
 }
+
+/// Load shedding (a node at `limits.max_connections`) answers 503 with a
+/// `Retry-After` of 1–5 s: the client waits that long, not its own
+/// 100 ms backoff, then connects once there is room.
+#[tokio::test]
+async fn retry_after_of_a_shed_handshake_is_honoured() {
+    let node = Node::start(&["--limits-max-connections", "1"]);
+    let holder = Client::builder([node.ws()], Token::Static(token(600)))
+        .topics(&["rs.full"])
+        .connect();
+    until("the slot taken", || holder.connections() == 1).await;
+    let started = Instant::now();
+    let waiting = Client::builder([node.ws()], Token::Static(token(600)))
+        .backoff(Duration::from_millis(100), Duration::from_millis(100))
+        .topics(&["rs.full"])
+        .connect();
+    // Its first attempt is refused; free the slot right after.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(waiting.connections(), 0);
+    holder.close().await;
+    until("connected once there is room", || {
+        waiting.connections() == 1
+    })
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "waited Retry-After, not the 100 ms backoff: {:?}",
+        started.elapsed()
+    );
+}
