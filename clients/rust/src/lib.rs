@@ -13,10 +13,15 @@
 //! - [`TokenBuilder`]: the claims Herald reads, signed with HS256, RS256,
 //!   ES256 or EdDSA.
 //!
-//! The load generator (`herald-loadtest`) keeps its own lean client: it
-//! must cost far less per delivery than the server it measures, so it reads
-//! only the numbers it put into each event with a byte scan, where this
-//! crate decodes every frame in full.
+//! The load generator (`herald-loadtest`) keeps its own lean client, for a
+//! measured reason. 1,000 subscribers of one topic at 100 events/s receive
+//! every delivery on either client: 99,818 and 100,036 deliveries/s, none
+//! lost. The generator's client costs far less per subscriber: 5.2 s of CPU
+//! and 17 MB against this crate's 17.9 s and 163 MB. It scans each frame
+//! for the numbers it put there, where this crate decodes every frame and
+//! runs a task, a socket buffer and a queue per `Client`. The command and
+//! both rounds are in docs/benchmarks.md. For ordinary use (a service
+//! holding a few subscribers) the rates are the same.
 
 mod client;
 mod error;
