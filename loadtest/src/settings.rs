@@ -170,6 +170,15 @@ pub struct Settings {
     /// Topics (fanout, churn).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub topics: u64,
+    /// Per-user topics: connection `i` subscribes to its own topic `lt.<i>`
+    /// (connect: and holds it; fanout: `--topics` becomes `--connections`,
+    /// so each event reaches one user).
+    #[arg(long)]
+    pub per_user: bool,
+    /// With Herald's protocols: every connection also subscribes to the
+    /// one topic `lt.shared` (which nothing is published to).
+    #[arg(long)]
+    pub shared_topic: bool,
     /// Padding bytes per event (fanout).
     #[arg(long, default_value_t = 100)]
     pub payload: usize,
@@ -244,6 +253,12 @@ impl Settings {
     }
 
     fn complete(&mut self) -> Result<()> {
+        if self.per_user && self.scenario == Scenario::Fanout {
+            self.topics = self.connections.max(1);
+        }
+        if self.shared_topic && self.protocol.centrifugo().is_some() {
+            bail!("--shared-topic: Centrifugo subscribes one channel per command; not supported");
+        }
         if self.rate.is_none() {
             self.rate = Some(match self.scenario {
                 Scenario::Connect => 2000,
@@ -352,6 +367,12 @@ impl Settings {
         ];
         if self.last_recipient {
             a.push("--last-recipient".into());
+        }
+        if self.per_user {
+            a.push("--per-user".into());
+        }
+        if self.shared_topic {
+            a.push("--shared-topic".into());
         }
         if !self.admin.is_empty() {
             a.extend([

@@ -38,6 +38,7 @@ pub async fn churn(s: &Settings, live: Arc<Live>) -> Result<Report> {
         let protocol = s.protocol;
         let hello = hello.clone();
         let topic = i % s.topics;
+        let names = super::topics_of(s, topic as usize);
         let linger = Duration::from_millis(s.linger_ms);
         let (live, samples, completed) = (live.clone(), samples.clone(), completed.clone());
         handles.push(tokio::spawn(async move {
@@ -49,7 +50,7 @@ pub async fn churn(s: &Settings, live: Arc<Live>) -> Result<Report> {
             let wait = Duration::from_secs(10);
             if herald
                 && !(centrifugo_connect(&mut stream, &mut buf, hello.as_ref(), wait).await
-                    && subscribe(&mut stream, &mut buf, topic as usize, wait, protocol).await)
+                    && subscribe(&mut stream, &mut buf, names, wait, protocol).await)
             {
                 live.failed.fetch_add(1, Relaxed);
                 return;

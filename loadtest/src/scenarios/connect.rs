@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use super::worker::{Share, hold_share};
 use super::{
     Live, Samples, centrifugo_connect, centrifugo_hello, centrifugo_pong, send, stopped,
-    token_query, url_for,
+    subscribe, token_query, url_for,
 };
 use crate::procstat;
 use crate::report::Report;
@@ -31,6 +31,7 @@ async fn open_and_hold(
     let query = token_query(s, "loadtest");
     let hello = centrifugo_hello(s, "loadtest");
     let protocol = s.protocol;
+    let per_user = s.per_user;
     let per_second = (s.rate() as f64 / s.processes() as f64).max(1.0);
     let start = Instant::now();
     let mut handles = Vec::with_capacity(count as usize);
@@ -44,6 +45,8 @@ async fn open_and_hold(
         let source = s.source(i);
         let (live, samples, mut stop, hello) =
             (live.clone(), samples.clone(), stop.clone(), hello.clone());
+        // --per-user: its own topic, held with the connection.
+        let names = super::topics_of(s, i as usize);
         let retries = s.retries;
         handles.push(tokio::spawn(async move {
             let t0 = Instant::now();
@@ -56,7 +59,9 @@ async fn open_and_hold(
             };
             live.retried.fetch_add(u64::from(retried), Relaxed);
             let wait = Duration::from_secs(30);
-            if !centrifugo_connect(&mut stream, &mut buf, hello.as_ref(), wait).await {
+            if !centrifugo_connect(&mut stream, &mut buf, hello.as_ref(), wait).await
+                || (per_user && !subscribe(&mut stream, &mut buf, names, wait, protocol).await)
+            {
                 live.failed.fetch_add(1, Relaxed);
                 return;
             }

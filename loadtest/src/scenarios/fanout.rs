@@ -71,6 +71,7 @@ async fn subscribe_share(s: &Settings, live: Arc<Live>, stop: Stop) -> Shared {
             tokio::time::sleep_until(due.into()).await;
         }
         let topic = (i % topics as u64) as usize;
+        let names = super::topics_of(s, topic);
         let url = url_for(s, i, &query);
         let source = s.source(i);
         let (live, samples, handshakes, mut stop, hello) = (
@@ -94,7 +95,7 @@ async fn subscribe_share(s: &Settings, live: Arc<Live>, stop: Stop) -> Shared {
             let wait = Duration::from_secs(30);
             if herald
                 && !(centrifugo_connect(&mut stream, &mut buf, hello.as_ref(), wait).await
-                    && subscribe(&mut stream, &mut buf, topic, wait, protocol).await)
+                    && subscribe(&mut stream, &mut buf, names, wait, protocol).await)
             {
                 live.failed.fetch_add(1, Relaxed);
                 return None;

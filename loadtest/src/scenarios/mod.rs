@@ -129,12 +129,23 @@ fn topic_name(n: usize) -> String {
     format!("lt.{n}")
 }
 
-/// Subscribes to topic `topic` and waits (at most `wait`) for the
-/// confirmation; whatever else arrives meanwhile is dropped.
+/// The topics connection `i` (of topic number `topic`) subscribes to: its
+/// topic, and `lt.shared` with `--shared-topic`.
+fn topics_of(s: &Settings, topic: usize) -> Vec<String> {
+    let mut names = vec![topic_name(topic)];
+    if s.shared_topic {
+        names.push("lt.shared".to_owned());
+    }
+    names
+}
+
+/// Subscribes to `names` (Centrifugo: the first) and waits (at most
+/// `wait`) for the confirmation; whatever else arrives meanwhile is
+/// dropped.
 async fn subscribe(
     stream: &mut TcpStream,
     buf: &mut bytes::BytesMut,
-    topic: usize,
+    names: Vec<String>,
     wait: Duration,
     protocol: Protocol,
 ) -> bool {
@@ -142,7 +153,7 @@ async fn subscribe(
         let command = Command {
             id: 2,
             subscribe: Some(SubscribeRequest {
-                channel: topic_name(topic),
+                channel: names.into_iter().next().unwrap_or_default(),
                 ..SubscribeRequest::default()
             }),
             ..Command::default()
@@ -152,7 +163,7 @@ async fn subscribe(
     }
     let frame = ClientFrame::Subscribe {
         reference: Some("s".to_owned()),
-        topics: vec![topic_name(topic)],
+        topics: names,
         since: BTreeMap::new(),
     }
     .to_json();
