@@ -12,8 +12,8 @@ use tokio::sync::watch;
 
 use super::worker::{Share, hold_share};
 use super::{
-    Live, Samples, centrifugo_connect, centrifugo_hello, centrifugo_pong, send, stopped,
-    subscribe, token_query, url_for,
+    Live, Samples, centrifugo_connect, centrifugo_hello, centrifugo_pong, send, stopped, subscribe,
+    token_query, url_for,
 };
 use crate::procstat;
 use crate::report::Report;
