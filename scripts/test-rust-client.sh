@@ -12,7 +12,9 @@ Cargo.toml.orig
 README.md
 src/client.rs
 src/error.rs
+src/frames.rs
 src/lib.rs
+src/policy.rs
 src/publisher.rs
 src/random.rs
 src/token.rs"

@@ -30,7 +30,6 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use base64::Engine;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -39,6 +38,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message as Frame};
 
 use crate::Error;
+use crate::frames::{decode, encode};
+use crate::policy::{Action, close_action, handshake_action};
 use crate::publisher::{Data, tls_config};
 use crate::random::jitter;
 
@@ -88,47 +89,6 @@ impl Token {
             Token::Static(t) => Ok(t.clone()),
             Token::Provider(f) => f().await,
         }
-    }
-}
-
-/// What a close (or a refused handshake) asks of the client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    /// End for good.
-    Stop,
-    /// Reconnect at once.
-    Now,
-    /// Reconnect after a backoff.
-    Backoff,
-    /// Reconnect with a fresh token.
-    Refresh,
-    /// Reconnect after a backoff, at most `max_faults` times in a row.
-    Fault,
-}
-
-/// The close-code table of docs/protocol.md (with 4005's refusal reasons).
-pub fn close_action(code: u16, reason: &str) -> Action {
-    match code {
-        4005 => match reason {
-            "unauthorized" | "token_expired" => Action::Refresh,
-            "too_many_connections" | "unavailable" => Action::Backoff,
-            _ => Action::Stop,
-        },
-        1000 | 4003 => Action::Stop,
-        1012 => Action::Now,
-        4001 => Action::Refresh,
-        1002 | 1003 | 1007 | 1008 | 1009 => Action::Fault,
-        _ => Action::Backoff,
-    }
-}
-
-/// What a refused handshake (its HTTP status) asks of the client.
-pub fn handshake_action(status: u16) -> Action {
-    match status {
-        401 => Action::Refresh,
-        403 => Action::Stop,
-        400 | 426 => Action::Fault,
-        _ => Action::Backoff,
     }
 }
 
@@ -416,70 +376,6 @@ async fn run(
             () = tokio::time::sleep(delay) => {}
             c = control.recv() => if matches!(c, None | Some(Control::Close)) { return },
         }
-    }
-}
-
-fn encode(protocol: Protocol, frame: &Value) -> Frame {
-    match protocol {
-        Protocol::Json => Frame::text(frame.to_string()),
-        Protocol::Msgpack => Frame::binary(rmp_serde::to_vec_named(frame).unwrap_or_default()),
-    }
-}
-
-/// A frame's fields as JSON, with `data` apart (bytes stay bytes).
-fn decode(protocol: Protocol, frame: &Frame) -> Option<(Value, Option<Data>)> {
-    match (protocol, frame) {
-        (Protocol::Json, Frame::Text(t)) => {
-            let mut v: Value = serde_json::from_str(t.as_str()).ok()?;
-            let data = match v.get("data_b64").and_then(Value::as_str) {
-                Some(b64) => Some(Data::Bytes(
-                    base64::engine::general_purpose::STANDARD.decode(b64).ok()?,
-                )),
-                None => v.get_mut("data").map(|d| Data::Json(d.take())),
-            };
-            Some((v, data))
-        }
-        (Protocol::Msgpack, Frame::Binary(b)) => {
-            let value = rmpv::decode::read_value(&mut &b[..]).ok()?;
-            let rmpv::Value::Map(entries) = value else {
-                return None;
-            };
-            let mut fields = serde_json::Map::new();
-            let mut data = None;
-            for (k, v) in entries {
-                let key = k.as_str()?.to_owned();
-                if key == "data" {
-                    data = Some(match v {
-                        rmpv::Value::Binary(bytes) => Data::Bytes(bytes),
-                        other => Data::Json(to_json(other)),
-                    });
-                } else {
-                    fields.insert(key, to_json(v));
-                }
-            }
-            Some((Value::Object(fields), data))
-        }
-        _ => None,
-    }
-}
-
-fn to_json(v: rmpv::Value) -> Value {
-    use rmpv::Value as M;
-    match v {
-        M::Nil => Value::Null,
-        M::Boolean(b) => json!(b),
-        M::Integer(i) => i.as_u64().map_or_else(|| json!(i.as_i64()), |u| json!(u)),
-        M::F32(f) => json!(f),
-        M::F64(f) => json!(f),
-        M::String(s) => json!(s.into_str()),
-        M::Binary(b) => json!(base64::engine::general_purpose::STANDARD.encode(b)),
-        M::Array(a) => Value::Array(a.into_iter().map(to_json).collect()),
-        M::Map(m) => Value::Object(
-            m.into_iter()
-                .filter_map(|(k, v)| Some((k.as_str()?.to_owned(), to_json(v))))
-                .collect(),
-        ),
-        M::Ext(..) => Value::Null,
     }
 }
 

@@ -25,13 +25,14 @@
 
 mod client;
 mod error;
+mod frames;
+mod policy;
 mod publisher;
 mod random;
 mod token;
 
-pub use client::{
-    Action, Client, ClientBuilder, Message, Protocol, Token, close_action, handshake_action,
-};
+pub use client::{Client, ClientBuilder, Message, Protocol, Token};
 pub use error::Error;
+pub use policy::{Action, close_action, handshake_action};
 pub use publisher::{Data, Publication, Publisher, RetryPolicy, Revoke};
 pub use token::TokenBuilder;
