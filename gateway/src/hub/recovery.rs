@@ -63,10 +63,18 @@ impl<B: Broker> Hub<B> {
         allowed: usize,
         in_reply: Option<InReply<'_>>,
     ) -> Recovered {
-        let nothing = |position| Recovered {
-            recovered: false,
-            position,
-            replayed: 0,
+        // The session is no longer on the topic (its topic was dropped
+        // meanwhile): nothing to replay, but a reply is still owed.
+        let nothing = |position| {
+            let none = Recovered {
+                recovered: false,
+                position,
+                replayed: 0,
+            };
+            if let Some(render) = in_reply {
+                let _ = outbox.push_reply(render(&none, &[]));
+            }
+            none
         };
         let mut shard = lock(self.registry.shard(topic));
         let Some(entry) = shard.get_mut(topic) else {
