@@ -11,6 +11,13 @@
 #   loadtest/scale.sh                    # 10 nodes, 190,000 connections at 4,000/s
 #   SMOKE=1 loadtest/scale.sh            # 3 nodes, 3,000 connections, debug build (CI)
 #   NODES=4 CONNECTIONS=60000 loadtest/scale.sh
+#   MILLION=1 loadtest/scale.sh          # 53 nodes, 1,000,000 connections, 60 s idle
+#                                        # window before the broadcast (issue 27)
+#
+# IDLE_SECONDS=n waits n seconds with every connection open before the
+# broadcast and reports the gateways' CPU per connection over that window;
+# the kernel's TCP socket counts and memory (/proc/net/sockstat) are
+# sampled with the nodes' RSS.
 #
 # Needs redis-server, python3, curl. A process may hold at most 20,000 files
 # here: each node holds CONNECTIONS/NODES (at most 19,000), each worker at
@@ -19,6 +26,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SMOKE=${SMOKE:-}
+MILLION=${MILLION:-}
+IDLE_SECONDS=${IDLE_SECONDS:-0}
 NODES=${NODES:-10}
 CONNECTIONS=${CONNECTIONS:-190000}
 CONNECT_RATE=${CONNECT_RATE:-4000}
@@ -28,6 +37,9 @@ PROFILE=release
 # Runtime threads per process: with NODES gateways and a dozen generator
 # processes on a few cores, one each beats many threads switching.
 THREADS=${THREADS:-1}
+if [ -n "$MILLION" ]; then
+  NODES=53 CONNECTIONS=1000000 CONNECT_RATE=${CONNECT_RATE_MILLION:-5000} IDLE_SECONDS=60
+fi
 if [ -n "$SMOKE" ]; then
   NODES=3 CONNECTIONS=3000 CONNECT_RATE=1500 BROADCAST_SECONDS=3 PROFILE=debug
 fi
@@ -100,6 +112,7 @@ for p in "${gpids[@]}"; do base[$p]=$(rss_kib "$p"); done
       c=$(grep -o "\"node\":\"n$((i + 1))\",\"connections\":[0-9]*" <<<"$stats" | grep -o '[0-9]*$' || echo 0)
       echo "${gpids[$i]} ${c:-0} $(rss_kib "${gpids[$i]}")"
     done >"$OUT/sample.tmp" && mv "$OUT/sample.tmp" "$OUT/sample.$(date +%s%N)"
+    echo "$(date +%s) $(grep '^TCP:' /proc/net/sockstat) $(awk '/MemAvailable/ {print "MemAvailable_kB", $2}' /proc/meminfo)" >>"$OUT/sockstat.txt"
   done
 ) &
 sampler=$!
@@ -110,6 +123,7 @@ TOKIO_WORKER_THREADS=$THREADS "$BIN/herald-loadtest" fanout --quiet --connection
   --connect-rate "$CONNECT_RATE" --retries 8 --processes "$PROCESSES" --sources "$SOURCES" \
   --port-base "$PORT_BASE" \
   --rate "$EVENTS_PER_SECOND" --batch 1 --duration "$BROADCAST_SECONDS" --last-recipient \
+  --idle-before "$IDLE_SECONDS" \
   --url "$(IFS=,; echo "${urls[*]}")" --admin "$(IFS=,; echo "${admins[*]}")" \
   --admin-key "$KEY" --secret "$SECRET" --pid "$(IFS=,; echo "${gpids[*]}")" \
   --out "$OUT" | tee "$OUT/loadtest.txt"
@@ -164,6 +178,18 @@ lines += [
     f"| last recipient of each event p50 / p99 / max | {ms(lr.get('p50_us', 0))} / {ms(lr.get('p99_us', 0))} / {ms(lr.get('max_us', 0))} ms |",
     f"| handshakes shed by the nodes (503 + Retry-After) / accept errors | {shed} / {accept_errors} |",
     f"| kernel | {open(os.path.join(out, 'kernel.txt')).read().strip()} |",
+]
+idle = report.get("idle")
+if idle:
+    lines.append(f"| idle window: gateways' CPU per connection per second ({idle['seconds']:.0f} s, {idle['connections']} connections) | {idle['cpu_us_per_connection_second']:.3f} µs |")
+sock = os.path.join(out, "sockstat.txt")
+if os.path.exists(sock):
+    peak = max((l.split() for l in open(sock)), key=lambda f: int(f[f.index("inuse") + 1]) if "inuse" in f else 0)
+    if "inuse" in peak:
+        tcp_in = int(peak[peak.index("inuse") + 1]); mem = int(peak[peak.index("mem") + 1])
+        avail = int(peak[peak.index("MemAvailable_kB") + 1]) if "MemAvailable_kB" in peak else 0
+        lines.append(f"| kernel at the peak: TCP sockets in use / TCP buffer memory / MemAvailable | {tcp_in} / {mem * 4 // 1024} MiB / {avail // 1024} MiB |")
+lines += [
     f"| whole run | {elapsed} s |",
 ]
 text = "\n".join(lines) + "\n"

@@ -198,6 +198,20 @@ pub struct Usage {
     pub cpu_ms: u64,
 }
 
+/// The servers' CPU while every connection was open and nothing was
+/// published (fanout `--idle-before`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct IdleWindow {
+    /// Seconds measured.
+    pub seconds: f64,
+    /// Connections open at its start.
+    pub connections: u64,
+    /// Server CPU (all `--pid`s) per connection per second, µs.
+    pub cpu_us_per_connection_second: f64,
+    /// The servers' RSS at its end, KiB (summed).
+    pub rss_kib: u64,
+}
+
 /// The result of one run, as written to JSON.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Report {
@@ -262,6 +276,10 @@ pub struct Report {
     /// Derived per-connection figures (`connect`).
     #[serde(default)]
     pub per_connection: Option<PerConnection>,
+    /// Fanout with `--idle-before`: the servers' CPU per connection per
+    /// second of the idle window, in µs, and the window's length.
+    #[serde(default)]
+    pub idle: Option<IdleWindow>,
     /// Per-topic published counts (fanout; for merging loss across processes).
     #[serde(default)]
     pub published_per_topic: Vec<u64>,

@@ -211,6 +211,11 @@ pub struct Settings {
     /// every sample in memory: use with modest event counts).
     #[arg(long)]
     pub last_recipient: bool,
+    /// Fanout: once every subscriber is connected, wait this many seconds
+    /// before publishing and report the servers' (`--pid`) CPU per
+    /// connection over that idle window.
+    #[arg(long, default_value_t = 0.0)]
+    pub idle_before: f64,
     /// Write report.json, report.md and report.svg there.
     #[arg(long)]
     pub out: Option<String>,

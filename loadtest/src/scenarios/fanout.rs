@@ -18,7 +18,7 @@ use super::{
     token_query, url_for,
 };
 use crate::procstat;
-use crate::report::{Delivery, Report, Tracker};
+use crate::report::{Delivery, IdleWindow, Report, Tracker};
 use crate::settings::{Settings, Target};
 use crate::wsclient::{self, Frame};
 
@@ -211,6 +211,28 @@ async fn subscribe_share(s: &Settings, live: Arc<Live>, stop: Stop) -> Shared {
     (handles, samples, handshakes)
 }
 
+/// `--idle-before`: with every subscriber open, the servers' CPU over a
+/// quiet window (heartbeats only).
+async fn idle_window(s: &Settings, live: &Live) -> Result<Option<IdleWindow>> {
+    if s.idle_before <= 0.0 {
+        return Ok(None);
+    }
+    let connections = live.connected.load(Relaxed);
+    let a = procstat::usage_all(&s.pids)?;
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(s.idle_before)).await;
+    let b = procstat::usage_all(&s.pids)?;
+    let seconds = t0.elapsed().as_secs_f64();
+    let cpu = |u: &[crate::report::Usage]| u.iter().map(|x| x.cpu_ms).sum::<u64>();
+    let cpu_ms = cpu(&b).saturating_sub(cpu(&a));
+    Ok(Some(IdleWindow {
+        seconds,
+        connections,
+        cpu_us_per_connection_second: cpu_ms as f64 * 1000.0 / connections.max(1) as f64 / seconds,
+        rss_kib: b.iter().map(|u| u.rss_kib).sum(),
+    }))
+}
+
 /// `fanout`.
 ///
 /// # Errors
@@ -222,6 +244,7 @@ pub async fn fanout(s: &Settings, live: Arc<Live>) -> Result<Report> {
         subscribe_share(s, live.clone(), stop_rx)
     })
     .await?;
+    let idle = idle_window(s, &live).await?;
     let start_us = now_us();
     let started = Instant::now();
     let published = publish(s, live.clone()).await?;
@@ -246,6 +269,7 @@ pub async fn fanout(s: &Settings, live: Arc<Live>) -> Result<Report> {
     report.target = s.target.name().into();
     report.settings = serde_json::to_value(s)?;
     report.usage_before = before;
+    report.idle = idle;
     report.usage_after = procstat::usage_all(&s.pids)?;
     if report.seconds == 0.0 {
         report.seconds = started.elapsed().as_secs_f64();
