@@ -219,35 +219,41 @@ fn offset_of(id: Option<&str>) -> u64 {
     id.and_then(position).map_or(0, |(_, o)| o)
 }
 
+/// A record's JSON `message` frame, read, as a `Publication`.
+fn from_frame(f: &Frame<'_>) -> Option<Publication> {
+    if f.kind != "message" {
+        return None;
+    }
+    Some(Publication {
+        data: f.data?.get().as_bytes().to_vec(),
+        offset: offset_of(f.id.as_deref()),
+        tags: tags(f.event.as_deref(), false),
+    })
+}
+
+/// A byte payload's record, read, as a `Publication` for `wire`.
+fn from_binary(h: &BinaryHeader<'_>, bytes: &[u8], wire: Wire) -> Option<Publication> {
+    let (data, base64) = match wire {
+        Wire::Protobuf => (bytes.to_vec(), false),
+        Wire::Json => {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+            (serde_json::to_vec(&b64).ok()?, true)
+        }
+    };
+    Some(Publication {
+        data,
+        offset: offset_of(Some(&h.id)),
+        tags: tags(h.event.as_deref(), base64),
+    })
+}
+
 /// An event's record (see [`crate::record`]) as a `Publication`, for
 /// `wire`; `None` for a record that is not an event.
 pub fn publication(record: &[u8], wire: Wire) -> Option<Publication> {
     match Record::parse(record)? {
-        Record::Json(frame) => {
-            let f: Frame<'_> = serde_json::from_slice(frame).ok()?;
-            if f.kind != "message" {
-                return None;
-            }
-            Some(Publication {
-                data: f.data?.get().as_bytes().to_vec(),
-                offset: offset_of(f.id.as_deref()),
-                tags: tags(f.event.as_deref(), false),
-            })
-        }
+        Record::Json(frame) => from_frame(&serde_json::from_slice(frame).ok()?),
         Record::Binary { header, bytes } => {
-            let h: BinaryHeader<'_> = serde_json::from_slice(header).ok()?;
-            let (data, base64) = match wire {
-                Wire::Protobuf => (bytes.to_vec(), false),
-                Wire::Json => {
-                    let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
-                    (serde_json::to_vec(&b64).ok()?, true)
-                }
-            };
-            Some(Publication {
-                data,
-                offset: offset_of(Some(&h.id)),
-                tags: tags(h.event.as_deref(), base64),
-            })
+            from_binary(&serde_json::from_slice(header).ok()?, bytes, wire)
         }
     }
 }
@@ -257,11 +263,11 @@ pub fn publication(record: &[u8], wire: Wire) -> Option<Publication> {
 /// anything else.
 pub fn push(frame: &[u8], wire: Wire) -> Option<Vec<u8>> {
     let push = match Record::parse(frame)? {
-        Record::Binary { header, .. } => {
+        Record::Binary { header, bytes } => {
             let h: BinaryHeader<'_> = serde_json::from_slice(header).ok()?;
             Push {
+                publication: Some(from_binary(&h, bytes, wire)?),
                 channel: h.topic.into_owned(),
-                publication: Some(publication(frame, wire)?),
                 ..Push::default()
             }
         }
@@ -284,7 +290,7 @@ pub fn push(frame: &[u8], wire: Wire) -> Option<Vec<u8>> {
                 ..Push::default()
             };
             match &*f.kind {
-                "message" => push.publication = Some(publication(frame, wire)?),
+                "message" => push.publication = Some(from_frame(&f)?),
                 "join" => push.join = Some(member()?),
                 "leave" => push.leave = Some(member()?),
                 _ => return None,
