@@ -28,6 +28,8 @@ pub struct Node {
     pub broker: Arc<AnyBroker>,
     /// Topic → local sessions.
     pub hub: Hub<AnyBroker>,
+    /// The heartbeat wheel: every session's pings and 4002.
+    pub beat: Arc<crate::hub::beat::Beat>,
     /// Token verification.
     pub verifier: Verifier,
     /// The backend hooks, when configured.
@@ -161,6 +163,12 @@ impl Node {
             metrics.clone(),
             config.history.size,
         );
+        let beat = Arc::new(crate::hub::beat::Beat::new(
+            config.heartbeat.interval,
+            config.heartbeat.timeout,
+            metrics.clone(),
+        ));
+        crate::hub::beat::Beat::start(&beat);
         let backend = crate::backend::Backend::new().map_err(|message| KeyError {
             setting: "proxy",
             message,
@@ -189,6 +197,7 @@ impl Node {
             metrics,
             broker,
             hub,
+            beat,
             verifier,
             proxy,
             dev_signer,

@@ -36,6 +36,7 @@
 //! stream is never cut mid-frame.
 
 use std::collections::VecDeque;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::task::{Context, Waker};
 use std::time::Instant;
@@ -88,8 +89,10 @@ impl State {
         self.queue = VecDeque::new();
         self.events = 0;
         if let Some(head) = head {
-            events = events.saturating_sub(1);
-            self.events = 1;
+            if head.received.is_some() {
+                events = events.saturating_sub(1);
+                self.events = 1;
+            }
             self.queue.push_back(head);
         }
         events
@@ -142,7 +145,7 @@ impl<'a> Claim<'a> {
     pub fn finish(
         self,
         frame: &Bytes,
-        received: Instant,
+        received: Option<Instant>,
         written: usize,
         metrics: &Metrics,
     ) -> Pushed {
@@ -180,6 +183,10 @@ pub struct Outbox {
     pub info: Option<Box<herald_protocol::Info>>,
     /// The socket of a plain TCP connection, for inline writes.
     socket: Option<TcpStream>,
+    /// When the client last sent a frame, in milliseconds of the node's
+    /// heartbeat clock ([`crate::hub::beat`]): the session stores it, the
+    /// heartbeat task reads it.
+    pub seen: AtomicU64,
     limit: usize,
     state: Mutex<State>,
 }
@@ -195,6 +202,7 @@ impl Outbox {
             token: crate::revocations::TokenStamp::new(None, None),
             info: None,
             socket: None,
+            seen: AtomicU64::new(0),
             limit,
             state: Mutex::new(State::default()),
         }
@@ -272,7 +280,18 @@ impl Outbox {
             // An error or a full buffer: the task meets it again.
             written = socket.try_write(frame).unwrap_or(0);
         }
-        self.settle(s, frame, received, written, metrics)
+        self.settle(s, frame, Some(received), written, metrics)
+    }
+
+    /// Queues a control frame the session task did not make (a heartbeat
+    /// ping from [`crate::hub::beat`]) and wakes the task to write it.
+    /// Bounded like a reply, by the hard limit.
+    pub fn push_control(&self, frame: &Bytes, metrics: &Metrics) -> Pushed {
+        let s = self.lock();
+        if s.close.is_some() {
+            return Pushed::Closed;
+        }
+        self.settle(s, frame, None, 0, metrics)
     }
 
     /// Locks the outbox for an inline write as part of a batch, without
@@ -281,7 +300,14 @@ impl Outbox {
     /// [`push_event`](Outbox::push_event)s, so no two threads ever wait on
     /// each other); the event queued (or refused) at once when it cannot be
     /// written inline.
-    pub fn try_claim(&self, frame: &Bytes, received: Instant, metrics: &Metrics) -> Claimed<'_> {
+    /// `received` is `None` for a control frame (see
+    /// [`push_control`](Outbox::push_control)).
+    pub fn try_claim(
+        &self,
+        frame: &Bytes,
+        received: Option<Instant>,
+        metrics: &Metrics,
+    ) -> Claimed<'_> {
         let s = match self.state.try_lock() {
             Ok(s) => s,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
@@ -308,26 +334,34 @@ impl Outbox {
         &self,
         mut s: MutexGuard<'_, State>,
         frame: &Bytes,
-        received: Instant,
+        received: Option<Instant>,
         written: usize,
         metrics: &Metrics,
     ) -> Pushed {
         if written > 0 && written >= frame.len() {
             drop(s);
-            metrics.delivered(received.elapsed());
+            if let Some(received) = received {
+                metrics.delivered(received.elapsed());
+            }
             return Pushed::Written;
         }
         let started = u32::try_from(written).unwrap_or(0);
-        let result = if s.events >= self.limit && started == 0 {
-            let dropped = s.discard() + 1;
+        // Events are bounded by the queue's limit; a control frame (a
+        // heartbeat ping) only by the hard limit, like a reply.
+        let full = match received {
+            Some(_) => s.events >= self.limit,
+            None => s.queue.len() >= self.hard_limit(),
+        };
+        let result = if full && started == 0 {
+            let dropped = s.discard() + usize::from(received.is_some());
             s.close = Some(CloseCode::SlowConsumer);
             Pushed::Overflow(dropped)
         } else {
             s.queue.push_back(Item {
                 frame: frame.clone(),
-                received: Some(received),
+                received,
             });
-            s.events += 1;
+            s.events += usize::from(received.is_some());
             if started > 0 {
                 // The new head, cut by the socket.
                 s.started = started;
@@ -452,7 +486,7 @@ impl Outbox {
         let mut queue = std::mem::take(&mut s.queue);
         let mut events = std::mem::take(&mut s.events);
         let head = if started > 0 { queue.pop_front() } else { None };
-        if head.is_some() {
+        if head.as_ref().is_some_and(|h| h.received.is_some()) {
             events = events.saturating_sub(1);
         }
         let replies = head

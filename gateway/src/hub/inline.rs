@@ -34,7 +34,9 @@ pub(super) struct InlineWrites<'a, 'm> {
     /// Claims gathered before a flush: 1 for the first (the first
     /// recipient does not wait for 63 others), then [`BATCH`].
     limit: usize,
-    received: Instant,
+    /// When the event arrived; `None` for a control frame (a heartbeat
+    /// ping), which is not counted as a delivery.
+    received: Option<Instant>,
     metrics: &'m Metrics,
     /// Events discarded by slow-consumer overflows meanwhile.
     overflowed: u64,
@@ -43,6 +45,17 @@ pub(super) struct InlineWrites<'a, 'm> {
 impl<'a, 'm> InlineWrites<'a, 'm> {
     /// An empty batch for an event received at `received`.
     pub(super) fn new(received: Instant, metrics: &'m Metrics) -> Self {
+        Self::of(Some(received), metrics)
+    }
+
+    /// An empty batch of control frames (heartbeat pings): written the same
+    /// way, not counted as deliveries, queued like replies when the socket
+    /// cannot take them.
+    pub(super) fn control(metrics: &'m Metrics) -> Self {
+        Self::of(None, metrics)
+    }
+
+    fn of(received: Option<Instant>, metrics: &'m Metrics) -> Self {
         InlineWrites {
             claims: SmallVec::new(),
             limit: 1,
@@ -65,7 +78,10 @@ impl<'a, 'm> InlineWrites<'a, 'm> {
             Claimed::Done(pushed) => self.count(pushed),
             Claimed::Contended => {
                 self.flush();
-                let pushed = outbox.push_event(frame, self.received, self.metrics, true);
+                let pushed = match self.received {
+                    Some(received) => outbox.push_event(frame, received, self.metrics, true),
+                    None => outbox.push_control(frame, self.metrics),
+                };
                 self.count(pushed);
             }
         }

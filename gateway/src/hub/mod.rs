@@ -35,6 +35,7 @@
 //! (when a fan-out writes to sockets inline) and [`inline`] (the inline
 //! writes themselves, and why they cannot deadlock).
 
+pub mod beat;
 mod inline;
 mod pace;
 mod recovery;

@@ -64,10 +64,9 @@ impl Strikes {
     }
 }
 
-/// The times the session timer serves.
+/// The times the session timer serves (heartbeats are the node's wheel's:
+/// [`crate::hub::beat`]).
 pub(super) struct Timers {
-    pub(super) last_seen: Instant,
-    pub(super) next_ping: Instant,
     /// When to send `token_expiring`; `None` once sent.
     pub(super) warn_at: Option<Instant>,
     /// When to close with 4001.

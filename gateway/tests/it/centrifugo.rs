@@ -649,3 +649,43 @@ async fn refusals_and_disconnects_keep_their_advice() {
     assert!(connect["ttl"].as_u64().unwrap() <= 2, "{connect}");
     assert_eq!(c.expect_close().await, 3005);
 }
+
+/// The heartbeat wheel sends the protocol's own ping (an empty reply, what
+/// the SDKs wait for) in each encoding, and a client that answers nothing
+/// is closed with 3012 (Herald's 4002, reconnect advised).
+#[tokio::test]
+async fn the_protocols_ping_then_3012_for_a_silent_client() {
+    let gw = TestGateway::spawn_with(|c| {
+        c.compat.centrifugo = true;
+        c.heartbeat.interval = Duration::from_millis(200);
+        c.heartbeat.timeout = Duration::from_millis(900);
+    })
+    .await;
+    for wire in [Wire::Json, Wire::Protobuf] {
+        let (mut c, connect) = Cf::connect(&gw, wire, &user_token("ann")).await;
+        assert_eq!(connect["ping"], json!(1), "{connect}");
+        let mut pings = 0;
+        let code = loop {
+            let next = tokio::time::timeout(WAIT, c.ws.next())
+                .await
+                .expect("a message in time")
+                .expect("open");
+            match next.expect("readable") {
+                Message::Text(t) => {
+                    assert_eq!(wire, Wire::Json);
+                    assert_eq!(t.as_str(), "{}", "a JSON ping");
+                    pings += 1;
+                }
+                Message::Binary(b) => {
+                    assert_eq!(wire, Wire::Protobuf);
+                    assert_eq!(&b[..], &[0], "a Protobuf ping: an empty reply");
+                    pings += 1;
+                }
+                Message::Close(Some(f)) => break u16::from(f.code),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(code, 3012, "heartbeat timeout, reconnect");
+        assert!(pings >= 2, "pinged every interval: {pings}");
+    }
+}

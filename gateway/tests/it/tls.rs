@@ -33,6 +33,78 @@ async fn tls_gateway() -> TestGateway {
     .await
 }
 
+/// A wss client of `gw` subscribed to nothing.
+async fn wss_client(
+    gw: &TestGateway,
+) -> tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(gw.public).await.unwrap();
+    let tls = connector()
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("tls handshake");
+    let url = format!(
+        "wss://localhost:{}/ws?token={}",
+        gw.public.port(),
+        token("alice", &["news"], &[])
+    );
+    tokio_tungstenite::client_async(url, tls)
+        .await
+        .expect("websocket handshake over tls")
+        .0
+}
+
+/// A TLS socket cannot be written by the heartbeat wheel itself: its
+/// pings are queued for the session task, which writes them; a client that
+/// answers them stays, a silent one is closed with 4002.
+#[tokio::test]
+async fn wss_pings_keep_answering_clients_and_close_silent_ones() {
+    let gw = TestGateway::spawn_with(|c| {
+        c.tls.cert_file = Some(fixture("tls_cert.pem"));
+        c.tls.key_file = Some(fixture("tls_key.pem"));
+        c.heartbeat.interval = std::time::Duration::from_millis(150);
+        c.heartbeat.timeout = std::time::Duration::from_millis(600);
+    })
+    .await;
+    let mut answering = wss_client(&gw).await;
+    let mut silent = wss_client(&gw).await;
+    // Reading lets tungstenite answer each ping; over 1.5 s (2.5 timeouts).
+    let mut pings = 0;
+    let until = tokio::time::Instant::now() + std::time::Duration::from_millis(1500);
+    while let Ok(next) = tokio::time::timeout_at(until, answering.next()).await {
+        match next.expect("open").expect("readable") {
+            Message::Ping(_) => pings += 1,
+            Message::Text(t) => assert!(t.contains("welcome"), "{t}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(pings >= 5, "pinged every interval: {pings}");
+    // The silent one read nothing meanwhile, so it never answered.
+    let code = loop {
+        match silent.next().await.expect("open").expect("readable") {
+            Message::Close(Some(f)) => break u16::from(f.code),
+            Message::Close(None) => panic!("no code"),
+            _ => {}
+        }
+    };
+    assert_eq!(code, 4002);
+    answering
+        .send(Message::text(
+            json!({"type": "ping", "ref": "1"}).to_string(),
+        ))
+        .await
+        .unwrap();
+    loop {
+        match answering.next().await.expect("open").expect("readable") {
+            Message::Text(t) => {
+                assert_eq!(serde_json::from_str::<Value>(&t).unwrap()["type"], "pong");
+                break;
+            }
+            Message::Ping(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn wss_carries_the_protocol() {
     let gw = tls_gateway().await;
