@@ -40,6 +40,9 @@ fn main() -> std::process::ExitCode {
 
 async fn run(s: settings::Settings) -> Result<()> {
     let limit = procstat::raise_nofile();
+    if let Some(ca) = &s.tls_ca {
+        herald_loadtest::wsclient::trust(ca)?;
+    }
     if s.worker.is_some() {
         return scenarios::worker(&s).await;
     }

@@ -170,6 +170,10 @@ pub struct Settings {
     /// Topics (fanout, churn).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub topics: u64,
+    /// PEM file of the CA that signed a `wss://` server's certificate (the
+    /// generator trusts only it: loopback test certificates).
+    #[arg(long)]
+    pub tls_ca: Option<std::path::PathBuf>,
     /// Per-user topics: connection `i` subscribes to its own topic `lt.<i>`
     /// (connect: and holds it; fanout: `--topics` becomes `--connections`,
     /// so each event reaches one user).
@@ -375,6 +379,10 @@ impl Settings {
         }
         if self.per_user {
             a.push("--per-user".into());
+        }
+        if let Some(ca) = &self.tls_ca {
+            a.push("--tls-ca".into());
+            a.push(ca.display().to_string());
         }
         if self.shared_topic {
             a.push("--shared-topic".into());

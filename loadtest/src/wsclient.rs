@@ -13,6 +13,87 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
+/// The generator's trust for `wss://`: set once per process by [`trust`].
+static TLS: std::sync::OnceLock<tokio_rustls::TlsConnector> = std::sync::OnceLock::new();
+
+/// Trusts the CA certificates in the PEM file `ca` for `wss://` URLs (the
+/// server is named `localhost`, as the test certificates are).
+///
+/// # Errors
+/// An unreadable file, or one with no certificate.
+pub fn trust(ca: &std::path::Path) -> Result<()> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).with_context(|| format!("{}", ca.display()))? {
+        roots.add(cert.with_context(|| format!("{}", ca.display()))?)?;
+    }
+    if roots.is_empty() {
+        bail!("{} holds no certificate", ca.display());
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let _ = TLS.set(tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)));
+    Ok(())
+}
+
+/// A connection to the server: plain TCP or TLS.
+pub enum Stream {
+    /// `ws://`.
+    Plain(TcpStream),
+    /// `wss://` (boxed: the TLS state is large).
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for Stream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Stream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 /// Where to connect: `ws://host:port/path?query`.
 #[derive(Debug, Clone)]
 pub struct WsUrl {
@@ -24,6 +105,8 @@ pub struct WsUrl {
     pub path: String,
     /// `Sec-WebSocket-Protocol` to ask for, if any.
     pub protocol: Option<&'static str>,
+    /// `wss://`: TLS, trusting the CA given to [`trust`].
+    pub tls: bool,
 }
 
 impl WsUrl {
@@ -32,9 +115,11 @@ impl WsUrl {
     /// # Errors
     /// When the URL is not `ws://ip:port/path`.
     pub fn parse(url: &str) -> Result<WsUrl> {
-        let rest = url
-            .strip_prefix("ws://")
-            .ok_or_else(|| anyhow!("only ws:// URLs: {url}"))?;
+        let (rest, tls) = match (url.strip_prefix("ws://"), url.strip_prefix("wss://")) {
+            (Some(rest), _) => (rest, false),
+            (_, Some(rest)) => (rest, true),
+            _ => bail!("only ws:// and wss:// URLs: {url}"),
+        };
         let (host, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
@@ -48,6 +133,7 @@ impl WsUrl {
             host,
             path: path.to_owned(),
             protocol: None,
+            tls,
         })
     }
 
@@ -85,7 +171,7 @@ pub async fn connect_retrying(
     url: &WsUrl,
     source: Option<SocketAddr>,
     retries: u32,
-) -> Result<(TcpStream, BytesMut, u32)> {
+) -> Result<(Stream, BytesMut, u32)> {
     let mut attempt = 0;
     loop {
         match connect_once(url, source).await {
@@ -120,14 +206,14 @@ fn jitter(n: u64) -> u64 {
 ///
 /// # Errors
 /// Connection failures and non-101 answers.
-pub async fn connect(url: &WsUrl, source: Option<SocketAddr>) -> Result<(TcpStream, BytesMut)> {
+pub async fn connect(url: &WsUrl, source: Option<SocketAddr>) -> Result<(Stream, BytesMut)> {
     connect_once(url, source).await.map_err(|r| r.error)
 }
 
 async fn connect_once(
     url: &WsUrl,
     source: Option<SocketAddr>,
-) -> std::result::Result<(TcpStream, BytesMut), Refused> {
+) -> std::result::Result<(Stream, BytesMut), Refused> {
     let io = |e: std::io::Error| Refused {
         error: e.into(),
         retry_after: None,
@@ -147,11 +233,25 @@ async fn connect_once(
     }
     // A SYN the server's kernel dropped (a full accept queue) is resent for
     // about a minute before connect() gives up: give up sooner, and retry.
-    let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(url.addr))
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(url.addr))
         .await
         .map_err(|_| fail("connect timed out".to_owned()))?
         .map_err(io)?;
     stream.set_nodelay(true).map_err(io)?;
+    let mut stream = if url.tls {
+        let connector = TLS
+            .get()
+            .ok_or_else(|| fail("wss:// needs --tls-ca".to_owned()))?;
+        let name = rustls::pki_types::ServerName::try_from("localhost")
+            .map_err(|e| fail(e.to_string()))?;
+        let tls = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, stream))
+            .await
+            .map_err(|_| fail("TLS handshake timed out".to_owned()))?
+            .map_err(io)?;
+        Stream::Tls(Box::new(tls))
+    } else {
+        Stream::Plain(stream)
+    };
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: bG9hZHRlc3QtaGVyYWxkIQ==\r\n{}\r\n",
         url.path,

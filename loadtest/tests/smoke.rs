@@ -13,7 +13,16 @@ use tokio::sync::broadcast;
 const SECRET: &str = "loadtest-smoke-secret-0123456789";
 
 fn gateway() -> (Proc, SocketAddr, SocketAddr) {
+    gateway_with(&[])
+}
+
+fn fixture(name: &str) -> String {
+    format!("{}/../gateway/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn gateway_with(extra: &[&str]) -> (Proc, SocketAddr, SocketAddr) {
     let mut cmd = bin("herald-gateway");
+    cmd.args(extra);
     cmd.args([
         "--jwt-hs256-secret",
         SECRET,
@@ -206,6 +215,33 @@ fn connect_measures_the_gateway() {
     assert_eq!(r["connections"], 200);
     assert_eq!(r["connect_errors"], 0);
     assert!(r["per_connection"]["rss_bytes"].as_f64().is_some());
+}
+
+/// `wss://` (the TLS row of docs/benchmarks.md): the generator trusts the
+/// test CA given with `--tls-ca`, in every worker process.
+#[test]
+fn connect_measures_a_tls_gateway() {
+    let (cert, key) = (fixture("tls_cert.pem"), fixture("tls_key.pem"));
+    let (p, public, _) = gateway_with(&["--tls-cert-file", &cert, "--tls-key-file", &key]);
+    let r = loadtest(&s(&[
+        "connect",
+        "--secret",
+        SECRET,
+        "--url",
+        &format!("wss://{public}/ws"),
+        "--tls-ca",
+        &fixture("tls_ca.pem"),
+        "--connections",
+        "100",
+        "--duration",
+        "1",
+        "--pid",
+        &p.pid().to_string(),
+        "--processes",
+        "2",
+    ]));
+    assert_eq!(r["connections"], 100);
+    assert_eq!(r["connect_errors"], 0);
 }
 
 #[test]

@@ -27,12 +27,11 @@ use herald_protocol::centrifugo::schema::{Command, ConnectRequest, SubscribeRequ
 use herald_protocol::centrifugo::{self, Wire};
 use herald_protocol::{ClientFrame, ServerFrameHead};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::report::Latency;
 use crate::settings::{Protocol, Scenario, Settings, Target};
-use crate::wsclient::{self, Frame, WsUrl};
+use crate::wsclient::{self, Frame, Stream, WsUrl};
 
 pub use churn::churn;
 pub use connect::connect;
@@ -143,7 +142,7 @@ fn topics_of(s: &Settings, topic: usize) -> Vec<String> {
 /// `wait`) for the confirmation; whatever else arrives meanwhile is
 /// dropped.
 async fn subscribe(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut bytes::BytesMut,
     names: Vec<String>,
     wait: Duration,
@@ -220,7 +219,7 @@ fn centrifugo_hello(s: &Settings, sub: &str) -> Option<(Wire, String)> {
 /// and the answer (at most `wait`). Without `hello` (Herald's protocols)
 /// there is nothing to do.
 async fn centrifugo_connect(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut bytes::BytesMut,
     hello: Option<&(Wire, String)>,
     wait: Duration,
@@ -242,7 +241,7 @@ async fn centrifugo_connect(
 
 /// Reads until the reply to command `id` (true unless it is an error).
 async fn centrifugo_reply(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut bytes::BytesMut,
     wire: Wire,
     id: u32,
@@ -294,6 +293,6 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 }
 
 /// Writes a whole buffer, ignoring errors (the peer may be gone).
-async fn send(stream: &mut TcpStream, bytes: &[u8]) {
+async fn send(stream: &mut Stream, bytes: &[u8]) {
     let _ = stream.write_all(bytes).await;
 }
