@@ -39,7 +39,7 @@ pub struct Node {
     /// Token minting for `/dev/token`; set only in `--dev`.
     pub dev_signer: Option<Signer>,
     /// TLS for the public listener, when `tls.*` is configured.
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub tls: Option<crate::tls::Acceptor>,
     /// Tokens refused at the handshake and in `auth`.
     pub revocations: crate::revocations::Revocations,
     draining: AtomicBool,

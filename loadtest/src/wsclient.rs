@@ -36,7 +36,9 @@ pub fn trust(ca: &std::path::Path) -> Result<()> {
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let _ = TLS.set(tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)));
+    let _ = TLS.set(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        config,
+    )));
     Ok(())
 }
 

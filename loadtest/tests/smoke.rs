@@ -17,7 +17,10 @@ fn gateway() -> (Proc, SocketAddr, SocketAddr) {
 }
 
 fn fixture(name: &str) -> String {
-    format!("{}/../gateway/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+    format!(
+        "{}/../gateway/tests/fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    )
 }
 
 fn gateway_with(extra: &[&str]) -> (Proc, SocketAddr, SocketAddr) {

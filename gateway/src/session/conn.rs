@@ -129,6 +129,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     return Poll::Ready(Step::Close(code));
                 }
                 if self.writing.is_empty() {
+                    // A TLS stream may hold ciphertext its socket did not
+                    // take yet: pushed out now that nothing else is queued
+                    // (plain TCP has none: ready at once).
+                    if let Poll::Ready(Err(_)) = Pin::new(&mut self.io).poll_flush(cx) {
+                        return Poll::Ready(Step::Gone);
+                    }
                     break;
                 }
             }

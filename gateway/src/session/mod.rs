@@ -609,9 +609,6 @@ mod footprint {
             tcp <= 928,
             "the plain TCP session future grew to {tcp} bytes"
         );
-        assert!(
-            generic <= 960,
-            "the session future grew to {generic} bytes"
-        );
+        assert!(generic <= 960, "the session future grew to {generic} bytes");
     }
 }

@@ -17,6 +17,7 @@ pub mod handshake;
 
 use std::sync::Arc;
 
+use crate::tls::TlsStream;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -28,7 +29,6 @@ use herald_protocol::ErrorCode;
 use hyper_util::rt::TokioIo;
 use std::future::Future;
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
 use tracing::debug;
 
 use crate::node::Node;

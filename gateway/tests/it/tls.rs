@@ -161,3 +161,33 @@ async fn refusals_and_plain_clients() {
     // The admin listener stays plain HTTP.
     assert_eq!(http(gw.admin, "GET", "/healthz", None, None).await.0, 200);
 }
+
+/// Events larger than a TLS record, many at once: each reaches a wss
+/// subscriber whole and in order (records split and gathered by the
+/// gateway's own TLS stream), and the client's own large frame is read.
+#[tokio::test]
+async fn large_events_over_wss_arrive_whole_and_in_order() {
+    let gw = tls_gateway().await;
+    let mut ws = wss_client(&gw).await;
+    let text = |m: Message| serde_json::from_str::<Value>(m.to_text().unwrap()).unwrap();
+    assert_eq!(text(ws.next().await.unwrap().unwrap())["type"], "welcome");
+    // A 40 KB request: its frame spans three records.
+    let padding = "p".repeat(40_000);
+    ws.send(Message::text(
+        json!({"type": "subscribe", "ref": padding.clone(), "topics": ["news"]}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let subscribed = text(ws.next().await.unwrap().unwrap());
+    assert_eq!(subscribed["type"], "subscribed");
+    assert_eq!(subscribed["ref"].as_str().map(str::len), Some(40_000));
+    for i in 0..30 {
+        gw.publish("news", json!({"i": i, "pad": "x".repeat(50_000)}))
+            .await;
+    }
+    for i in 0..30 {
+        let event = text(ws.next().await.unwrap().unwrap());
+        assert_eq!(event["data"]["i"], i);
+        assert_eq!(event["data"]["pad"].as_str().map(str::len), Some(50_000));
+    }
+}

@@ -2,14 +2,18 @@
 //!
 //! Certificates are read once at start-up; a bad file stops the node with an
 //! error naming the setting. The admin listener never speaks TLS: keep it on
-//! an internal network.
+//! an internal network. Connections are served by [`stream::TlsStream`],
+//! which keeps no buffer while a connection is idle.
+
+mod stream;
+
+pub use stream::{Acceptor, TlsStream};
 
 use std::path::Path;
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::TlsAcceptor;
 
 use crate::auth::KeyError;
 
@@ -18,7 +22,7 @@ use crate::auth::KeyError;
 ///
 /// # Errors
 /// A [`KeyError`] naming `tls.cert_file` or `tls.key_file`.
-pub fn acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, KeyError> {
+pub fn acceptor(cert_file: &Path, key_file: &Path) -> Result<Acceptor, KeyError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
         .and_then(|it| it.collect::<Result<_, _>>())
         .map_err(|e| KeyError {
@@ -49,5 +53,5 @@ pub fn acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, KeyErr
             message: format!("does not match the certificate: {e}"),
         })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok(Acceptor::new(Arc::new(config)))
 }
