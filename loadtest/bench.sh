@@ -37,7 +37,7 @@ OUT=${OUT:-target/bench}
 QUICK=${QUICK:-}
 IDLE=${IDLE:-19000}
 SUBS=${SUBS:-10000}
-HOLD=${HOLD:-30}
+HOLD=${HOLD:-50}
 DUR=${DUR:-10}
 # Issue 14's latency rows: "subscribers events/s" pairs, one topic.
 LAT_ROWS=${LAT_ROWS:-"5000 10,100 1000"}
@@ -73,6 +73,19 @@ wss.on('connection', (ws) => {
     }
   });
 });
+// HEARTBEAT_MS: the ws README's heartbeat (ping every interval, terminate a
+// client that did not answer the last one), for the idle CPU row.
+const beat = Number(process.env.HEARTBEAT_MS || 0);
+if (beat > 0) {
+  wss.on('connection', (ws) => { ws.isAlive = true; ws.on('pong', () => { ws.isAlive = true; }); });
+  setInterval(() => {
+    for (const ws of wss.clients) {
+      if (!ws.isAlive) { ws.terminate(); continue; }
+      ws.isAlive = false;
+      ws.ping();
+    }
+  }, beat);
+}
 JS
 NODE_VERSION=$(node --version); WS_VERSION=$(node -e "console.log(require('$NODEWS/node_modules/ws/package.json').version)")
 
@@ -83,9 +96,9 @@ start_herald() { # $1 = extra flags; sets HP (pid), HPUB, HADM
     --listen "127.0.0.1:$HPUB" --admin-listen "127.0.0.1:$HADM" --log-level warn $1 &
   HP=$!; pids+=("$HP"); wait_http "http://127.0.0.1:$HADM/readyz"
 }
-start_node() { # sets NP, NPORT
+start_node() { # $1 = heartbeat ms (optional); sets NP, NPORT
   NPORT=$(free_port)
-  node "$NODEWS/server.js" "$NPORT" & NP=$!; pids+=("$NP")
+  HEARTBEAT_MS=${1:-0} node "$NODEWS/server.js" "$NPORT" & NP=$!; pids+=("$NP")
   for _ in $(seq 1 50); do (echo > "/dev/tcp/127.0.0.1/$NPORT") 2>/dev/null && return 0; sleep 0.1; done
 }
 lt() { # $1 = name, rest = loadtest args
@@ -112,8 +125,14 @@ for row in "${lat_rows[@]}"; do
   stop "$NP"
 done
 
-# 1. Idle connections: memory and CPU per connection.
+# 1. Idle connections: memory and CPU per connection. The hold is two
+#    heartbeats (50 s at the default 25 s), so the CPU is the steady state:
+#    each connection is pinged twice in it. Node twice: as a bare broadcast
+#    server (no heartbeat) and with the ws README's heartbeat at 25 s, the
+#    same work as Herald's. Then Herald over wss:// (the test certificate),
+#    opened at 1,000/s (TLS handshakes).
 if want idle; then
+TLS_FIX=gateway/tests/fixtures
 start_herald ""
 lt idle-herald connect --secret "$SECRET" --url "ws://127.0.0.1:$HPUB/ws" --connections "$IDLE" \
   --rate 3000 --duration "$HOLD" --processes 2 --sources 4 --pid "$HP"
@@ -122,6 +141,14 @@ start_node
 lt idle-node connect --target raw --url "ws://127.0.0.1:$NPORT/" --connections "$IDLE" \
   --rate 3000 --duration "$HOLD" --processes 2 --sources 4 --pid "$NP"
 stop "$NP"
+start_node 25000
+lt idle-node-beat connect --target raw --url "ws://127.0.0.1:$NPORT/" --connections "$IDLE" \
+  --rate 3000 --duration "$HOLD" --processes 2 --sources 4 --pid "$NP"
+stop "$NP"
+start_herald "--tls-cert-file $TLS_FIX/tls_cert.pem --tls-key-file $TLS_FIX/tls_key.pem"
+lt idle-herald-wss connect --secret "$SECRET" --url "wss://127.0.0.1:$HPUB/ws" --tls-ca "$TLS_FIX/tls_ca.pem" \
+  --connections "$IDLE" --rate 1000 --duration "$HOLD" --processes 2 --sources 4 --pid "$HP"
+stop "$HP"
 fi
 
 # 2. Broadcast fan-out: one topic, $SUBS subscribers, 100-byte events,
@@ -246,7 +273,14 @@ if has("idle-herald"):
     ih, inode = r("idle-herald"), r("idle-node")
     ph, pn = ih["per_connection"], inode["per_connection"]
     rows.append(("idle RSS per connection (bytes)", f"{ph['rss_bytes']:.0f}", f"{pn['rss_bytes']:.0f}", f"{pn['rss_bytes']/max(ph['rss_bytes'],1):.1f}x less"))
-    rows.append(("idle CPU per connection (µs/s)", f"{ph['cpu_us_per_second']:.3f}", f"{pn['cpu_us_per_second']:.3f}", ""))
+    rows.append(("idle CPU per connection (µs/s), Node without a heartbeat", f"{ph['cpu_us_per_second']:.3f}", f"{pn['cpu_us_per_second']:.3f}", ""))
+    if has("idle-node-beat"):
+        pb = r("idle-node-beat")["per_connection"]
+        rows.append(("idle CPU per connection (µs/s), both pinging every 25 s", f"{ph['cpu_us_per_second']:.3f}", f"{pb['cpu_us_per_second']:.3f}", f"{pb['cpu_us_per_second']/max(ph['cpu_us_per_second'],1e-9):.2f}x less"))
+    if has("idle-herald-wss"):
+        w = r("idle-herald-wss")
+        pw = w["per_connection"]
+        rows.append(("wss:// idle RSS per connection (bytes), CPU (µs/s), failed", f"{pw['rss_bytes']:.0f}, {pw['cpu_us_per_second']:.3f}, {w['connect_errors']}", "", f"{pw['rss_bytes']/max(ph['rss_bytes'],1):.2f}x ws://"))
 if has("fanout-herald"):
     fh = r("fanout-herald")
     fn = r("fanout-node") if has("fanout-node") else {"deliveries_per_second": 0, "delivery": {"lost": "n/a"}, "latency": {"p99_us": 0}}

@@ -443,6 +443,16 @@ impl Outbox {
         true
     }
 
+    /// Frees the queue's memory when nothing is queued, so an idle
+    /// connection keeps none (the session calls it after its client's
+    /// messages, at least once per heartbeat; never on the delivery path).
+    pub fn trim(&self) {
+        let mut s = self.lock();
+        if s.queue.is_empty() && s.queue.capacity() > 0 {
+            s.queue = VecDeque::new();
+        }
+    }
+
     /// The pending close request, if any.
     pub fn close_requested(&self) -> Option<CloseCode> {
         self.lock().close

@@ -89,6 +89,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
+    /// Frees the inbox and the write queue when they are empty: what a
+    /// pong (or any message) and the last write left allocated.
+    pub fn release_idle(&mut self) {
+        self.inbox = VecDeque::new();
+        if self.writing.is_empty() {
+            self.writing = VecDeque::new();
+        }
+    }
+
     /// Decodes bytes that arrived with the upgrade request.
     ///
     /// # Errors

@@ -446,9 +446,11 @@ impl Session {
                 (Message::Close(code), _) => return Some(End::PeerClosed(code)),
             }
         }
-        // An idle connection keeps no inbox: the one a heartbeat's pong
-        // allocated (about 180 bytes) is freed until the next message.
-        conn.inbox = std::collections::VecDeque::new();
+        // An idle connection keeps no queue: what the pong (or any
+        // message) and the last writes allocated, about 180 bytes each, is
+        // freed until needed. Once per message batch, never per delivery.
+        conn.release_idle();
+        self.outbox.trim();
         None
     }
 
