@@ -14,6 +14,9 @@
 #   MILLION=1 loadtest/scale.sh          # 53 nodes, 1,000,000 connections, 60 s idle
 #                                        # window before the broadcast (issue 27)
 #
+# GATEWAY_FLAGS="..." adds flags to every node (for example a longer
+# heartbeat: "--heartbeat-interval 60s --heartbeat-timeout 150s").
+#
 # IDLE_SECONDS=n waits n seconds with every connection open before the
 # broadcast and reports the gateways' CPU per connection over that window;
 # the kernel's TCP socket counts and memory (/proc/net/sockstat) are
@@ -26,6 +29,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SMOKE=${SMOKE:-}
+GATEWAY_FLAGS=${GATEWAY_FLAGS:-}
 MILLION=${MILLION:-}
 IDLE_SECONDS=${IDLE_SECONDS:-0}
 NODES=${NODES:-10}
@@ -89,10 +93,11 @@ urls=() admins=() gpids=()
 for n in $(seq 1 "$NODES"); do
   P=$(free_port)
   A=$(free_port)
+  # shellcheck disable=SC2086 # GATEWAY_FLAGS is a list of words
   TOKIO_WORKER_THREADS=$THREADS "$BIN/herald-gateway" --redis-url "redis://127.0.0.1:$RP" --node-id "n$n" \
     --listen "127.0.0.1:$P" --admin-listen "127.0.0.1:$A" \
     --jwt-hs256-secret "$SECRET" --admin-api-keys "$KEY" \
-    --limits-max-connections "$((PER_NODE + 500))" --log-level warn >"$OUT/n$n.log" 2>&1 &
+    --limits-max-connections "$((PER_NODE + 500))" --log-level warn $GATEWAY_FLAGS >"$OUT/n$n.log" 2>&1 &
   pids+=($!)
   gpids+=($!)
   urls+=("ws://127.0.0.1:$P/ws")

@@ -50,6 +50,27 @@ pub enum Stream {
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
+/// The read and write halves of `stream`: Tokio's owned halves for plain
+/// TCP (no lock between them, as the publisher always had), a shared TLS
+/// stream's halves otherwise.
+pub fn split(
+    stream: Stream,
+) -> (
+    Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+    Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+) {
+    match stream {
+        Stream::Plain(tcp) => {
+            let (rd, wr) = tcp.into_split();
+            (Box::new(rd), Box::new(wr))
+        }
+        tls => {
+            let (rd, wr) = tokio::io::split(tls);
+            (Box::new(rd), Box::new(wr))
+        }
+    }
+}
+
 impl tokio::io::AsyncRead for Stream {
     fn poll_read(
         self: std::pin::Pin<&mut Self>,

@@ -197,27 +197,24 @@ fn fanout_over_worker_processes_merges() {
     assert_eq!(r["delivery"]["expected"], r["delivery"]["received"]);
 }
 
+/// `connect` against `p` at `url` (with `extra` arguments): every one of
+/// `n` connections opened and measured.
+fn connect_all(p: &Proc, url: &str, n: u32, extra: &[&str]) {
+    let mut args = s(&["connect", "--secret", SECRET, "--url", url]);
+    args.extend(s(extra));
+    let (n_text, pid) = (n.to_string(), p.pid().to_string());
+    args.extend(s(&["--connections", &n_text, "--duration", "1"]));
+    args.extend(s(&["--pid", &pid, "--processes", "2"]));
+    let r = loadtest(&args);
+    assert_eq!(r["connections"], n);
+    assert_eq!(r["connect_errors"], 0);
+    assert!(r["per_connection"]["rss_bytes"].as_f64().is_some());
+}
+
 #[test]
 fn connect_measures_the_gateway() {
     let (p, public, _) = gateway();
-    let r = loadtest(&s(&[
-        "connect",
-        "--secret",
-        SECRET,
-        "--url",
-        &format!("ws://{public}/ws"),
-        "--connections",
-        "200",
-        "--duration",
-        "1",
-        "--pid",
-        &p.pid().to_string(),
-        "--processes",
-        "2",
-    ]));
-    assert_eq!(r["connections"], 200);
-    assert_eq!(r["connect_errors"], 0);
-    assert!(r["per_connection"]["rss_bytes"].as_f64().is_some());
+    connect_all(&p, &format!("ws://{public}/ws"), 200, &[]);
 }
 
 /// `wss://` (the TLS row of docs/benchmarks.md): the generator trusts the
@@ -226,25 +223,8 @@ fn connect_measures_the_gateway() {
 fn connect_measures_a_tls_gateway() {
     let (cert, key) = (fixture("tls_cert.pem"), fixture("tls_key.pem"));
     let (p, public, _) = gateway_with(&["--tls-cert-file", &cert, "--tls-key-file", &key]);
-    let r = loadtest(&s(&[
-        "connect",
-        "--secret",
-        SECRET,
-        "--url",
-        &format!("wss://{public}/ws"),
-        "--tls-ca",
-        &fixture("tls_ca.pem"),
-        "--connections",
-        "100",
-        "--duration",
-        "1",
-        "--pid",
-        &p.pid().to_string(),
-        "--processes",
-        "2",
-    ]));
-    assert_eq!(r["connections"], 100);
-    assert_eq!(r["connect_errors"], 0);
+    let ca = fixture("tls_ca.pem");
+    connect_all(&p, &format!("wss://{public}/ws"), 100, &["--tls-ca", &ca]);
 }
 
 #[test]

@@ -108,19 +108,7 @@ async fn wss_pings_keep_answering_clients_and_close_silent_ones() {
 #[tokio::test]
 async fn wss_carries_the_protocol() {
     let gw = tls_gateway().await;
-    let tcp = tokio::net::TcpStream::connect(gw.public).await.unwrap();
-    let tls = connector()
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .expect("tls handshake");
-    let url = format!(
-        "wss://localhost:{}/ws?token={}",
-        gw.public.port(),
-        token("alice", &["news"], &[])
-    );
-    let (mut ws, _) = tokio_tungstenite::client_async(url, tls)
-        .await
-        .expect("websocket handshake over tls");
+    let mut ws = wss_client(&gw).await;
     let text = |m: Message| serde_json::from_str::<Value>(m.to_text().unwrap()).unwrap();
     assert_eq!(text(ws.next().await.unwrap().unwrap())["type"], "welcome");
     ws.send(Message::text(

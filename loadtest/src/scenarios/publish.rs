@@ -120,7 +120,7 @@ async fn publisher(
     enum Out {
         Admin(Admin),
         Ws(
-            tokio::io::WriteHalf<wsclient::Stream>,
+            Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
             tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
         ),
     }
@@ -140,7 +140,7 @@ async fn publisher(
                 .context("publisher connection")?;
             // Drain whatever the server sends back (replies, broadcast
             // copies); pongs for its pings go out with the next write.
-            let (mut rd, wr) = tokio::io::split(stream);
+            let (mut rd, wr) = wsclient::split(stream);
             let (pong_tx, pong_rx) = tokio::sync::mpsc::unbounded_channel();
             let (pending, acked) = (pending.clone(), acked.clone());
             tokio::spawn(async move {

@@ -52,8 +52,9 @@ impl<L> Share<L> {
         for i in 0..s.processes() {
             workers.push(Worker::spawn(s, i)?);
         }
+        let deadline = tokio::time::Instant::now() + ready_within(s);
         for w in &mut workers {
-            w.wait_ready(live).await?;
+            w.wait_ready(live, deadline).await?;
         }
         Ok(Share::Workers(workers))
     }
@@ -123,8 +124,12 @@ impl Worker {
         })
     }
 
-    pub(super) async fn wait_ready(&mut self, live: &Live) -> Result<()> {
-        match tokio::time::timeout(Duration::from_secs(300), self.lines.next_line()).await {
+    pub(super) async fn wait_ready(
+        &mut self,
+        live: &Live,
+        deadline: tokio::time::Instant,
+    ) -> Result<()> {
+        match tokio::time::timeout_at(deadline, self.lines.next_line()).await {
             Ok(Ok(Some(line))) if line.starts_with("READY") => {
                 let n: u64 = line.trim_start_matches("READY").trim().parse().unwrap_or(0);
                 live.connected.fetch_add(n, Relaxed);
@@ -162,4 +167,21 @@ async fn read_stop() -> Result<String> {
         .unwrap_or("")
         .trim()
         .to_owned())
+}
+
+/// How long the workers may take to open their shares: the time the
+/// connect rate needs for all the connections, half again for a busy
+/// machine, plus five minutes (a million connections at 2,000/s take
+/// 500 s to open: a fixed deadline cut such a run short).
+fn ready_within(s: &Settings) -> Duration {
+    let rate = match s.scenario {
+        crate::settings::Scenario::Fanout => s.connect_rate(),
+        _ => s.rate(),
+    };
+    let opening = if rate == 0 {
+        0.0
+    } else {
+        s.connections as f64 / rate as f64
+    };
+    Duration::from_secs_f64(opening * 1.5) + Duration::from_secs(300)
 }
