@@ -11,8 +11,9 @@
 #   loadtest/scale.sh                    # 10 nodes, 190,000 connections at 4,000/s
 #   SMOKE=1 loadtest/scale.sh            # 3 nodes, 3,000 connections, debug build (CI)
 #   NODES=4 CONNECTIONS=60000 loadtest/scale.sh
-#   MILLION=1 loadtest/scale.sh          # 53 nodes, 1,000,000 connections, 60 s idle
-#                                        # window before the broadcast (issue 27)
+#   MILLION=1 loadtest/scale.sh          # 53 nodes, 1,000,000 connections at 2,000/s,
+#                                        # 60 s idle window before the broadcast,
+#                                        # subscribers wait up to 180 s for it (issue 27)
 #
 # GATEWAY_FLAGS="..." adds flags to every node (for example a longer
 # heartbeat: "--heartbeat-interval 60s --heartbeat-timeout 150s").
@@ -42,7 +43,7 @@ PROFILE=release
 # processes on a few cores, one each beats many threads switching.
 THREADS=${THREADS:-1}
 if [ -n "$MILLION" ]; then
-  NODES=53 CONNECTIONS=1000000 CONNECT_RATE=${CONNECT_RATE_MILLION:-5000} IDLE_SECONDS=60
+  NODES=53 CONNECTIONS=1000000 CONNECT_RATE=${CONNECT_RATE_MILLION:-2000} IDLE_SECONDS=60 GRACE=${GRACE:-180}
 fi
 if [ -n "$SMOKE" ]; then
   NODES=3 CONNECTIONS=3000 CONNECT_RATE=1500 BROADCAST_SECONDS=3 PROFILE=debug
@@ -128,7 +129,7 @@ TOKIO_WORKER_THREADS=$THREADS "$BIN/herald-loadtest" fanout --quiet --connection
   --connect-rate "$CONNECT_RATE" --retries 8 --processes "$PROCESSES" --sources "$SOURCES" \
   --port-base "$PORT_BASE" \
   --rate "$EVENTS_PER_SECOND" --batch 1 --duration "$BROADCAST_SECONDS" --last-recipient \
-  --idle-before "$IDLE_SECONDS" \
+  --idle-before "$IDLE_SECONDS" --grace "${GRACE:-10}" \
   --url "$(IFS=,; echo "${urls[*]}")" --admin "$(IFS=,; echo "${admins[*]}")" \
   --admin-key "$KEY" --secret "$SECRET" --pid "$(IFS=,; echo "${gpids[*]}")" \
   --out "$OUT" | tee "$OUT/loadtest.txt"

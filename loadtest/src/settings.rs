@@ -220,6 +220,12 @@ pub struct Settings {
     /// connection over that idle window.
     #[arg(long, default_value_t = 0.0)]
     pub idle_before: f64,
+    /// Fanout: once publishing has ended, how long a subscriber still
+    /// waits for the events it has not received before it counts them
+    /// lost (a machine holding a million connections needs more than the
+    /// default).
+    #[arg(long, default_value_t = 10.0)]
+    pub grace: f64,
     /// Write report.json, report.md and report.svg there.
     #[arg(long)]
     pub out: Option<String>,
@@ -380,6 +386,8 @@ impl Settings {
         if self.per_user {
             a.push("--per-user".into());
         }
+        a.push("--grace".into());
+        a.push(self.grace.to_string());
         if let Some(ca) = &self.tls_ca {
             a.push("--tls-ca".into());
             a.push(ca.display().to_string());

@@ -60,6 +60,7 @@ async fn subscribe_share(s: &Settings, live: Arc<Live>, stop: Stop) -> Shared {
     let protobuf = protocol == crate::settings::Protocol::CentrifugoProtobuf;
     let keep_each = s.last_recipient;
     let retries = s.retries;
+    let grace_for = Duration::from_secs_f64(s.grace.max(0.0));
     let topics = if herald { s.topics as usize } else { 1 };
     let start = Instant::now();
     // This process's share of --connect-rate (0: as fast as possible).
@@ -113,8 +114,7 @@ async fn subscribe_share(s: &Settings, live: Arc<Live>, stop: Stop) -> Shared {
                     if tracker.unique >= published[topic] {
                         break;
                     }
-                    let until = *grace_until
-                        .get_or_insert_with(|| Instant::now() + Duration::from_secs(10));
+                    let until = *grace_until.get_or_insert_with(|| Instant::now() + grace_for);
                     if Instant::now() > until {
                         break;
                     }
