@@ -273,6 +273,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
                 },
                 ConnectionState::EncodeTlsData(mut e) => encode(&mut e, &mut self.pending_out)?,
                 ConnectionState::TransmitTlsData(t) => t.done(),
+                // Records decrypted and not read yet (the peer's first
+                // records arrive with its last handshake flight): kept for
+                // the next read, so the write can go on.
+                ConnectionState::ReadTraffic(mut records) => {
+                    while let Some(record) = records.next_record() {
+                        self.plain
+                            .extend_from_slice(record.map_err(tls_error)?.payload);
+                    }
+                }
                 ConnectionState::PeerClosed | ConnectionState::Closed => {
                     return Err(io::ErrorKind::BrokenPipe.into());
                 }
@@ -553,6 +562,21 @@ mod tests {
         assert_eq!(server.pending_in.capacity(), 0);
         assert_eq!(server.plain.capacity(), 0);
         assert_eq!(server.pending_out.capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_write_before_reading_keeps_what_arrived() {
+        let (mut server, mut client) = pair(64 * 1024).await;
+        client.write_all(b"hello").await.unwrap();
+        client.flush().await.unwrap();
+        tokio::task::yield_now().await;
+        server.write_all(b"world").await.unwrap();
+        server.flush().await.unwrap();
+        let mut buf = [0u8; 16];
+        let n = client.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"world");
+        let n = server.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"hello");
     }
 
     #[tokio::test]
