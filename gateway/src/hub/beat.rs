@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use herald_core::Metrics;
+use herald_core::metrics::DropReason;
 use herald_protocol::CloseCode;
 use herald_protocol::centrifugo::{self as compat, Wire};
 use tracing::Instrument;
@@ -235,7 +236,12 @@ impl Beat {
             };
             writes.push(outbox, ping);
         }
-        writes.finish();
+        // A ping that overflows a stuck client's queue closes it with 4004,
+        // discarding its queued events: counted like the fan-out's.
+        let overflowed = writes.finish();
+        if overflowed > 0 {
+            self.metrics.dropped(DropReason::SlowConsumer, overflowed);
+        }
         due.clear();
     }
 }
