@@ -327,6 +327,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
         let before = buf.filled().len();
         INCOMING.with_borrow_mut(|incoming| {
             let mut used = this.pending_in.len();
+            if used + MAX_RECORD > incoming.len() {
+                // What the handshake's larger buffer left (rare): room
+                // for it and one more record.
+                incoming.resize(used + MAX_RECORD, 0);
+            }
             incoming[..used].copy_from_slice(&this.pending_in);
             this.pending_in = Vec::new();
             let result = loop {
