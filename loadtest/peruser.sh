@@ -7,11 +7,13 @@
 #   2. traffic: the same shape, EVENTS events/s to the users in turn:
 #      publish -> deliver p50/p99, lost.
 # On NODES gateway nodes (1: memory broker; more: one Redis and
-# herald-admin). A process holds at most 20,000 files here: one node holds
-# at most ~19,000 connections, so N is spread over the nodes.
+# herald-admin; REDIS_CLUSTER=1: a 3-master Redis Cluster and sharded
+# pub/sub, on any NODES). A process holds at most 20,000 files here: one
+# node holds at most ~19,000 connections, so N is spread over the nodes.
 #
 #   NODES=1 N=19000 loadtest/peruser.sh
 #   NODES=3 N=57000 loadtest/peruser.sh
+#   REDIS_CLUSTER=1 NODES=3 N=57000 loadtest/peruser.sh
 #   SKIP_BUILD=1 ...     # use the release binaries already built
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,14 +28,47 @@ rm -rf "$OUT"; mkdir -p "$OUT"
 pids=()
 trap 'for p in "${pids[@]:-}"; do kill "$p" 2>/dev/null || true; done' EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# A port under 55536 whose cluster bus port (+10000) is free too.
+bus_port() { python3 -c '
+import socket
+while True:
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]
+    if p < 55536:
+        try: socket.socket().bind(("127.0.0.1", p + 10000)); print(p); break
+        except OSError: pass
+'; }
 wait_http() { for _ in $(seq 1 100); do curl -fs "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; return 1; }
 
-start() { # a fresh cluster: sets URLS, ADMIN, PIDS, RPORT
-  URLS=""; PIDS=""; RPORT=""; local extra=""
-  if [ "$NODES" -gt 1 ]; then
-    RPORT=$(free_port)
-    redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no >/dev/null & pids+=("$!")
-    for _ in $(seq 1 50); do redis-cli -p "$RPORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+redis() { # port, extra args...: a redis-server, answering PING
+  local port=$1; shift
+  mkdir -p "$OUT/redis-$port"
+  redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$OUT/redis-$port" "$@" >/dev/null & pids+=("$!")
+  for _ in $(seq 1 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && return 0; sleep 0.1; done
+  return 1
+}
+# The pub/sub channels Redis holds: sharded ones summed over the masters.
+channels() {
+  if [ -n "${REDIS_CLUSTER:-}" ]; then
+    local n=0 p; for p in $RPORTS; do n=$(( n + $(redis-cli -p "$p" pubsub shardchannels | wc -l) )); done; echo "$n"
+  else redis-cli -p "$RPORT" pubsub channels | wc -l; fi
+}
+start() { # a fresh cluster: sets URLS, ADMIN, PIDS, RPORT (RPORTS)
+  URLS=""; PIDS=""; RPORT=""; RPORTS=""; local extra=""
+  if [ -n "${REDIS_CLUSTER:-}" ]; then
+    local p addrs=""
+    for _ in 1 2 3; do
+      p=$(bus_port); redis "$p" --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000
+      RPORTS="$RPORTS $p"; addrs="$addrs 127.0.0.1:$p"; extra="${extra:+$extra,}redis://127.0.0.1:$p"
+    done
+    # shellcheck disable=SC2086
+    timeout 60 redis-cli --cluster create $addrs --cluster-replicas 0 --cluster-yes >/dev/null
+    for p in $RPORTS; do
+      for _ in $(seq 1 100); do redis-cli -p "$p" cluster info | grep -q cluster_state:ok && break; sleep 0.1; done
+    done
+    RPORT=${RPORTS# }; RPORT=${RPORT%% *}
+    extra="--redis-url $extra --redis-cluster"
+  elif [ "$NODES" -gt 1 ]; then
+    RPORT=$(free_port); redis "$RPORT"
     extra="--redis-url redis://127.0.0.1:$RPORT"
   fi
   for i in $(seq 1 "$NODES"); do
@@ -44,9 +79,10 @@ start() { # a fresh cluster: sets URLS, ADMIN, PIDS, RPORT
     PIDS="${PIDS:+$PIDS,}$!"; URLS="${URLS:+$URLS,}ws://127.0.0.1:$p/ws"; ADMIN=${ADMIN:-http://127.0.0.1:$a}
     wait_http "http://127.0.0.1:$a/readyz"
   done
-  if [ "$NODES" -gt 1 ]; then
+  if [ -n "$RPORT" ]; then
     local ap; ap=$(free_port)
-    $B/herald-admin --redis-url "redis://127.0.0.1:$RPORT" --admin-api-keys "$KEY" --admin-listen "127.0.0.1:$ap" --log-level warn & pids+=("$!")
+    # shellcheck disable=SC2086
+    $B/herald-admin $extra --admin-api-keys "$KEY" --admin-listen "127.0.0.1:$ap" --log-level warn & pids+=("$!")
     ADMIN=http://127.0.0.1:$ap; wait_http "$ADMIN/readyz"
   fi
 }
@@ -60,7 +96,7 @@ procs=$(( (N + 9499) / 9500 ))
 start
 if [ -n "$RPORT" ]; then
   ( sleep $(( N / RATE + HOLD / 2 ))
-    echo "redis pub/sub channels while held: $(redis-cli -p "$RPORT" pubsub channels | wc -l)" > "$OUT/redis.txt" ) &
+    echo "redis pub/sub channels while held: $(channels)" > "$OUT/redis.txt" ) &
   counter=$!
 fi
 $B/herald-loadtest connect --secret "$SECRET" --url "$URLS" --connections "$N" --rate "$RATE" --duration "$HOLD" \
