@@ -90,7 +90,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     /// Frees the inbox and the write queue when they are empty: what a
-    /// pong (or any message) and the last write left allocated.
+    /// message and the last write left allocated (a pong allocates
+    /// nothing: the decoder only notes it).
     pub fn release_idle(&mut self) {
         self.inbox = VecDeque::new();
         if self.writing.is_empty() {
@@ -203,6 +204,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 }
                 Err(code) => ReadOutcome::Failed(code),
                 Ok(()) if self.inbox.len() > before => ReadOutcome::Decoded,
+                // A pong alone: the client was seen, the inbox stays empty.
+                Ok(()) if self.decoder.take_pong() => ReadOutcome::Decoded,
                 Ok(()) => ReadOutcome::Partial,
             })
         })

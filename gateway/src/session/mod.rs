@@ -442,13 +442,13 @@ impl Session {
                     return Some(End::Close(CloseCode::UnsupportedData));
                 }
                 (Message::Ping(payload), _) => self.push(codec::pong_frame(&payload)),
-                (Message::Pong, _) => {}
                 (Message::Close(code), _) => return Some(End::PeerClosed(code)),
             }
         }
-        // An idle connection keeps no queue: what the pong (or any
-        // message) and the last writes allocated, about 180 bytes each, is
-        // freed until needed. Once per message batch, never per delivery.
+        // An idle connection keeps no queue: what a message and the last
+        // writes allocated, about 180 bytes each, is freed until needed.
+        // Once per message batch, never per delivery; a pong alone left
+        // nothing to free.
         conn.release_idle();
         self.outbox.trim();
         None

@@ -43,8 +43,6 @@ pub enum Message {
     Binary(Bytes),
     /// A ping with its payload, to be answered with a pong.
     Ping(Bytes),
-    /// A pong.
-    Pong,
     /// The client's close, with its code if it sent one.
     Close(Option<u16>),
 }
@@ -63,6 +61,11 @@ pub struct Decoder {
     max_message: usize,
     allow_binary: bool,
     deflate: bool,
+    /// A pong arrived since [`Decoder::take_pong`] last asked. Pongs are
+    /// noted here rather than queued: they are an idle connection's only
+    /// frames, and a queue allocated and freed for each one cost more than
+    /// the rest of its handling (docs/benchmarks.md, issue 27).
+    pong: bool,
     fragments: Option<Fragmented>,
 }
 
@@ -77,6 +80,7 @@ impl Decoder {
             max_message,
             allow_binary,
             deflate: false,
+            pong: false,
             fragments: None,
         }
     }
@@ -103,6 +107,12 @@ impl Decoder {
         } else {
             Ok(Message::Binary(Bytes::from(data)))
         }
+    }
+
+    /// Whether a pong arrived since the last call: the client is alive,
+    /// and there is nothing to answer.
+    pub fn take_pong(&mut self) -> bool {
+        std::mem::take(&mut self.pong)
     }
 
     /// Bytes held for an unfinished fragmented message.
@@ -224,7 +234,7 @@ impl Decoder {
 
         match opcode {
             OP_PING => out.push_back(Message::Ping(unmask_to_bytes(payload, mask))),
-            OP_PONG => out.push_back(Message::Pong),
+            OP_PONG => self.pong = true,
             OP_CLOSE => out.push_back(Message::Close(close_code(&unmask_to_vec(payload, mask))?)),
             OP_TEXT | OP_BINARY if fin => {
                 out.push_back(self.finish(
@@ -622,6 +632,26 @@ mod tests {
                 Message::Text(Bytes::from_static(b"hello you"))
             ]
         );
+    }
+
+    /// A pong is noted, not queued (an idle connection's pong allocates
+    /// nothing), and it may come between a message's fragments.
+    #[test]
+    fn pongs_are_noted_not_queued() {
+        let mut d = Decoder::new(1024, false);
+        let pong = client_frame(true, OP_PONG, b"", MASK);
+        let (n, msgs) = decode_all(&mut d, &pong).unwrap();
+        assert_eq!((n, msgs.len()), (pong.len(), 0));
+        assert!(d.take_pong());
+        assert!(!d.take_pong(), "taken once");
+
+        let mut input = client_frame(false, OP_TEXT, b"hel", MASK);
+        input.extend(client_frame(true, OP_PONG, b"any payload", MASK));
+        input.extend(client_frame(true, OP_CONTINUATION, b"lo", MASK));
+        let (n, msgs) = decode_all(&mut d, &input).unwrap();
+        assert_eq!(n, input.len());
+        assert_eq!(msgs, vec![Message::Text(Bytes::from_static(b"hello"))]);
+        assert!(d.take_pong());
     }
 
     #[test]

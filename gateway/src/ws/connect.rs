@@ -244,7 +244,7 @@ impl ConnectJob {
                         return Ok(Some(text.into_bytes()));
                     }
                     // A ping before connecting is let pass; nothing is sent.
-                    (Some(Message::Ping(_) | Message::Pong), Some(used)) => buf.advance(used),
+                    (Some(Message::Ping(_)), Some(used)) => buf.advance(used),
                     (Some(Message::Close(_)), _) => return Ok(None),
                     (Some(_), _) => {
                         return Err(unauthorized("the first frame is not a connect frame"));

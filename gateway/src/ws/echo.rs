@@ -67,7 +67,6 @@ where
                             Message::Ping(p) => {
                                 let _ = outbox.push_reply(codec::pong_frame(&p));
                             }
-                            Message::Pong => {}
                             Message::Close(code) => {
                                 closed = Some(code);
                                 break;
