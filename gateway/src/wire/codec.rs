@@ -63,8 +63,8 @@ pub struct Decoder {
     deflate: bool,
     /// A pong arrived since [`Decoder::take_pong`] last asked. Pongs are
     /// noted here rather than queued: they are an idle connection's only
-    /// frames, and a queue allocated and freed for each one cost more than
-    /// the rest of its handling (docs/benchmarks.md, issue 27).
+    /// frames, and an inbox allocated and freed for each one showed in an
+    /// idle node's profile (docs/benchmarks.md, issue 27).
     pong: bool,
     fragments: Option<Fragmented>,
 }
