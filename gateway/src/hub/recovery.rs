@@ -81,7 +81,7 @@ impl<B: Broker> Hub<B> {
             return nothing(Position { epoch: 0, seq: 0 });
         };
         let head = entry.last;
-        let Some(sub) = entry.subscribers.get_mut(&outbox.id) else {
+        let Some(sub) = entry.subscribers.get_mut(outbox.id) else {
             return nothing(head.unwrap_or(Position { epoch: 0, seq: 0 }));
         };
         let held = match std::mem::replace(&mut sub.feed, Feed::Live) {

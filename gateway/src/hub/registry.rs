@@ -18,6 +18,7 @@ use tracing::{debug, warn};
 
 use super::inline::InlineWrites;
 use super::pace::Pace;
+use super::subscribers::Subscribers;
 use super::{MAX_HELD, TOPIC_SHARDS, lock};
 use crate::outbox::{Outbox, Pushed};
 use crate::wire::codec::FrameCache;
@@ -80,8 +81,9 @@ pub(super) struct Subscriber {
 }
 
 pub(super) struct TopicEntry {
-    pub(super) subscribers: HashMap<u64, Subscriber>,
-    /// Resolves once the topic is live on the broker and positioned.
+    pub(super) subscribers: Subscribers,
+    /// Resolves once the topic is live on the broker and positioned;
+    /// [`Ready::now`] from then on (its channel freed: see `positioned`).
     pub(super) ready: Ready,
     pub(super) generation: u64,
     /// The last event delivered; before any, the topic's position read
@@ -157,7 +159,7 @@ impl Registry {
     pub fn set_presence(&self, topic: &Topic, id: u64, sees: bool) {
         if let Some(sub) = lock(self.shard(topic))
             .get_mut(topic)
-            .and_then(|e| e.subscribers.get_mut(&id))
+            .and_then(|e| e.subscribers.get_mut(id))
         {
             sub.presence = sees;
         }
@@ -266,6 +268,11 @@ impl Registry {
         if entry.last.is_none() {
             entry.last = Some(position);
         }
+        // Positioned for good (`last` is never unset): a later subscriber
+        // has nothing to wait for, and the confirmation's channel (about
+        // 400 bytes, most of a quiet topic's cost) is freed once the
+        // sessions already waiting on it have woken.
+        entry.ready = Ready::now();
         if std::mem::take(&mut entry.resync_pending) && entry.catching_up.is_none() {
             let since = entry.last;
             self.start_catch_up(topic, entry, since, Vec::new());
