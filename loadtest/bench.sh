@@ -5,7 +5,7 @@
 # npm into a scratch directory). Prints a table with ratios and leaves every
 # report (JSON, Markdown, SVG) under target/bench/.
 #
-#   loadtest/bench.sh            # everything (about 6 minutes)
+#   loadtest/bench.sh            # everything (about 8 minutes)
 #   QUICK=1 loadtest/bench.sh    # smaller counts, for a smoke run
 #   HERALD_BIN=DIR OUT=DIR loadtest/bench.sh
 #                                # measure the herald-gateway and herald-admin
@@ -145,6 +145,26 @@ start_node 25000
 lt idle-node-beat connect --target raw --url "ws://127.0.0.1:$NPORT/" --connections "$IDLE" \
   --rate 3000 --duration "$HOLD" --processes 2 --sources 4 --pid "$NP"
 stop "$NP"
+# The heartbeat's floor on this machine (loadtest/sendbench's `heartbeat`:
+# no WebSocket library, no runtime, one epoll thread and io_uring pings),
+# then Herald driven by that program's own clients: on loopback a server's
+# CPU includes delivering each Ping into its client's socket and waking the
+# client, so only the same clients make the two comparable.
+(cd loadtest/sendbench && cargo build --release -q)
+FLOOR=loadtest/sendbench/target/release/heartbeat
+$FLOOR "$IDLE" 25 "$HOLD" > "$OUT/idle-floor.txt"
+start_herald ""
+FLOOR_TOKEN=$(python3 - "$SECRET" <<'PY'
+import base64, hashlib, hmac, json, sys, time
+b = lambda d: base64.urlsafe_b64encode(d).rstrip(b"=").decode()
+head = b(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+claims = b(json.dumps({"sub": "floor", "exp": int(time.time()) + 7200}).encode())
+sig = b(hmac.new(sys.argv[1].encode(), f"{head}.{claims}".encode(), hashlib.sha256).digest())
+print(f"{head}.{claims}.{sig}")
+PY
+)
+$FLOOR herald "127.0.0.1:$HPUB" "/ws?token=$FLOOR_TOKEN" "$HP" "$IDLE" "$HOLD" > "$OUT/idle-herald-floor.txt"
+stop "$HP"
 start_herald "--tls-cert-file $TLS_FIX/tls_cert.pem --tls-key-file $TLS_FIX/tls_key.pem"
 lt idle-herald-wss connect --secret "$SECRET" --url "wss://127.0.0.1:$HPUB/ws" --tls-ca "$TLS_FIX/tls_ca.pem" \
   --connections "$IDLE" --rate 1000 --duration "$HOLD" --processes 2 --sources 4 --pid "$HP"
@@ -246,7 +266,7 @@ fi
 rm -rf "$NODEWS"
 
 python3 - "$OUT" "$NODE_VERSION" "$WS_VERSION" "$LAT_ROWS" <<'PY'
-import json, os, sys, platform
+import json, os, platform, re, sys
 out, node, ws, lat_rows = sys.argv[1:5]
 def r(name):
     return json.load(open(os.path.join(out, name, "report.json")))
@@ -277,6 +297,11 @@ if has("idle-herald"):
     if has("idle-node-beat"):
         pb = r("idle-node-beat")["per_connection"]
         rows.append(("idle CPU per connection (µs/s), both pinging every 25 s", f"{ph['cpu_us_per_second']:.3f}", f"{pb['cpu_us_per_second']:.3f}", f"{pb['cpu_us_per_second']/max(ph['cpu_us_per_second'],1e-9):.2f}x less"))
+    floor_txt = os.path.join(out, "idle-floor.txt")
+    if os.path.exists(floor_txt):
+        per_s = lambda f: float(re.search(r"= ([0-9.]+) us per connection per second", open(os.path.join(out, f)).read()).group(1))
+        hf, fl = per_s("idle-herald-floor.txt"), per_s("idle-floor.txt")
+        rows.append(("idle CPU per connection (µs/s), 25 s heartbeat, the floor program's clients (peer column: the floor program)", f"{hf:.3f}", f"{fl:.3f}", f"{hf/max(fl,1e-9):.2f}x the floor"))
     if has("idle-herald-wss"):
         w = r("idle-herald-wss")
         pw = w["per_connection"]

@@ -15,6 +15,17 @@
 //! does: two reads per pong) instead of once. The clients are a second
 //! process (this binary with `client`), answering each Ping with a masked
 //! Pong, so their CPU is not the server's. Loopback only; stops by itself.
+//!
+//! **The same clients against a real server.** On loopback the server's
+//! CPU includes the kernel's delivery of each Ping into the client's socket
+//! and the wake-up of the client's thread, so the floor is only comparable
+//! with a server driven by the same clients:
+//!
+//!     heartbeat herald <host:port> <path?token=…> <server pid> [connections] [hold_s]
+//!
+//! opens the connections with a WebSocket handshake on `path`, answers the
+//! server's Pings the same way, and reports the CPU of `server pid` (from
+//! `/proc`) over the hold (`loadtest/bench.sh`'s idle row runs both).
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -35,6 +46,50 @@ fn process_cpu() -> Duration {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
+/// The CPU time (user + system) of process `pid`, from `/proc/<pid>/stat`.
+fn cpu_of(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .expect("the server's /proc/<pid>/stat");
+    // The fields after the command's closing parenthesis; utime and stime
+    // are the 14th and 15th of the whole line, in clock ticks.
+    let rest = &stat[stat.rfind(')').expect("stat") + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    // SAFETY: no pointers.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    Duration::from_micros(ticks * 1_000_000 / hz)
+}
+
+/// `heartbeat herald <host:port> <path> <pid> [connections] [hold_s]`: the
+/// same clients against a running server (its own heartbeat), measuring
+/// that server's process.
+fn against(args: &[String]) {
+    let (addr, path, pid) = (&args[0], &args[1], &args[2]);
+    let n: usize = args.get(3).map_or(19_000, |s| s.parse().unwrap());
+    let hold = Duration::from_secs(args.get(4).map_or(50, |s| s.parse().unwrap()));
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["client", addr, &n.to_string(), path])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = [0u8; 6];
+    child.stdout.take().unwrap().read_exact(&mut line).unwrap();
+    // Let the connections' first pings (due one interval after each opened)
+    // spread as they will; measure whole seconds of the steady state.
+    let start = Instant::now();
+    let cpu0 = cpu_of(pid);
+    std::thread::sleep(hold);
+    let cpu = cpu_of(pid) - cpu0;
+    let secs = start.elapsed().as_secs_f64();
+    let _ = child.kill();
+    let _ = child.wait();
+    println!(
+        "{n} connections to {addr}, {secs:.0} s: server CPU {:.3} s = {:.3} us per connection per second",
+        cpu.as_secs_f64(),
+        cpu.as_secs_f64() * 1e6 / secs / n as f64,
+    );
+}
+
 fn epoll_add(ep: i32, fd: i32, key: u64) {
     let mut ev = libc::epoll_event {
         events: libc::EPOLLIN as u32,
@@ -45,14 +100,61 @@ fn epoll_add(ep: i32, fd: i32, key: u64) {
     assert_eq!(r, 0, "epoll_ctl");
 }
 
-/// The clients: `n` connections to `addr`, each answering a Ping with a Pong.
-fn client(addr: &str, n: usize) {
+/// Opens a WebSocket on `path` over `s` (blocking): the request, then
+/// everything up to the end of the answer's head, which must be a 101.
+fn upgrade(mut s: &TcpStream, host: &str, path: &str) {
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: aGVhcnRiZWF0LWZsb29yIQ==\r\n\r\n"
+    );
+    s.write_all(request.as_bytes()).expect("handshake");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).expect("handshake answer");
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+}
+
+/// How many Pings `bytes` holds: whole server frames (unmasked), skipping
+/// any other (the server's welcome message).
+fn pings_in(mut bytes: &[u8]) -> usize {
+    let mut pings = 0;
+    while bytes.len() >= 2 {
+        let (len, head) = match bytes[1] & 0x7f {
+            126 if bytes.len() >= 4 => (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4),
+            127 if bytes.len() >= 10 => {
+                let mut l = [0u8; 8];
+                l.copy_from_slice(&bytes[2..10]);
+                (u64::from_be_bytes(l) as usize, 10)
+            }
+            126 | 127 => break,
+            l => (l as usize, 2),
+        };
+        if bytes[0] & 0x0f == 0x9 {
+            pings += 1;
+        }
+        bytes = &bytes[(head + len).min(bytes.len())..];
+    }
+    pings
+}
+
+/// The clients: `n` connections to `addr`, each answering a Ping with a
+/// Pong; with `path`, each opened as a WebSocket on it first.
+fn client(addr: &str, n: usize, path: Option<&str>) {
     let mut socks = Vec::with_capacity(n);
     // SAFETY: no pointers; the descriptor is checked by its use.
     let ep = unsafe { libc::epoll_create1(0) };
     for i in 0..n {
         let s = TcpStream::connect(addr).expect("connect");
         s.set_nodelay(true).unwrap();
+        if let Some(path) = path {
+            upgrade(&s, addr, path);
+        }
         s.set_nonblocking(true).unwrap();
         epoll_add(ep, s.as_raw_fd(), i as u64);
         socks.push(s);
@@ -68,6 +170,11 @@ fn client(addr: &str, n: usize) {
             let mut s = &socks[e.u64 as usize];
             match s.read(&mut buf) {
                 Ok(0) => return, // the server is done
+                Ok(m) if path.is_some() => {
+                    for _ in 0..pings_in(&buf[..m]) {
+                        let _ = s.write(&PONG);
+                    }
+                }
                 Ok(m) => {
                     for _ in 0..m / PING.len() {
                         let _ = s.write(&PONG);
@@ -81,8 +188,16 @@ fn client(addr: &str, n: usize) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("client") {
-        return client(&args[2], args[3].parse().unwrap());
+    match args.get(1).map(String::as_str) {
+        Some("client") => {
+            return client(
+                &args[2],
+                args[3].parse().unwrap(),
+                args.get(4).map(String::as_str),
+            );
+        }
+        Some("herald") => return against(&args[2..]),
+        _ => {}
     }
     let arg = |i: usize, d: u64| args.get(i).map_or(d, |s| s.parse().unwrap());
     let n = arg(1, 19_000) as usize;
