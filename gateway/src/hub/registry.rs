@@ -81,7 +81,7 @@ pub(super) struct Subscriber {
 }
 
 pub(super) struct TopicEntry {
-    pub(super) subscribers: Subscribers,
+    pub(super) subscribers: Subscribers<Subscriber>,
     /// Resolves once the topic is live on the broker and positioned;
     /// [`Ready::now`] from then on (its channel freed: see `positioned`).
     pub(super) ready: Ready,

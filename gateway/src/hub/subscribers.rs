@@ -1,9 +1,11 @@
-//! A topic's local subscribers, by session number.
+//! A topic's local subscribers, by session number (generic over what is
+//! kept of each, the registry's `Subscriber`, so this module imports
+//! nothing of the hub).
 //!
 //! **Why not a `HashMap` alone.** Most topics on a node have one
 //! subscriber (a topic per user: docs/scaling.md). A `HashMap` given its
 //! first entry allocates a table of four buckets, about 250 bytes for one
-//! [`Subscriber`]; a vector of one is 56. Up to [`FEW`] subscribers a
+//! of the registry's subscribers; a vector of one is 56. Up to [`FEW`] subscribers a
 //! vector is searched in place (as fast as hashing at that size, and a
 //! fan-out walks it without a table's gaps); the next one moves them into a
 //! table, so a topic with thousands still adds and removes in constant
@@ -15,18 +17,16 @@
 
 use std::collections::HashMap;
 
-use super::registry::Subscriber;
-
 /// The most subscribers kept in a vector.
 const FEW: usize = 8;
 
-pub(super) enum Subscribers {
-    Few(Vec<(u64, Subscriber)>),
-    Many(HashMap<u64, Subscriber>),
+pub(super) enum Subscribers<S> {
+    Few(Vec<(u64, S)>),
+    Many(HashMap<u64, S>),
 }
 
-impl Subscribers {
-    pub(super) fn new() -> Subscribers {
+impl<S> Subscribers<S> {
+    pub(super) fn new() -> Subscribers<S> {
         Subscribers::Few(Vec::new())
     }
 
@@ -41,7 +41,7 @@ impl Subscribers {
         self.len() == 0
     }
 
-    pub(super) fn get_mut(&mut self, id: u64) -> Option<&mut Subscriber> {
+    pub(super) fn get_mut(&mut self, id: u64) -> Option<&mut S> {
         match self {
             Subscribers::Few(v) => v.iter_mut().find(|(k, _)| *k == id).map(|(_, s)| s),
             Subscribers::Many(m) => m.get_mut(&id),
@@ -49,7 +49,7 @@ impl Subscribers {
     }
 
     /// Adds session `id`, which must not be subscribed yet.
-    pub(super) fn insert(&mut self, id: u64, sub: Subscriber) {
+    pub(super) fn insert(&mut self, id: u64, sub: S) {
         match self {
             Subscribers::Few(v) if v.len() < FEW => {
                 debug_assert!(v.iter().all(|(k, _)| *k != id));
@@ -60,7 +60,7 @@ impl Subscribers {
                 v.push((id, sub));
             }
             Subscribers::Few(v) => {
-                let mut m: HashMap<u64, Subscriber> = std::mem::take(v).into_iter().collect();
+                let mut m: HashMap<u64, S> = std::mem::take(v).into_iter().collect();
                 m.insert(id, sub);
                 *self = Subscribers::Many(m);
             }
@@ -70,7 +70,7 @@ impl Subscribers {
         }
     }
 
-    pub(super) fn remove(&mut self, id: u64) -> Option<Subscriber> {
+    pub(super) fn remove(&mut self, id: u64) -> Option<S> {
         match self {
             Subscribers::Few(v) => {
                 let i = v.iter().position(|(k, _)| *k == id)?;
@@ -80,7 +80,7 @@ impl Subscribers {
         }
     }
 
-    pub(super) fn values(&self) -> impl Iterator<Item = &Subscriber> {
+    pub(super) fn values(&self) -> impl Iterator<Item = &S> {
         let (few, many) = match self {
             Subscribers::Few(v) => (Some(v.iter().map(|(_, s)| s)), None),
             Subscribers::Many(m) => (None, Some(m.values())),
@@ -88,7 +88,7 @@ impl Subscribers {
         few.into_iter().flatten().chain(many.into_iter().flatten())
     }
 
-    pub(super) fn values_mut(&mut self) -> impl Iterator<Item = &mut Subscriber> {
+    pub(super) fn values_mut(&mut self) -> impl Iterator<Item = &mut S> {
         let (few, many) = match self {
             Subscribers::Few(v) => (Some(v.iter_mut().map(|(_, s)| s)), None),
             Subscribers::Many(m) => (None, Some(m.values_mut())),
@@ -100,20 +100,24 @@ impl Subscribers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::registry::Feed;
-    use crate::outbox::Outbox;
-    use std::sync::Arc;
 
-    fn sub(id: u64) -> Subscriber {
-        Subscriber {
-            outbox: Arc::new(Outbox::new(id, "alice".into(), 8)),
-            feed: Feed::Live,
+    /// A subscriber: its session number and a flag, as the registry keeps
+    /// one (a 48-byte value there).
+    #[derive(Debug, PartialEq)]
+    struct Sub {
+        id: u64,
+        presence: bool,
+    }
+
+    fn sub(id: u64) -> Sub {
+        Sub {
+            id,
             presence: false,
         }
     }
 
-    fn ids(s: &Subscribers) -> Vec<u64> {
-        let mut ids: Vec<u64> = s.values().map(|s| s.outbox.id).collect();
+    fn ids(s: &Subscribers<Sub>) -> Vec<u64> {
+        let mut ids: Vec<u64> = s.values().map(|s| s.id).collect();
         ids.sort_unstable();
         ids
     }
@@ -130,7 +134,7 @@ mod tests {
         assert!(s.get_mut(7).is_some());
         assert!(s.get_mut(8).is_none());
         assert!(s.remove(8).is_none());
-        assert_eq!(s.remove(7).map(|s| s.outbox.id), Some(7));
+        assert_eq!(s.remove(7), Some(sub(7)));
         assert!(s.is_empty());
     }
 
@@ -150,7 +154,7 @@ mod tests {
             sub.presence = true;
         }
         assert!(s.values().all(|s| s.presence));
-        assert_eq!(s.remove(3).map(|s| s.outbox.id), Some(3));
+        assert_eq!(s.remove(3).map(|s| s.id), Some(3));
         assert!(s.get_mut(3).is_none());
         assert_eq!(s.len(), FEW);
     }
@@ -166,6 +170,6 @@ mod tests {
         if let Some(s) = s.get_mut(4) {
             s.presence = true;
         }
-        assert!(s.values().any(|s| s.outbox.id == 4 && s.presence));
+        assert!(s.values().any(|s| s.id == 4 && s.presence));
     }
 }
