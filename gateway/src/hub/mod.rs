@@ -607,8 +607,8 @@ mod tests {
     }
 
     /// Once a topic is positioned its entry drops the confirmation's
-    /// channel (most of a quiet topic's memory, docs/benchmarks.md), and a
-    /// later subscriber is live at once, from the same position.
+    /// channel (about 400 bytes a topic, docs/benchmarks.md), and a later
+    /// subscriber is live at once, from the same position.
     #[tokio::test]
     async fn a_positioned_topic_keeps_no_confirmation_channel() {
         let (hub, _broker, _) = setup();

@@ -269,9 +269,10 @@ impl Registry {
             entry.last = Some(position);
         }
         // Positioned for good (`last` is never unset): a later subscriber
-        // has nothing to wait for, and the confirmation's channel (about
-        // 400 bytes, most of a quiet topic's cost) is freed once the
-        // sessions already waiting on it have woken.
+        // has nothing to wait for, and the confirmation's channel (a Tokio
+        // `watch`: about 400 bytes a topic, kept for the topic's whole life
+        // until now) is freed once the sessions already waiting on it have
+        // woken.
         entry.ready = Ready::now();
         if std::mem::take(&mut entry.resync_pending) && entry.catching_up.is_none() {
             let since = entry.last;
